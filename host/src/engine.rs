@@ -1,0 +1,372 @@
+//! The batching engine: per model a bounded queue, a dedicated worker thread that forms
+//! length-sorted batches within a window, calls the plugin, and routes each row's result back
+//! to its request.
+//!
+//! Admission is counted in items: a request whose items do not fit in the queue
+//! (`INFINITY_QUEUE_SIZE`) is refused at once, so overload answers 429 instead of piling up.
+//! A batch that fails is split in halves and retried, so one bad input fails only its own
+//! request, and an out-of-memory batch is retried smaller.
+
+use crate::plugin::ModelRunner;
+use crate::text::Tokens;
+use ember_plugin_api::{ErrorCode, PluginError, TokenBatch};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How many batches' worth of queued items are sorted together by length.
+const WINDOW_BATCHES: usize = 4;
+
+/// Input of one item.
+#[derive(Debug)]
+pub enum Payload {
+    /// A tokenized text to embed.
+    Tokens(Tokens),
+}
+
+impl Payload {
+    fn cost(&self) -> usize {
+        match self {
+            Payload::Tokens(t) => t.len().max(1),
+        }
+    }
+}
+
+/// Result of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A pooled, not yet normalised vector.
+    Vector(Vec<f32>),
+}
+
+/// Why an item was not computed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The queue is full.
+    #[error(
+        "the queue of model {model} is full ({queued} of {capacity} items waiting); retry later"
+    )]
+    Overloaded {
+        model: String,
+        queued: usize,
+        capacity: usize,
+    },
+    /// The plugin failed on this item.
+    #[error("{}", .0.message)]
+    Plugin(PluginError),
+    /// The model's worker is gone.
+    #[error("the worker of model {0} has stopped")]
+    Stopped(String),
+}
+
+struct Item {
+    payload: Payload,
+    reply: oneshot::Sender<Result<Output, EngineError>>,
+}
+
+/// Liveness of a model's worker, for `/health`.
+#[derive(Debug, Default)]
+pub struct Health {
+    alive: AtomicBool,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// `Ok` while the worker runs and its last plugin call did not fail for a reason other
+    /// than bad input; otherwise the reason.
+    pub fn status(&self) -> Result<(), String> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err("worker thread has stopped".into());
+        }
+        match self.last_failure.lock().map(|f| f.clone()) {
+            Ok(Some(reason)) => Err(reason),
+            Ok(None) => Ok(()),
+            Err(_) => Err("health state poisoned".into()),
+        }
+    }
+
+    fn record(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = failure;
+        }
+    }
+}
+
+/// Limits of one model's engine.
+#[derive(Debug, Clone)]
+pub struct EngineLimits {
+    /// Most items in one forward call.
+    pub batch_size: usize,
+    /// Most padded tokens (rows x longest row) in one forward call.
+    pub max_batch_tokens: usize,
+    /// Most items waiting or running.
+    pub queue_size: usize,
+    /// Token id used for padding.
+    pub pad_id: i64,
+}
+
+/// Handle to a model's engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    model: Arc<str>,
+    tx: mpsc::Sender<Item>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    /// Liveness of the worker.
+    pub health: Arc<Health>,
+}
+
+impl Engine {
+    /// Starts the worker thread of `model`.
+    pub fn start(
+        model: &str,
+        runner: ModelRunner,
+        limits: EngineLimits,
+    ) -> std::io::Result<Engine> {
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(Health::default());
+        health.alive.store(true, Ordering::SeqCst);
+        let worker = Worker {
+            runner,
+            limits: limits.clone(),
+            queued: queued.clone(),
+            health: health.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!(
+                "ember-model-{}",
+                model.chars().take(20).collect::<String>()
+            ))
+            .spawn(move || worker.run(rx))?;
+        Ok(Engine {
+            model: model.into(),
+            tx,
+            queued,
+            capacity: limits.queue_size,
+            health,
+        })
+    }
+
+    /// Items waiting or running.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queues all `payloads` or none; the receivers answer in the same order.
+    pub fn submit(
+        &self,
+        payloads: Vec<Payload>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Output, EngineError>>>, EngineError> {
+        let n = payloads.len();
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.capacity {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(EngineError::Overloaded {
+                model: self.model.to_string(),
+                queued: before,
+                capacity: self.capacity,
+            });
+        }
+        let mut receivers = Vec::with_capacity(n);
+        for payload in payloads {
+            let (reply, rx) = oneshot::channel();
+            if self.tx.send(Item { payload, reply }).is_err() {
+                self.queued.fetch_sub(n - receivers.len(), Ordering::SeqCst);
+                return Err(EngineError::Stopped(self.model.to_string()));
+            }
+            receivers.push(rx);
+        }
+        Ok(receivers)
+    }
+
+    /// Queues `payloads` and waits for all results, in order.
+    pub async fn run(&self, payloads: Vec<Payload>) -> Result<Vec<Output>, EngineError> {
+        let receivers = self.submit(payloads)?;
+        let mut out = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            out.push(
+                rx.await
+                    .map_err(|_| EngineError::Stopped(self.model.to_string()))??,
+            );
+        }
+        Ok(out)
+    }
+}
+
+struct Worker {
+    runner: ModelRunner,
+    limits: EngineLimits,
+    queued: Arc<AtomicUsize>,
+    health: Arc<Health>,
+}
+
+/// Marks the worker dead when its thread ends, normally or by panic.
+struct AliveGuard(Arc<Health>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Worker {
+    fn run(self, rx: mpsc::Receiver<Item>) {
+        let _guard = AliveGuard(self.health.clone());
+        let mut lane: VecDeque<Item> = VecDeque::new();
+        loop {
+            if lane.is_empty() {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(item) => lane.push_back(item),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while let Ok(item) = rx.try_recv() {
+                lane.push_back(item);
+            }
+            let take = lane.len().min(self.limits.batch_size * WINDOW_BATCHES);
+            let mut window: Vec<Item> = lane.drain(..take).collect();
+            // Requests whose caller went away are not computed.
+            let before = window.len();
+            window.retain(|it| !it.reply.is_closed());
+            self.queued
+                .fetch_sub(before - window.len(), Ordering::SeqCst);
+            window.sort_by_key(|it| it.payload.cost());
+            for batch in self.chunks(window) {
+                self.run_batch(batch);
+            }
+        }
+    }
+
+    /// Splits a length-sorted window into batches within the item and token limits.
+    fn chunks(&self, window: Vec<Item>) -> Vec<Vec<Item>> {
+        let mut out: Vec<Vec<Item>> = Vec::new();
+        let mut current: Vec<Item> = Vec::new();
+        for item in window {
+            let longest = item.payload.cost();
+            let fits = current.len() < self.limits.batch_size
+                && (current.len() + 1) * longest <= self.limits.max_batch_tokens;
+            if !current.is_empty() && !fits {
+                out.push(std::mem::take(&mut current));
+            }
+            current.push(item);
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    fn forward(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+        let tokens: Vec<&Tokens> = items
+            .iter()
+            .map(|it| match &it.payload {
+                Payload::Tokens(t) => t,
+            })
+            .collect();
+        let batch = pad(&tokens, self.limits.pad_id);
+        let result = catch_unwind(AssertUnwindSafe(|| self.runner.embed_tokens(&batch)))
+            .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")))?;
+        let rows = items.len();
+        if result.rows as usize != rows || result.values.len() != rows * result.dim as usize {
+            return Err(PluginError::internal(format!(
+                "plugin returned {} rows of {} values ({} in all) for {rows} inputs",
+                result.rows,
+                result.dim,
+                result.values.len()
+            )));
+        }
+        let dim = result.dim as usize;
+        Ok(result
+            .values
+            .chunks(dim.max(1))
+            .take(rows)
+            .map(|v| Output::Vector(v.to_vec()))
+            .collect())
+    }
+
+    fn run_batch(&self, items: Vec<Item>) {
+        match self.forward(&items) {
+            Ok(outputs) => {
+                self.health.record(None);
+                for (item, out) in items.into_iter().zip(outputs) {
+                    let _ = item.reply.send(Ok(out));
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) if items.len() > 1 => {
+                tracing::warn!(
+                    rows = items.len(),
+                    error = %e,
+                    "batch failed; retrying its halves to isolate the failing inputs"
+                );
+                let mut items = items;
+                let second = items.split_off(items.len() / 2);
+                self.run_batch(items);
+                self.run_batch(second);
+            }
+            Err(e) => {
+                if e.code != ErrorCode::InvalidInput {
+                    tracing::error!(error = %e, "plugin call failed");
+                    self.health
+                        .record(Some(format!("last plugin call failed: {}", e.message)));
+                }
+                for item in items {
+                    let _ = item.reply.send(Err(EngineError::Plugin(e.clone())));
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// Right-pads token sequences into one batch.
+pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
+    let seq = rows.iter().map(|t| t.len()).max().unwrap_or(0);
+    let n = rows.len() * seq;
+    let mut ids = Vec::with_capacity(n);
+    let mut mask = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    for t in rows {
+        let padding = seq - t.len();
+        ids.extend_from_slice(&t.ids);
+        ids.extend(std::iter::repeat_n(pad_id, padding));
+        mask.extend(std::iter::repeat_n(1i64, t.len()));
+        mask.extend(std::iter::repeat_n(0i64, padding));
+        types.extend_from_slice(&t.type_ids);
+        types.extend(std::iter::repeat_n(0i64, padding));
+    }
+    TokenBatch {
+        rows: rows.len() as u32,
+        seq_len: seq as u32,
+        input_ids: ids.into(),
+        attention_mask: mask.into(),
+        token_type_ids: types.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_right_pads_with_mask() {
+        let a = Tokens {
+            ids: vec![1, 2, 3],
+            type_ids: vec![0, 0, 0],
+        };
+        let b = Tokens {
+            ids: vec![4],
+            type_ids: vec![0],
+        };
+        let batch = pad(&[&a, &b], 9);
+        assert_eq!(batch.seq_len, 3);
+        assert_eq!(batch.input_ids.as_slice(), &[1, 2, 3, 4, 9, 9]);
+        assert_eq!(batch.attention_mask.as_slice(), &[1, 1, 1, 1, 0, 0]);
+        assert_eq!(batch.row_lengths(), vec![3, 1]);
+    }
+}

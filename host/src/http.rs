@@ -1,0 +1,141 @@
+//! The HTTP server: OpenAI-style routes answering plain OpenAI JSON with HTTP status codes and
+//! the `{"error": {...}}` envelope. Routes are also served under `/openai/`.
+
+use crate::api::{self, ApiError, AppState, EmbeddingsRequest};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.status,
+        }});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body, answering a 400 that says where the JSON is broken.
+fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !ct.is_empty() && !ct.starts_with("application/json") && !ct.contains("+json") {
+            return Err(ApiError::new(
+                415,
+                "invalid_request_error",
+                format!("content-type must be application/json, got '{ct}'"),
+            ));
+        }
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("request body is not valid JSON: {e}")))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.list_models())
+}
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let value = json_body(&headers, &body)?;
+    let req = EmbeddingsRequest::parse(&value, state.max_items)?;
+    let items = req.input.len();
+    let result = api::embeddings(&state, req).await;
+    match &result {
+        Ok(r) => tracing::info!(
+            route = "/v1/embeddings",
+            model = r.model,
+            items,
+            tokens = r.usage.total_tokens,
+            status = 200,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "request"
+        ),
+        Err(e) => tracing::info!(
+            route = "/v1/embeddings",
+            items,
+            status = e.status,
+            error = e.message,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "request"
+        ),
+    }
+    Ok(Json(result?).into_response())
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.health() {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "reasons": reasons})),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "not_found",
+        "no such route; see GET /v1/models and POST /v1/embeddings",
+    )
+}
+
+/// Maps axum's body-limit rejection (and other non-JSON errors) to the OpenAI envelope.
+async fn envelope_errors(
+    State(limit): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            413,
+            "invalid_request_error",
+            format!("request body is larger than {limit} bytes (MAX_REQUEST_BYTES)"),
+        )
+        .into_response();
+    }
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return ApiError::new(
+            405,
+            "invalid_request_error",
+            "method not allowed on this route",
+        )
+        .into_response();
+    }
+    resp
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/models", get(models))
+        .route("/embeddings", post(embeddings));
+    Router::new()
+        .nest("/v1", v1.clone())
+        .nest("/openai/v1", v1)
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            max_request_bytes,
+            envelope_errors,
+        ))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+}

@@ -1,0 +1,11 @@
+//! ember's host: configuration, plugin loading, model resolution, tokenization, batching and
+//! the HTTP API. The `ember` binary is a thin `main` over [`startup::run`].
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod models;
+pub mod plugin;
+pub mod startup;
+pub mod text;

@@ -1,0 +1,275 @@
+//! Reading a model directory's configuration files into a manifest.
+//!
+//! Files read: `config.json` (architecture, sizes, labels, vision config), `modules.json`
+//! (the sentence-transformers pipeline: where the Pooling module lives, whether a Normalize
+//! module follows), the Pooling module's `config.json` (both the classic
+//! `pooling_mode_*_token(s)` flags and the newer `pooling_mode` string),
+//! `sentence_bert_config.json` (`max_seq_length`) and `tokenizer_config.json`
+//! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`).
+
+use super::ModelError;
+use abi_stable::std_types::{RNone, RString};
+use ember_plugin_api::{ModelKind, ModelManifest, Pooling};
+use serde_json::Value;
+use std::path::Path;
+
+/// A manifest plus facts the host keeps for itself.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// What the plugin receives.
+    pub abi: ModelManifest,
+    /// Whether the sentence-transformers pipeline ends with a Normalize module.
+    pub normalized_by_model: bool,
+}
+
+fn read_json(name: &str, dir: &Path, file: &str) -> Result<Option<Value>, ModelError> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Config {
+        name: name.into(),
+        file: file.into(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelError::Config {
+            name: name.into(),
+            file: file.into(),
+            reason: format!("invalid JSON: {e}"),
+        })
+}
+
+fn uint(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+/// Decides the model kind the way Infinity does: a sequence classifier with one label is a
+/// reranker, a config with a vision tower is CLIP-like, anything else an embedder.
+pub fn kind_of(config: &Value) -> ModelKind {
+    let archs: Vec<&str> = config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let labels = config
+        .get("id2label")
+        .and_then(Value::as_object)
+        .map(|m| m.len() as u64)
+        .or_else(|| uint(config, "num_labels"))
+        .unwrap_or(1);
+    if archs
+        .iter()
+        .any(|a| a.ends_with("ForSequenceClassification"))
+        && labels == 1
+    {
+        ModelKind::Rerank
+    } else if config.get("vision_config").is_some() {
+        ModelKind::Clip
+    } else {
+        ModelKind::Embed
+    }
+}
+
+/// Reads a Pooling module config in either of sentence-transformers' two formats.
+pub fn pooling_of(pool: &Value) -> Result<Pooling, String> {
+    if let Some(mode) = pool.get("pooling_mode").and_then(Value::as_str) {
+        return match mode {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            "max" => Ok(Pooling::Max),
+            "lasttoken" => Ok(Pooling::LastToken),
+            "mean_sqrt_len_tokens" => Ok(Pooling::MeanSqrtLen),
+            other => Err(format!(
+                "pooling_mode {other:?} is not supported (cls, mean, max, lasttoken, \
+                 mean_sqrt_len_tokens are)"
+            )),
+        };
+    }
+    let on = |k: &str| pool.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let modes = [
+        ("pooling_mode_cls_token", Pooling::Cls),
+        ("pooling_mode_mean_tokens", Pooling::Mean),
+        ("pooling_mode_max_tokens", Pooling::Max),
+        ("pooling_mode_mean_sqrt_len_tokens", Pooling::MeanSqrtLen),
+        ("pooling_mode_lasttoken", Pooling::LastToken),
+    ];
+    let chosen: Vec<Pooling> = modes
+        .iter()
+        .filter(|(k, _)| on(k))
+        .map(|(_, p)| *p)
+        .collect();
+    if on("pooling_mode_weightedmean_tokens") {
+        return Err("weighted-mean pooling is not supported".into());
+    }
+    match chosen.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no pooling mode is enabled".into()),
+        _ => Err("several pooling modes at once (concatenated vectors) are not supported".into()),
+    }
+}
+
+/// Reads the manifest of the model in `dir`; `name` is used in messages.
+pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
+    let err = |file: &str, reason: String| ModelError::Config {
+        name: name.into(),
+        file: file.into(),
+        reason,
+    };
+    let config = read_json(name, dir, "config.json")?
+        .ok_or_else(|| err("config.json", "missing (every model needs one)".into()))?;
+    let kind = kind_of(&config);
+    let text_config = config.get("text_config").unwrap_or(&config);
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+
+    // sentence-transformers pipeline: pooling and normalisation.
+    let mut pooling = Pooling::Mean;
+    let mut normalized_by_model = false;
+    if let Some(modules) = read_json(name, dir, "modules.json")? {
+        let list = modules
+            .as_array()
+            .ok_or_else(|| err("modules.json", "expected a list of modules".into()))?;
+        for m in list {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+            let path = m.get("path").and_then(Value::as_str).unwrap_or_default();
+            if ty.ends_with(".Pooling") {
+                let file = format!("{path}/config.json");
+                let pool = read_json(name, dir, &file)?
+                    .ok_or_else(|| err(&file, "missing (named by modules.json)".into()))?;
+                pooling = pooling_of(&pool).map_err(|r| err(&file, r))?;
+            } else if ty.ends_with(".Normalize") {
+                normalized_by_model = true;
+            }
+        }
+    }
+
+    // Longest input: sentence-transformers' max_seq_length, else the tokenizer's
+    // model_max_length, capped by the position embeddings.
+    let positions = uint(text_config, "max_position_embeddings").map(|p| {
+        // RoBERTa-family models reserve two positions for the padding offset.
+        if matches!(model_type.as_str(), "roberta" | "xlm-roberta" | "camembert") {
+            p.saturating_sub(2)
+        } else {
+            p
+        }
+    });
+    let st_max =
+        read_json(name, dir, "sentence_bert_config.json")?.and_then(|v| uint(&v, "max_seq_length"));
+    let tok_max = read_json(name, dir, "tokenizer_config.json")?
+        .and_then(|v| uint(&v, "model_max_length"))
+        .filter(|&v| v < 1_000_000);
+    let max_input_tokens = st_max
+        .or(tok_max)
+        .or(positions)
+        .unwrap_or(512)
+        .min(positions.unwrap_or(u64::MAX));
+
+    let hidden_size = uint(text_config, "hidden_size")
+        .or_else(|| uint(text_config, "d_model"))
+        .unwrap_or(0);
+    let num_labels = match kind {
+        ModelKind::Rerank => 1,
+        _ => 0,
+    };
+    let architecture = config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Ok(Manifest {
+        abi: ModelManifest {
+            name: RString::from(name),
+            kind,
+            architecture: architecture.into(),
+            model_type: model_type.into(),
+            pooling,
+            max_input_tokens: max_input_tokens as u32,
+            hidden_size: hidden_size as u32,
+            num_labels,
+            image: RNone,
+        },
+        normalized_by_model,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_follow_infinity() {
+        let rr =
+            json!({"architectures": ["BertForSequenceClassification"], "id2label": {"0": "L"}});
+        assert_eq!(kind_of(&rr), ModelKind::Rerank);
+        let cls2 = json!({"architectures": ["BertForSequenceClassification"], "num_labels": 2});
+        assert_eq!(kind_of(&cls2), ModelKind::Embed);
+        assert_eq!(kind_of(&json!({"vision_config": {}})), ModelKind::Clip);
+        assert_eq!(
+            kind_of(&json!({"architectures": ["BertModel"]})),
+            ModelKind::Embed
+        );
+    }
+
+    #[test]
+    fn both_pooling_formats() {
+        assert_eq!(
+            pooling_of(&json!({"pooling_mode": "lasttoken"})).unwrap(),
+            Pooling::LastToken
+        );
+        let classic = json!({"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true});
+        assert_eq!(pooling_of(&classic).unwrap(), Pooling::Mean);
+        assert!(pooling_of(
+            &json!({"pooling_mode_cls_token": true, "pooling_mode_max_tokens": true})
+        )
+        .unwrap_err()
+        .contains("several"));
+        assert!(pooling_of(&json!({"pooling_mode": "weird"}))
+            .unwrap_err()
+            .contains("weird"));
+    }
+
+    #[test]
+    fn manifest_of_a_directory() {
+        let dir = std::env::temp_dir().join(format!("ember-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        let w = |f: &str, v: Value| std::fs::write(dir.join(f), v.to_string()).unwrap();
+        w(
+            "config.json",
+            json!({"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta",
+            "hidden_size": 8, "max_position_embeddings": 514}),
+        );
+        w(
+            "modules.json",
+            json!([
+            {"path": "", "type": "sentence_transformers.models.Transformer"},
+            {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]),
+        );
+        w(
+            "1_Pooling/config.json",
+            json!({"pooling_mode_cls_token": true}),
+        );
+        w(
+            "tokenizer_config.json",
+            json!({"model_max_length": 1000000000000000019u64}),
+        );
+        let m = read("x", &dir).unwrap();
+        assert_eq!(m.abi.pooling, Pooling::Cls);
+        assert_eq!(m.abi.max_input_tokens, 512);
+        assert!(m.normalized_by_model);
+        w("sentence_bert_config.json", json!({"max_seq_length": 128}));
+        assert_eq!(read("x", &dir).unwrap().abi.max_input_tokens, 128);
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+        assert!(read("x", &dir)
+            .unwrap_err()
+            .to_string()
+            .contains("config.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

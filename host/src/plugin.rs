@@ -1,0 +1,237 @@
+//! Loading backend plugins and the safe wrapper the rest of the host uses.
+//!
+//! A plugin is `libember_<backend>.so`, looked for in `PLUGIN_DIR`, else next to the `ember`
+//! binary, then in `/usr/local/lib/ember`. Its ABI major is read from a plain C symbol before
+//! abi_stable checks the layout of its root module, so an incompatible plugin is refused with
+//! a message naming the file and both versions. Plugins are never unloaded.
+
+use abi_stable::library::{lib_header_from_raw_library, RawLibrary};
+use abi_stable::std_types::{RStr, RString, RVec};
+use ember_plugin_api::{
+    AbiVersion, DType, EmbeddingBatch, HostContext, LoadRequest, LoadedModel, LogLevel, ModelBox,
+    PairBatch, PixelBatch, PluginError, PluginInfo, PluginModRef, ScoreBatch, TokenBatch,
+    ABI_VERSION, ABI_VERSION_SYMBOL,
+};
+use std::path::{Path, PathBuf};
+
+/// Why a plugin could not be found or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file for the backend in any searched directory.
+    #[error(
+        "no plugin for BACKEND={backend}: looked for {file} in {searched}; plugins found: {found}"
+    )]
+    NotFound {
+        backend: String,
+        file: String,
+        searched: String,
+        found: String,
+    },
+    /// The file exists but is not a loadable ember plugin.
+    #[error("cannot load plugin {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    /// The plugin was built for another ABI major.
+    #[error(
+        "plugin {path} was built for ember plugin ABI {found}, but this ember expects ABI \
+         {expected} (majors must match); rebuild the plugin against ember-plugin-api {expected}"
+    )]
+    AbiMismatch {
+        path: String,
+        expected: AbiVersion,
+        found: AbiVersion,
+    },
+    /// The plugin's `init` failed (for example its runtime library is missing).
+    #[error("plugin {path} failed to initialise: {error}")]
+    Init { path: String, error: PluginError },
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    module: PluginModRef,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// What it reported at `init`.
+    pub info: PluginInfo,
+    /// Its ABI version.
+    pub abi: AbiVersion,
+}
+
+extern "C" fn host_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+    let target = target.as_str();
+    let message = message.as_str();
+    match level {
+        LogLevel::Error => tracing::error!(plugin = target, "{message}"),
+        LogLevel::Warn => tracing::warn!(plugin = target, "{message}"),
+        LogLevel::Info => tracing::info!(plugin = target, "{message}"),
+        LogLevel::Debug => tracing::debug!(plugin = target, "{message}"),
+    }
+}
+
+/// Directories searched for plugins, in order.
+pub fn search_dirs(plugin_dir: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = plugin_dir {
+        return vec![dir.to_path_buf()];
+    }
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir);
+    }
+    dirs.push(PathBuf::from("/usr/local/lib/ember"));
+    dirs
+}
+
+/// File name of a backend's plugin.
+pub fn file_name(backend: &str) -> String {
+    format!("libember_{backend}.so")
+}
+
+/// Backend names of the plugins present in `dirs`.
+pub fn available(dirs: &[PathBuf]) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(b) = name
+                .strip_prefix("libember_")
+                .and_then(|s| s.strip_suffix(".so"))
+            {
+                if !found.iter().any(|f| f == b) {
+                    found.push(b.to_string());
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Finds the plugin file of `backend`.
+pub fn find(backend: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, LoadError> {
+    let dirs = search_dirs(plugin_dir);
+    let file = file_name(backend);
+    if let Some(p) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        return Ok(p);
+    }
+    let found = available(&dirs);
+    Err(LoadError::NotFound {
+        backend: backend.to_string(),
+        file,
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        found: if found.is_empty() {
+            "none".into()
+        } else {
+            found.join(", ")
+        },
+    })
+}
+
+impl Plugin {
+    /// Loads the plugin at `path`, checks its ABI and initialises it.
+    pub fn load(path: &Path) -> Result<Plugin, LoadError> {
+        let shown = path.display().to_string();
+        let invalid = |reason: String| LoadError::Invalid {
+            path: shown.clone(),
+            reason,
+        };
+        let path = path.canonicalize().map_err(|e| invalid(e.to_string()))?;
+        let raw = RawLibrary::load_at(&path).map_err(|e| invalid(e.to_string()))?;
+        // Plugins are never unloaded: their code and statics live as long as the process.
+        let raw: &'static RawLibrary = Box::leak(Box::new(raw));
+        // SAFETY: the symbol is a plain `extern "C" fn() -> AbiVersion` in every ember plugin,
+        // a layout that no ABI version changes.
+        let found = unsafe {
+            raw.get::<extern "C" fn() -> AbiVersion>(ABI_VERSION_SYMBOL)
+                .map(|f| (*f)())
+                .map_err(|_| {
+                    invalid(
+                        "no ember_plugin_abi_version symbol: not an ember plugin \
+                         (plugins are exported with ember_plugin_api::export_plugin!)"
+                            .into(),
+                    )
+                })?
+        };
+        if found.major != ABI_VERSION.major {
+            return Err(LoadError::AbiMismatch {
+                path: shown,
+                expected: ABI_VERSION,
+                found,
+            });
+        }
+        // SAFETY: the library stays loaded for the life of the process (leaked above).
+        let header =
+            unsafe { lib_header_from_raw_library(raw) }.map_err(|e| invalid(e.to_string()))?;
+        let module = header
+            .init_root_module::<PluginModRef>()
+            .map_err(|e| invalid(e.to_string()))?;
+        let ctx = HostContext {
+            abi: ABI_VERSION,
+            plugin_path: RString::from(path.display().to_string()),
+            log: host_log,
+        };
+        let info = (module.init())(ctx)
+            .into_result()
+            .map_err(|error| LoadError::Init {
+                path: shown.clone(),
+                error,
+            })?;
+        Ok(Plugin {
+            module,
+            path,
+            info,
+            abi: found,
+        })
+    }
+
+    /// The files the plugin reads from a repository with this listing.
+    pub fn select_files(
+        &self,
+        listing: &[String],
+        dtype: DType,
+    ) -> Result<Vec<String>, PluginError> {
+        let listing: RVec<RString> = listing.iter().map(|s| RString::from(s.as_str())).collect();
+        (self.module.select_files())(&listing, dtype)
+            .into_result()
+            .map(|v| v.into_iter().map(|s| s.into_string()).collect())
+    }
+
+    /// Loads a model.
+    pub fn load_model(&self, request: &LoadRequest) -> Result<ModelRunner, PluginError> {
+        let handle = (self.module.load_model())(request).into_result()?;
+        let described = handle.describe();
+        Ok(ModelRunner { handle, described })
+    }
+}
+
+/// A loaded model as the engine sees it.
+pub struct ModelRunner {
+    handle: ModelBox,
+    /// What the model reported at load.
+    pub described: LoadedModel,
+}
+
+impl ModelRunner {
+    /// Embeds a token batch.
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        self.handle.embed_tokens(batch).into_result()
+    }
+
+    /// Scores query–document pairs.
+    pub fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+        self.handle.score_pairs(batch).into_result()
+    }
+
+    /// Embeds preprocessed images.
+    pub fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
+        self.handle.embed_pixels(batch).into_result()
+    }
+}

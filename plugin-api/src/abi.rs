@@ -1,0 +1,103 @@
+//! The root module every plugin exports and the model handle it returns.
+//!
+//! Plugin authors do not use this module directly: they implement the traits of
+//! [`crate::sdk`] and call [`crate::export_plugin!`].
+// `#[sabi_trait]` expands to impls inside a const block, which rustc's lint flags.
+#![allow(non_local_definitions)]
+
+use crate::types::{
+    AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, PairBatch, PixelBatch,
+    PluginError, PluginInfo, ScoreBatch, TokenBatch,
+};
+use abi_stable::library::RootModule;
+use abi_stable::sabi_trait;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, StableAbi};
+
+/// Major version of the ABI this crate defines; a host loads only plugins of its own major.
+pub const ABI_MAJOR: u32 = 1;
+/// Minor version of the ABI this crate defines; new minors only append optional functions.
+pub const ABI_MINOR: u32 = 0;
+/// This crate's ABI version.
+pub const ABI_VERSION: AbiVersion = AbiVersion {
+    major: ABI_MAJOR,
+    minor: ABI_MINOR,
+};
+
+/// Name of the plain C symbol that reports a plugin's ABI version before any layout check.
+pub const ABI_VERSION_SYMBOL: &[u8] = b"ember_plugin_abi_version\0";
+
+/// Signature of the [`ABI_VERSION_SYMBOL`] function.
+pub type AbiVersionFn = extern "C" fn() -> AbiVersion;
+
+/// What the host tells a plugin at `init`, and the services it offers (logging).
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct HostContext {
+    /// The host's ABI version.
+    pub abi: AbiVersion,
+    /// Absolute path of the plugin's own shared object, to find runtimes shipped beside it.
+    pub plugin_path: RString,
+    /// Writes one line to the host's log: level, target (the plugin name), message.
+    pub log: extern "C" fn(LogLevel, RStr<'_>, RStr<'_>),
+}
+
+/// A loaded model. The host calls one handle's forward functions from one thread at a time
+/// unless [`LoadedModel::concurrent_calls`] says otherwise.
+#[sabi_trait]
+pub trait ModelHandle: Send + Sync {
+    /// Facts about the loaded model (vector width, device, precision, threading).
+    fn describe(&self) -> LoadedModel;
+
+    /// Pooled, unnormalised embeddings of token sequences (embedders, CLIP text towers).
+    fn embed_tokens(&self, batch: &TokenBatch) -> RResult<EmbeddingBatch, PluginError>;
+
+    /// One raw logit per query–document pair (rerankers).
+    fn score_pairs(&self, batch: &PairBatch) -> RResult<ScoreBatch, PluginError>;
+
+    /// Embeddings of preprocessed images (CLIP vision towers).
+    #[sabi(last_prefix_field)]
+    fn embed_pixels(&self, batch: &PixelBatch) -> RResult<EmbeddingBatch, PluginError>;
+}
+
+/// An owned model handle as it crosses the boundary.
+pub type ModelBox = ModelHandle_TO<'static, RBox<()>>;
+
+/// The root module of a plugin: its entry points, found by the host at load.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// Called once after loading: receives the host's services, reports what the plugin can do.
+    pub init: extern "C" fn(host: HostContext) -> RResult<PluginInfo, PluginError>,
+
+    /// Given a model repository's file listing and the precision asked for, the files the
+    /// plugin will read (weights and their side files), or an error naming what it looked for.
+    pub select_files:
+        extern "C" fn(listing: &RVec<RString>, dtype: DType) -> RResult<RVec<RString>, PluginError>,
+
+    /// Loads one model.
+    #[sabi(last_prefix_field)]
+    pub load_model: extern "C" fn(request: &LoadRequest) -> RResult<ModelBox, PluginError>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "ember_plugin";
+    const NAME: &'static str = "ember_plugin";
+    // abi_stable compares these at load: the major must match. They follow ABI_MAJOR/MINOR.
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("1.0.0");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_strings_follow_abi_constants() {
+        let v = <PluginModRef as RootModule>::VERSION_STRINGS;
+        assert_eq!(v.version.as_str(), format!("{ABI_MAJOR}.{ABI_MINOR}.0"));
+    }
+}

@@ -1,0 +1,427 @@
+//! The data that crosses the plugin boundary: requests, batches, results and errors.
+//!
+//! Every type here is `#[repr(C)]` and derives `StableAbi`, so its layout is checked when a
+//! plugin is loaded. Changing a type here is an ABI major bump.
+
+use abi_stable::std_types::{ROption, RString, RVec};
+use abi_stable::StableAbi;
+use std::fmt;
+
+/// Version of the plugin ABI: a plugin loads when its major equals the host's.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbiVersion {
+    /// Incompatible changes bump the major.
+    pub major: u32,
+    /// Compatible additions (new optional root-module functions) bump the minor.
+    pub minor: u32,
+}
+
+impl fmt::Display for AbiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What a model does: text embeddings, query–document scoring, or text and image embeddings.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelKind {
+    /// A text encoder whose pooled output is an embedding.
+    Embed,
+    /// A cross-encoder with one logit per (query, document) pair.
+    Rerank,
+    /// A CLIP-like model with a text tower and a vision tower in one space.
+    Clip,
+}
+
+impl ModelKind {
+    /// The lower-case name used in configuration, logs and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Embed => "embed",
+            ModelKind::Rerank => "rerank",
+            ModelKind::Clip => "clip",
+        }
+    }
+}
+
+/// How token states become one vector, as sentence-transformers' `Pooling` module does it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first token's state (`[CLS]`).
+    Cls,
+    /// Mean of the states of the tokens whose attention mask is 1.
+    Mean,
+    /// Element-wise max over the unmasked tokens.
+    Max,
+    /// Sum of the unmasked states divided by the square root of their count.
+    MeanSqrtLen,
+    /// The state of the last unmasked token (rows are right-padded).
+    LastToken,
+}
+
+impl Pooling {
+    /// The name sentence-transformers gives this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Pooling::LastToken => "lasttoken",
+        }
+    }
+}
+
+/// Numeric precision asked for a model; `Auto` lets the plugin choose for the device.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// The plugin's best choice for the device (fp16 or bf16 on GPUs, fp32 on CPUs).
+    Auto,
+    /// 32-bit floats.
+    Fp32,
+    /// IEEE half precision.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit floats, on GPUs that have them.
+    Fp8,
+    /// 8-bit integer weights (quantized models).
+    Int8,
+}
+
+impl DType {
+    /// Every value, in the order the configuration documents them.
+    pub const ALL: [DType; 6] = [
+        DType::Auto,
+        DType::Fp32,
+        DType::Fp16,
+        DType::Bf16,
+        DType::Fp8,
+        DType::Int8,
+    ];
+
+    /// The name used in `DTYPES`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::Auto => "auto",
+            DType::Fp32 => "fp32",
+            DType::Fp16 => "fp16",
+            DType::Bf16 => "bf16",
+            DType::Fp8 => "fp8",
+            DType::Int8 => "int8",
+        }
+    }
+}
+
+/// Kind of device a model runs on.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// Use CUDA when the plugin finds a usable GPU, the CPU otherwise.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+/// The device asked for a model (`DEVICE=auto|cpu|cuda|cuda:N`).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// Which kind of device.
+    pub kind: DeviceKind,
+    /// GPU ordinal for `Cuda` (and for `Auto` when it picks CUDA).
+    pub ordinal: u32,
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            DeviceKind::Auto => write!(f, "auto"),
+            DeviceKind::Cpu => write!(f, "cpu"),
+            DeviceKind::Cuda => write!(f, "cuda:{}", self.ordinal),
+        }
+    }
+}
+
+/// Image input geometry and normalisation of a vision tower (host-side preprocessing result).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ImageSpec {
+    /// Height in pixels of the tensors the model takes.
+    pub height: u32,
+    /// Width in pixels of the tensors the model takes.
+    pub width: u32,
+    /// Per-channel mean subtracted after rescaling (RGB).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean (RGB).
+    pub std: [f32; 3],
+}
+
+/// What the host learned about a model from its configuration files.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ModelManifest {
+    /// The model id as configured (`MODEL_NAMES` entry).
+    pub name: RString,
+    /// What the model does.
+    pub kind: ModelKind,
+    /// `architectures[0]` of `config.json` (for example `BertModel`), empty if absent.
+    pub architecture: RString,
+    /// `model_type` of `config.json` (for example `bert`, `xlm-roberta`, `clip`).
+    pub model_type: RString,
+    /// Pooling of token states into one vector (embedders and CLIP text towers).
+    pub pooling: Pooling,
+    /// Longest input in tokens, special tokens included; inputs are truncated to it.
+    pub max_input_tokens: u32,
+    /// Width of the hidden states.
+    pub hidden_size: u32,
+    /// Number of classifier outputs (rerankers: 1).
+    pub num_labels: u32,
+    /// Vision input geometry for CLIP-like models.
+    pub image: ROption<ImageSpec>,
+}
+
+/// Everything a plugin needs to load one model.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct LoadRequest {
+    /// Local directory with the model's files, in the Hugging Face repository layout.
+    pub model_dir: RString,
+    /// The files (relative to `model_dir`) the plugin chose with `select_files`.
+    pub files: RVec<RString>,
+    /// The host's reading of the model's configuration.
+    pub manifest: ModelManifest,
+    /// Precision asked for.
+    pub dtype: DType,
+    /// Device asked for.
+    pub device: DeviceRequest,
+    /// Most rows the host will put in one batch.
+    pub max_batch_size: u32,
+    /// Threads for one forward call on the CPU; 0 lets the plugin choose.
+    pub intra_op_threads: u32,
+}
+
+/// What a plugin can do, reported once at load.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct PluginInfo {
+    /// Backend name, as in `BACKEND` (for example `optimum`).
+    pub name: RString,
+    /// Version of the plugin itself.
+    pub version: RString,
+    /// Name and version of the inference runtime it wraps (for example `onnxruntime 1.31.1`).
+    pub runtime: RString,
+    /// Model kinds it can run.
+    pub kinds: RVec<ModelKind>,
+    /// Device kinds it can run on in this process (CUDA only if the runtime can use it).
+    pub devices: RVec<DeviceKind>,
+    /// Precisions it accepts.
+    pub dtypes: RVec<DType>,
+}
+
+/// What a loaded model reports about itself.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct LoadedModel {
+    /// Length of the vectors it returns (0 for rerankers).
+    pub embedding_dim: u32,
+    /// Device it runs on, as text (`cpu`, `cuda:0`).
+    pub device: RString,
+    /// Precision it runs in.
+    pub dtype: DType,
+    /// Whether the host may call its forward functions from several threads at once.
+    pub concurrent_calls: bool,
+}
+
+/// A right-padded batch of token sequences, row-major `[rows, seq_len]`.
+///
+/// Row `r`'s real tokens are `input_ids[r*seq_len .. r*seq_len + len_r]` where
+/// `len_r` is the sum of its attention mask; padding positions have mask 0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    /// Number of sequences.
+    pub rows: u32,
+    /// Padded length of every sequence.
+    pub seq_len: u32,
+    /// Token ids, `rows * seq_len` values.
+    pub input_ids: RVec<i64>,
+    /// 1 for real tokens, 0 for padding, `rows * seq_len` values.
+    pub attention_mask: RVec<i64>,
+    /// Segment ids (0 for the first text, 1 for the second of a pair), `rows * seq_len`.
+    pub token_type_ids: RVec<i64>,
+}
+
+impl TokenBatch {
+    /// Checks that the three arrays have `rows * seq_len` values each.
+    pub fn validate(&self) -> Result<(), PluginError> {
+        let n = self.rows as usize * self.seq_len as usize;
+        for (name, len) in [
+            ("input_ids", self.input_ids.len()),
+            ("attention_mask", self.attention_mask.len()),
+            ("token_type_ids", self.token_type_ids.len()),
+        ] {
+            if len != n {
+                return Err(PluginError::invalid_input(format!(
+                    "token batch {name} has {len} values, expected rows*seq_len = {}*{} = {n}",
+                    self.rows, self.seq_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of real tokens of each row (the sum of its attention mask).
+    pub fn row_lengths(&self) -> Vec<usize> {
+        let s = self.seq_len as usize;
+        (0..self.rows as usize)
+            .map(|r| {
+                self.attention_mask[r * s..(r + 1) * s]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
+            .collect()
+    }
+}
+
+/// Query–document pairs, each tokenized jointly as the model's tokenizer pairs them.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PairBatch {
+    /// One row per pair; `token_type_ids` mark the document side where the model uses them.
+    pub tokens: TokenBatch,
+}
+
+/// Preprocessed images, row-major `[rows, channels, height, width]` float32 (NCHW).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PixelBatch {
+    /// Number of images.
+    pub rows: u32,
+    /// Channels per image (3, RGB).
+    pub channels: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Width in pixels.
+    pub width: u32,
+    /// `rows * channels * height * width` normalised values.
+    pub values: RVec<f32>,
+}
+
+impl PixelBatch {
+    /// Checks that `values` holds `rows * channels * height * width` floats.
+    pub fn validate(&self) -> Result<(), PluginError> {
+        let n = self.rows as usize
+            * self.channels as usize
+            * self.height as usize
+            * self.width as usize;
+        if self.values.len() != n {
+            return Err(PluginError::invalid_input(format!(
+                "pixel batch has {} values, expected {}x{}x{}x{} = {n}",
+                self.values.len(),
+                self.rows,
+                self.channels,
+                self.height,
+                self.width
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Pooled, not normalised vectors, row-major `[rows, dim]`.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct EmbeddingBatch {
+    /// Number of vectors (equals the input's rows).
+    pub rows: u32,
+    /// Length of each vector.
+    pub dim: u32,
+    /// `rows * dim` values.
+    pub values: RVec<f32>,
+}
+
+/// One raw logit per pair, in input order.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ScoreBatch {
+    /// One value per input row.
+    pub scores: RVec<f32>,
+}
+
+/// Why a plugin call failed; decides the HTTP status the host answers with.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The input itself is wrong (bad shape, unsupported token id): 400.
+    InvalidInput,
+    /// The plugin cannot do this (model kind, dtype, device, file layout): 400 or start-up error.
+    Unsupported,
+    /// Device or host memory ran out; the host retries with smaller batches.
+    OutOfMemory,
+    /// The device failed (CUDA error, lost device).
+    Device,
+    /// Anything else, including a panic inside the plugin.
+    Internal,
+}
+
+/// An error value crossing the boundary: a code and a human-readable message.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PluginError {
+    /// The class of failure.
+    pub code: ErrorCode,
+    /// What went wrong, for logs and API errors.
+    pub message: RString,
+}
+
+impl PluginError {
+    /// An error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        PluginError {
+            code,
+            message: RString::from(message.into()),
+        }
+    }
+    /// The input is wrong.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidInput, message)
+    }
+    /// The plugin cannot do this.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unsupported, message)
+    }
+    /// Anything else.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// Severity of a log line a plugin sends to the host.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Failures.
+    Error,
+    /// Degraded but working (for example a CUDA fallback to the CPU).
+    Warn,
+    /// Life-cycle events (model loaded, device chosen).
+    Info,
+    /// Details for debugging.
+    Debug,
+}

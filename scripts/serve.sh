@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Serves the default configuration: all-MiniLM-L6-v2 (from the PyPI package, exported to ONNX
+# by scripts/setup.sh) with the ONNX Runtime backend on port 8000. Any setting can be given in
+# the environment (MODEL_NAMES, BACKEND, PORT, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+MODEL_DIR=$PWD/models/sentence-transformers/all-MiniLM-L6-v2
+if [ ! -d "$MODEL_DIR" ]; then
+  mkdir -p "$(dirname "$MODEL_DIR")"
+  cp -r fixtures/all-MiniLM-L6-v2 "$MODEL_DIR"
+fi
+cd models
+export MODEL_NAMES=${MODEL_NAMES:-sentence-transformers/all-MiniLM-L6-v2}
+export BACKEND=${BACKEND:-optimum}
+export EMBER_CONFIG=${EMBER_CONFIG:-../config/default.toml}
+exec "$TARGET/release/ember"

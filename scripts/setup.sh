@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Sets up everything ember needs on a fresh machine, idempotently:
+#   1. a Python virtual environment with the pinned wheels (runtimes, and the reference
+#      implementation used to build test models), cached outside the clone by content hash;
+#   2. the test models and their reference outputs (scripts/make_fixtures.py), cached the same way;
+#   3. a release build of the host and the plugins;
+#   4. the native runtimes from the wheels linked next to the plugins, so no LD_LIBRARY_PATH
+#      is needed.
+# Prints nothing but progress; safe to run again. Environment:
+#   EMBER_CACHE        cache root (default ~/.cache/ember)
+#   CARGO_TARGET_DIR   cargo's target directory (default ./target)
+#   EMBER_PROFILE      cargo profile to build (default release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${EMBER_CACHE:-$HOME/.cache/ember}
+PROFILE=${EMBER_PROFILE:-release}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+mkdir -p "$CACHE"
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 1. Python environment from the pinned requirements.
+REQ_HASH=$(hash_of requirements.txt scripts/requirements-fixtures.txt)
+VENV=$CACHE/venv-$REQ_HASH
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
+  echo "setup: creating $VENV (pinned wheels; first time only)"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-fixtures.txt
+  touch "$VENV/.complete"
+fi
+ln -sfn "$VENV" "$CACHE/venv"
+
+# 2. Test models and reference outputs.
+FIX_HASH=$(hash_of scripts/make_fixtures.py requirements.txt scripts/requirements-fixtures.txt)
+FIXTURES=$CACHE/fixtures-$FIX_HASH
+if [ ! -f "$FIXTURES/.complete" ]; then
+  echo "setup: generating test models into $FIXTURES"
+  rm -rf "$FIXTURES"
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/make_fixtures.py "$FIXTURES" >/dev/null 2>"$CACHE/make_fixtures.log" \
+    || { cat "$CACHE/make_fixtures.log" >&2; exit 1; }
+  touch "$FIXTURES/.complete"
+fi
+ln -sfn "$FIXTURES" "$ROOT/fixtures"
+
+# 3. Build.
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked -p ember-host -p ember-optimum
+  OUT=$TARGET/release
+else
+  cargo build --locked -p ember-host -p ember-optimum
+  OUT=$TARGET/debug
+fi
+
+# 4. Runtimes next to the plugins.
+ORT_CAPI=$("$VENV/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
+for lib in "$ORT_CAPI"/libonnxruntime*.so*; do
+  ln -sf "$lib" "$OUT/$(basename "$lib")"
+done
+ln -sf "$(ls "$ORT_CAPI"/libonnxruntime.so.* | head -n1)" "$OUT/libonnxruntime.so"
+echo "setup: ready: $OUT/ember with plugins $(cd "$OUT" && ls libember_*.so | tr '\n' ' ')"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: setup (venv from pinned wheels, test models,
+# release build), formatting and lint, unit tests, then the end-to-end tests that run the
+# real `ember` binary with the real plugins over HTTP.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo build --release --locked -p ember-abi-mismatch
+cargo test --release --locked --workspace --exclude ember-e2e
+# End-to-end tests start servers that use every core: one test at a time.
+cargo test --release --locked -p ember-e2e -- --test-threads=1

@@ -1,0 +1,280 @@
+//! Helpers for the end-to-end tests: locating the built binary, plugins and fixtures,
+//! starting `ember` as a child process, and comparing vectors with reference outputs.
+
+use base64::Engine as _;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Directory of the built `ember` binary and plugins (`EMBER_BIN_DIR`, else target/release).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EMBER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("release")
+}
+
+/// Directory of the generated test models (`EMBER_FIXTURES`, else ./fixtures).
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("EMBER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("fixtures"))
+}
+
+/// One fixture model directory, checked to exist.
+pub fn fixture(name: &str) -> PathBuf {
+    let p = fixtures().join(name);
+    assert!(
+        p.join("config.json").is_file(),
+        "fixture {} missing: run scripts/setup.sh first",
+        p.display()
+    );
+    p
+}
+
+/// The reference outputs of a fixture.
+pub fn reference(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A running `ember` process, killed on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Log lines seen until ready.
+    pub log: Vec<String>,
+    /// Time from spawn to the ready line.
+    pub startup: Duration,
+}
+
+/// How a start-up ended when it did not become ready.
+#[derive(Debug)]
+pub struct Failed {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Builds the command for `ember` with a clean environment plus `env`.
+pub fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin_dir().join("ember"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("EMBER_CONFIG", repo_root().join("config/default.toml"))
+        .current_dir(std::env::temp_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    /// Starts `ember` and waits until it listens; panics with its log if it does not.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        match Self::try_start(env) {
+            Ok(s) => s,
+            Err(f) => panic!("ember did not start (exit {:?}):\n{}", f.code, f.stderr),
+        }
+    }
+
+    /// Starts `ember`; returns its exit code and log if it exits before listening.
+    pub fn try_start(env: &[(&str, &str)]) -> Result<Server, Failed> {
+        let started = Instant::now();
+        let mut child = command(env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ember (run scripts/setup.sh to build it)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("EMBER_TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let ready = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+                        (v["fields"]["message"] == "ready")
+                            .then(|| v["fields"]["addr"].as_str().map(String::from))
+                            .flatten()
+                    });
+                    log.push(line);
+                    if let Some(addr) = ready {
+                        return Ok(Server {
+                            child,
+                            url: format!("http://{addr}"),
+                            log,
+                            startup: started.elapsed(),
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        // Collect what remains of its output.
+                        while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                            log.push(line);
+                        }
+                        return Err(Failed {
+                            code: status.code(),
+                            stderr: log.join("\n"),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(Failed {
+                            code: None,
+                            stderr: log.join("\n"),
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().ok();
+                    return Err(Failed {
+                        code: status.and_then(|s| s.code()),
+                        stderr: log.join("\n"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// POSTs JSON to `path`; returns status and parsed body.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = client()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .unwrap();
+        read(resp)
+    }
+
+    /// GETs `path`; returns status and parsed body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        read(client().get(format!("{}{path}", self.url)).send().unwrap())
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn read(resp: reqwest::blocking::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// The float vectors of an embeddings response, in `index` order.
+pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
+    let mut data: Vec<&Value> = body["data"].as_array().expect("data list").iter().collect();
+    data.sort_by_key(|d| d["index"].as_u64().unwrap());
+    data.iter()
+        .map(|d| match &d["embedding"] {
+            Value::Array(a) => a.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            Value::String(s) => decode_base64(s),
+            other => panic!("unexpected embedding {other}"),
+        })
+        .collect()
+}
+
+/// Decodes a base64 little-endian float32 vector.
+pub fn decode_base64(s: &str) -> Vec<f32> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Euclidean norm.
+pub fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The environment that serves one fixture with the optimum plugin.
+pub fn optimum_env(model: &Path) -> Vec<(String, String)> {
+    vec![
+        ("MODEL_NAMES".into(), model.display().to_string()),
+        ("BACKEND".into(), "optimum".into()),
+        ("DEVICE".into(), "cpu".into()),
+    ]
+}
+
+/// Borrows an owned environment list as `&str` pairs.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

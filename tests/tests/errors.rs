@@ -1,0 +1,199 @@
+//! Bad input and overload: clear errors naming the field, the right status codes, and a
+//! server that keeps serving.
+
+use ember_e2e::*;
+use serde_json::{json, Value};
+
+fn serve_tiny(extra: &[(&str, &str)]) -> Server {
+    let mut env = optimum_env(&fixture("tiny-bert-cls"));
+    for (k, v) in extra {
+        env.push((k.to_string(), v.to_string()));
+    }
+    Server::start(&env_refs(&env))
+}
+
+fn assert_error(resp: (u16, Value), status: u16, param: Option<&str>, contains: &str) {
+    let (code, body) = resp;
+    assert_eq!(code, status, "{body}");
+    let err = &body["error"];
+    assert_eq!(err["code"], status, "{body}");
+    assert!(err["type"].is_string(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(err["param"], p, "{body}");
+    }
+    let msg = err["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(contains),
+        "message {msg:?} should contain {contains:?}"
+    );
+}
+
+#[test]
+fn bad_requests_name_the_field_and_index() {
+    let server = serve_tiny(&[
+        ("MAX_ITEMS_PER_REQUEST", "4"),
+        ("MAX_REQUEST_BYTES", "4096"),
+    ]);
+    let e = |body: Value| server.post("/v1/embeddings", &body);
+    assert_error(
+        e(json!({"input": ["ok", 7, "x"]})),
+        400,
+        Some("input"),
+        "input[1] must be a string",
+    );
+    assert_error(e(json!({})), 400, Some("input"), "input is required");
+    assert_error(e(json!({"input": []})), 400, Some("input"), "empty");
+    assert_error(
+        e(json!({"input": {"a": 1}})),
+        400,
+        Some("input"),
+        "got an object",
+    );
+    assert_error(
+        e(json!(["not", "an", "object"])),
+        400,
+        Some("body"),
+        "JSON object",
+    );
+    assert_error(
+        e(json!({"input": "a", "encoding_format": "hex"})),
+        400,
+        Some("encoding_format"),
+        "'hex'",
+    );
+    assert_error(
+        e(json!({"input": "a", "dimensions": -3})),
+        400,
+        Some("dimensions"),
+        "positive integer",
+    );
+    assert_error(
+        e(json!({"input": "a", "dimensions": 33})),
+        400,
+        Some("dimensions"),
+        "at most 32",
+    );
+    assert_error(
+        e(json!({"input": "a", "modality": "video"})),
+        400,
+        Some("modality"),
+        "invalid modality 'video'",
+    );
+    assert_error(
+        e(json!({"input": "a", "modality": "image"})),
+        400,
+        Some("modality"),
+        "detected capabilities: embed",
+    );
+    assert_error(
+        e(json!({"input": "a", "modality": "audio"})),
+        501,
+        None,
+        "not yet implemented",
+    );
+    assert_error(
+        e(json!({"input": "a", "model": "nope/nope"})),
+        404,
+        Some("model"),
+        "deployed models:",
+    );
+    assert_error(
+        e(json!({"input": ["a", "b", "c", "d", "e"]})),
+        413,
+        Some("input"),
+        "at most 4",
+    );
+    let big = "x".repeat(5000);
+    assert_error(e(json!({"input": big})), 413, None, "4096 bytes");
+
+    let raw = client()
+        .post(format!("{}/v1/embeddings", server.url))
+        .header("content-type", "application/json")
+        .body("{\"input\": [\"a\",")
+        .send()
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let body: Value = raw.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{body}"
+    );
+
+    let raw = client()
+        .post(format!("{}/v1/embeddings", server.url))
+        .header("content-type", "text/plain")
+        .body("{\"input\": \"a\"}")
+        .send()
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 415);
+
+    assert_error(server.get("/v1/nothing"), 404, None, "no such route");
+    assert_error(
+        server.get("/v1/embeddings"),
+        405,
+        None,
+        "method not allowed",
+    );
+
+    // After all that, the server still answers and is healthy.
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": "still fine"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn flooding_past_the_queue_gives_429_and_every_accepted_request_its_answer() {
+    // A queue of 16 items and requests of 8 items each: at most two fit at once.
+    let server = serve_tiny(&[("INFINITY_QUEUE_SIZE", "16"), ("BATCH_SIZES", "8")]);
+    let reference = reference("tiny-bert-cls");
+    let long = reference["texts"][4].as_str().unwrap().to_string();
+    let expected: Vec<f32> = serde_json::from_value(reference["embeddings"][4].clone()).unwrap();
+    let (ok, overloaded) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                let server = &server;
+                let long = &long;
+                let expected = &expected;
+                s.spawn(move || {
+                    let mut ok = 0;
+                    let mut overloaded = 0;
+                    for _ in 0..5 {
+                        let (status, body) =
+                            server.post("/v1/embeddings", &json!({"input": vec![long; 8]}));
+                        match status {
+                            200 => {
+                                let v = vectors(&body);
+                                assert_eq!(v.len(), 8);
+                                assert!(v.iter().all(|x| cosine(x, expected) > 0.9999));
+                                ok += 1;
+                            }
+                            429 => {
+                                assert!(body["error"]["message"]
+                                    .as_str()
+                                    .unwrap()
+                                    .contains("queue"));
+                                overloaded += 1;
+                            }
+                            other => panic!("unexpected status {other}: {body}"),
+                        }
+                    }
+                    (ok, overloaded)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    });
+    eprintln!("flood: {ok} answered, {overloaded} refused with 429");
+    assert!(ok > 0, "some requests must be served");
+    assert!(overloaded > 0, "the queue bound must refuse some requests");
+    assert_eq!(ok + overloaded, 120);
+    assert_eq!(server.get("/health").0, 200);
+    let (status, _) = server.post("/v1/embeddings", &json!({"input": "after the flood"}));
+    assert_eq!(status, 200);
+}
