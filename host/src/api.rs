@@ -518,7 +518,7 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("dimensions"));
         let e = parse(json!({"input": []})).unwrap_err();
         assert!(e.message.contains("empty"));
-        let e = parse(json!({"input": ["a"; 5]})).unwrap_err();
+        let e = parse(json!({"input": vec!["a"; 5]})).unwrap_err();
         assert_eq!(e.status, 413);
         let e = parse(json!(["a"])).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("body"));

@@ -103,6 +103,14 @@ async fn envelope_errors(
     next: axum::middleware::Next,
 ) -> Response {
     let resp = next.run(req).await;
+    // Our own errors are JSON already; only axum's plain-text rejections are rewritten.
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::new(
             413,
