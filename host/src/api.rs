@@ -93,6 +93,19 @@ impl DeployedModel {
             ModelKind::Clip => vec!["embed", "image_embed"],
         }
     }
+
+    /// The 400 for a request that needs a capability this model lacks, blaming `param`.
+    pub fn lacks(&self, capability: &str, param: &str) -> ApiError {
+        ApiError::invalid(
+            param,
+            format!(
+                "model '{}' does not expose the '{capability}' capability; detected \
+                 capabilities: {}",
+                self.id,
+                self.capabilities().join(", ")
+            ),
+        )
+    }
 }
 
 /// Everything the operations need.
@@ -403,16 +416,7 @@ pub async fn embeddings(
     let model = state.model(req.model.as_deref())?;
     match req.modality.as_str() {
         "text" => {}
-        "image" => {
-            return Err(ApiError::invalid(
-                "modality",
-                format!(
-                    "model '{}' does not expose the 'image' capability; detected capabilities: {}",
-                    model.id,
-                    model.capabilities().join(", ")
-                ),
-            ))
-        }
+        "image" => return Err(model.lacks("image", "modality")),
         "audio" => {
             return Err(ApiError::new(
                 501,
@@ -428,14 +432,7 @@ pub async fn embeddings(
         }
     }
     if model.manifest.abi.kind == ModelKind::Rerank {
-        return Err(ApiError::invalid(
-            "model",
-            format!(
-                "model '{}' does not expose the 'embed' capability; detected capabilities: {}",
-                model.id,
-                model.capabilities().join(", ")
-            ),
-        ));
+        return Err(model.lacks("embed", "model"));
     }
     if let Some(d) = req.dimensions {
         if d > model.dim {

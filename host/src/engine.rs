@@ -293,9 +293,11 @@ impl Worker {
         match self.forward(&items) {
             Ok(outputs) => {
                 self.health.record(None);
+                // The count drops before the answer leaves, so a caller that re-submits at
+                // once never sees its own finished items still counted.
                 for (item, out) in items.into_iter().zip(outputs) {
-                    let _ = item.reply.send(Ok(out));
                     self.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = item.reply.send(Ok(out));
                 }
             }
             Err(e) if items.len() > 1 => {
@@ -316,8 +318,8 @@ impl Worker {
                         .record(Some(format!("last plugin call failed: {}", e.message)));
                 }
                 for item in items {
-                    let _ = item.reply.send(Err(EngineError::Plugin(e.clone())));
                     self.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = item.reply.send(Err(EngineError::Plugin(e.clone())));
                 }
             }
         }
@@ -352,6 +354,119 @@ pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_plugin_api::sdk::into_model_box;
+    use ember_plugin_api::{DType, EmbeddingBatch, LoadedModel, Model};
+
+    /// An in-process model: the vector of a row is [its length, its first token]; a row
+    /// containing token 666 is rejected as invalid input, token 999 makes the plugin panic.
+    struct Echo;
+
+    impl Model for Echo {
+        fn describe(&self) -> LoadedModel {
+            LoadedModel {
+                embedding_dim: 2,
+                device: "cpu".into(),
+                dtype: DType::Fp32,
+                concurrent_calls: false,
+            }
+        }
+
+        fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+            let s = batch.seq_len as usize;
+            if batch.input_ids.contains(&999) {
+                panic!("simulated plugin crash");
+            }
+            if batch.input_ids.contains(&666) {
+                return Err(PluginError::invalid_input("token 666 is not allowed"));
+            }
+            let lens = batch.row_lengths();
+            let values: Vec<f32> = (0..batch.rows as usize)
+                .flat_map(|r| [lens[r] as f32, batch.input_ids[r * s] as f32])
+                .collect();
+            Ok(EmbeddingBatch {
+                rows: batch.rows,
+                dim: 2,
+                values: values.into(),
+            })
+        }
+    }
+
+    fn engine(queue_size: usize) -> Engine {
+        let runner = ModelRunner::new(into_model_box(Box::new(Echo)));
+        let limits = EngineLimits {
+            batch_size: 4,
+            max_batch_tokens: 1024,
+            queue_size,
+            pad_id: 0,
+        };
+        Engine::start("echo", runner, limits).unwrap()
+    }
+
+    fn toks(first: i64, len: usize) -> Payload {
+        let mut ids = vec![first];
+        ids.resize(len, 7);
+        Payload::Tokens(Tokens {
+            type_ids: vec![0; len],
+            ids,
+        })
+    }
+
+    #[tokio::test]
+    async fn results_come_back_in_order_across_sorted_batches() {
+        let e = engine(100);
+        let payloads: Vec<Payload> = (0..10).map(|i| toks(i as i64 + 1, 10 - i)).collect();
+        let out = e.run(payloads).await.unwrap();
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(o, &Output::Vector(vec![(10 - i) as f32, (i + 1) as f32]));
+        }
+        assert_eq!(e.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_bad_input_fails_only_its_own_request() {
+        let e = engine(100);
+        // Submitted together so they share batches.
+        let good1 = e.submit(vec![toks(1, 3), toks(2, 3)]).unwrap();
+        let bad = e.submit(vec![toks(666, 3)]).unwrap();
+        let good2 = e.submit(vec![toks(3, 3)]).unwrap();
+        for rx in good1.into_iter().chain(good2) {
+            assert!(matches!(rx.await.unwrap(), Ok(Output::Vector(_))));
+        }
+        let err = bad.into_iter().next().unwrap().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("token 666"), "{err}");
+        assert!(
+            e.health.status().is_ok(),
+            "bad input does not make the model unhealthy"
+        );
+        assert_eq!(e.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_panic_is_an_error_and_marks_health() {
+        let e = engine(100);
+        let err = e.run(vec![toks(999, 2)]).await.unwrap_err();
+        assert!(err.to_string().contains("simulated plugin crash"), "{err}");
+        assert!(e
+            .health
+            .status()
+            .unwrap_err()
+            .contains("simulated plugin crash"));
+        // The worker survives and recovers on the next good call.
+        assert!(e.run(vec![toks(1, 2)]).await.is_ok());
+        assert!(e.health.status().is_ok());
+    }
+
+    #[test]
+    fn admission_is_all_or_nothing_within_the_queue_bound() {
+        let e = engine(3);
+        let refused = e.submit((0..4).map(|_| toks(1, 2)).collect());
+        assert!(matches!(
+            refused,
+            Err(EngineError::Overloaded { capacity: 3, .. })
+        ));
+        assert_eq!(e.queued(), 0, "a refused request leaves nothing queued");
+        assert!(e.submit((0..3).map(|_| toks(1, 2)).collect()).is_ok());
+    }
 
     #[test]
     fn pad_right_pads_with_mask() {

@@ -207,8 +207,7 @@ impl Plugin {
     /// Loads a model.
     pub fn load_model(&self, request: &LoadRequest) -> Result<ModelRunner, PluginError> {
         let handle = (self.module.load_model())(request).into_result()?;
-        let described = handle.describe();
-        Ok(ModelRunner { handle, described })
+        Ok(ModelRunner::new(handle))
     }
 }
 
@@ -220,6 +219,12 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
+    /// Wraps a model handle (from a plugin, or built in-process with the SDK).
+    pub fn new(handle: ModelBox) -> ModelRunner {
+        let described = handle.describe();
+        ModelRunner { handle, described }
+    }
+
     /// Embeds a token batch.
     pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
         self.handle.embed_tokens(batch).into_result()

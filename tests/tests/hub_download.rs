@@ -82,7 +82,7 @@ fn list(root: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn downloads_only_needed_files_through_hf_endpoint_then_serves_offline_from_cache() {
+fn downloads_only_needed_files_through_hf_endpoint_then_serves_from_cache_without_the_hub() {
     let root = fixture("tiny-bert-cls");
     let hub = Arc::new(Hub {
         files: list(&root),
@@ -155,6 +155,19 @@ fn downloads_only_needed_files_through_hf_endpoint_then_serves_offline_from_cach
     // The hub goes away; with HF_HUB_OFFLINE=1 the cache alone serves the model.
     server_task.abort();
     drop(rt);
+    // Online but the hub is unreachable: the cached copy serves, with a warning.
+    let server = Server::start(&online);
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("using the cached copy")),
+        "falling back to the cache is logged"
+    );
+    let (status, _) = server.post("/v1/embeddings", &json!({"input": "cached"}));
+    assert_eq!(status, 200);
+    drop(server);
+
     let mut offline = base.to_vec();
     offline.push(("HF_HUB_OFFLINE", "1"));
     let server = Server::start(&offline);

@@ -143,7 +143,21 @@ pub async fn resolve(name: &str, plugin: &Plugin, dtype: DType) -> Result<LocalM
         let backend_files = select(name, plugin, &list_dir(&dir), dtype)?;
         return Ok(LocalModel { dir, backend_files });
     }
-    download(name, plugin, dtype, cache, repo).await
+    match download(name, plugin, dtype, cache, repo).await {
+        // The hub is unreachable but an earlier download is cached: serve that, loudly.
+        Err(ModelError::Download { reason, .. }) if cached_dir.is_some() => {
+            let dir = cached_dir.unwrap_or_default();
+            tracing::warn!(
+                model = name,
+                error = reason,
+                dir = %dir.display(),
+                "hub unreachable; using the cached copy"
+            );
+            let backend_files = select(name, plugin, &list_dir(&dir), dtype)?;
+            Ok(LocalModel { dir, backend_files })
+        }
+        other => other,
+    }
 }
 
 /// Logs download progress at most every 10% of a file.
