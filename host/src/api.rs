@@ -57,7 +57,8 @@ impl From<EngineError> for ApiError {
                 ErrorCode::Unsupported => {
                     ApiError::new(400, "invalid_request_error", e.to_string())
                 }
-                ErrorCode::OutOfMemory => ApiError::new(507, "server_error", e.to_string()),
+                // Out of memory even alone: the server cannot take this input now.
+                ErrorCode::OutOfMemory => ApiError::new(503, "server_error", e.to_string()),
                 ErrorCode::Device | ErrorCode::Internal => {
                     ApiError::new(500, "server_error", e.to_string())
                 }
