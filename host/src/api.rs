@@ -117,6 +117,8 @@ pub struct AppState {
     pub backend: String,
     /// Most inputs in one request.
     pub max_items: usize,
+    /// Largest accepted request body in bytes.
+    pub max_request_bytes: usize,
     /// Start time, reported as `created` in the model list.
     pub created: u64,
 }

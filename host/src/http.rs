@@ -3,6 +3,7 @@
 
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest};
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,9 +49,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let body = body_bytes(body, state.max_request_bytes)?;
     let value = json_body(&headers, &body)?;
     let req = EmbeddingsRequest::parse(&value, state.max_items)?;
     let items = req.input.len();
@@ -96,42 +98,31 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// Maps axum's body-limit rejection (and other non-JSON errors) to the OpenAI envelope.
-async fn envelope_errors(
-    State(limit): State<usize>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let resp = next.run(req).await;
-    // Our own errors are JSON already; only axum's plain-text rejections are rewritten.
-    let is_json = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return resp;
-    }
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            413,
-            "invalid_request_error",
-            format!("request body is larger than {limit} bytes (MAX_REQUEST_BYTES)"),
-        )
-        .into_response();
-    }
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
-        return ApiError::new(
-            405,
-            "invalid_request_error",
-            "method not allowed on this route",
-        )
-        .into_response();
-    }
-    resp
+/// The body of a request, or the 413 / 400 its rejection deserves.
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::new(
+                413,
+                "invalid_request_error",
+                format!("request body is larger than {limit} bytes (MAX_REQUEST_BYTES)"),
+            )
+        }
+        other => ApiError::invalid("body", format!("cannot read the request body: {other}")),
+    })
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        405,
+        "invalid_request_error",
+        "method not allowed on this route",
+    )
 }
 
 /// Builds the router.
-pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_request_bytes;
     let v1 = Router::new()
         .route("/models", get(models))
         .route("/embeddings", post(embeddings));
@@ -140,10 +131,7 @@ pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
         .nest("/openai/v1", v1)
         .route("/health", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(
-            max_request_bytes,
-            envelope_errors,
-        ))
-        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(DefaultBodyLimit::max(limit))
 }

@@ -188,12 +188,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         models,
         backend: plugin.info.name.to_string(),
         max_items: settings.max_items_per_request,
+        max_request_bytes: settings.max_request_bytes,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
     });
-    let app = crate::http::router(state, settings.max_request_bytes);
+    let app = crate::http::router(state);
     let addr = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -103,6 +103,17 @@ fn check_id(name: &str) -> Result<(), ModelError> {
     }
 }
 
+/// A model already on disk in `dir`, with the files the backend selects from its listing.
+fn on_disk(
+    name: &str,
+    plugin: &Plugin,
+    dir: PathBuf,
+    dtype: DType,
+) -> Result<LocalModel, ModelError> {
+    let backend_files = select(name, plugin, &list_dir(&dir), dtype)?;
+    Ok(LocalModel { dir, backend_files })
+}
+
 fn select(
     name: &str,
     plugin: &Plugin,
@@ -121,12 +132,7 @@ fn select(
 pub async fn resolve(name: &str, plugin: &Plugin, dtype: DType) -> Result<LocalModel, ModelError> {
     let as_dir = Path::new(name);
     if as_dir.is_dir() {
-        let listing = list_dir(as_dir);
-        let backend_files = select(name, plugin, &listing, dtype)?;
-        return Ok(LocalModel {
-            dir: as_dir.to_path_buf(),
-            backend_files,
-        });
+        return on_disk(name, plugin, as_dir.to_path_buf(), dtype);
     }
     check_id(name)?;
     let cache = Cache::from_env();
@@ -140,23 +146,20 @@ pub async fn resolve(name: &str, plugin: &Plugin, dtype: DType) -> Result<LocalM
             name: name.into(),
             cache: cache.path().display().to_string(),
         })?;
-        let backend_files = select(name, plugin, &list_dir(&dir), dtype)?;
-        return Ok(LocalModel { dir, backend_files });
+        return on_disk(name, plugin, dir, dtype);
     }
-    match download(name, plugin, dtype, cache, repo).await {
+    match (download(name, plugin, dtype, cache, repo).await, cached_dir) {
         // The hub is unreachable but an earlier download is cached: serve that, loudly.
-        Err(ModelError::Download { reason, .. }) if cached_dir.is_some() => {
-            let dir = cached_dir.unwrap_or_default();
+        (Err(ModelError::Download { reason, .. }), Some(dir)) => {
             tracing::warn!(
                 model = name,
                 error = reason,
                 dir = %dir.display(),
-                "hub unreachable; using the cached copy"
+                "download failed; using the cached copy"
             );
-            let backend_files = select(name, plugin, &list_dir(&dir), dtype)?;
-            Ok(LocalModel { dir, backend_files })
+            on_disk(name, plugin, dir, dtype)
         }
-        other => other,
+        (result, _) => result,
     }
 }
 
