@@ -79,7 +79,27 @@ pub struct RawSettings {
     pub max_request_bytes: String,
     #[serde(deserialize_with = "stringly")]
     pub max_items_per_request: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_client_user_agent: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_client_timeout: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_client_max_connections: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_client_max_keepalive_connections: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_max_bytes: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_max_pixels: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_max_redirects: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_allow_private_urls: String,
 }
+
+/// The seed worker's browser-style User-Agent for image downloads (CDNs block generic ones).
+pub const DEFAULT_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) \
+    AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 
 impl Default for RawSettings {
     fn default() -> Self {
@@ -98,6 +118,14 @@ impl Default for RawSettings {
             intra_op_threads: "0".into(),
             max_request_bytes: "16777216".into(),
             max_items_per_request: "2048".into(),
+            http_client_user_agent: String::new(),
+            http_client_timeout: "10.0".into(),
+            http_client_max_connections: "50".into(),
+            http_client_max_keepalive_connections: "20".into(),
+            image_max_bytes: "20971520".into(),
+            image_max_pixels: "40000000".into(),
+            image_max_redirects: "5".into(),
+            image_allow_private_urls: "false".into(),
         }
     }
 }
@@ -118,7 +146,36 @@ const ENV_KEYS: &[&str] = &[
     "INTRA_OP_THREADS",
     "MAX_REQUEST_BYTES",
     "MAX_ITEMS_PER_REQUEST",
+    "HTTP_CLIENT_USER_AGENT",
+    "HTTP_CLIENT_TIMEOUT",
+    "HTTP_CLIENT_MAX_CONNECTIONS",
+    "HTTP_CLIENT_MAX_KEEPALIVE_CONNECTIONS",
+    "IMAGE_MAX_BYTES",
+    "IMAGE_MAX_PIXELS",
+    "IMAGE_MAX_REDIRECTS",
+    "IMAGE_ALLOW_PRIVATE_URLS",
 ];
+
+/// How images named by URL are fetched and which images are accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSettings {
+    /// User-Agent of image downloads.
+    pub user_agent: String,
+    /// Whole-request timeout of one download.
+    pub timeout: std::time::Duration,
+    /// Most downloads in flight at once, over all requests.
+    pub max_connections: usize,
+    /// Idle keep-alive connections kept per host.
+    pub max_keepalive: usize,
+    /// Largest accepted image file in bytes.
+    pub max_bytes: usize,
+    /// Largest accepted image in pixels (width x height).
+    pub max_pixels: u64,
+    /// Most redirects followed per download.
+    pub max_redirects: usize,
+    /// Whether URLs may point at loopback, private, link-local and other internal addresses.
+    pub allow_private: bool,
+}
 
 /// One model to serve.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,10 +216,20 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// Most inputs in one request.
     pub max_items_per_request: usize,
+    /// Image download and decoding limits.
+    pub images: ImageSettings,
 }
 
 fn bad(var: &str, value: &str, allowed: &str) -> ConfigError {
     ConfigError(format!("invalid {var}={value:?}: {allowed}"))
+}
+
+fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(bad(var, value, "expected true or false")),
+    }
 }
 
 fn parse_num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
@@ -367,6 +434,43 @@ impl RawSettings {
                 &self.max_items_per_request,
                 1usize,
             )?,
+            images: self.image_settings()?,
+        })
+    }
+
+    fn image_settings(&self) -> Result<ImageSettings, ConfigError> {
+        let timeout = match self.http_client_timeout.trim().parse::<f64>() {
+            Ok(t) if t > 0.0 && t.is_finite() => std::time::Duration::from_secs_f64(t),
+            _ => {
+                return Err(bad(
+                    "HTTP_CLIENT_TIMEOUT",
+                    &self.http_client_timeout,
+                    "expected a number of seconds > 0",
+                ))
+            }
+        };
+        let ua = self.http_client_user_agent.trim();
+        Ok(ImageSettings {
+            user_agent: if ua.is_empty() {
+                DEFAULT_USER_AGENT.to_string()
+            } else {
+                ua.to_string()
+            },
+            timeout,
+            max_connections: parse_num(
+                "HTTP_CLIENT_MAX_CONNECTIONS",
+                &self.http_client_max_connections,
+                1usize,
+            )?,
+            max_keepalive: parse_num(
+                "HTTP_CLIENT_MAX_KEEPALIVE_CONNECTIONS",
+                &self.http_client_max_keepalive_connections,
+                0usize,
+            )?,
+            max_bytes: parse_num("IMAGE_MAX_BYTES", &self.image_max_bytes, 1024usize)?,
+            max_pixels: parse_num("IMAGE_MAX_PIXELS", &self.image_max_pixels, 64u64)?,
+            max_redirects: parse_num("IMAGE_MAX_REDIRECTS", &self.image_max_redirects, 0usize)?,
+            allow_private: parse_bool("IMAGE_ALLOW_PRIVATE_URLS", &self.image_allow_private_urls)?,
         })
     }
 }
@@ -436,6 +540,27 @@ mod tests {
         assert_eq!(s.models.len(), 2);
         assert_eq!(s.models[1].batch_size, 16);
         assert_eq!(s.port, 9000);
+    }
+
+    #[test]
+    fn image_settings_follow_the_seed_worker() {
+        let s = raw("a").validate().unwrap().images;
+        assert!(s.user_agent.contains("Chrome/120"));
+        assert_eq!(s.timeout, std::time::Duration::from_secs(10));
+        assert_eq!((s.max_connections, s.max_keepalive), (50, 20));
+        assert!(!s.allow_private);
+        let mut r = raw("a");
+        r.http_client_timeout = "soon".into();
+        assert!(r.validate().unwrap_err().0.contains("HTTP_CLIENT_TIMEOUT"));
+        let mut r = raw("a");
+        r.image_allow_private_urls = "maybe".into();
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("IMAGE_ALLOW_PRIVATE_URLS"));
+        r.image_allow_private_urls = "TRUE".into();
+        assert!(r.validate().unwrap().images.allow_private);
     }
 
     #[test]

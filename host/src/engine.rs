@@ -9,7 +9,7 @@
 
 use crate::plugin::ModelRunner;
 use crate::text::Tokens;
-use ember_plugin_api::{ErrorCode, PluginError, TokenBatch};
+use ember_plugin_api::{ErrorCode, PairBatch, PixelBatch, PluginError, TokenBatch};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,12 +25,41 @@ const WINDOW_BATCHES: usize = 4;
 pub enum Payload {
     /// A tokenized text to embed.
     Tokens(Tokens),
+    /// A query–document pair tokenized together, to score.
+    Pair(Tokens),
+    /// A preprocessed image (CHW float32) to embed.
+    Pixels {
+        /// Height in pixels.
+        height: u32,
+        /// Width in pixels.
+        width: u32,
+        /// `3 * height * width` values.
+        values: Vec<f32>,
+    },
+}
+
+/// Which plugin call a payload goes to; a batch holds one kind only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Call {
+    Embed,
+    Score,
+    Image,
 }
 
 impl Payload {
+    fn call(&self) -> Call {
+        match self {
+            Payload::Tokens(_) => Call::Embed,
+            Payload::Pair(_) => Call::Score,
+            Payload::Pixels { .. } => Call::Image,
+        }
+    }
+
+    /// Padded tokens the item costs in a batch (images count one).
     fn cost(&self) -> usize {
         match self {
-            Payload::Tokens(t) => t.len().max(1),
+            Payload::Tokens(t) | Payload::Pair(t) => t.len().max(1),
+            Payload::Pixels { .. } => 1,
         }
     }
 }
@@ -40,6 +69,8 @@ impl Payload {
 pub enum Output {
     /// A pooled, not yet normalised vector.
     Vector(Vec<f32>),
+    /// A raw relevance logit.
+    Score(f32),
 }
 
 /// Why an item was not computed.
@@ -235,20 +266,25 @@ impl Worker {
             window.retain(|it| !it.reply.is_closed());
             self.queued
                 .fetch_sub(before - window.len(), Ordering::SeqCst);
-            window.sort_by_key(|it| it.payload.cost());
+            window.sort_by_key(|it| (it.payload.call(), it.payload.cost()));
             for batch in self.chunks(window) {
                 self.run_batch(batch);
             }
         }
     }
 
-    /// Splits a length-sorted window into batches within the item and token limits.
+    /// Splits a window sorted by call and length into batches of one call within the item
+    /// and token limits.
     fn chunks(&self, window: Vec<Item>) -> Vec<Vec<Item>> {
         let mut out: Vec<Vec<Item>> = Vec::new();
         let mut current: Vec<Item> = Vec::new();
         for item in window {
             let longest = item.payload.cost();
-            let fits = current.len() < self.limits.batch_size
+            let same_call = current
+                .first()
+                .is_none_or(|first| first.payload.call() == item.payload.call());
+            let fits = same_call
+                && current.len() < self.limits.batch_size
                 && (current.len() + 1) * longest <= self.limits.max_batch_tokens;
             if !current.is_empty() && !fits {
                 out.push(std::mem::take(&mut current));
@@ -262,31 +298,73 @@ impl Worker {
     }
 
     fn forward(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
-        let tokens: Vec<&Tokens> = items
-            .iter()
-            .map(|it| match &it.payload {
-                Payload::Tokens(t) => t,
-            })
-            .collect();
-        let batch = pad(&tokens, self.limits.pad_id);
-        let result = catch_unwind(AssertUnwindSafe(|| self.runner.embed_tokens(&batch)))
-            .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")))?;
         let rows = items.len();
-        if result.rows as usize != rows || result.values.len() != rows * result.dim as usize {
+        let call = items[0].payload.call();
+        let outputs = catch_unwind(AssertUnwindSafe(|| match call {
+            Call::Embed => self.embed(items),
+            Call::Score => self.score(items),
+            Call::Image => self.embed_images(items),
+        }))
+        .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")))?;
+        if outputs.len() != rows {
             return Err(PluginError::internal(format!(
-                "plugin returned {} rows of {} values ({} in all) for {rows} inputs",
-                result.rows,
-                result.dim,
-                result.values.len()
+                "plugin returned {} results for {rows} inputs",
+                outputs.len()
             )));
         }
-        let dim = result.dim as usize;
-        Ok(result
-            .values
-            .chunks(dim.max(1))
-            .take(rows)
-            .map(|v| Output::Vector(v.to_vec()))
-            .collect())
+        Ok(outputs)
+    }
+
+    fn tokens(items: &[Item]) -> Vec<&Tokens> {
+        items
+            .iter()
+            .filter_map(|it| match &it.payload {
+                Payload::Tokens(t) | Payload::Pair(t) => Some(t),
+                Payload::Pixels { .. } => None,
+            })
+            .collect()
+    }
+
+    fn embed(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+        let batch = pad(&Self::tokens(items), self.limits.pad_id);
+        vectors(self.runner.embed_tokens(&batch)?, items.len())
+    }
+
+    fn score(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+        let tokens = pad(&Self::tokens(items), self.limits.pad_id);
+        let result = self.runner.score_pairs(&PairBatch { tokens })?;
+        if result.scores.len() != items.len() {
+            return Err(PluginError::internal(format!(
+                "plugin returned {} scores for {} pairs",
+                result.scores.len(),
+                items.len()
+            )));
+        }
+        Ok(result.scores.iter().map(|s| Output::Score(*s)).collect())
+    }
+
+    fn embed_images(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+        let (mut height, mut width) = (0, 0);
+        let mut values = Vec::new();
+        for it in items {
+            if let Payload::Pixels {
+                height: h,
+                width: w,
+                values: v,
+            } = &it.payload
+            {
+                (height, width) = (*h, *w);
+                values.extend_from_slice(v);
+            }
+        }
+        let batch = PixelBatch {
+            rows: items.len() as u32,
+            channels: 3,
+            height,
+            width,
+            values: values.into(),
+        };
+        vectors(self.runner.embed_pixels(&batch)?, items.len())
     }
 
     fn run_batch(&self, items: Vec<Item>) {
@@ -326,6 +404,27 @@ impl Worker {
     }
 }
 
+/// Splits a plugin's `[rows, dim]` result into one vector per input, checking its shape.
+fn vectors(
+    result: ember_plugin_api::EmbeddingBatch,
+    rows: usize,
+) -> Result<Vec<Output>, PluginError> {
+    let dim = result.dim as usize;
+    if result.rows as usize != rows || result.values.len() != rows * dim || dim == 0 {
+        return Err(PluginError::internal(format!(
+            "plugin returned {} rows of {} values ({} in all) for {rows} inputs",
+            result.rows,
+            result.dim,
+            result.values.len()
+        )));
+    }
+    Ok(result
+        .values
+        .chunks(dim)
+        .map(|v| Output::Vector(v.to_vec()))
+        .collect())
+}
+
 /// Right-pads token sequences into one batch.
 pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
     let seq = rows.iter().map(|t| t.len()).max().unwrap_or(0);
@@ -355,7 +454,7 @@ pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
 mod tests {
     use super::*;
     use ember_plugin_api::sdk::into_model_box;
-    use ember_plugin_api::{DType, EmbeddingBatch, LoadedModel, Model};
+    use ember_plugin_api::{DType, EmbeddingBatch, LoadedModel, Model, ScoreBatch};
 
     /// An in-process model: the vector of a row is [its length, its first token]; a row
     /// containing token 666 is rejected as invalid input, token 999 makes the plugin panic.
@@ -382,6 +481,34 @@ mod tests {
             let lens = batch.row_lengths();
             let values: Vec<f32> = (0..batch.rows as usize)
                 .flat_map(|r| [lens[r] as f32, batch.input_ids[r * s] as f32])
+                .collect();
+            Ok(EmbeddingBatch {
+                rows: batch.rows,
+                dim: 2,
+                values: values.into(),
+            })
+        }
+
+        /// The score of a pair is minus its length.
+        fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+            let scores: Vec<f32> = batch
+                .tokens
+                .row_lengths()
+                .iter()
+                .map(|l| -(*l as f32))
+                .collect();
+            Ok(ScoreBatch {
+                scores: scores.into(),
+            })
+        }
+
+        /// The vector of an image is [its first value, the batch's rows].
+        fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
+            let per = (batch.channels * batch.height * batch.width) as usize;
+            let values: Vec<f32> = batch
+                .values
+                .chunks(per)
+                .flat_map(|img| [img[0], batch.rows as f32])
                 .collect();
             Ok(EmbeddingBatch {
                 rows: batch.rows,
@@ -454,6 +581,47 @@ mod tests {
         // The worker survives and recovers on the next good call.
         assert!(e.run(vec![toks(1, 2)]).await.is_ok());
         assert!(e.health.status().is_ok());
+    }
+
+    #[tokio::test]
+    async fn texts_pairs_and_images_are_batched_by_call() {
+        let e = engine(100);
+        let image = |v: f32| Payload::Pixels {
+            height: 1,
+            width: 1,
+            values: vec![v; 3],
+        };
+        let pair = |len: usize| {
+            let Payload::Tokens(t) = toks(5, len) else {
+                unreachable!()
+            };
+            Payload::Pair(t)
+        };
+        let out = e
+            .run(vec![
+                toks(1, 3),
+                pair(4),
+                image(7.0),
+                toks(2, 2),
+                image(8.0),
+                pair(6),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out[0], Output::Vector(vec![3.0, 1.0]));
+        assert_eq!(out[1], Output::Score(-4.0));
+        // Image batches hold images only (at most the two there are), texts text only.
+        let rows_of = |o: &Output| match o {
+            Output::Vector(v) => v[1],
+            Output::Score(_) => f32::NAN,
+        };
+        assert_eq!(out[2], Output::Vector(vec![7.0, rows_of(&out[2])]));
+        assert!([1.0, 2.0].contains(&rows_of(&out[2])));
+        assert_eq!(out[3], Output::Vector(vec![2.0, 2.0]));
+        assert_eq!(out[4], Output::Vector(vec![8.0, rows_of(&out[4])]));
+        assert!([1.0, 2.0].contains(&rows_of(&out[4])));
+        assert_eq!(out[5], Output::Score(-6.0));
+        assert_eq!(e.queued(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The HTTP server: OpenAI-style routes answering plain OpenAI JSON with HTTP status codes and
-//! the `{"error": {...}}` envelope. Routes are also served under `/openai/`.
+//! the `{"error": {...}}` envelope. Routes are served under `/v1`, `/openai/v1` and, as
+//! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
-use crate::api::{self, ApiError, AppState, EmbeddingsRequest};
+use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,7 +31,12 @@ impl IntoResponse for ApiError {
 fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
-        if !ct.is_empty() && !ct.starts_with("application/json") && !ct.contains("+json") {
+        // curl's `-d` sends application/x-www-form-urlencoded; its body is still JSON here.
+        let accepted = ct.is_empty()
+            || ct.starts_with("application/json")
+            || ct.contains("+json")
+            || ct.starts_with("application/x-www-form-urlencoded");
+        if !accepted {
             return Err(ApiError::new(
                 415,
                 "invalid_request_error",
@@ -46,6 +52,29 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.list_models())
 }
 
+/// Writes the request log line of a finished request.
+fn log_request(
+    route: &str,
+    items: usize,
+    started: Instant,
+    outcome: Result<(&str, usize), &ApiError>,
+) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match outcome {
+        Ok((model, tokens)) => {
+            tracing::info!(route, model, items, tokens, status = 200, ms, "request")
+        }
+        Err(e) => tracing::info!(
+            route,
+            items,
+            status = e.status,
+            error = e.message,
+            ms,
+            "request"
+        ),
+    }
+}
+
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -57,25 +86,28 @@ async fn embeddings(
     let req = EmbeddingsRequest::parse(&value, state.max_items)?;
     let items = req.input.len();
     let result = api::embeddings(&state, req).await;
-    match &result {
-        Ok(r) => tracing::info!(
-            route = "/v1/embeddings",
-            model = r.model,
-            items,
-            tokens = r.usage.total_tokens,
-            status = 200,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "request"
-        ),
-        Err(e) => tracing::info!(
-            route = "/v1/embeddings",
-            items,
-            status = e.status,
-            error = e.message,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "request"
-        ),
-    }
+    let outcome = result
+        .as_ref()
+        .map(|r| (r.model.as_str(), r.usage.total_tokens));
+    log_request("/v1/embeddings", items, started, outcome);
+    Ok(Json(result?).into_response())
+}
+
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let body = body_bytes(body, state.max_request_bytes)?;
+    let value = json_body(&headers, &body)?;
+    let req = RerankRequest::parse(&value, state.max_items)?;
+    let items = req.documents.len();
+    let result = api::rerank(&state, req).await;
+    let outcome = result
+        .as_ref()
+        .map(|r| (r.model.as_str(), r.usage.total_tokens));
+    log_request("/v1/rerank", items, started, outcome);
     Ok(Json(result?).into_response())
 }
 
@@ -94,7 +126,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         404,
         "not_found",
-        "no such route; see GET /v1/models and POST /v1/embeddings",
+        "no such route; see GET /v1/models, POST /v1/embeddings and POST /v1/rerank",
     )
 }
 
@@ -125,10 +157,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_request_bytes;
     let v1 = Router::new()
         .route("/models", get(models))
-        .route("/embeddings", post(embeddings));
+        .route("/embeddings", post(embeddings))
+        .route("/rerank", post(rerank));
     Router::new()
         .nest("/v1", v1.clone())
-        .nest("/openai/v1", v1)
+        .nest("/openai/v1", v1.clone())
+        .merge(v1)
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod images;
 pub mod models;
 pub mod plugin;
 pub mod startup;

@@ -184,6 +184,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for i in 0..settings.models.len() {
         models.push(deploy(&plugin, &settings, i).await?);
     }
+    let images = Arc::new(crate::images::Fetcher::new(&settings.images).map_err(|e| anyhow!(e))?);
     let state = Arc::new(AppState {
         models,
         backend: plugin.info.name.to_string(),
@@ -193,6 +194,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        images,
     });
     let app = crate::http::router(state);
     let addr = format!("{}:{}", settings.host, settings.port);

@@ -38,6 +38,8 @@ impl Tokens {
 /// A model's tokenizer with truncation set to its max input length.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The same tokenizer truncating only the second sequence (the document of a pair).
+    pair_tokenizer: Tokenizer,
     /// Longest sequence produced, special tokens included.
     pub max_len: usize,
     /// Id of the padding token.
@@ -66,19 +68,53 @@ impl TextEncoder {
             })
             .unwrap_or(0) as i64;
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
+        let truncate = |t: &mut Tokenizer, strategy| {
+            t.with_truncation(Some(TruncationParams {
                 max_length: max_len,
-                strategy: TruncationStrategy::LongestFirst,
+                strategy,
                 direction: TruncationDirection::Right,
                 stride: 0,
             }))
-            .map_err(|e| TextError::Load(format!("truncation: {e}")))?;
+            .map(|_| ())
+            .map_err(|e| TextError::Load(format!("truncation: {e}")))
+        };
+        let mut pair_tokenizer = tokenizer.clone();
+        truncate(&mut tokenizer, TruncationStrategy::LongestFirst)?;
+        truncate(&mut pair_tokenizer, TruncationStrategy::OnlySecond)?;
         Ok(TextEncoder {
             tokenizer,
+            pair_tokenizer,
             max_len,
             pad_id,
         })
+    }
+
+    /// Tokenizes `query` with each document as the model's tokenizer pairs them, truncating
+    /// the document; when the query alone is too long, both sides are truncated
+    /// (longest first). Blocking.
+    pub fn encode_pairs(
+        &self,
+        query: &str,
+        documents: &[String],
+    ) -> Result<Vec<Tokens>, TextError> {
+        documents
+            .iter()
+            .enumerate()
+            .map(|(index, doc)| {
+                let enc = self
+                    .pair_tokenizer
+                    .encode_fast((query, doc.as_str()), true)
+                    .or_else(|_| self.tokenizer.encode_fast((query, doc.as_str()), true))
+                    .map_err(|e| TextError::Encode {
+                        index,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Tokens {
+                    ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+                    type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Tokenizes texts (blocking; call from a blocking thread for large batches).

@@ -278,3 +278,113 @@ pub fn optimum_env(model: &Path) -> Vec<(String, String)> {
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// A local HTTP server for image URLs: the fixture images, plus routes that misbehave.
+///
+/// - `/images/NAME`: a file of `fixtures/images` with the content type of its extension;
+/// - `/redirect/N`: redirects N times, then to `/images/photo.png`;
+/// - `/slow`: answers after 5 seconds;
+/// - `/mislabelled`: an HTML page sent as `image/png`.
+pub struct ImageServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn image_file(
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = fixtures().join("images").join(&name);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such image").into_response();
+    };
+    let ct = match name.rsplit('.').next().unwrap_or_default() {
+        "png" => "image/png",
+        "jpg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "html" => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    ([("content-type", ct)], bytes).into_response()
+}
+
+async fn redirect(axum::extract::Path(n): axum::extract::Path<u32>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let to = if n == 0 {
+        "/images/photo.png".to_string()
+    } else {
+        format!("/redirect/{}", n - 1)
+    };
+    (
+        axum::http::StatusCode::FOUND,
+        [("location", to)],
+        "redirecting",
+    )
+        .into_response()
+}
+
+impl ImageServer {
+    /// Starts the server on a loopback port.
+    pub fn start() -> ImageServer {
+        use axum::routing::get;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/images/{name}", get(image_file))
+            .route("/redirect/{n}", get(redirect))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    image_file(axum::extract::Path("photo.png".into())).await
+                }),
+            )
+            .route(
+                "/mislabelled",
+                get(|| async {
+                    (
+                        [("content-type", "image/png")],
+                        "<!DOCTYPE html><html><body>hello</body></html>",
+                    )
+                }),
+            );
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        ImageServer {
+            url,
+            _runtime: runtime,
+        }
+    }
+
+    /// The URL of a fixture image.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/images/{name}", self.url)
+    }
+}
+
+/// A fixture image as a `data:` URI.
+pub fn data_uri(name: &str) -> String {
+    let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+    let kind = name.rsplit('.').next().unwrap_or("png");
+    format!(
+        "data:image/{kind};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// Asserts an error response: status, and a message containing every one of `needles`.
+pub fn assert_error_contains(got: (u16, Value), status: u16, needles: &[&str]) {
+    let (code, body) = got;
+    assert_eq!(code, status, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for n in needles {
+        assert!(
+            message.contains(n),
+            "message {message:?} lacks {n:?} (body {body})"
+        );
+    }
+}

@@ -5,11 +5,13 @@
 //! module follows), the Pooling module's `config.json` (both the classic
 //! `pooling_mode_*_token(s)` flags and the newer `pooling_mode` string),
 //! `sentence_bert_config.json` (`max_seq_length`) and `tokenizer_config.json`
-//! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`).
+//! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`), and for
+//! CLIP-like models `preprocessor_config.json` (the image preprocessing).
 
 use super::ModelError;
-use abi_stable::std_types::{RNone, RString};
-use ember_plugin_api::{ModelKind, ModelManifest, Pooling};
+use crate::images::Preprocessor;
+use abi_stable::std_types::{RNone, RSome, RString};
+use ember_plugin_api::{ImageSpec, ModelKind, ModelManifest, Pooling};
 use serde_json::Value;
 use std::path::Path;
 
@@ -20,6 +22,8 @@ pub struct Manifest {
     pub abi: ModelManifest,
     /// Whether the sentence-transformers pipeline ends with a Normalize module.
     pub normalized_by_model: bool,
+    /// Image preprocessing of CLIP-like models.
+    pub preprocessor: Option<Preprocessor>,
 }
 
 fn read_json(name: &str, dir: &Path, file: &str) -> Result<Option<Value>, ModelError> {
@@ -176,6 +180,32 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         ModelKind::Rerank => 1,
         _ => 0,
     };
+    let preprocessor = match kind {
+        ModelKind::Clip => {
+            let file = "preprocessor_config.json";
+            let pre = read_json(name, dir, file)?.ok_or_else(|| {
+                err(
+                    file,
+                    "missing (CLIP-like models need their image preprocessing)".into(),
+                )
+            })?;
+            Some(Preprocessor::from_config(&pre).map_err(|r| err(file, r))?)
+        }
+        _ => None,
+    };
+    let image = match &preprocessor {
+        Some(p) => {
+            let (height, width) = p.output_size();
+            let (mean, std) = p.normalization();
+            RSome(ImageSpec {
+                height,
+                width,
+                mean,
+                std,
+            })
+        }
+        None => RNone,
+    };
     let architecture = config
         .get("architectures")
         .and_then(|a| a.get(0))
@@ -191,9 +221,10 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             max_input_tokens: max_input_tokens as u32,
             hidden_size: hidden_size as u32,
             num_labels,
-            image: RNone,
+            image,
         },
         normalized_by_model,
+        preprocessor,
     })
 }
 

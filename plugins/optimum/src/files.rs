@@ -24,24 +24,51 @@ fn candidates(dtype: DType) -> Result<&'static [&'static str], PluginError> {
     })
 }
 
-/// Picks the ONNX file for `dtype` and its external-data side files from `listing`.
-pub fn select(listing: &[String], dtype: DType) -> Result<Vec<String>, PluginError> {
-    let wanted = candidates(dtype)?;
-    let Some(model) = wanted.iter().find(|c| listing.iter().any(|f| f == *c)) else {
-        return Err(PluginError::unsupported(format!(
-            "no ONNX file for DTYPES={} in the model: looked for {}",
-            dtype.as_str(),
-            wanted.join(", ")
-        )));
-    };
-    // Exports over 2 GiB keep their weights in external data files next to the graph.
-    let mut out = vec![model.to_string()];
+/// The side files holding the external data of `graph` (exports over 2 GiB).
+fn with_data(listing: &[String], graph: &str) -> Vec<String> {
+    let mut out = vec![graph.to_string()];
     for f in listing {
-        if f.starts_with(&format!("{model}_data")) || f == &format!("{model}.data") {
+        if f.starts_with(&format!("{graph}_data")) || f == &format!("{graph}.data") {
             out.push(f.clone());
         }
     }
-    Ok(out)
+    out
+}
+
+/// Picks the ONNX graph(s) for `dtype` and their external-data side files from `listing`.
+///
+/// Layouts read, in order of preference for each precision's file name `.../model*.onnx`:
+/// separate CLIP towers `text_model*.onnx` + `vision_model*.onnx` next to it (transformers.js
+/// repositories), then the single graph itself (optimum exports: embedders, cross-encoders,
+/// combined CLIP).
+pub fn select(listing: &[String], dtype: DType) -> Result<Vec<String>, PluginError> {
+    let wanted = candidates(dtype)?;
+    let has = |f: &str| listing.iter().any(|l| l == f);
+    for model in wanted {
+        let (dir, name) = model.rsplit_once('/').map_or(("", *model), |(d, n)| (d, n));
+        let sibling = |prefix: &str| {
+            let file = format!("{prefix}_{name}");
+            if dir.is_empty() {
+                file
+            } else {
+                format!("{dir}/{file}")
+            }
+        };
+        let (text, vision) = (sibling("text"), sibling("vision"));
+        if has(&text) && has(&vision) {
+            let mut out = with_data(listing, &text);
+            out.extend(with_data(listing, &vision));
+            return Ok(out);
+        }
+        if has(model) {
+            return Ok(with_data(listing, model));
+        }
+    }
+    Err(PluginError::unsupported(format!(
+        "no ONNX file for DTYPES={} in the model: looked for {} (or text_/vision_ pairs of them)",
+        dtype.as_str(),
+        wanted.join(", ")
+    )))
 }
 
 #[cfg(test)]
@@ -74,6 +101,22 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn clip_towers_are_preferred_to_the_combined_graph() {
+        let listing = l(&[
+            "onnx/model.onnx",
+            "onnx/text_model.onnx",
+            "onnx/vision_model.onnx",
+            "onnx/text_model_fp16.onnx",
+        ]);
+        assert_eq!(
+            select(&listing, DType::Fp32).unwrap(),
+            l(&["onnx/text_model.onnx", "onnx/vision_model.onnx"])
+        );
+        // Without both fp16 towers, fp16 has nothing to read.
+        assert!(select(&listing, DType::Fp16).is_err());
     }
 
     #[test]

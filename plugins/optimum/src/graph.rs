@@ -1,30 +1,17 @@
-//! One ONNX Runtime session per model: inputs from token batches, pooled outputs.
+//! One ONNX Runtime session: opened on the requested device, fed named tensors, read back as
+//! float32 whatever precision the graph computes in.
 
-use crate::{pooling, runtime};
-use ember_plugin_api::{
-    plugin_info, plugin_warn, DType, DeviceKind, EmbeddingBatch, ErrorCode, LoadRequest,
-    LoadedModel, Model, ModelKind, PluginError, Pooling, TokenBatch,
-};
+use crate::runtime;
+use ember_plugin_api::{plugin_info, plugin_warn, DeviceKind, ErrorCode, LoadRequest, PluginError};
 use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// A loaded ONNX model.
-pub struct OnnxModel {
-    // `Session::run` needs `&mut`; the host serialises calls, the mutex makes that sound.
-    session: Mutex<Session>,
-    takes_token_types: bool,
-    output: String,
-    pooling: Pooling,
-    dim: usize,
-    device: String,
-    dtype: DType,
-}
-
-fn ort_err(what: &str) -> impl Fn(ort::Error) -> PluginError + '_ {
+/// Maps an ONNX Runtime error to a plugin error, recognising out-of-memory.
+pub fn ort_err(what: &str) -> impl Fn(ort::Error) -> PluginError + '_ {
     move |e| {
         let msg = e.to_string();
         let code = if msg.contains("Failed to allocate memory") || msg.contains("out of memory") {
@@ -36,24 +23,39 @@ fn ort_err(what: &str) -> impl Fn(ort::Error) -> PluginError + '_ {
     }
 }
 
-impl OnnxModel {
-    /// Creates the session for `request`, on CUDA when asked for and available.
-    pub fn load(request: &LoadRequest) -> Result<Self, PluginError> {
-        let rt = runtime::get()?;
-        let manifest = &request.manifest;
-        if manifest.kind != ModelKind::Embed {
-            return Err(PluginError::unsupported(format!(
-                "the optimum backend does not run {} models yet",
-                manifest.kind.as_str()
-            )));
-        }
-        let file = request
-            .files
-            .iter()
-            .find(|f| f.ends_with(".onnx"))
-            .ok_or_else(|| PluginError::unsupported("no .onnx file among the selected files"))?;
-        let path = Path::new(request.model_dir.as_str()).join(file.as_str());
+/// A float32 tensor read back from a graph.
+pub struct Output {
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
 
+/// An input tensor before it is typed for the graph.
+pub enum Feed<'a> {
+    /// Integer ids or masks.
+    Int(Vec<i64>, &'a [i64]),
+    /// Floating-point values (converted to float16 where the graph wants that).
+    Float(Vec<i64>, &'a [f32]),
+}
+
+/// An opened ONNX graph.
+pub struct Graph {
+    // `Session::run` needs `&mut`; the host serialises calls, the mutex makes that sound.
+    session: Mutex<Session>,
+    inputs: Vec<(String, Option<TensorElementType>)>,
+    outputs: Vec<(String, Option<i64>)>,
+    /// Where the graph was read from (for messages).
+    pub path: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+impl Graph {
+    /// Opens `file` of the request's model directory on the requested device.
+    pub fn open(request: &LoadRequest, file: &str) -> Result<Graph, PluginError> {
+        let rt = runtime::get()?;
+        let path = Path::new(request.model_dir.as_str()).join(file);
         let use_cuda = match request.device.kind {
             DeviceKind::Cpu => false,
             DeviceKind::Cuda if !rt.cuda_available => {
@@ -104,88 +106,107 @@ impl OnnxModel {
         let session = builder
             .commit_from_file(&path)
             .map_err(ort_err(&format!("loading {}", path.display())))?;
-
-        let inputs: Vec<String> = session
+        let inputs = session
             .inputs()
             .iter()
-            .map(|i| i.name().to_string())
+            .map(|i| {
+                let ty = match i.dtype() {
+                    ValueType::Tensor { ty, .. } => Some(*ty),
+                    _ => None,
+                };
+                (i.name().to_string(), ty)
+            })
             .collect();
-        for needed in ["input_ids", "attention_mask"] {
-            if !inputs.iter().any(|i| i == needed) {
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| {
+                let last = match o.dtype() {
+                    ValueType::Tensor { shape, .. } => shape.last().copied().filter(|d| *d > 0),
+                    _ => None,
+                };
+                (o.name().to_string(), last)
+            })
+            .collect();
+        plugin_info!(
+            "optimum",
+            "loaded {} on {device} ({threads} threads)",
+            path.display()
+        );
+        Ok(Graph {
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+            path: path.display().to_string(),
+            device,
+        })
+    }
+
+    /// Whether the graph takes an input of this name.
+    pub fn takes(&self, name: &str) -> bool {
+        self.inputs.iter().any(|(n, _)| n == name)
+    }
+
+    /// Fails unless the graph takes every input in `names`.
+    pub fn require_inputs(&self, names: &[&str]) -> Result<(), PluginError> {
+        for needed in names {
+            if !self.takes(needed) {
+                let have: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(PluginError::unsupported(format!(
                     "{} has no `{needed}` input (inputs: {})",
-                    path.display(),
-                    inputs.join(", ")
+                    self.path,
+                    have.join(", ")
                 )));
             }
         }
-        let takes_token_types = inputs.iter().any(|i| i == "token_type_ids");
-        let outlet = session
-            .outputs()
+        Ok(())
+    }
+
+    /// The first output named in `preferred`, else the first output; with its last dimension
+    /// when the graph declares it.
+    pub fn pick_output(&self, preferred: &[&str]) -> Result<(String, Option<i64>), PluginError> {
+        preferred
             .iter()
-            .find(|o| o.name() == "last_hidden_state")
-            .or_else(|| session.outputs().first())
-            .ok_or_else(|| {
-                PluginError::unsupported(format!("{} has no outputs", path.display()))
-            })?;
-        let output = outlet.name().to_string();
-        let dim = match outlet.dtype() {
-            ValueType::Tensor { shape, .. } => shape.last().copied().filter(|d| *d > 0),
-            _ => None,
-        }
-        .map_or(manifest.hidden_size as usize, |d| d as usize);
-        let dtype = match request.dtype {
-            DType::Auto => DType::Fp32,
-            d => d,
-        };
-        plugin_info!(
-            "optimum",
-            "loaded {} on {device} ({} threads, output `{output}`, dim {dim}, pooling {})",
-            path.display(),
-            threads,
-            manifest.pooling.as_str()
-        );
-        Ok(OnnxModel {
-            session: Mutex::new(session),
-            takes_token_types,
-            output,
-            pooling: manifest.pooling,
-            dim,
-            device,
-            dtype,
+            .find_map(|p| self.outputs.iter().find(|(n, _)| n == p))
+            .or_else(|| self.outputs.first())
+            .cloned()
+            .ok_or_else(|| PluginError::unsupported(format!("{} has no outputs", self.path)))
+    }
+
+    /// Names of all outputs.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn value(&self, name: &str, feed: Feed<'_>) -> Result<DynValue, PluginError> {
+        let wants_f16 = self
+            .inputs
+            .iter()
+            .any(|(n, t)| n == name && *t == Some(TensorElementType::Float16));
+        let what = format!("input `{name}`");
+        Ok(match feed {
+            Feed::Int(shape, v) => Tensor::from_array((shape, v.to_vec()))
+                .map_err(ort_err(&what))?
+                .into_dyn(),
+            Feed::Float(shape, v) if wants_f16 => {
+                let halves: Vec<half::f16> = v.iter().map(|x| half::f16::from_f32(*x)).collect();
+                Tensor::from_array((shape, halves))
+                    .map_err(ort_err(&what))?
+                    .into_dyn()
+            }
+            Feed::Float(shape, v) => Tensor::from_array((shape, v.to_vec()))
+                .map_err(ort_err(&what))?
+                .into_dyn(),
         })
     }
-}
 
-impl Model for OnnxModel {
-    fn describe(&self) -> LoadedModel {
-        LoadedModel {
-            embedding_dim: self.dim as u32,
-            device: self.device.clone().into(),
-            dtype: self.dtype,
-            concurrent_calls: false,
-        }
-    }
-
-    fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        let rows = batch.rows as usize;
-        let seq = batch.seq_len as usize;
-        if rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim: self.dim as u32,
-                values: Vec::new().into(),
-            });
-        }
-        let shape = [rows as i64, seq as i64];
-        let tensor =
-            |v: &[i64]| Tensor::from_array((shape, v.to_vec())).map_err(ort_err("input tensor"));
-        let mut inputs = vec![
-            ("input_ids", tensor(&batch.input_ids)?),
-            ("attention_mask", tensor(&batch.attention_mask)?),
-        ];
-        if self.takes_token_types {
-            inputs.push(("token_type_ids", tensor(&batch.token_type_ids)?));
+    /// Runs the graph on `feeds` (inputs it does not take are skipped) and reads `output`.
+    pub fn run(&self, feeds: Vec<(&str, Feed<'_>)>, output: &str) -> Result<Output, PluginError> {
+        let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(feeds.len());
+        for (name, feed) in feeds {
+            if self.takes(name) {
+                inputs.push((name.to_string(), self.value(name, feed)?));
+            }
         }
         let mut session = self
             .session
@@ -193,9 +214,9 @@ impl Model for OnnxModel {
             .map_err(|_| PluginError::internal("session mutex poisoned by an earlier panic"))?;
         let outputs = session.run(inputs).map_err(ort_err("forward"))?;
         let value = outputs
-            .get(&self.output)
-            .ok_or_else(|| PluginError::internal(format!("output `{}` missing", self.output)))?;
-        let (out_shape, data): (Vec<i64>, Vec<f32>) = match value.dtype() {
+            .get(output)
+            .ok_or_else(|| PluginError::internal(format!("output `{output}` missing")))?;
+        let (shape, data) = match value.dtype() {
             ValueType::Tensor {
                 ty: TensorElementType::Float16,
                 ..
@@ -212,29 +233,6 @@ impl Model for OnnxModel {
                 (s.to_vec(), d.to_vec())
             }
         };
-        let values = match out_shape.as_slice() {
-            // Token states: pool them here.
-            [r, s, h] if *r as usize == rows && *s as usize == seq => pooling::pool(
-                self.pooling,
-                &data,
-                &batch.attention_mask,
-                rows,
-                seq,
-                *h as usize,
-            ),
-            // Already pooled (exports with a sentence_embedding output).
-            [r, _] if *r as usize == rows => data,
-            other => {
-                return Err(PluginError::internal(format!(
-                    "unexpected output shape {other:?} for a batch of {rows}x{seq}"
-                )))
-            }
-        };
-        let dim = values.len() / rows;
-        Ok(EmbeddingBatch {
-            rows: rows as u32,
-            dim: dim as u32,
-            values: values.into(),
-        })
+        Ok(Output { shape, data })
     }
 }

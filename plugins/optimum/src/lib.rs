@@ -5,9 +5,10 @@
 //! one build of the plugin serves CPU and CUDA machines.
 
 mod files;
+mod graph;
+mod model;
 mod pooling;
 mod runtime;
-mod session;
 
 use ember_plugin_api::{
     Backend, DType, DeviceKind, LoadRequest, Model, ModelKind, PluginError, PluginInfo,
@@ -27,7 +28,7 @@ impl Backend for Optimum {
             name: "optimum".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: format!("onnxruntime ({})", rt.library.display()).into(),
-            kinds: vec![ModelKind::Embed].into(),
+            kinds: vec![ModelKind::Embed, ModelKind::Rerank, ModelKind::Clip].into(),
             devices: devices.into(),
             dtypes: vec![DType::Auto, DType::Fp32, DType::Fp16, DType::Int8].into(),
         })
@@ -38,7 +39,7 @@ impl Backend for Optimum {
     }
 
     fn load(request: &LoadRequest) -> Result<Box<dyn Model>, PluginError> {
-        Ok(Box::new(session::OnnxModel::load(request)?))
+        Ok(Box::new(model::OnnxModel::load(request)?))
     }
 }
 

@@ -1,0 +1,396 @@
+//! `/v1/embeddings`: text and image inputs, float or base64 vectors, `dimensions`.
+
+use super::fields::{object, opt_str, too_many, type_name};
+use super::{ApiError, AppState, DeployedModel, Usage};
+use crate::engine::{Output, Payload};
+use crate::images::source::{self, Source};
+use crate::images::ImageError;
+use base64::Engine as _;
+use ember_plugin_api::ModelKind;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Output encoding of vectors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EncodingFormat {
+    /// JSON numbers.
+    Float,
+    /// Little-endian float32 bytes, base64-encoded.
+    Base64,
+}
+
+/// A validated embeddings request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsRequest {
+    /// Requested model, if named.
+    pub model: Option<String>,
+    /// Texts, in order.
+    pub input: Vec<String>,
+    /// Vector encoding.
+    pub encoding_format: EncodingFormat,
+    /// Truncate vectors to this many dimensions (then re-normalise).
+    pub dimensions: Option<usize>,
+    /// `text` or `image`.
+    pub modality: String,
+}
+
+impl EmbeddingsRequest {
+    /// Validates a JSON body, naming the field (and item index) of the first problem.
+    pub fn parse(body: &Value, max_items: usize) -> Result<Self, ApiError> {
+        let body = object(body)?;
+        let input = match body.get("input") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "input is required: a string or a list of strings",
+                ))
+            }
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => {
+                if items.is_empty() {
+                    return Err(ApiError::invalid(
+                        "input",
+                        "input must not be an empty list",
+                    ));
+                }
+                if items.len() > max_items {
+                    return Err(too_many("input", items.len(), max_items));
+                }
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        other => {
+                            return Err(ApiError::invalid(
+                                "input",
+                                format!(
+                                    "input[{i}] must be a string, got {} (token-id arrays are \
+                                     not accepted)",
+                                    type_name(other)
+                                ),
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "input",
+                    format!(
+                        "input must be a string or a list of strings, got {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        };
+        let encoding_format = match opt_str(body, "encoding_format")?.as_deref() {
+            None | Some("float") => EncodingFormat::Float,
+            Some("base64") => EncodingFormat::Base64,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "encoding_format",
+                    format!("encoding_format must be 'float' or 'base64', got '{other}'"),
+                ))
+            }
+        };
+        let dimensions = match body.get("dimensions") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(d) if d >= 1 => Some(d as usize),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "dimensions",
+                        format!("dimensions must be a positive integer, got {v}"),
+                    ))
+                }
+            },
+        };
+        let modality = opt_str(body, "modality")?.unwrap_or_else(|| "text".into());
+        Ok(EmbeddingsRequest {
+            model: opt_str(body, "model")?,
+            input,
+            encoding_format,
+            dimensions,
+            modality,
+        })
+    }
+}
+
+/// A vector as the response carries it.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Embedding {
+    /// JSON numbers, written in float32's shortest round-trip form.
+    Float(Vec<f32>),
+    /// Little-endian float32 bytes, base64-encoded.
+    Base64(String),
+}
+
+/// One embedding in a response.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingData {
+    /// Always `embedding`.
+    pub object: &'static str,
+    /// Numbers, or a base64 string of little-endian float32.
+    pub embedding: Embedding,
+    /// Position in the input.
+    pub index: usize,
+}
+
+/// The OpenAI embeddings response.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    /// One entry per input, in order.
+    pub data: Vec<EmbeddingData>,
+    /// The model that answered.
+    pub model: String,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// L2-normalises `v` in place (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+fn encode(v: Vec<f32>, format: EncodingFormat) -> Embedding {
+    match format {
+        EncodingFormat::Float => Embedding::Float(v),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+/// What the inputs of a request are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Modality {
+    Text,
+    Image,
+}
+
+fn modality(name: &str) -> Result<Modality, ApiError> {
+    match name {
+        "text" => Ok(Modality::Text),
+        "image" => Ok(Modality::Image),
+        "audio" => Err(ApiError::new(
+            501,
+            "not_implemented",
+            "audio modality is not yet implemented; supported modalities: 'text', 'image'",
+        )),
+        other => Err(ApiError::invalid(
+            "modality",
+            format!(
+                "invalid modality '{other}'; supported modalities: 'text', 'image', 'audio' \
+                 (not yet implemented)"
+            ),
+        )),
+    }
+}
+
+/// Fetches or decodes every image item concurrently and preprocesses it for `model`.
+async fn load_images(
+    state: &AppState,
+    model: &DeployedModel,
+    items: Vec<String>,
+) -> Result<Vec<Payload>, ApiError> {
+    let pre = model
+        .manifest
+        .preprocessor
+        .clone()
+        .ok_or_else(|| model.lacks("image_embed", "modality"))?;
+    let pre = std::sync::Arc::new(pre);
+    let (height, width) = pre.output_size();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let fetcher = state.images.clone();
+        let pre = pre.clone();
+        tasks.spawn(async move {
+            let result = async {
+                let bytes = match source::parse(&item)? {
+                    Source::Url(url) => fetcher.get(&url).await?,
+                    Source::Inline(bytes) => fetcher.check_size(bytes)?,
+                };
+                let max_pixels = fetcher.max_pixels();
+                tokio::task::spawn_blocking(move || pre.run(&bytes, max_pixels))
+                    .await
+                    .map_err(|e| ImageError(format!("image decoding failed: {e}")))?
+            };
+            (index, result.await)
+        });
+    }
+    let mut done: Vec<Option<Vec<f32>>> = vec![None; tasks.len()];
+    let mut errors: Vec<(usize, ImageError)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, Ok(pixels))) => done[index] = Some(pixels),
+            Ok((index, Err(e))) => errors.push((index, e)),
+            Err(e) => {
+                return Err(ApiError::new(
+                    500,
+                    "server_error",
+                    format!("image task failed: {e}"),
+                ))
+            }
+        }
+    }
+    // Report the first failing item in input order, whatever order the tasks ended in.
+    if let Some((index, e)) = errors.into_iter().min_by_key(|(i, _)| *i) {
+        return Err(ApiError::invalid(
+            "input",
+            format!("input item {index}: {e}"),
+        ));
+    }
+    Ok(done
+        .into_iter()
+        .map(|values| Payload::Pixels {
+            height,
+            width,
+            values: values.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Computes embeddings for a validated request.
+pub async fn embeddings(
+    state: &AppState,
+    req: EmbeddingsRequest,
+) -> Result<EmbeddingsResponse, ApiError> {
+    let model = state.model(req.model.as_deref())?;
+    let modality = modality(&req.modality)?;
+    if let Some(d) = req.dimensions {
+        if d > model.dim {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!(
+                    "dimensions must be at most {} for model '{}', got {d}",
+                    model.dim, model.id
+                ),
+            ));
+        }
+    }
+    let (payloads, prompt_tokens) = match modality {
+        Modality::Text => {
+            if model.manifest.abi.kind == ModelKind::Rerank {
+                return Err(model.lacks("embed", "model"));
+            }
+            let encoder = model.encoder.clone();
+            let texts = req.input;
+            let tokens = tokio::task::spawn_blocking(move || encoder.encode(&texts))
+                .await
+                .map_err(|e| {
+                    ApiError::new(500, "server_error", format!("tokenizer task failed: {e}"))
+                })?
+                .map_err(|e| ApiError::invalid("input", e.to_string()))?;
+            let count: usize = tokens.iter().map(|t| t.len()).sum();
+            (tokens.into_iter().map(Payload::Tokens).collect(), count)
+        }
+        Modality::Image => {
+            if model.manifest.abi.kind != ModelKind::Clip {
+                return Err(model.lacks("image_embed", "modality"));
+            }
+            // Images count no tokens.
+            (load_images(state, model, req.input).await?, 0)
+        }
+    };
+    let outputs = model.engine.run(payloads).await?;
+    let mut data = Vec::with_capacity(outputs.len());
+    for (index, out) in outputs.into_iter().enumerate() {
+        let Output::Vector(mut v) = out else {
+            return Err(ApiError::new(
+                500,
+                "server_error",
+                "the model returned a score where a vector was expected",
+            ));
+        };
+        normalize(&mut v);
+        if let Some(d) = req.dimensions {
+            v.truncate(d);
+            normalize(&mut v);
+        }
+        data.push(EmbeddingData {
+            object: "embedding",
+            embedding: encode(v, req.encoding_format),
+            index,
+        });
+    }
+    Ok(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.id.clone(),
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<EmbeddingsRequest, ApiError> {
+        EmbeddingsRequest::parse(&v, 4)
+    }
+
+    #[test]
+    fn accepts_string_and_list_inputs() {
+        let r = parse(json!({"input": "hi", "model": "m"})).unwrap();
+        assert_eq!(r.input, vec!["hi"]);
+        assert_eq!(r.encoding_format, EncodingFormat::Float);
+        let r = parse(json!({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 8}))
+            .unwrap();
+        assert_eq!(r.input.len(), 2);
+        assert_eq!(r.encoding_format, EncodingFormat::Base64);
+        assert_eq!(r.dimensions, Some(8));
+    }
+
+    #[test]
+    fn errors_name_field_and_index() {
+        let e = parse(json!({"input": ["a", 3]})).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("input")));
+        assert!(e.message.contains("input[1]"), "{}", e.message);
+        let e = parse(json!({"input": "a", "encoding_format": "hex"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("encoding_format"));
+        let e = parse(json!({"input": "a", "dimensions": 0})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("dimensions"));
+        let e = parse(json!({"input": []})).unwrap_err();
+        assert!(e.message.contains("empty"));
+        let e = parse(json!({"input": vec!["a"; 5]})).unwrap_err();
+        assert_eq!(e.status, 413);
+        let e = parse(json!(["a"])).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("body"));
+        let e = parse(json!({"input": "a", "model": 5})).unwrap_err();
+        assert!(e.message.contains("model must be a string"));
+    }
+
+    #[test]
+    fn base64_is_little_endian_float32() {
+        let Embedding::Base64(v) = encode(vec![1.0, -2.5], EncodingFormat::Base64) else {
+            panic!("expected base64")
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
+    }
+
+    #[test]
+    fn normalize_handles_zero() {
+        let mut v = vec![3.0, 4.0];
+        normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut z = vec![0.0, 0.0];
+        normalize(&mut z);
+        assert_eq!(z, vec![0.0, 0.0]);
+    }
+}

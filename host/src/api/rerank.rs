@@ -1,0 +1,258 @@
+//! `/v1/rerank`: scores of documents against a query, in the Cohere / Infinity shape.
+
+use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, type_name};
+use super::{ApiError, AppState, Usage};
+use crate::engine::{Output, Payload};
+use ember_plugin_api::ModelKind;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// A validated rerank request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankRequest {
+    /// Requested model, if named.
+    pub model: Option<String>,
+    /// The query every document is scored against.
+    pub query: String,
+    /// Documents, in input order.
+    pub documents: Vec<String>,
+    /// Keep only the best `top_n` results.
+    pub top_n: Option<usize>,
+    /// Echo each document in its result.
+    pub return_documents: bool,
+    /// Report logits instead of their sigmoid.
+    pub raw_scores: bool,
+}
+
+/// The first of `names` present in `body` (they are synonyms; giving two is an error).
+fn one_of<'a>(
+    body: &'a Map<String, Value>,
+    names: &[&'a str],
+) -> Result<Option<(&'a str, &'a Value)>, ApiError> {
+    let present: Vec<(&str, &Value)> = names
+        .iter()
+        .filter_map(|n| body.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
+        .collect();
+    match present.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        [(a, _), (b, _), ..] => Err(ApiError::invalid(
+            b,
+            format!("{a} and {b} mean the same; give only one of them"),
+        )),
+    }
+}
+
+impl RerankRequest {
+    /// Validates a JSON body, naming the field (and item index) of the first problem.
+    pub fn parse(body: &Value, max_items: usize) -> Result<Self, ApiError> {
+        let body = object(body)?;
+        let query = match body.get("query") {
+            Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+            Some(Value::String(_)) => {
+                return Err(ApiError::invalid("query", "query must not be empty"))
+            }
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid("query", "query is required: a string"))
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "query",
+                    format!("query must be a string, got {}", type_name(other)),
+                ))
+            }
+        };
+        let (key, docs) = one_of(body, &["documents", "docs"])?.ok_or_else(|| {
+            ApiError::invalid(
+                "documents",
+                "documents is required: a list of strings to score against the query",
+            )
+        })?;
+        let Value::Array(items) = docs else {
+            return Err(ApiError::invalid(
+                key,
+                format!("{key} must be a list of strings, got {}", type_name(docs)),
+            ));
+        };
+        if items.is_empty() {
+            return Err(ApiError::invalid(key, format!("{key} must not be empty")));
+        }
+        if items.len() > max_items {
+            return Err(too_many(key, items.len(), max_items));
+        }
+        let mut documents = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            // Cohere's clients may send {"text": ...} objects.
+            let text = match item {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("text").and_then(Value::as_str).map(String::from),
+                _ => None,
+            };
+            documents.push(text.ok_or_else(|| {
+                ApiError::invalid(
+                    key,
+                    format!(
+                        "{key}[{i}] must be a string (or an object with a \"text\" string), \
+                         got {}",
+                        type_name(item)
+                    ),
+                )
+            })?);
+        }
+        let return_documents = match one_of(body, &["return_documents", "return_docs"])? {
+            None => false,
+            Some((_, Value::Bool(b))) => *b,
+            Some((k, other)) => {
+                return Err(ApiError::invalid(
+                    k,
+                    format!("{k} must be a boolean, got {}", type_name(other)),
+                ))
+            }
+        };
+        Ok(RerankRequest {
+            model: opt_str(body, "model")?,
+            query,
+            documents,
+            top_n: opt_positive(body, "top_n")?,
+            return_documents,
+            raw_scores: opt_bool(body, "raw_scores")?.unwrap_or(false),
+        })
+    }
+}
+
+/// One scored document.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RerankResult {
+    /// Position of the document in the request.
+    pub index: usize,
+    /// Sigmoid of the model's logit (or the logit itself with `raw_scores`).
+    pub relevance_score: f32,
+    /// The document, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+}
+
+/// The rerank response: results sorted by score, highest first.
+#[derive(Debug, Serialize)]
+pub struct RerankResponse {
+    /// Always `rerank`.
+    pub object: &'static str,
+    /// Scored documents, best first, at most `top_n`.
+    pub results: Vec<RerankResult>,
+    /// The model that answered.
+    pub model: String,
+    /// Tokens of all query–document pairs.
+    pub usage: Usage,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Scores the documents of a validated request against its query.
+pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankResponse, ApiError> {
+    let model = state.model(req.model.as_deref())?;
+    if model.manifest.abi.kind != ModelKind::Rerank {
+        return Err(model.lacks("rerank", "model"));
+    }
+    let encoder = model.encoder.clone();
+    let query = req.query;
+    let documents = req.documents;
+    let (tokens, documents) = tokio::task::spawn_blocking(move || {
+        encoder
+            .encode_pairs(&query, &documents)
+            .map(|t| (t, documents))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
+    .map_err(|e| ApiError::invalid("documents", e.to_string()))?;
+    let prompt_tokens: usize = tokens.iter().map(|t| t.len()).sum();
+    let outputs = model
+        .engine
+        .run(tokens.into_iter().map(Payload::Pair).collect())
+        .await?;
+    let mut results = Vec::with_capacity(outputs.len());
+    for ((index, out), doc) in outputs.into_iter().enumerate().zip(documents) {
+        let Output::Score(logit) = out else {
+            return Err(ApiError::new(
+                500,
+                "server_error",
+                "the model returned a vector where a score was expected",
+            ));
+        };
+        results.push(RerankResult {
+            index,
+            relevance_score: if req.raw_scores {
+                logit
+            } else {
+                sigmoid(logit)
+            },
+            document: req.return_documents.then_some(doc),
+        });
+    }
+    // Stable: equal scores keep input order.
+    results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
+    if let Some(n) = req.top_n {
+        results.truncate(n);
+    }
+    Ok(RerankResponse {
+        object: "rerank",
+        results,
+        model: model.id.clone(),
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<RerankRequest, ApiError> {
+        RerankRequest::parse(&v, 3)
+    }
+
+    #[test]
+    fn accepts_both_spellings() {
+        let r = parse(
+            json!({"query": "q", "docs": ["a", {"text": "b"}], "return_docs": true,
+            "top_n": 1, "raw_scores": true}),
+        )
+        .unwrap();
+        assert_eq!(r.documents, vec!["a", "b"]);
+        assert!(r.return_documents && r.raw_scores);
+        assert_eq!(r.top_n, Some(1));
+        let r = parse(json!({"query": "q", "documents": ["a"]})).unwrap();
+        assert!(!r.return_documents && !r.raw_scores && r.top_n.is_none());
+    }
+
+    #[test]
+    fn errors_name_field_and_index() {
+        let e = parse(json!({"documents": ["a"]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("query"));
+        let e = parse(json!({"query": "q"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("documents"));
+        let e = parse(json!({"query": "q", "docs": ["a", 7]})).unwrap_err();
+        assert!(e.message.contains("docs[1]"), "{}", e.message);
+        let e = parse(json!({"query": "q", "documents": ["a"], "docs": ["b"]})).unwrap_err();
+        assert!(e.message.contains("only one"), "{}", e.message);
+        let e = parse(json!({"query": "q", "documents": ["a"], "top_n": 0})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_n"));
+        let e = parse(json!({"query": "q", "documents": ["a", "b", "c", "d"]})).unwrap_err();
+        assert_eq!(e.status, 413);
+        let e = parse(json!({"query": "q", "documents": []})).unwrap_err();
+        assert!(e.message.contains("empty"));
+        let e = parse(json!({"query": "q", "documents": ["a"], "return_documents": "yes"}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("return_documents"));
+    }
+
+    #[test]
+    fn sigmoid_is_the_logistic_function() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!((sigmoid(2.0) - 0.880_797).abs() < 1e-6);
+    }
+}

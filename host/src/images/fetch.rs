@@ -1,0 +1,270 @@
+//! Fetching images named by URL: one shared HTTP client for the process, a bound on
+//! downloads in flight, a size limit, bounded redirects, and (unless allowed) refusal of
+//! addresses inside the server's own network, checked after DNS resolution and on every
+//! redirect so that neither a hostname nor a redirect can lead there.
+
+use super::ImageError;
+use crate::config::ImageSettings;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Why an address was refused; found again in the error chain of a failed request.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn v4_is_internal(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || a == 0 // "this network"
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+fn v6_is_internal(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return v4_is_internal(v4);
+    }
+    let s = ip.segments();
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 of an IPv4 address
+}
+
+/// Whether `ip` lies in a loopback, private, link-local or otherwise non-public range.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4_is_internal(v4),
+        IpAddr::V6(v6) => v6_is_internal(v6),
+    }
+}
+
+fn refusal(host: &str, ip: IpAddr) -> Refused {
+    Refused(format!(
+        "{host} resolves to {ip}, an internal (loopback, private or link-local) address; \
+         set IMAGE_ALLOW_PRIVATE_URLS=true to allow such URLs"
+    ))
+}
+
+/// DNS resolution that drops internal addresses, refusing a host that has only those.
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| !is_internal(a.ip()))
+                .collect();
+            match (public.is_empty(), found.first()) {
+                (false, _) => Ok(Box::new(public.into_iter()) as Addrs),
+                (true, Some(first)) => Err(Box::new(refusal(&host, first.ip())) as _),
+                (true, None) => Err(format!("{host} has no addresses").into()),
+            }
+        })
+    }
+}
+
+/// A URL's host when it is an IP literal (which skips DNS resolution).
+fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// The process-wide image downloader.
+pub struct Fetcher {
+    client: reqwest::Client,
+    slots: Semaphore,
+    settings: ImageSettings,
+}
+
+impl Fetcher {
+    /// Builds the shared client from the `HTTP_CLIENT_*` and `IMAGE_*` settings.
+    pub fn new(settings: &ImageSettings) -> Result<Fetcher, String> {
+        let allow_private = settings.allow_private;
+        let max_redirects = settings.max_redirects;
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                let e = Refused(format!(
+                    "more than {max_redirects} redirects (IMAGE_MAX_REDIRECTS)"
+                ));
+                return attempt.error(e);
+            }
+            let url = attempt.url();
+            if !matches!(url.scheme(), "http" | "https") {
+                let e = Refused(format!(
+                    "redirect to a {} URL is not followed",
+                    url.scheme()
+                ));
+                return attempt.error(e);
+            }
+            match literal_ip(url) {
+                Some(ip) if !allow_private && is_internal(ip) => {
+                    let e = refusal(url.host_str().unwrap_or_default(), ip);
+                    attempt.error(e)
+                }
+                _ => attempt.follow(),
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .user_agent(settings.user_agent.clone())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .pool_max_idle_per_host(settings.max_keepalive)
+            .redirect(policy);
+        if !allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the image HTTP client: {e}"))?;
+        Ok(Fetcher {
+            client,
+            slots: Semaphore::new(settings.max_connections),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Largest accepted image in pixels.
+    pub fn max_pixels(&self) -> u64 {
+        self.settings.max_pixels
+    }
+
+    /// Passes inline image bytes within the size limit that downloads have.
+    pub fn check_size(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ImageError> {
+        let limit = self.settings.max_bytes;
+        if bytes.len() > limit {
+            return Err(ImageError(format!(
+                "image is larger than {limit} bytes (IMAGE_MAX_BYTES): {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Downloads the image at `url` within the size limit.
+    pub async fn get(&self, url: &str) -> Result<Vec<u8>, ImageError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ImageError(format!("invalid URL '{url}': {e}")))?;
+        if let Some(ip) = literal_ip(&parsed) {
+            if !self.settings.allow_private && is_internal(ip) {
+                return Err(ImageError(format!(
+                    "cannot download {url}: {}",
+                    refusal(parsed.host_str().unwrap_or_default(), ip)
+                )));
+            }
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ImageError("the image downloader is shutting down".into()))?;
+        let failed =
+            |e: reqwest::Error| ImageError(format!("cannot download {url}: {}", explain(&e)));
+        let mut response = self.client.get(parsed).send().await.map_err(failed)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ImageError(format!(
+                "cannot download {url}: the server answered HTTP {status}"
+            )));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if content_type.starts_with("text/") || content_type.contains("json") {
+            return Err(ImageError(format!(
+                "{url} is not an image: the server sent {content_type}"
+            )));
+        }
+        let limit = self.settings.max_bytes;
+        let too_big = || {
+            ImageError(format!(
+                "{url} is larger than {limit} bytes (IMAGE_MAX_BYTES)"
+            ))
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// The most telling reason in a request error's chain.
+fn explain(e: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return r.to_string();
+        }
+        innermost = s.to_string();
+        source = s.source();
+    }
+    if e.is_timeout() {
+        return "timed out (HTTP_CLIENT_TIMEOUT)".into();
+    }
+    innermost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The three kinds of model this backend runs on ONNX graphs: embedders (token states pooled
+//! here, or an already pooled output), cross-encoders (a `logits` output, one per pair) and
+//! CLIP (a combined graph with `text_embeds` and `image_embeds`, or separate text and vision
+//! graphs).
+
+use crate::graph::{Feed, Graph};
+use crate::pooling;
+use ember_plugin_api::{
+    DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
+    PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+};
+
+/// The graphs of a CLIP model.
+enum ClipGraphs {
+    /// One graph taking text and pixels together (optimum's `feature-extraction` export).
+    Combined(Graph),
+    /// `text_model.onnx` and `vision_model.onnx` (transformers.js layout).
+    Split { text: Graph, vision: Box<Graph> },
+}
+
+enum Kind {
+    Encoder {
+        graph: Graph,
+        output: String,
+        pooling: Pooling,
+    },
+    CrossEncoder {
+        graph: Graph,
+        output: String,
+    },
+    Clip {
+        graphs: ClipGraphs,
+        text_output: String,
+        image_output: String,
+        image: ImageSpec,
+    },
+}
+
+/// A loaded ONNX model.
+pub struct OnnxModel {
+    kind: Kind,
+    dim: usize,
+    device: String,
+    dtype: DType,
+}
+
+/// The token inputs of a batch, by the names optimum exports use.
+fn token_feeds(batch: &TokenBatch) -> Vec<(&'static str, Feed<'_>)> {
+    let shape = vec![batch.rows as i64, batch.seq_len as i64];
+    vec![
+        ("input_ids", Feed::Int(shape.clone(), &batch.input_ids)),
+        (
+            "attention_mask",
+            Feed::Int(shape.clone(), &batch.attention_mask),
+        ),
+        ("token_type_ids", Feed::Int(shape, &batch.token_type_ids)),
+    ]
+}
+
+/// One-token text fed to a combined CLIP graph when only images are embedded.
+const DUMMY_IDS: [i64; 1] = [0];
+const DUMMY_MASK: [i64; 1] = [1];
+
+fn onnx_files<'a>(request: &'a LoadRequest, prefix: &str) -> Option<&'a str> {
+    request.files.iter().map(|f| f.as_str()).find(|f| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        name.ends_with(".onnx") && name.starts_with(prefix)
+    })
+}
+
+impl OnnxModel {
+    /// Opens the graphs of the model in `request` for its kind.
+    pub fn load(request: &LoadRequest) -> Result<Self, PluginError> {
+        let manifest = &request.manifest;
+        let dtype = match request.dtype {
+            DType::Auto => DType::Fp32,
+            d => d,
+        };
+        let single = || {
+            onnx_files(request, "model").ok_or_else(|| {
+                PluginError::unsupported(
+                    "no model*.onnx file among the selected files (text_model/vision_model \
+                     graphs are read for CLIP models only)",
+                )
+            })
+        };
+        let (kind, dim, device) = match manifest.kind {
+            ModelKind::Embed => {
+                let graph = Graph::open(request, single()?)?;
+                graph.require_inputs(&["input_ids", "attention_mask"])?;
+                let (output, declared) = graph.pick_output(&["last_hidden_state"])?;
+                let dim = declared.map_or(manifest.hidden_size as usize, |d| d as usize);
+                let device = graph.device.clone();
+                let pooling = manifest.pooling;
+                (
+                    Kind::Encoder {
+                        graph,
+                        output,
+                        pooling,
+                    },
+                    dim,
+                    device,
+                )
+            }
+            ModelKind::Rerank => {
+                let graph = Graph::open(request, single()?)?;
+                graph.require_inputs(&["input_ids", "attention_mask"])?;
+                let (output, _) = graph.pick_output(&["logits"])?;
+                let device = graph.device.clone();
+                (Kind::CrossEncoder { graph, output }, 1, device)
+            }
+            ModelKind::Clip => Self::load_clip(request)?,
+        };
+        let model = OnnxModel {
+            kind,
+            dim,
+            device,
+            dtype,
+        };
+        if let Kind::Clip { .. } = model.kind {
+            // The projection size is not in the manifest: ask the graph.
+            let probe = TokenBatch {
+                rows: 1,
+                seq_len: 1,
+                input_ids: DUMMY_IDS.to_vec().into(),
+                attention_mask: DUMMY_MASK.to_vec().into(),
+                token_type_ids: vec![0i64].into(),
+            };
+            let text_dim = model.embed_tokens(&probe)?.dim as usize;
+            return Ok(OnnxModel {
+                dim: text_dim,
+                ..model
+            });
+        }
+        Ok(model)
+    }
+
+    fn load_clip(request: &LoadRequest) -> Result<(Kind, usize, String), PluginError> {
+        let image = request
+            .manifest
+            .image
+            .clone()
+            .into_option()
+            .ok_or_else(|| {
+                PluginError::invalid_input("a CLIP model needs the image spec in its manifest")
+            })?;
+        let split = (
+            onnx_files(request, "text_model"),
+            onnx_files(request, "vision_model"),
+        );
+        let graphs = match split {
+            (Some(t), Some(v)) => {
+                let text = Graph::open(request, t)?;
+                text.require_inputs(&["input_ids"])?;
+                let vision = Graph::open(request, v)?;
+                vision.require_inputs(&["pixel_values"])?;
+                ClipGraphs::Split {
+                    text,
+                    vision: Box::new(vision),
+                }
+            }
+            _ => {
+                let file = onnx_files(request, "model").ok_or_else(|| {
+                    PluginError::unsupported(
+                        "a CLIP model needs onnx/model.onnx (text and vision in one graph) or \
+                         onnx/text_model.onnx with onnx/vision_model.onnx",
+                    )
+                })?;
+                let graph = Graph::open(request, file)?;
+                graph.require_inputs(&["input_ids", "pixel_values"])?;
+                ClipGraphs::Combined(graph)
+            }
+        };
+        let (text_graph, vision_graph) = match &graphs {
+            ClipGraphs::Combined(g) => (g, g),
+            ClipGraphs::Split { text, vision } => (text, &**vision),
+        };
+        let find = |g: &Graph, name: &str| -> Result<String, PluginError> {
+            let names = g.output_names();
+            match (names.contains(&name), &graphs) {
+                (true, _) => Ok(name.to_string()),
+                // Split graphs may name their one projected output differently.
+                (false, ClipGraphs::Split { .. }) => Ok(g.pick_output(&[name])?.0),
+                (false, ClipGraphs::Combined(_)) => Err(PluginError::unsupported(format!(
+                    "{} has no `{name}` output (outputs: {})",
+                    g.path,
+                    names.join(", ")
+                ))),
+            }
+        };
+        let text_output = find(text_graph, "text_embeds")?;
+        let image_output = find(vision_graph, "image_embeds")?;
+        let device = text_graph.device.clone();
+        Ok((
+            Kind::Clip {
+                graphs,
+                text_output,
+                image_output,
+                image,
+            },
+            0,
+            device,
+        ))
+    }
+}
+
+/// Checks that a graph output holds one row of `dim` values per input.
+fn rows_of(shape: &[i64], data: Vec<f32>, rows: usize) -> Result<EmbeddingBatch, PluginError> {
+    match shape {
+        [r, d] if *r as usize == rows && data.len() == rows * *d as usize => Ok(EmbeddingBatch {
+            rows: rows as u32,
+            dim: *d as u32,
+            values: data.into(),
+        }),
+        other => Err(PluginError::internal(format!(
+            "unexpected output shape {other:?} for {rows} inputs"
+        ))),
+    }
+}
+
+impl Model for OnnxModel {
+    fn describe(&self) -> LoadedModel {
+        LoadedModel {
+            embedding_dim: self.dim as u32,
+            device: self.device.clone().into(),
+            dtype: self.dtype,
+            concurrent_calls: false,
+        }
+    }
+
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        let rows = batch.rows as usize;
+        let seq = batch.seq_len as usize;
+        if rows == 0 {
+            return Ok(EmbeddingBatch {
+                rows: 0,
+                dim: self.dim as u32,
+                values: Vec::new().into(),
+            });
+        }
+        match &self.kind {
+            Kind::Encoder {
+                graph,
+                output,
+                pooling,
+            } => {
+                let out = graph.run(token_feeds(batch), output)?;
+                match out.shape.as_slice() {
+                    // Token states: pool them here.
+                    [r, s, h] if *r as usize == rows && *s as usize == seq => {
+                        let values = pooling::pool(
+                            *pooling,
+                            &out.data,
+                            &batch.attention_mask,
+                            rows,
+                            seq,
+                            *h as usize,
+                        );
+                        rows_of(&[rows as i64, *h], values, rows)
+                    }
+                    // Already pooled (exports with a sentence_embedding output).
+                    _ => rows_of(&out.shape, out.data, rows),
+                }
+            }
+            Kind::Clip {
+                graphs,
+                text_output,
+                image,
+                ..
+            } => {
+                let mut feeds = token_feeds(batch);
+                let graph = match graphs {
+                    ClipGraphs::Split { text, .. } => text,
+                    ClipGraphs::Combined(g) => {
+                        // The combined graph needs an image too: one blank one.
+                        let zeros = vec![0f32; 3 * (image.height * image.width) as usize];
+                        let shape = vec![1, 3, image.height as i64, image.width as i64];
+                        let out = g.run(
+                            feeds
+                                .drain(..)
+                                .chain([("pixel_values", Feed::Float(shape, &zeros))])
+                                .collect(),
+                            text_output,
+                        )?;
+                        return rows_of(&out.shape, out.data, rows);
+                    }
+                };
+                let out = graph.run(feeds, text_output)?;
+                rows_of(&out.shape, out.data, rows)
+            }
+            Kind::CrossEncoder { .. } => Err(PluginError::unsupported(
+                "this model is a reranker: it scores pairs and has no embeddings",
+            )),
+        }
+    }
+
+    fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+        let Kind::CrossEncoder { graph, output } = &self.kind else {
+            return Err(PluginError::unsupported(
+                "this model is not a reranker: it has no relevance scores",
+            ));
+        };
+        let rows = batch.tokens.rows as usize;
+        if rows == 0 {
+            return Ok(ScoreBatch {
+                scores: Vec::new().into(),
+            });
+        }
+        let out = graph.run(token_feeds(&batch.tokens), output)?;
+        let per_row = match out.shape.as_slice() {
+            [r] if *r as usize == rows => 1,
+            [r, k] if *r as usize == rows && *k >= 1 => *k as usize,
+            other => {
+                return Err(PluginError::internal(format!(
+                    "unexpected logits shape {other:?} for {rows} pairs"
+                )))
+            }
+        };
+        // One label: its logit. (Several labels are not a reranker; the host never asks.)
+        let scores: Vec<f32> = out.data.chunks(per_row).map(|c| c[0]).collect();
+        Ok(ScoreBatch {
+            scores: scores.into(),
+        })
+    }
+
+    fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
+        let Kind::Clip {
+            graphs,
+            image_output,
+            image,
+            ..
+        } = &self.kind
+        else {
+            return Err(PluginError::unsupported(
+                "this model has no vision tower: it cannot embed images",
+            ));
+        };
+        let rows = batch.rows as usize;
+        if rows == 0 {
+            return Ok(EmbeddingBatch {
+                rows: 0,
+                dim: self.dim as u32,
+                values: Vec::new().into(),
+            });
+        }
+        if (batch.channels, batch.height, batch.width) != (3, image.height, image.width) {
+            return Err(PluginError::invalid_input(format!(
+                "images must be 3x{}x{}, got {}x{}x{}",
+                image.height, image.width, batch.channels, batch.height, batch.width
+            )));
+        }
+        let shape = vec![rows as i64, 3, batch.height as i64, batch.width as i64];
+        let mut feeds = vec![("pixel_values", Feed::Float(shape, &batch.values))];
+        let graph = match graphs {
+            ClipGraphs::Split { vision, .. } => vision,
+            ClipGraphs::Combined(g) => {
+                feeds.push(("input_ids", Feed::Int(vec![1, 1], &DUMMY_IDS)));
+                feeds.push(("attention_mask", Feed::Int(vec![1, 1], &DUMMY_MASK)));
+                g
+            }
+        };
+        let out = graph.run(feeds, image_output)?;
+        rows_of(&out.shape, out.data, rows)
+    }
+}

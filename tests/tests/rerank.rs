@@ -1,0 +1,200 @@
+//! Reranking over HTTP with the optimum plugin, against transformers'
+//! AutoModelForSequenceClassification scores recorded in the fixtures.
+
+use ember_e2e::*;
+use serde_json::{json, Value};
+
+fn serve(models: &[&str]) -> Server {
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| fixture(m).display().to_string())
+        .collect();
+    let joined = names.join(";");
+    Server::start(&[
+        ("MODEL_NAMES", joined.as_str()),
+        ("BACKEND", "optimum"),
+        ("DEVICE", "cpu"),
+    ])
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn check_parity(model: &str) {
+    let reference = reference(model);
+    let server = serve(&[model]);
+    for case in ["short", "long_query"] {
+        let c = &reference[case];
+        let expected = floats(&c["scores"]);
+        let (status, body) = server.post(
+            "/v1/rerank",
+            &json!({"query": c["query"], "documents": c["documents"]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["object"], "rerank");
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), expected.len());
+        let mut seen = vec![false; expected.len()];
+        let mut previous = f64::INFINITY;
+        for r in results {
+            let index = r["index"].as_u64().unwrap() as usize;
+            let score = r["relevance_score"].as_f64().unwrap();
+            assert!(
+                (score - expected[index]).abs() < 1e-4,
+                "{model} {case}: document {index}: score {score} vs transformers {}",
+                expected[index]
+            );
+            assert!(
+                score <= previous,
+                "results are sorted, highest first: {body}"
+            );
+            assert!(r.get("document").is_none(), "documents only when asked");
+            previous = score;
+            seen[index] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "every document is scored once");
+        let tokens: u64 = c["token_counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            body["usage"]["total_tokens"].as_u64(),
+            Some(tokens),
+            "{case}"
+        );
+
+        // Raw logits, on the other spellings of the route and fields.
+        let logits = floats(&c["logits"]);
+        let (status, body) = server.post(
+            "/rerank",
+            &json!({"query": c["query"], "docs": c["documents"], "raw_scores": true,
+                    "return_docs": true, "top_n": 2}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2, "top_n keeps the best two");
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+        for (r, want) in results.iter().zip(&order) {
+            let index = r["index"].as_u64().unwrap() as usize;
+            assert_eq!(index, *want, "{case}: top_n keeps the highest scores");
+            let raw = r["relevance_score"].as_f64().unwrap();
+            assert!(
+                (raw - logits[index]).abs() < 1e-4,
+                "raw score {raw} vs {}",
+                logits[index]
+            );
+            assert_eq!(r["document"], c["documents"][index], "document echoed");
+        }
+    }
+}
+
+#[test]
+fn bert_cross_encoder_matches_transformers() {
+    check_parity("tiny-rerank-bert");
+}
+
+#[test]
+fn xlm_roberta_cross_encoder_matches_transformers() {
+    check_parity("tiny-rerank-xlmr");
+}
+
+#[test]
+fn capabilities_decide_what_a_model_answers() {
+    let server = serve(&["tiny-rerank-bert", "tiny-bert-cls"]);
+    let reranker = fixture("tiny-rerank-bert").display().to_string();
+    let embedder = fixture("tiny-bert-cls").display().to_string();
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["capabilities"], json!(["rerank"]));
+    assert_eq!(models["data"][1]["capabilities"], json!(["embed"]));
+
+    assert_error_contains(
+        server.post(
+            "/v1/embeddings",
+            &json!({"model": reranker, "input": "hello"}),
+        ),
+        400,
+        &[
+            "does not expose the 'embed' capability",
+            "capabilities: rerank",
+        ],
+    );
+    assert_error_contains(
+        server.post(
+            "/v1/rerank",
+            &json!({"model": embedder, "query": "q", "documents": ["d"]}),
+        ),
+        400,
+        &[
+            "does not expose the 'rerank' capability",
+            "capabilities: embed",
+        ],
+    );
+    // Both models still answer what they can, under every prefix.
+    for prefix in ["/v1", "/openai/v1", ""] {
+        let (status, body) = server.post(
+            &format!("{prefix}/rerank"),
+            &json!({"model": reranker, "query": "q", "documents": ["a", "b"],
+                    "return_documents": true}),
+        );
+        assert_eq!(status, 200, "{prefix}: {body}");
+        assert_eq!(body["results"].as_array().unwrap().len(), 2);
+        assert!(body["results"][0]["document"].is_string());
+        let (status, body) = server.post(
+            &format!("{prefix}/embeddings"),
+            &json!({"model": embedder, "input": "hello"}),
+        );
+        assert_eq!(status, 200, "{prefix}: {body}");
+    }
+}
+
+#[test]
+fn bad_rerank_requests_name_the_field() {
+    let server = serve(&["tiny-rerank-bert"]);
+    assert_error_contains(
+        server.post("/v1/rerank", &json!({"documents": ["a"]})),
+        400,
+        &["query is required"],
+    );
+    assert_error_contains(
+        server.post("/v1/rerank", &json!({"query": "q", "documents": ["a", 5]})),
+        400,
+        &["documents[1]"],
+    );
+    assert_error_contains(
+        server.post(
+            "/v1/rerank",
+            &json!({"query": "q", "documents": ["a"], "top_n": -1}),
+        ),
+        400,
+        &["top_n must be a positive integer"],
+    );
+    assert_error_contains(
+        server.post("/v1/rerank", &json!({"query": "q", "documents": []})),
+        400,
+        &["must not be empty"],
+    );
+    assert_error_contains(
+        server.post(
+            "/v1/rerank",
+            &json!({"model": "nope", "query": "q", "documents": ["a"]}),
+        ),
+        404,
+        &["'nope' is not deployed"],
+    );
+    // A document far past the maximum length is truncated, not refused.
+    let long = "word ".repeat(5000);
+    let (status, body) = server.post("/v1/rerank", &json!({"query": "q", "documents": [long]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["total_tokens"], 64);
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+}
