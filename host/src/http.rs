@@ -3,6 +3,8 @@
 //! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
+use crate::runpod::jobs::JobStore;
+use crate::runpod::local_api::{self, Shared};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,7 +30,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Parses a JSON body, answering a 400 that says where the JSON is broken.
-fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         // curl's `-d` sends application/x-www-form-urlencoded; its body is still JSON here.
@@ -111,17 +113,6 @@ async fn rerank(
     Ok(Json(result?).into_response())
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.health() {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
-        Err(reasons) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unhealthy", "reasons": reasons})),
-        )
-            .into_response(),
-    }
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(
         404,
@@ -131,7 +122,10 @@ async fn not_found() -> ApiError {
 }
 
 /// The body of a request, or the 413 / 400 its rejection deserves.
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::new(
@@ -152,9 +146,10 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Builds the router.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Builds the router: OpenAI routes, the local RunPod API, `/health`.
+pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>) -> Router {
     let limit = state.max_request_bytes;
+    let shared = Shared { app: state, jobs };
     let v1 = Router::new()
         .route("/models", get(models))
         .route("/embeddings", post(embeddings))
@@ -163,9 +158,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/v1", v1.clone())
         .nest("/openai/v1", v1.clone())
         .merge(v1)
-        .route("/health", get(health))
+        .merge(local_api::routes())
+        .route("/health", get(local_api::health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(shared)
         .layer(DefaultBodyLimit::max(limit))
 }

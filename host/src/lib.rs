@@ -2,11 +2,13 @@
 //! the HTTP API. The `ember` binary is a thin `main` over [`startup::run`].
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod images;
 pub mod models;
 pub mod plugin;
+pub mod runpod;
 pub mod startup;
 pub mod text;

@@ -1,12 +1,19 @@
 //! `ember`: an embedding and reranking server with plugin backends.
 
+use ember_host::cli::{self, Command, TestInput};
 use ember_host::{config, startup};
 use std::process::ExitCode;
 
 const HELP: &str = "\
 ember: embedding and reranking server (drop-in for worker-infinity-embedding)
 
-Usage: ember [--help | --version]
+Usage: ember [--rp_serve_api] [--rp_api_host HOST] [--rp_api_port PORT]
+       ember --test-input [JSON | FILE]     run one job (default ./test_input.json), print it
+       ember --help | --version
+
+Serves the OpenAI routes (/v1/embeddings, /v1/rerank, /v1/models) and the local RunPod API
+(/run, /runsync, /status/ID, ...) over HTTP; when RUNPOD_WEBHOOK_GET_JOB is set it also takes
+jobs from the RunPod platform. --test-input exits 0 when the job succeeds, 1 otherwise.
 
 Configuration comes from environment variables (and config/default.toml or EMBER_CONFIG):
   MODEL_NAMES      ;-separated Hugging Face ids or local directories (required)
@@ -17,31 +24,49 @@ Configuration comes from environment variables (and config/default.toml or EMBER
   HOST, PORT       listen address (default 0.0.0.0:8000)
   PLUGIN_DIR       where libember_<backend>.so plugins are (default: next to the binary,
                    then /usr/local/lib/ember)
+  RUNPOD_MAX_CONCURRENCY  jobs run at once (default 300)
 See config/default.toml for every setting.";
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // On RunPod (RUNPOD_ENDPOINT_ID set) logs are JSON lines, as the platform's SDK writes them.
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+        || std::env::var("RUNPOD_ENDPOINT_ID").is_ok_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
 }
 
+fn read_test_input(source: &TestInput) -> Result<serde_json::Value, String> {
+    let text = match source {
+        TestInput::Json(s) => s.clone(),
+        TestInput::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the test input {}: {e}", path.display()))?,
+    };
+    serde_json::from_str(&text).map_err(|e| format!("the test input is not valid JSON: {e}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None => {}
-        Some("--help" | "-h") => {
+    let command = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ember: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &command {
+        Command::Help => {
             println!("{HELP}");
             return ExitCode::SUCCESS;
         }
-        Some("--version" | "-V") => {
+        Command::Version => {
             println!(
                 "ember {} (plugin ABI {})",
                 env!("CARGO_PKG_VERSION"),
@@ -49,13 +74,10 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Some(other) => {
-            eprintln!("ember: unknown argument {other:?}; see ember --help");
-            return ExitCode::from(2);
-        }
+        _ => {}
     }
     init_logging();
-    let settings = match config::RawSettings::load().and_then(|r| r.validate()) {
+    let mut settings = match config::RawSettings::load().and_then(|r| r.validate()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ember: {e}");
@@ -72,12 +94,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(startup::run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("ember: {e:#}");
-            ExitCode::FAILURE
+    let outcome = match command {
+        Command::TestInput(source) => match read_test_input(&source) {
+            Ok(job) => runtime
+                .block_on(startup::test_input(settings, job))
+                .map(|ok| {
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }),
+            Err(e) => {
+                eprintln!("ember: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Serve { host, port } => {
+            if let Some(h) = host {
+                settings.host = h;
+            }
+            if let Some(p) = port {
+                settings.port = p;
+            }
+            runtime
+                .block_on(startup::run(settings))
+                .map(|()| ExitCode::SUCCESS)
         }
-    }
+        Command::Help | Command::Version => unreachable!("handled above"),
+    };
+    outcome.unwrap_or_else(|e| {
+        tracing::error!("{e:#}");
+        eprintln!("ember: {e:#}");
+        ExitCode::FAILURE
+    })
 }

@@ -5,11 +5,16 @@ use crate::config::{ModelSettings, Settings};
 use crate::engine::{Engine, EngineLimits};
 use crate::models::{manifest, resolve};
 use crate::plugin::Plugin;
+use crate::runpod::jobs::JobStore;
+use crate::runpod::router::{self, JobResult};
+use crate::runpod::worker;
 use crate::text::TextEncoder;
 use anyhow::{anyhow, Context};
 use ember_plugin_api::LoadRequest;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// A model resolved, understood, tokenizer loaded and loaded by the plugin.
 pub struct Prepared {
@@ -168,10 +173,9 @@ pub fn load_plugin(settings: &Settings) -> anyhow::Result<Arc<Plugin>> {
     Ok(Arc::new(Plugin::load(&path)?))
 }
 
-/// Runs the server until SIGTERM or Ctrl-C.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let plugin = load_plugin(&settings)?;
+/// Loads the plugin and every model, ready to serve.
+pub async fn build(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
+    let plugin = load_plugin(settings)?;
     tracing::info!(
         backend = plugin.info.name.as_str(),
         version = plugin.info.version.as_str(),
@@ -182,10 +186,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let mut models = Vec::with_capacity(settings.models.len());
     for i in 0..settings.models.len() {
-        models.push(deploy(&plugin, &settings, i).await?);
+        models.push(deploy(&plugin, settings, i).await?);
     }
     let images = Arc::new(crate::images::Fetcher::new(&settings.images).map_err(|e| anyhow!(e))?);
-    let state = Arc::new(AppState {
+    Ok(Arc::new(AppState {
         models,
         backend: plugin.info.name.to_string(),
         max_items: settings.max_items_per_request,
@@ -195,8 +199,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         images,
+    }))
+}
+
+/// Serves HTTP (OpenAI routes and the local RunPod API) and, when `RUNPOD_WEBHOOK_GET_JOB`
+/// is set, takes jobs from the RunPod platform, until SIGTERM or Ctrl-C; then finishes every
+/// accepted job before returning.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let state = build(&settings).await?;
+    let jobs = JobStore::new(settings.runpod_max_concurrency);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
     });
-    let app = crate::http::router(state);
+    let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
+        .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
+    let app = crate::http::router(state, jobs.clone());
     let addr = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -204,11 +224,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         ms = started.elapsed().as_millis() as u64,
+        runpod_worker = worker.is_some(),
         "ready"
     );
+    let mut stop = stop_rx.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .await?;
+    jobs.drain().await;
+    if let Some(w) = worker {
+        w.await?;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs one job (`{"input": ...}`, as in runpod's `test_input.json`), prints its result and
+/// says whether it succeeded.
+pub async fn test_input(settings: Settings, job: Value) -> anyhow::Result<bool> {
+    let input = job.get("input").ok_or_else(|| {
+        anyhow!("the test input has no \"input\" field (expected {{\"input\": {{...}}}})")
+    })?;
+    let id = job
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("local_test");
+    let state = build(&settings).await?;
+    let result = router::run(&state, input).await;
+    let ok = !matches!(result, JobResult::Failed(_)) && !result.is_error_object();
+    tracing::info!(requestId = id, ok, "test input finished");
+    println!("{}", result.to_platform());
+    Ok(ok)
 }

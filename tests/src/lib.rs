@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: locating the built binary, plugins and fixtures,
 //! starting `ember` as a child process, and comparing vectors with reference outputs.
 
+pub mod hub;
+pub mod platform;
+
 use base64::Engine as _;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -61,6 +64,8 @@ pub struct Server {
     pub log: Vec<String>,
     /// Time from spawn to the ready line.
     pub startup: Duration,
+    /// Log lines after the ready line, not yet read.
+    later: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 /// How a start-up ended when it did not become ready.
@@ -127,8 +132,8 @@ impl Server {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     let ready = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
-                        (v["fields"]["message"] == "ready")
-                            .then(|| v["fields"]["addr"].as_str().map(String::from))
+                        (v["message"] == "ready")
+                            .then(|| v["addr"].as_str().map(String::from))
                             .flatten()
                     });
                     log.push(line);
@@ -138,6 +143,7 @@ impl Server {
                             url: format!("http://{addr}"),
                             log,
                             startup: started.elapsed(),
+                            later: std::sync::Mutex::new(rx),
                         });
                     }
                 }
@@ -186,17 +192,30 @@ impl Server {
         read(client().get(format!("{}{path}", self.url)).send().unwrap())
     }
 
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Waits up to `timeout` for a log line (after the ready line) matching `pred`.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let rx = self.later.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
-    /// Sends SIGTERM and waits for the exit code.
-    pub fn terminate(mut self) -> Option<i32> {
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s.code();
@@ -204,6 +223,17 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal_term();
+        self.wait_exit(Duration::from_secs(30))
     }
 }
 
@@ -387,4 +417,14 @@ pub fn assert_error_contains(got: (u16, Value), status: u16, needles: &[&str]) {
             "message {message:?} lacks {n:?} (body {body})"
         );
     }
+}
+
+/// The Python of the setup's virtual environment (with the pinned reference packages).
+pub fn python() -> PathBuf {
+    let cache = std::env::var_os("EMBER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/ember")
+        });
+    cache.join("venv/bin/python")
 }

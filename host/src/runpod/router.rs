@@ -1,0 +1,269 @@
+//! The job router: a RunPod job's `input` to its output, as `worker-infinity-embedding`
+//! answers it, without its crashes.
+//!
+//! Routing, in the worker's order and with Python's truthiness: `openai_route` (with
+//! `openai_input`: `/v1/models`, `/v1/embeddings` list-wrapped, and `/v1/rerank`, which the
+//! worker lacks), then `query` (rerank with `docs`/`documents`), then `input` (embeddings).
+//! Bad requests are the job's output in the worker's error shape
+//! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`; only
+//! server faults fail the job.
+
+use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
+use serde_json::{json, Map, Value};
+
+/// What a job ends with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobResult {
+    /// The job's output (also for bad requests: an error object, as the worker does).
+    Output(Value),
+    /// The job failed on the server's side; the message becomes the job's `error`.
+    Failed(String),
+}
+
+impl JobResult {
+    /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
+    pub fn to_platform(&self) -> Value {
+        match self {
+            JobResult::Output(v) => json!({ "output": v }),
+            JobResult::Failed(e) => json!({ "error": e }),
+        }
+    }
+
+    /// Whether the output is the worker's error object.
+    pub fn is_error_object(&self) -> bool {
+        matches!(self, JobResult::Output(v) if v.get("object") == Some(&json!("error")))
+    }
+}
+
+/// The worker's error object for a status and message.
+pub fn error_object(status: u16, message: impl Into<String>) -> Value {
+    let kind = match status {
+        400 => "BadRequestError",
+        404 => "NotFoundError",
+        413 => "PayloadTooLargeError",
+        429 => "RateLimitError",
+        501 => "NotImplementedError",
+        _ => "InternalServerError",
+    };
+    json!({
+        "object": "error",
+        "message": message.into(),
+        "type": kind,
+        "param": null,
+        "code": status,
+    })
+}
+
+impl From<ApiError> for JobResult {
+    fn from(e: ApiError) -> Self {
+        if e.status >= 500 && e.status != 501 {
+            JobResult::Failed(e.message)
+        } else {
+            JobResult::Output(error_object(e.status, e.message))
+        }
+    }
+}
+
+/// Python's truthiness of a JSON value, as the worker tests its fields.
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The routes `openai_route` may name.
+const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank";
+
+/// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so
+/// that vectors and scores in job outputs are as short as in HTTP answers (a `Value` keeps
+/// them as float64, which would print 17 digits).
+fn shorten_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or_default();
+            let single = x as f32;
+            if single as f64 == x {
+                if let Some(short) = format!("{single}")
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    *n = short;
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(shorten_floats),
+        Value::Object(map) => map.values_mut().for_each(shorten_floats),
+        _ => {}
+    }
+}
+
+fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(resp)
+        .map_err(|e| ApiError::new(500, "server_error", e.to_string()))?;
+    shorten_floats(&mut v);
+    Ok(v)
+}
+
+async fn embeddings(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let req = EmbeddingsRequest::parse(body, state.max_items)?;
+    to_output(api::embeddings(state, req).await?)
+}
+
+async fn rerank(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let req = RerankRequest::parse(body, state.max_items)?;
+    to_output(api::rerank(state, req).await?)
+}
+
+async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
+    let route = match job.get("openai_route") {
+        Some(Value::String(r)) => r.as_str(),
+        Some(other) => {
+            return JobResult::Output(error_object(
+                400,
+                format!("openai_route must be a string, got {}", kind_of(other)),
+            ))
+        }
+        None => unreachable!("checked by the caller"),
+    };
+    if route == "/v1/models" {
+        return JobResult::Output(state.list_models());
+    }
+    if !matches!(route, "/v1/embeddings" | "/v1/rerank") {
+        return JobResult::Output(error_object(
+            400,
+            format!("Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"),
+        ));
+    }
+    let body = match job.get("openai_input") {
+        Some(v @ Value::Object(o)) if !o.is_empty() => v,
+        Some(v) if truthy(Some(v)) => {
+            return JobResult::Output(error_object(
+                400,
+                format!(
+                    "openai_input must be the JSON object of the {route} request, got {}",
+                    kind_of(v)
+                ),
+            ))
+        }
+        _ => {
+            return JobResult::Output(error_object(
+                400,
+                format!("Missing input: openai_input must hold the body of the {route} request"),
+            ))
+        }
+    };
+    if route == "/v1/embeddings" {
+        // The worker list-wraps embeddings on this route; the platform's gateway unwraps.
+        match embeddings(state, body).await {
+            Ok(v) => JobResult::Output(json!([v])),
+            Err(e) => e.into(),
+        }
+    } else {
+        match rerank(state, body).await {
+            Ok(v) => JobResult::Output(v),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// Runs one job's `input`.
+pub async fn run(state: &AppState, input: &Value) -> JobResult {
+    let Some(job) = input.as_object() else {
+        return JobResult::Output(error_object(
+            400,
+            format!(
+                "Invalid input: the job's input must be a JSON object, got {}",
+                kind_of(input)
+            ),
+        ));
+    };
+    if truthy(job.get("openai_route")) {
+        return openai(state, job).await;
+    }
+    let result = if truthy(job.get("query")) {
+        rerank(state, input).await
+    } else if truthy(job.get("input")) {
+        embeddings(state, input).await
+    } else {
+        let keys: Vec<&str> = job.keys().map(String::as_str).collect();
+        return JobResult::Output(error_object(
+            400,
+            format!(
+                "Invalid input: expected \"input\" (texts or images to embed), \"query\" with \
+                 \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
+                keys.join(", ")
+            ),
+        ));
+    };
+    match result {
+        Ok(v) => JobResult::Output(v),
+        Err(e) => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truthiness_is_pythons() {
+        for falsy in [
+            json!(null),
+            json!(""),
+            json!([]),
+            json!({}),
+            json!(0),
+            json!(false),
+        ] {
+            assert!(!truthy(Some(&falsy)), "{falsy}");
+        }
+        for t in [
+            json!("a"),
+            json!([1]),
+            json!({"a": 1}),
+            json!(2),
+            json!(true),
+        ] {
+            assert!(truthy(Some(&t)), "{t}");
+        }
+        assert!(!truthy(None));
+    }
+
+    #[test]
+    fn float32_values_print_short() {
+        let mut v = serde_json::to_value(vec![0.1f32, 1.0, -2.5e-8]).unwrap();
+        shorten_floats(&mut v);
+        assert_eq!(v.to_string(), "[0.1,1.0,-2.5e-8]");
+    }
+
+    #[test]
+    fn error_objects_have_the_worker_shape() {
+        let e = error_object(400, "bad");
+        assert_eq!(
+            e,
+            json!({"object": "error", "message": "bad", "type": "BadRequestError",
+                   "param": null, "code": 400})
+        );
+        let r: JobResult = ApiError::new(500, "server_error", "boom").into();
+        assert_eq!(r.to_platform(), json!({"error": "boom"}));
+        let r: JobResult = ApiError::invalid("input", "no").into();
+        assert!(r.is_error_object());
+    }
+}
