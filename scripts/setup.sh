@@ -47,10 +47,10 @@ ln -sfn "$FIXTURES" "$ROOT/fixtures"
 
 # 3. Build.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked -p ember-host -p ember-optimum
+  cargo build --release --locked -p ember-host -p ember-optimum -p ember-candle
   OUT=$TARGET/release
 else
-  cargo build --locked -p ember-host -p ember-optimum
+  cargo build --locked -p ember-host -p ember-optimum -p ember-candle
   OUT=$TARGET/debug
 fi
 

@@ -7,10 +7,18 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
-cargo build --release --locked -p ember-abi-mismatch
+cargo build --release --locked -p ember-abi-mismatch -p ember-broken
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 cargo test --release --locked --workspace --exclude ember-e2e 2>&1 | tee "$LOG"
+# The conformance checker on every plugin in the repository, with a model of each kind it runs.
+BIN=${CARGO_TARGET_DIR:-target}/release
+for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip \
+             optimum:tiny-clip-split candle:all-MiniLM-L6-v2 candle:tiny-bert-lasttoken; do
+  "$BIN/ember" plugin check "$BIN/libember_${check%%:*}.so" --model "fixtures/${check#*:}" \
+    2>/dev/null | tee -a "$LOG" | tail -n 1
+done
+grep -q "does NOT conform" "$LOG" && { echo "a plugin failed ember plugin check" >&2; exit 1; }
 # End-to-end tests start servers that use every core: one test at a time.
 cargo test --release --locked -p ember-e2e -- --test-threads=1 2>&1 | tee -a "$LOG"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$LOG"

@@ -14,6 +14,8 @@ pub enum Command {
     },
     /// Run one job and exit: the JSON given, or the file named (default `test_input.json`).
     TestInput(TestInput),
+    /// `ember plugin check PLUGIN [--model DIR] [--device D]`: the conformance checker.
+    PluginCheck(crate::check::CheckArgs),
     /// Print the help.
     Help,
     /// Print the version.
@@ -29,8 +31,49 @@ pub enum TestInput {
     File(PathBuf),
 }
 
+/// Parses `plugin check PLUGIN [--model DIR] [--device D]` (the words after `plugin`).
+fn parse_plugin(args: &[String]) -> Result<Command, String> {
+    let usage = "usage: ember plugin check <path/to/libember_x.so> [--model DIR] [--device cpu|cuda|cuda:N]";
+    if args.first().map(String::as_str) != Some("check") {
+        return Err(usage.into());
+    }
+    let mut plugin = None;
+    let mut model = None;
+    let mut device = crate::config::parse_device("cpu").map_err(|e| e.0)?;
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| rest.next().cloned())
+                .ok_or(format!("{name} needs a value; {usage}"))
+        };
+        match name {
+            "--model" => model = Some(PathBuf::from(value()?)),
+            "--device" => device = crate::config::parse_device(&value()?).map_err(|e| e.0)?,
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown option {flag}; {usage}"))
+            }
+            path if plugin.is_none() => plugin = Some(PathBuf::from(path)),
+            extra => return Err(format!("unexpected argument {extra:?}; {usage}")),
+        }
+    }
+    Ok(Command::PluginCheck(crate::check::CheckArgs {
+        plugin: plugin.ok_or(usage)?,
+        model,
+        device,
+    }))
+}
+
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("plugin") {
+        return parse_plugin(&args[1..]);
+    }
     let mut host = None;
     let mut port = None;
     let mut test = None;
@@ -130,5 +173,11 @@ mod tests {
         );
         assert!(p(&["--rp_api_port", "x"]).unwrap_err().contains("port"));
         assert!(p(&["--bogus"]).unwrap_err().contains("unknown argument"));
+        let Command::PluginCheck(c) = p(&["plugin", "check", "x.so", "--model=m"]).unwrap() else {
+            panic!("expected plugin check")
+        };
+        assert_eq!((c.plugin, c.model), ("x.so".into(), Some("m".into())));
+        assert!(p(&["plugin", "check"]).unwrap_err().contains("usage"));
+        assert!(p(&["plugin", "check", "x.so", "--device", "gpu"]).is_err());
     }
 }

@@ -9,6 +9,8 @@ ember: embedding and reranking server (drop-in for worker-infinity-embedding)
 
 Usage: ember [--rp_serve_api] [--rp_api_host HOST] [--rp_api_port PORT]
        ember --test-input [JSON | FILE]     run one job (default ./test_input.json), print it
+       ember plugin check PLUGIN.so [--model DIR] [--device D]
+                                          check a backend plugin against the plugin contract
        ember --help | --version
 
 Serves the OpenAI routes (/v1/embeddings, /v1/rerank, /v1/models) and the local RunPod API
@@ -27,9 +29,10 @@ Configuration comes from environment variables (and config/default.toml or EMBER
   RUNPOD_MAX_CONCURRENCY  jobs run at once (default 300)
 See config/default.toml for every setting.";
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // On RunPod (RUNPOD_ENDPOINT_ID set) logs are JSON lines, as the platform's SDK writes them.
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
         || std::env::var("RUNPOD_ENDPOINT_ID").is_ok_and(|v| !v.is_empty());
@@ -74,9 +77,14 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Command::PluginCheck(args) => {
+            // The report goes to stdout; plugin logs only when something is wrong.
+            init_logging("warn");
+            return ExitCode::from(ember_host::check::main(args));
+        }
         _ => {}
     }
-    init_logging();
+    init_logging("info");
     let mut settings = match config::RawSettings::load().and_then(|r| r.validate()) {
         Ok(s) => s,
         Err(e) => {
@@ -121,7 +129,9 @@ fn main() -> ExitCode {
                 .block_on(startup::run(settings))
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Help | Command::Version => unreachable!("handled above"),
+        Command::Help | Command::Version | Command::PluginCheck(_) => {
+            unreachable!("handled above")
+        }
     };
     outcome.unwrap_or_else(|e| {
         tracing::error!("{e:#}");

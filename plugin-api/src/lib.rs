@@ -1,12 +1,8 @@
-//! ember's plugin ABI and SDK.
-//!
-//! A backend plugin is a `cdylib` that implements [`Backend`] and [`Model`] and exports them
-//! with [`export_plugin!`]. The host loads it at start-up, checks its ABI version, and calls it
-//! with token batches, pair batches and pixel batches it prepared itself; the plugin runs the
-//! model on its device and returns pooled vectors or raw scores.
-#![doc = ""]
+//! ember's plugin ABI and SDK: the guide below is `plugin-api/README.md`.
+#![doc = include_str!("../README.md")]
 
 pub mod abi;
+pub mod pooling;
 pub mod sdk;
 pub mod types;
 

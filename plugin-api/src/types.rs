@@ -129,6 +129,17 @@ pub enum DeviceKind {
     Cuda,
 }
 
+impl DeviceKind {
+    /// The name used in settings and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Auto => "auto",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
 /// The device asked for a model (`DEVICE=auto|cpu|cuda|cuda:N`).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +381,19 @@ pub enum ErrorCode {
     Device,
     /// Anything else, including a panic inside the plugin.
     Internal,
+}
+
+impl ErrorCode {
+    /// The name used in messages and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "invalid-input",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::OutOfMemory => "out-of-memory",
+            ErrorCode::Device => "device",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 /// An error value crossing the boundary: a code and a human-readable message.

@@ -7,7 +7,6 @@
 mod files;
 mod graph;
 mod model;
-mod pooling;
 mod runtime;
 
 use ember_plugin_api::{

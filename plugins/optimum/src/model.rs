@@ -4,7 +4,7 @@
 //! graphs).
 
 use crate::graph::{Feed, Graph};
-use crate::pooling;
+use ember_plugin_api::pooling;
 use ember_plugin_api::{
     DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
     PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,

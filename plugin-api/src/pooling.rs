@@ -1,6 +1,7 @@
-//! Pooling of token states into one vector per row, as sentence-transformers' `Pooling` does.
+//! Pooling of token states into one vector per row, as sentence-transformers' `Pooling` does:
+//! a CPU reference for plugins whose runtime returns token states.
 
-use ember_plugin_api::Pooling;
+use crate::Pooling;
 
 /// Pools `states` (`[rows, seq, hidden]`, row-major) under `mask` (`[rows, seq]`).
 pub fn pool(

@@ -1,0 +1,401 @@
+//! The behaviour checks: what the plugin answers to good, empty, malformed, overlong and
+//! concurrent calls.
+
+use super::{describe, is_panic, Outcome};
+use crate::engine::pad;
+use crate::plugin::{ModelRunner, Plugin};
+use crate::startup::Prepared;
+use crate::text::Tokens;
+use ember_plugin_api::{ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, TokenBatch};
+use std::sync::Mutex;
+
+/// What the plugin reports about itself.
+pub fn capabilities(plugin: &Plugin) -> Outcome {
+    let i = &plugin.info;
+    let list = |v: Vec<&str>| v.join(",");
+    let summary = format!(
+        "{} {} on {}: kinds {}, devices {}, dtypes {}",
+        i.name,
+        i.version,
+        i.runtime,
+        list(i.kinds.iter().map(|k| k.as_str()).collect()),
+        list(i.devices.iter().map(|d| d.as_str()).collect()),
+        list(i.dtypes.iter().map(|d| d.as_str()).collect()),
+    );
+    if i.name.is_empty() || i.kinds.is_empty() || i.devices.is_empty() || i.dtypes.is_empty() {
+        Outcome::Fail(format!(
+            "name, kinds, devices and dtypes must not be empty: {summary}"
+        ))
+    } else {
+        Outcome::Pass(summary)
+    }
+}
+
+/// A named check of the suite.
+pub type Check<'a> = (&'static str, fn(&Suite<'a>) -> Outcome);
+
+/// Inputs and the model under test.
+pub struct Suite<'a> {
+    runner: &'a ModelRunner,
+    kind: ModelKind,
+    dim: usize,
+    pad_id: i64,
+    max_len: usize,
+    rows: Vec<Tokens>,
+    image: Option<(u32, u32)>,
+}
+
+/// Fails on a caught panic, else describes the error.
+fn refused(e: &PluginError) -> Result<String, Outcome> {
+    if is_panic(e) {
+        Err(Outcome::Fail(format!(
+            "the plugin panicked (the SDK turned it into an error, but plugins must return \
+             errors, not panic): {}",
+            e.message
+        )))
+    } else {
+        Ok(describe(e))
+    }
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b)).max(1e-12)
+}
+
+impl<'a> Suite<'a> {
+    /// Sample inputs tokenized by the model's own tokenizer.
+    pub fn new(prepared: &'a Prepared, runner: &'a ModelRunner) -> Suite<'a> {
+        let kind = prepared.manifest.abi.kind;
+        let texts: Vec<String> = [
+            "Hello, world!",
+            "The quick brown fox jumps over the lazy dog near the river bank.",
+            "a",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows = match kind {
+            ModelKind::Rerank => prepared
+                .encoder
+                .encode_pairs("what does the fox do?", &texts),
+            _ => prepared.encoder.encode(&texts),
+        }
+        .unwrap_or_default();
+        Suite {
+            runner,
+            kind,
+            dim: runner.described.embedding_dim as usize,
+            pad_id: prepared.encoder.pad_id,
+            max_len: prepared.manifest.abi.max_input_tokens as usize,
+            rows,
+            image: prepared
+                .manifest
+                .preprocessor
+                .as_ref()
+                .map(|p| p.output_size()),
+        }
+    }
+
+    /// The checks that apply to this model's kind.
+    pub fn checks(&self) -> Vec<Check<'a>> {
+        let mut out: Vec<Check<'a>> = vec![
+            ("empty batch", Suite::empty_batch),
+            ("bad batch shape", Suite::bad_shape),
+            ("very long input", Suite::very_long),
+            ("output shape", Suite::output_shape),
+            ("determinism", Suite::determinism),
+            ("padding", Suite::padding),
+            ("threads", Suite::threads),
+        ];
+        if self.kind == ModelKind::Clip {
+            out.push(("image batch", Suite::images));
+        }
+        out
+    }
+
+    /// One forward call on token rows: vectors, or one score per row for rerankers.
+    fn call(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PluginError> {
+        let rows = batch.rows as usize;
+        if self.kind == ModelKind::Rerank {
+            let s = self.runner.score_pairs(&PairBatch {
+                tokens: batch.clone(),
+            })?;
+            if s.scores.len() != rows {
+                return Err(PluginError::internal(format!(
+                    "wrong output shape: {} scores for {rows} pairs",
+                    s.scores.len()
+                )));
+            }
+            return Ok(s.scores.iter().map(|x| vec![*x]).collect());
+        }
+        let e = self.runner.embed_tokens(batch)?;
+        let dim = e.dim as usize;
+        if e.rows as usize != rows || e.values.len() != rows * dim {
+            return Err(PluginError::internal(format!(
+                "wrong output shape: {} rows of {} values ({} in all) for {rows} inputs",
+                e.rows,
+                e.dim,
+                e.values.len()
+            )));
+        }
+        Ok(e.values.chunks(dim.max(1)).map(|c| c.to_vec()).collect())
+    }
+
+    fn run(&self, rows: &[&Tokens]) -> Result<Vec<Vec<f32>>, PluginError> {
+        self.call(&pad(rows, self.pad_id))
+    }
+
+    fn sample(&self) -> Result<Vec<Vec<f32>>, PluginError> {
+        self.run(&self.rows.iter().collect::<Vec<_>>())
+    }
+
+    /// The sample batch's result, or the outcome that says why there is none.
+    fn baseline(&self) -> Result<Vec<Vec<f32>>, Outcome> {
+        if self.rows.is_empty() {
+            return Err(Outcome::Fail(
+                "the model's tokenizer could not encode the samples".into(),
+            ));
+        }
+        self.sample().map_err(|e| match refused(&e) {
+            Err(Outcome::Fail(m)) => Outcome::Fail(format!("on the sample batch, {m}")),
+            Err(o) => o,
+            Ok(d) => Outcome::Fail(format!("the sample batch failed: {d}")),
+        })
+    }
+
+    fn empty_batch(&self) -> Outcome {
+        match self.call(&pad(&[], self.pad_id)) {
+            Ok(v) if v.is_empty() => Outcome::Pass("answered 0 rows".into()),
+            Ok(v) => Outcome::Fail(format!("answered {} rows for an empty batch", v.len())),
+            Err(e) => match refused(&e) {
+                Err(o) => o,
+                Ok(d) if e.code == ErrorCode::InvalidInput => {
+                    Outcome::Pass(format!("refused: {d}"))
+                }
+                Ok(d) => Outcome::Fail(format!(
+                    "an empty batch must answer 0 rows or an invalid-input error, got {d}"
+                )),
+            },
+        }
+    }
+
+    fn bad_shape(&self) -> Outcome {
+        let mut batch = pad(&self.rows.iter().collect::<Vec<_>>(), self.pad_id);
+        let len = batch.input_ids.len();
+        batch.input_ids.truncate(len.saturating_sub(1));
+        match self.call(&batch) {
+            Ok(_) => Outcome::Fail(format!(
+                "accepted a batch of {}x{} with {} input ids",
+                batch.rows,
+                batch.seq_len,
+                len.saturating_sub(1)
+            )),
+            Err(e) => match refused(&e) {
+                Err(o) => o,
+                Ok(d) if e.code == ErrorCode::InvalidInput => {
+                    Outcome::Pass(format!("refused: {d}"))
+                }
+                Ok(d) => Outcome::Fail(format!("must be an invalid-input error, got {d}")),
+            },
+        }
+    }
+
+    fn very_long(&self) -> Outcome {
+        let Some(first) = self.rows.get(1) else {
+            return Outcome::Skip("no sample".into());
+        };
+        let n = (self.max_len * 4).max(2048);
+        let ids: Vec<i64> = first.ids.iter().cycle().take(n).copied().collect();
+        let long = Tokens {
+            type_ids: vec![0; n],
+            ids,
+        };
+        match self.run(&[&long]) {
+            Ok(v) if v.len() == 1 && v[0].iter().all(|x| x.is_finite()) => {
+                Outcome::Pass(format!("{n} tokens answered"))
+            }
+            Ok(v) => Outcome::Fail(format!(
+                "{n} tokens gave {} rows or non-finite values",
+                v.len()
+            )),
+            Err(e) => match refused(&e) {
+                Err(o) => o,
+                Ok(d) if d.contains("wrong output shape") => Outcome::Fail(d),
+                Ok(d) => Outcome::Pass(format!("{n} tokens refused cleanly: {d}")),
+            },
+        }
+    }
+
+    fn output_shape(&self) -> Outcome {
+        let out = match self.baseline() {
+            Ok(o) => o,
+            Err(o) => return o,
+        };
+        let want = if self.kind == ModelKind::Rerank {
+            1
+        } else {
+            self.dim
+        };
+        if let Some((i, v)) = out.iter().enumerate().find(|(_, v)| v.len() != want) {
+            return Outcome::Fail(format!(
+                "row {i} has {} values, describe() says {want}",
+                v.len()
+            ));
+        }
+        if out.iter().flatten().any(|x| !x.is_finite()) {
+            return Outcome::Fail("non-finite values in the output".into());
+        }
+        Outcome::Pass(format!("{} rows x {want}, all finite", out.len()))
+    }
+
+    fn determinism(&self) -> Outcome {
+        let (a, b) = match (self.baseline(), self.baseline()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(o), _) | (_, Err(o)) => return o,
+        };
+        let d = max_diff(&a, &b);
+        if d <= 1e-5 {
+            Outcome::Pass(format!("repeated call differs by at most {d:e}"))
+        } else {
+            Outcome::Fail(format!("the same batch gave results {d:e} apart"))
+        }
+    }
+
+    fn padding(&self) -> Outcome {
+        let batched = match self.baseline() {
+            Ok(o) => o,
+            Err(o) => return o,
+        };
+        let mut worst = 1.0f64;
+        for (i, row) in self.rows.iter().enumerate() {
+            let alone = match self.run(&[row]) {
+                Ok(v) => v,
+                Err(e) => {
+                    return match refused(&e) {
+                        Err(o) => o,
+                        Ok(d) => Outcome::Fail(format!("a single row failed: {d}")),
+                    }
+                }
+            };
+            let c = if self.kind == ModelKind::Rerank {
+                1.0 - (alone[0][0] - batched[i][0]).abs() as f64
+            } else {
+                cosine(&alone[0], &batched[i])
+            };
+            worst = worst.min(c);
+        }
+        if worst >= 0.9999 {
+            Outcome::Pass(format!(
+                "each row alone agrees with it inside a padded batch (worst {worst:.6})"
+            ))
+        } else {
+            Outcome::Fail(format!(
+                "a row's result changes when the batch is padded (agreement {worst:.6}): is the \
+                 attention mask applied?"
+            ))
+        }
+    }
+
+    fn threads(&self) -> Outcome {
+        let base = match self.baseline() {
+            Ok(o) => o,
+            Err(o) => return o,
+        };
+        let concurrent = self.runner.described.concurrent_calls;
+        let lock = Mutex::new(());
+        let worst = Mutex::new((0f32, None::<String>));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        let result = if concurrent {
+                            self.sample()
+                        } else {
+                            let _held = lock.lock();
+                            self.sample()
+                        };
+                        let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
+                        match result {
+                            Ok(v) => w.0 = w.0.max(max_diff(&v, &base)),
+                            Err(e) => w.1 = Some(e.message.to_string()),
+                        }
+                    }
+                });
+            }
+        });
+        let (diff, error) = worst.into_inner().unwrap_or_else(|p| p.into_inner());
+        let how = if concurrent {
+            "4 threads at once"
+        } else {
+            "4 threads, calls serialised as the host does"
+        };
+        match error {
+            Some(e) => Outcome::Fail(format!("{how}: a call failed: {e}")),
+            None if diff <= 1e-4 => {
+                Outcome::Pass(format!("{how}: results agree (max diff {diff:e})"))
+            }
+            None => Outcome::Fail(format!("{how}: results differ by {diff:e}")),
+        }
+    }
+
+    fn images(&self) -> Outcome {
+        let Some((h, w)) = self.image else {
+            return Outcome::Skip("no image preprocessing".into());
+        };
+        let per = (3 * h * w) as usize;
+        // A deterministic pattern in the normalised range.
+        let values: Vec<f32> = (0..2 * per)
+            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        let batch = PixelBatch {
+            rows: 2,
+            channels: 3,
+            height: h,
+            width: w,
+            values: values.into(),
+        };
+        let mut bad = batch.clone();
+        bad.values.truncate(per);
+        if self.runner.embed_pixels(&bad).is_ok() {
+            return Outcome::Fail("accepted a pixel batch with half its values".into());
+        }
+        let run = || self.runner.embed_pixels(&batch);
+        match (run(), run()) {
+            (Ok(a), Ok(b)) => {
+                if a.rows != 2 || a.values.len() != 2 * a.dim as usize || a.dim as usize != self.dim
+                {
+                    return Outcome::Fail(format!(
+                        "{} rows of {} values for 2 images (text vectors have {})",
+                        a.rows, a.dim, self.dim
+                    ));
+                }
+                let d = a
+                    .values
+                    .iter()
+                    .zip(b.values.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                if d > 1e-5 {
+                    return Outcome::Fail(format!("the same images gave results {d:e} apart"));
+                }
+                Outcome::Pass(format!(
+                    "2 images -> 2 x {}, deterministic, bad shape refused",
+                    a.dim
+                ))
+            }
+            (Err(e), _) | (_, Err(e)) => match refused(&e) {
+                Err(o) => o,
+                Ok(d) => Outcome::Fail(format!("the image batch failed: {d}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `ember plugin check`: loads a plugin exactly as the host does and checks, item by item,
+//! that it keeps the plugin contract: ABI version, what it reports, error handling (bad batch
+//! shapes, empty batches, very long inputs, no panics), output shapes, determinism, padding,
+//! calls from several threads, and, given a model with a `reference.json`, parity with the
+//! reference implementation's outputs.
+
+mod calls;
+mod parity;
+
+use crate::config::{ModelSettings, RawSettings, Settings};
+use crate::plugin::{ModelRunner, Plugin};
+use crate::startup::{prepare, Prepared};
+use ember_plugin_api::{DeviceRequest, PluginError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What to check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckArgs {
+    /// The plugin file.
+    pub plugin: PathBuf,
+    /// A model directory to load and run.
+    pub model: Option<PathBuf>,
+    /// Device to load the model on.
+    pub device: DeviceRequest,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Kept the contract.
+    Pass(String),
+    /// Broke it; the message names the problem.
+    Fail(String),
+    /// Not applicable here.
+    Skip(String),
+}
+
+/// Prints results as they come and counts failures.
+pub struct Report {
+    out: Box<dyn Write>,
+    /// Whether the output is a terminal (then the running check is shown until it ends).
+    live: bool,
+    /// Checks run.
+    pub checks: usize,
+    /// Checks failed.
+    pub failures: usize,
+}
+
+impl Report {
+    fn new(out: Box<dyn Write>, live: bool) -> Report {
+        Report {
+            out,
+            live,
+            checks: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records and prints the outcome of the check `name`.
+    pub fn add(&mut self, name: &str, outcome: Outcome) {
+        let (tag, detail) = match &outcome {
+            Outcome::Pass(d) => ("PASS", d),
+            Outcome::Fail(d) => ("FAIL", d),
+            Outcome::Skip(d) => ("SKIP", d),
+        };
+        if !matches!(outcome, Outcome::Skip(_)) {
+            self.checks += 1;
+        }
+        if matches!(outcome, Outcome::Fail(_)) {
+            self.failures += 1;
+        }
+        let _ = writeln!(self.out, "  {tag}  {name}: {detail}");
+        let _ = self.out.flush();
+    }
+
+    /// Says which check runs next (so that a crash shows where it happened).
+    fn running(&mut self, name: &str) {
+        if self.live {
+            let _ = write!(self.out, "  ....  {name}\r");
+            let _ = self.out.flush();
+        }
+    }
+}
+
+/// Describes an error for a report line; a caught panic is named as such.
+pub fn describe(e: &PluginError) -> String {
+    format!("{} error: {}", e.code.as_str(), e.message)
+}
+
+/// Whether an error is a panic the SDK caught (a plugin bug even though it did not crash).
+pub fn is_panic(e: &PluginError) -> bool {
+    e.message.contains("panicked")
+}
+
+fn settings_for(model: &Path, device: DeviceRequest) -> Result<Settings, String> {
+    let raw = RawSettings {
+        model_names: model.display().to_string(),
+        batch_sizes: "8".into(),
+        ..RawSettings::default()
+    };
+    let mut s = raw.validate().map_err(|e| e.0)?;
+    s.device = device;
+    Ok(s)
+}
+
+/// Runs every check; returns the report (failures > 0 means the plugin does not conform).
+pub fn run(args: &CheckArgs, out: Box<dyn Write>, live: bool) -> Report {
+    let mut report = Report::new(out, live);
+    let _ = writeln!(report.out, "ember plugin check: {}", args.plugin.display());
+    report.running("load");
+    let plugin = match Plugin::load(&args.plugin) {
+        Ok(p) => p,
+        Err(e) => {
+            report.add("ABI and initialisation", Outcome::Fail(e.to_string()));
+            return report;
+        }
+    };
+    report.add(
+        "ABI",
+        Outcome::Pass(format!(
+            "built for plugin ABI {}, host expects {}",
+            plugin.abi,
+            ember_plugin_api::ABI_VERSION
+        )),
+    );
+    report.add("capabilities", calls::capabilities(&plugin));
+    let Some(model) = &args.model else {
+        report.add("model checks", Outcome::Skip("no --model DIR given".into()));
+        return report;
+    };
+    let settings = match settings_for(model, args.device) {
+        Ok(s) => s,
+        Err(e) => {
+            report.add("load model", Outcome::Fail(e));
+            return report;
+        }
+    };
+    let model_settings: ModelSettings = settings.models[0].clone();
+    report.running("load model");
+    let plugin = std::sync::Arc::new(plugin);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report.add("load model", Outcome::Fail(e.to_string()));
+            return report;
+        }
+    };
+    let prepared = runtime.block_on(prepare(&plugin, &model_settings, &settings));
+    let prepared: Prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            report.add("load model", Outcome::Fail(format!("{e:#}")));
+            return report;
+        }
+    };
+    let d = &prepared.runner.described;
+    report.add(
+        "load model",
+        Outcome::Pass(format!(
+            "{} model from {} on {} ({}), dim {}, concurrent calls {}",
+            prepared.manifest.abi.kind.as_str(),
+            prepared.local.backend_files.join(", "),
+            d.device,
+            d.dtype.as_str(),
+            d.embedding_dim,
+            if d.concurrent_calls {
+                "allowed"
+            } else {
+                "serialised by the host"
+            }
+        )),
+    );
+    check_model(&mut report, &prepared, &prepared.runner, model);
+    report
+}
+
+fn check_model(report: &mut Report, prepared: &Prepared, runner: &ModelRunner, dir: &Path) {
+    let suite = calls::Suite::new(prepared, runner);
+    for (name, check) in suite.checks() {
+        report.running(name);
+        let outcome = check(&suite);
+        report.add(name, outcome);
+    }
+    report.running("parity");
+    report.add("parity", parity::check(prepared, runner, dir));
+}
+
+/// `ember plugin check` from the command line: prints the report, returns the exit code.
+pub fn main(args: &CheckArgs) -> u8 {
+    use std::io::IsTerminal;
+    let live = std::io::stdout().is_terminal();
+    let report = run(args, Box::new(std::io::stdout()), live);
+    println!(
+        "{} checks, {} failed: {}",
+        report.checks,
+        report.failures,
+        if report.failures == 0 {
+            "the plugin conforms"
+        } else {
+            "the plugin does NOT conform"
+        }
+    );
+    u8::from(report.failures > 0)
+}

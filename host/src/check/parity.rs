@@ -1,0 +1,172 @@
+//! Parity with the reference implementation's outputs recorded in the model directory's
+//! `reference.json` (the test fixtures' format): sentence-transformers embeddings, transformers
+//! rerank scores, CLIP text and image features.
+
+use super::{describe, Outcome};
+use crate::api::normalize;
+use crate::engine::pad;
+use crate::plugin::ModelRunner;
+use crate::startup::Prepared;
+use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};
+use serde_json::Value;
+use std::path::Path;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+fn vectors(v: &Value) -> Option<Vec<Vec<f32>>> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// Embeds texts with the model's tokenizer, normalised.
+fn embed_texts(
+    p: &Prepared,
+    runner: &ModelRunner,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, String> {
+    let tokens = p.encoder.encode(texts).map_err(|e| e.to_string())?;
+    let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
+    let out = runner.embed_tokens(&batch).map_err(|e| describe(&e))?;
+    Ok(out
+        .values
+        .chunks(out.dim.max(1) as usize)
+        .map(|v| {
+            let mut v = v.to_vec();
+            normalize(&mut v);
+            v
+        })
+        .collect())
+}
+
+fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<String, String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} results for {} references",
+            got.len(),
+            want.len()
+        ));
+    }
+    let mut want = want.to_vec();
+    want.iter_mut().for_each(|v| normalize(v));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| cosine(g, w))
+        .fold(1.0f64, f64::min);
+    if worst >= min {
+        Ok(format!("{} {what} (min cosine {worst:.6})", got.len()))
+    } else {
+        Err(format!(
+            "{what}: cosine {worst:.6} < {min} against the reference"
+        ))
+    }
+}
+
+fn embed(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
+    let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
+    let want = vectors(&r["embeddings"]).ok_or("reference.json has no embeddings")?;
+    compare("texts", &embed_texts(p, runner, &texts)?, &want, 0.9999)
+}
+
+fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
+    let mut done = Vec::new();
+    for case in ["short", "long_query"] {
+        let c = &r[case];
+        let Some(query) = c["query"].as_str() else {
+            continue;
+        };
+        let docs = strings(&c["documents"]).ok_or("reference.json case has no documents")?;
+        let want: Vec<f32> =
+            serde_json::from_value(c["scores"].clone()).map_err(|e| e.to_string())?;
+        let tokens = p
+            .encoder
+            .encode_pairs(query, &docs)
+            .map_err(|e| e.to_string())?;
+        let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
+        let got = runner
+            .score_pairs(&PairBatch { tokens: batch })
+            .map_err(|e| describe(&e))?;
+        let worst = got
+            .scores
+            .iter()
+            .zip(&want)
+            .map(|(l, s)| (1.0 / (1.0 + (-l).exp()) - s).abs())
+            .fold(0.0f32, f32::max);
+        if got.scores.len() != want.len() || worst > 1e-4 {
+            return Err(format!(
+                "{case}: scores differ by {worst:e} (> 1e-4) from the reference"
+            ));
+        }
+        done.push(format!("{case}: {} scores within {worst:.1e}", want.len()));
+    }
+    if done.is_empty() {
+        return Err("reference.json has no rerank cases".into());
+    }
+    Ok(done.join("; "))
+}
+
+fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<String, String> {
+    let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
+    let want = vectors(&r["text_embeddings"]).ok_or("reference.json has no text_embeddings")?;
+    let text = compare("texts", &embed_texts(p, runner, &texts)?, &want, 0.999)?;
+    let names = strings(&r["images"]).ok_or("reference.json has no images")?;
+    let want = vectors(&r["image_embeddings"]).ok_or("reference.json has no image_embeddings")?;
+    let pre = p
+        .manifest
+        .preprocessor
+        .as_ref()
+        .ok_or("no image preprocessing")?;
+    let (height, width) = pre.output_size();
+    let images = dir.parent().unwrap_or(dir).join("images");
+    let mut values = Vec::new();
+    for n in &names {
+        let bytes = std::fs::read(images.join(n))
+            .map_err(|e| format!("{}: {e}", images.join(n).display()))?;
+        values.extend(pre.run(&bytes, u64::MAX).map_err(|e| format!("{n}: {e}"))?);
+    }
+    let batch = PixelBatch {
+        rows: names.len() as u32,
+        channels: 3,
+        height,
+        width,
+        values: values.into(),
+    };
+    let out = runner.embed_pixels(&batch).map_err(|e| describe(&e))?;
+    let got: Vec<Vec<f32>> = out
+        .values
+        .chunks(out.dim.max(1) as usize)
+        .map(|v| {
+            let mut v = v.to_vec();
+            normalize(&mut v);
+            v
+        })
+        .collect();
+    let image = compare("images", &got, &want, 0.999)?;
+    Ok(format!("{text}; {image}"))
+}
+
+/// Compares the plugin's outputs with `reference.json` in `dir`, if there is one.
+pub fn check(p: &Prepared, runner: &ModelRunner, dir: &Path) -> Outcome {
+    let path = dir.join("reference.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Outcome::Skip(format!("no {}", path.display()));
+    };
+    let r: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Fail(format!("{}: {e}", path.display())),
+    };
+    let result = match p.manifest.abi.kind {
+        ModelKind::Embed => embed(p, runner, &r),
+        ModelKind::Rerank => rerank(p, runner, &r),
+        ModelKind::Clip => clip(p, runner, &r, dir),
+    };
+    match result {
+        Ok(m) => Outcome::Pass(m),
+        Err(m) => Outcome::Fail(m),
+    }
+}
