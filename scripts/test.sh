@@ -19,6 +19,13 @@ for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip
     2>/dev/null | tee -a "$LOG" | tail -n 1
 done
 grep -q "does NOT conform" "$LOG" && { echo "a plugin failed ember plugin check" >&2; exit 1; }
+# Every plugin built here must be in the list above (test plugins aside).
+for so in "$BIN"/libember_*.so; do
+  name=$(basename "$so" .so); name=${name#libember_}
+  case "$name" in abimismatch|broken) continue ;; esac
+  grep -q "plugin check: .*libember_$name.so" "$LOG" \
+    || { echo "plugin $name is not run through ember plugin check in scripts/test.sh" >&2; exit 1; }
+done
 # End-to-end tests start servers that use every core: one test at a time.
 cargo test --release --locked -p ember-e2e -- --test-threads=1 2>&1 | tee -a "$LOG"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$LOG"
