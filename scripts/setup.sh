@@ -32,6 +32,9 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   touch "$VENV/.complete"
 fi
 ln -sfn "$VENV" "$CACHE/venv"
+# libtorch of the torch wheel, for tch's build script (.cargo/config.toml reads ./.libtorch).
+TORCH_DIR=$(ls -d "$VENV"/lib/python3*/site-packages/torch)
+ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
 
 # 2. Test models and reference outputs.
 FIX_HASH=$(hash_of scripts/make_fixtures.py requirements.txt scripts/requirements-fixtures.txt scripts/requirements-nodeps.txt)
@@ -47,10 +50,10 @@ ln -sfn "$FIXTURES" "$ROOT/fixtures"
 
 # 3. Build.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked -p ember-host -p ember-optimum -p ember-candle
+  cargo build --release --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch
   OUT=$TARGET/release
 else
-  cargo build --locked -p ember-host -p ember-optimum -p ember-candle
+  cargo build --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch
   OUT=$TARGET/debug
 fi
 
@@ -60,4 +63,6 @@ for lib in "$ORT_CAPI"/libonnxruntime*.so*; do
   ln -sf "$lib" "$OUT/$(basename "$lib")"
 done
 ln -sf "$(ls "$ORT_CAPI"/libonnxruntime.so.* | head -n1)" "$OUT/libonnxruntime.so"
+# libtorch next to the torch plugin (its rpath is $ORIGIN/torch/lib).
+ln -sfn "$TORCH_DIR" "$OUT/torch"
 echo "setup: ready: $OUT/ember with plugins $(cd "$OUT" && ls libember_*.so | tr '\n' ' ')"

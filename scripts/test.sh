@@ -14,7 +14,9 @@ cargo test --release --locked --workspace --exclude ember-e2e 2>&1 | tee "$LOG"
 # The conformance checker on every plugin in the repository, with a model of each kind it runs.
 BIN=${CARGO_TARGET_DIR:-target}/release
 for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip \
-             optimum:tiny-clip-split candle:all-MiniLM-L6-v2 candle:tiny-bert-lasttoken; do
+             optimum:tiny-clip-split candle:all-MiniLM-L6-v2 candle:tiny-bert-lasttoken \
+             torch:all-MiniLM-L6-v2 torch:tiny-bert-lasttoken torch:tiny-rerank-bert \
+             torch:tiny-rerank-xlmr torch:tiny-clip; do
   "$BIN/ember" plugin check "$BIN/libember_${check%%:*}.so" --model "fixtures/${check#*:}" \
     2>/dev/null | tee -a "$LOG" | tail -n 1
 done

@@ -88,12 +88,22 @@ pub fn command(env: &[(&str, &str)]) -> Command {
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .env("HF_HUB_OFFLINE", "1")
+        .env("DEVICE", test_device())
         .env("EMBER_CONFIG", repo_root().join("config/default.toml"))
         .current_dir(std::env::temp_dir());
+    if let Ok(dtypes) = std::env::var("EMBER_TEST_DTYPES") {
+        cmd.env("DTYPES", dtypes);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// The device tests run models on: `EMBER_TEST_DEVICE` (for example `cuda`), else the CPU.
+/// `EMBER_TEST_DTYPES`, when set, is passed on as `DTYPES`.
+pub fn test_device() -> String {
+    std::env::var("EMBER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }
 
 impl Server {
@@ -297,10 +307,14 @@ pub fn norm(a: &[f32]) -> f64 {
 
 /// The environment that serves one fixture with the optimum plugin.
 pub fn optimum_env(model: &Path) -> Vec<(String, String)> {
+    backend_env("optimum", model)
+}
+
+/// The environment that serves one fixture with `backend` (on the test device).
+pub fn backend_env(backend: &str, model: &Path) -> Vec<(String, String)> {
     vec![
         ("MODEL_NAMES".into(), model.display().to_string()),
-        ("BACKEND".into(), "optimum".into()),
-        ("DEVICE".into(), "cpu".into()),
+        ("BACKEND".into(), backend.into()),
     ]
 }
 

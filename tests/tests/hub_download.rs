@@ -16,7 +16,6 @@ fn downloads_only_needed_files_through_hf_endpoint_then_serves_from_cache_withou
     let base = [
         ("MODEL_NAMES", "test-org/tiny-bert-cls"),
         ("BACKEND", "optimum"),
-        ("DEVICE", "cpu"),
         ("HF_HOME", home_s.as_str()),
         ("HF_ENDPOINT", endpoint.as_str()),
     ];

@@ -14,11 +14,7 @@ fn serve(models: &[&str], extra: &[(&str, &str)]) -> Server {
         .map(|m| fixture(m).display().to_string())
         .collect();
     let joined = names.join(";");
-    let mut env = vec![
-        ("MODEL_NAMES", joined.as_str()),
-        ("BACKEND", "optimum"),
-        ("DEVICE", "cpu"),
-    ];
+    let mut env = vec![("MODEL_NAMES", joined.as_str()), ("BACKEND", "optimum")];
     env.extend_from_slice(extra);
     Server::start(&env)
 }

@@ -10,11 +10,7 @@ fn serve(models: &[&str]) -> Server {
         .map(|m| fixture(m).display().to_string())
         .collect();
     let joined = names.join(";");
-    Server::start(&[
-        ("MODEL_NAMES", joined.as_str()),
-        ("BACKEND", "optimum"),
-        ("DEVICE", "cpu"),
-    ])
+    Server::start(&[("MODEL_NAMES", joined.as_str()), ("BACKEND", "optimum")])
 }
 
 fn floats(v: &Value) -> Vec<f64> {

@@ -15,7 +15,6 @@ fn serve(models: &[&str], extra: &[(&str, &str)]) -> Server {
     let mut env = vec![
         ("MODEL_NAMES", joined.as_str()),
         ("BACKEND", "optimum"),
-        ("DEVICE", "cpu"),
         ("IMAGE_ALLOW_PRIVATE_URLS", "true"),
     ];
     env.extend_from_slice(extra);
@@ -252,7 +251,6 @@ fn every_seed_readme_example_works_as_written() {
             "BAAI/bge-small-en-v1.5;BAAI/bge-reranker-large;patrickjohncyh/fashion-clip",
         ),
         ("BACKEND", "optimum"),
-        ("DEVICE", "cpu"),
         ("HF_ENDPOINT", hub.endpoint.as_str()),
         ("HF_HOME", home_s.as_str()),
         ("HF_HUB_OFFLINE", "0"),

@@ -44,16 +44,17 @@ fn bad_settings_stop_startup_with_one_line_naming_the_variable() {
 }
 
 #[test]
-fn default_backend_torch_is_refused_listing_the_plugins_found() {
+fn a_missing_backend_is_refused_listing_the_plugins_found() {
     let model = fixture("tiny-bert-cls").display().to_string();
     fails_with(
-        &[("MODEL_NAMES", &model)],
+        &[("MODEL_NAMES", &model), ("BACKEND", "tensorrt")],
         1,
         &[
-            "BACKEND=torch",
-            "libember_torch.so",
+            "BACKEND=tensorrt",
+            "libember_tensorrt.so",
             "plugins found: ",
             "optimum",
+            "torch",
         ],
     );
 }

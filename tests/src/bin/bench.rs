@@ -3,7 +3,8 @@
 //! the ratio of the two, plus the time from process start to the first embedding.
 //!
 //! Usage: ember-bench [MODEL_DIR] (default: fixtures/all-MiniLM-L6-v2), with BACKEND
-//! (default optimum) and BENCH_SECONDS (default 5 per scenario) in the environment.
+//! (default optimum), DEVICE (default cpu) and BENCH_SECONDS (default 5 per scenario) in the
+//! environment.
 
 use ember_e2e::{bin_dir, client, fixture, Server};
 use ember_host::config::RawSettings;
@@ -123,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or_else(|| fixture("all-MiniLM-L6-v2").display().to_string());
     let backend = std::env::var("BACKEND").unwrap_or_else(|_| "optimum".into());
+    let device = std::env::var("DEVICE").unwrap_or_else(|_| "cpu".into());
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -143,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         },
     ];
     println!(
-        "ember benchmark: model {model}, backend {backend}, {secs} s per scenario, {} cores",
+        "ember benchmark: model {model}, backend {backend} on {device}, {secs} s per scenario, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
@@ -151,7 +153,7 @@ fn main() -> anyhow::Result<()> {
     let env = [
         ("MODEL_NAMES", model.as_str()),
         ("BACKEND", backend.as_str()),
-        ("DEVICE", "cpu"),
+        ("DEVICE", device.as_str()),
         ("PLUGIN_DIR", &*bin_dir().display().to_string()),
     ];
     let env: Vec<(String, String)> = env
@@ -180,7 +182,7 @@ fn main() -> anyhow::Result<()> {
     let direct: Vec<Measured> = {
         std::env::set_var("MODEL_NAMES", &model);
         std::env::set_var("BACKEND", &backend);
-        std::env::set_var("DEVICE", "cpu");
+        std::env::set_var("DEVICE", &device);
         std::env::set_var("PLUGIN_DIR", bin_dir());
         let settings = RawSettings::load()?
             .validate()

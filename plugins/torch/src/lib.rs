@@ -1,0 +1,51 @@
+//! ember's `torch` backend: Hugging Face checkpoints (safetensors, sharded or not) run on
+//! libtorch through tch, on CUDA when there is a GPU and on the CPU otherwise, with no
+//! conversion step. Encoders: BERT (bert, MiniLM, bge, e5, gte v1) and RoBERTa / XLM-RoBERTa
+//! (bge-m3, multilingual-e5, bge-reranker), with their sequence-classification heads, and
+//! CLIP (text and vision towers with their projections).
+
+mod clip;
+mod device;
+mod encoder;
+mod model;
+mod weights;
+
+use ember_plugin_api::{
+    Backend, DType, DeviceKind, LoadRequest, Model, ModelKind, PluginError, PluginInfo,
+};
+
+/// The libtorch backend.
+pub struct Torch;
+
+impl Backend for Torch {
+    fn info() -> Result<PluginInfo, PluginError> {
+        let mut devices = vec![DeviceKind::Cpu];
+        if tch::Cuda::is_available() {
+            devices.push(DeviceKind::Cuda);
+        }
+        Ok(PluginInfo {
+            name: "torch".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            runtime: format!(
+                "libtorch (tch {}), {} CUDA device(s)",
+                "0.26",
+                tch::Cuda::device_count()
+            )
+            .into(),
+            kinds: vec![ModelKind::Embed, ModelKind::Rerank, ModelKind::Clip].into(),
+            devices: devices.into(),
+            dtypes: vec![DType::Auto, DType::Fp32, DType::Fp16, DType::Bf16].into(),
+        })
+    }
+
+    fn select_files(listing: &[String], dtype: DType) -> Result<Vec<String>, PluginError> {
+        device::check_dtype(dtype)?;
+        weights::select(listing)
+    }
+
+    fn load(request: &LoadRequest) -> Result<Box<dyn Model>, PluginError> {
+        Ok(Box::new(model::TorchModel::load(request)?))
+    }
+}
+
+ember_plugin_api::export_plugin!(Torch);

@@ -1,0 +1,320 @@
+//! A loaded model: the encoder, the pooling of embedders or the classification head of
+//! rerankers, on its device and precision.
+
+use crate::clip::Clip;
+use crate::device;
+use crate::encoder::{Encoder, Family, Linear};
+use crate::weights::Weights;
+use ember_plugin_api::{
+    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
+    PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+};
+use serde_json::Value;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// How a reranker turns token states into one logit.
+enum Head {
+    /// BERT: tanh pooler on the first token, then the classifier.
+    Bert { pooler: Linear, classifier: Linear },
+    /// RoBERTa: dense + tanh on the first token, then the output projection.
+    Roberta { dense: Linear, out: Linear },
+}
+
+impl Head {
+    fn logits(&self, states: &Tensor) -> Tensor {
+        let first = states.select(1, 0);
+        match self {
+            Head::Bert { pooler, classifier } => classifier.forward(&pooler.forward(&first).tanh()),
+            Head::Roberta { dense, out } => out.forward(&dense.forward(&first).tanh()),
+        }
+    }
+}
+
+/// The tensors of a model (tch tensors are `Send` but not `Sync`).
+enum Inner {
+    /// An embedder (no head) or a reranker.
+    Encoder {
+        encoder: Encoder,
+        head: Option<Head>,
+    },
+    /// Text and vision towers.
+    Clip(Clip),
+}
+
+/// A model on libtorch.
+pub struct TorchModel {
+    // The host serialises calls to a model; the mutex makes sharing the tensors sound.
+    inner: std::sync::Mutex<Inner>,
+    hidden: i64,
+    reranker: bool,
+    max_positions: i64,
+    pooling: Pooling,
+    device: Device,
+    kind: Kind,
+    dtype: DType,
+}
+
+fn read_config(dir: &Path) -> Result<Value, PluginError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))
+}
+
+/// Pools token states `[rows, seq, hidden]` under `mask` on their device.
+fn pool(mode: Pooling, states: &Tensor, mask: &Tensor) -> Tensor {
+    let m = mask.ne(0).unsqueeze(-1).to_kind(states.kind());
+    let lengths = m.sum_dim_intlist(1, false, states.kind()).clamp_min(1.0);
+    match mode {
+        Pooling::Cls => states.select(1, 0),
+        Pooling::Mean => (states * &m).sum_dim_intlist(1, false, states.kind()) / lengths,
+        Pooling::MeanSqrtLen => {
+            (states * &m).sum_dim_intlist(1, false, states.kind()) / lengths.sqrt()
+        }
+        Pooling::Max => states
+            .masked_fill(&m.eq(0.0), f64::NEG_INFINITY)
+            .amax(1, false),
+        Pooling::LastToken => {
+            // Rows are right-padded: the last live token is at length - 1.
+            let last = mask.ne(0).sum_dim_intlist(1, false, Kind::Int64) - 1;
+            let rows = Tensor::arange(states.size()[0], (Kind::Int64, states.device()));
+            states.index(&[Some(rows), Some(last)])
+        }
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, PluginError> {
+    Vec::<f32>::try_from(
+        t.to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view(-1),
+    )
+    .map_err(|e| PluginError::internal(format!("reading the output: {e}")))
+}
+
+impl TorchModel {
+    /// Loads the request's model on its device.
+    pub fn load(request: &LoadRequest) -> Result<TorchModel, PluginError> {
+        let manifest = &request.manifest;
+        let dir = Path::new(request.model_dir.as_str());
+        let cfg = read_config(dir)?;
+        let device = device::device(request.device)?;
+        let (kind, dtype) = device::kind(request.dtype, device)?;
+        if request.intra_op_threads > 0 {
+            tch::set_num_threads(request.intra_op_threads as i32);
+        }
+        let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
+        let weights = Weights::read(dir, &files, device, kind)?;
+        if manifest.kind == ModelKind::Clip {
+            let clip = tch::no_grad(|| Clip::load(&weights, &cfg))?;
+            plugin_info!(
+                "torch",
+                "loaded {} (CLIP, projection {}) on {} in {}",
+                dir.display(),
+                clip.dim,
+                device::name(device),
+                dtype.as_str()
+            );
+            return Ok(TorchModel {
+                hidden: clip.dim,
+                reranker: false,
+                max_positions: clip.max_positions,
+                inner: std::sync::Mutex::new(Inner::Clip(clip)),
+                pooling: manifest.pooling,
+                device,
+                kind,
+                dtype,
+            });
+        }
+        let family = Family::of(cfg["model_type"].as_str().unwrap_or_default())?;
+        let prefixed = weights.has(&format!(
+            "{}embeddings.word_embeddings.weight",
+            family.head_prefix()
+        ));
+        let weights = if prefixed {
+            weights.with_prefix(family.head_prefix())
+        } else {
+            weights
+        };
+        let encoder = tch::no_grad(|| Encoder::load(family, &weights, &cfg))?;
+        let head = if manifest.kind == ModelKind::Rerank {
+            let plain = weights.with_prefix("");
+            Some(match family {
+                Family::Bert => Head::Bert {
+                    pooler: Linear::load(&plain, "bert.pooler.dense")?,
+                    classifier: Linear::load(&plain, "classifier")?,
+                },
+                Family::Roberta => Head::Roberta {
+                    dense: Linear::load(&plain, "classifier.dense")?,
+                    out: Linear::load(&plain, "classifier.out_proj")?,
+                },
+            })
+        } else {
+            None
+        };
+        plugin_info!(
+            "torch",
+            "loaded {} ({:?}, hidden {}, {}) on {} in {}",
+            dir.display(),
+            family,
+            encoder.hidden,
+            if head.is_some() {
+                "classification head"
+            } else {
+                manifest.pooling.as_str()
+            },
+            device::name(device),
+            dtype.as_str()
+        );
+        Ok(TorchModel {
+            hidden: encoder.hidden,
+            reranker: head.is_some(),
+            max_positions: encoder.max_positions,
+            inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
+            pooling: manifest.pooling,
+            device,
+            kind,
+            dtype,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, PluginError> {
+        self.inner
+            .lock()
+            .map_err(|_| PluginError::internal("model state poisoned by an earlier panic"))
+    }
+
+    /// Ids, segment ids and mask of a batch on the device.
+    fn inputs(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor, Tensor), PluginError> {
+        let (rows, seq) = (batch.rows as i64, batch.seq_len as i64);
+        if seq > self.max_positions {
+            return Err(PluginError::invalid_input(format!(
+                "sequences of {seq} tokens are longer than the model's {} positions",
+                self.max_positions
+            )));
+        }
+        let t = |v: &[i64]| {
+            Tensor::from_slice(v)
+                .view([rows, seq])
+                .to_device(self.device)
+        };
+        Ok((
+            t(&batch.input_ids),
+            t(&batch.token_type_ids),
+            t(&batch.attention_mask),
+        ))
+    }
+}
+
+impl Model for TorchModel {
+    fn describe(&self) -> LoadedModel {
+        LoadedModel {
+            embedding_dim: if self.reranker { 1 } else { self.hidden as u32 },
+            device: device::name(self.device).into(),
+            dtype: self.dtype,
+            concurrent_calls: false,
+        }
+    }
+
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        if self.reranker {
+            return Err(PluginError::unsupported(
+                "this model is a reranker: it scores pairs and has no embeddings",
+            ));
+        }
+        let dim = self.hidden as u32;
+        if batch.rows == 0 {
+            return Ok(EmbeddingBatch {
+                rows: 0,
+                dim,
+                values: Vec::new().into(),
+            });
+        }
+        let inner = self.lock()?;
+        let values = tch::no_grad(|| -> Result<Vec<f32>, PluginError> {
+            let (ids, types, mask) = self.inputs(batch)?;
+            match &*inner {
+                Inner::Encoder { encoder, .. } => {
+                    let states = encoder.forward(&ids, &types, &mask);
+                    to_vec(&pool(self.pooling, &states, &mask))
+                }
+                Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)),
+            }
+        })?;
+        Ok(EmbeddingBatch {
+            rows: batch.rows,
+            dim,
+            values: values.into(),
+        })
+    }
+
+    fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+        if !self.reranker {
+            return Err(PluginError::unsupported(
+                "this model is not a reranker: it has no scores",
+            ));
+        }
+        if batch.tokens.rows == 0 {
+            return Ok(ScoreBatch {
+                scores: Vec::new().into(),
+            });
+        }
+        let inner = self.lock()?;
+        let Inner::Encoder {
+            encoder,
+            head: Some(head),
+        } = &*inner
+        else {
+            return Err(PluginError::internal("reranker without a head"));
+        };
+        let scores = tch::no_grad(|| -> Result<Vec<f32>, PluginError> {
+            let (ids, types, mask) = self.inputs(&batch.tokens)?;
+            to_vec(
+                &head
+                    .logits(&encoder.forward(&ids, &types, &mask))
+                    .select(1, 0),
+            )
+        })?;
+        Ok(ScoreBatch {
+            scores: scores.into(),
+        })
+    }
+
+    fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
+        let inner = self.lock()?;
+        let Inner::Clip(clip) = &*inner else {
+            return Err(PluginError::unsupported(
+                "this model has no vision tower: it cannot embed images",
+            ));
+        };
+        let dim = self.hidden as u32;
+        if batch.rows == 0 {
+            return Ok(EmbeddingBatch {
+                rows: 0,
+                dim,
+                values: Vec::new().into(),
+            });
+        }
+        let shape = [
+            batch.rows as i64,
+            batch.channels as i64,
+            batch.height as i64,
+            batch.width as i64,
+        ];
+        let values = tch::no_grad(|| {
+            let pixels = Tensor::from_slice(&batch.values)
+                .view(shape)
+                .to_device(self.device)
+                .to_kind(self.kind);
+            to_vec(&clip.image(&pixels))
+        })?;
+        Ok(EmbeddingBatch {
+            rows: batch.rows,
+            dim,
+            values: values.into(),
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! Reading Hugging Face weights: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`, into named tensors on the model's device and kind.
+
+use ember_plugin_api::PluginError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The weight files of a repository listing.
+pub fn select(listing: &[String]) -> Result<Vec<String>, PluginError> {
+    let has = |f: &str| listing.iter().any(|l| l == f);
+    if has("model.safetensors") {
+        return Ok(vec!["model.safetensors".into()]);
+    }
+    if has("model.safetensors.index.json") {
+        let mut out = vec!["model.safetensors.index.json".to_string()];
+        out.extend(
+            listing
+                .iter()
+                .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
+                .cloned(),
+        );
+        return Ok(out);
+    }
+    let hint = if has("pytorch_model.bin") {
+        " (pytorch_model.bin is a Python pickle, which libtorch's C++ API cannot read; convert \
+         it to safetensors or use a repository revision that has one)"
+    } else {
+        ""
+    };
+    Err(PluginError::unsupported(format!(
+        "the torch backend reads model.safetensors or sharded model-*.safetensors with \
+         model.safetensors.index.json; this model has neither{hint}"
+    )))
+}
+
+/// Named weights of a model.
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    prefix: String,
+}
+
+fn tch_err(what: String) -> impl Fn(tch::TchError) -> PluginError {
+    move |e| PluginError::invalid_input(format!("{what}: {e}"))
+}
+
+impl Weights {
+    /// Reads every weight file of `dir` onto `device`, floating-point tensors as `kind`.
+    pub fn read(
+        dir: &Path,
+        files: &[String],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Weights, PluginError> {
+        let shards: Vec<String> = if files.iter().any(|f| f == "model.safetensors.index.json") {
+            let index = dir.join("model.safetensors.index.json");
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| PluginError::invalid_input(format!("{}: {e}", index.display())))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| PluginError::invalid_input(format!("{}: {e}", index.display())))?;
+            let mut shards: Vec<String> = v["weight_map"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            shards
+        } else {
+            vec!["model.safetensors".into()]
+        };
+        let mut tensors = HashMap::new();
+        for shard in shards {
+            let path = dir.join(&shard);
+            for (name, t) in
+                Tensor::read_safetensors(&path).map_err(tch_err(path.display().to_string()))?
+            {
+                let t = if t.is_floating_point() {
+                    t.to_kind(kind)
+                } else {
+                    t
+                };
+                tensors.insert(name, t.to_device(device));
+            }
+        }
+        Ok(Weights {
+            tensors,
+            prefix: String::new(),
+        })
+    }
+
+    /// Whether a tensor of this name (under the current prefix) exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(&format!("{}{name}", self.prefix))
+    }
+
+    /// Uses `prefix` (for example `bert.`) for the following lookups.
+    pub fn with_prefix(mut self, prefix: &str) -> Weights {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// A tensor by name, under the current prefix.
+    pub fn get(&self, name: &str) -> Result<Tensor, PluginError> {
+        let full = format!("{}{name}", self.prefix);
+        self.tensors
+            .get(&full)
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| {
+                PluginError::invalid_input(format!("the checkpoint has no tensor {full}"))
+            })
+    }
+}
