@@ -178,3 +178,56 @@ fn what_the_backend_does_not_run_is_a_clear_start_up_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sharded_safetensors_are_read_as_they_are() {
+    // Split tiny-bert-cls's weights into two shards with an index, as large checkpoints come.
+    let dir = std::env::temp_dir().join(format!("ember-torch-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("tiny-bert-cls");
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = entry.file_name();
+        if entry.path().is_dir() {
+            let sub = dir.join(&name);
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                std::fs::copy(f.path(), sub.join(f.file_name())).unwrap();
+            }
+        } else if name != "model.safetensors" {
+            std::fs::copy(entry.path(), dir.join(&name)).unwrap();
+        }
+    }
+    let script = r#"
+import json, sys
+from safetensors.torch import load_file, save_file
+src, dst = sys.argv[1], sys.argv[2]
+tensors = load_file(src + "/model.safetensors")
+names = sorted(tensors)
+half = len(names) // 2
+weight_map = {}
+for i, part in enumerate([names[:half], names[half:]]):
+    shard = f"model-{i + 1:05d}-of-00002.safetensors"
+    save_file({n: tensors[n] for n in part}, f"{dst}/{shard}", metadata={"format": "pt"})
+    weight_map.update({n: shard for n in part})
+json.dump({"metadata": {}, "weight_map": weight_map}, open(f"{dst}/model.safetensors.index.json", "w"))
+"#;
+    let out = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&src)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&env_refs(&backend_env("torch", &dir)));
+    let reference = reference("tiny-bert-cls");
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
+    assert_eq!(status, 200, "{body}");
+    assert_parity(&vectors(&body), &expected(&reference, "embeddings"), 0.9999, "shards");
+    assert!(
+        server.log.iter().any(|l| l.contains("model-00001-of-00002.safetensors")),
+        "the shards were selected"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
