@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Serves the default configuration: all-MiniLM-L6-v2 (from the PyPI package, exported to ONNX
-# by scripts/setup.sh) with the ONNX Runtime backend on port 8000. Any setting can be given in
-# the environment (MODEL_NAMES, BACKEND, PORT, ...).
+# Serves the default configuration: all-MiniLM-L6-v2 (from the PyPI package; its safetensors
+# and the ONNX export made by scripts/setup.sh) with the default backend, torch, on port 8000.
+# Any setting can be given in the environment (MODEL_NAMES, BACKEND=optimum, PORT, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -12,6 +12,5 @@ if [ ! -d "$MODEL_DIR" ]; then
 fi
 cd models
 export MODEL_NAMES=${MODEL_NAMES:-sentence-transformers/all-MiniLM-L6-v2}
-export BACKEND=${BACKEND:-optimum}
 export EMBER_CONFIG=${EMBER_CONFIG:-../config/default.toml}
 exec "$TARGET/release/ember"
