@@ -35,6 +35,15 @@ impl Tokens {
     }
 }
 
+impl From<&tokenizers::Encoding> for Tokens {
+    fn from(enc: &tokenizers::Encoding) -> Tokens {
+        Tokens {
+            ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+            type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+        }
+    }
+}
+
 /// A model's tokenizer with truncation set to its max input length.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -109,10 +118,7 @@ impl TextEncoder {
                         index,
                         reason: e.to_string(),
                     })?;
-                Ok(Tokens {
-                    ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
-                    type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
-                })
+                Ok(Tokens::from(&enc))
             })
             .collect()
     }
@@ -129,10 +135,7 @@ impl TextEncoder {
                         reason: e.to_string(),
                     }
                 })?;
-                Ok(Tokens {
-                    ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
-                    type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
-                })
+                Ok(Tokens::from(&enc))
             })
             .collect()
     }

@@ -218,14 +218,26 @@ json.dump({"metadata": {}, "weight_map": weight_map}, open(f"{dst}/model.safeten
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let server = Server::start(&env_refs(&backend_env("torch", &dir)));
     let reference = reference("tiny-bert-cls");
     let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
     assert_eq!(status, 200, "{body}");
-    assert_parity(&vectors(&body), &expected(&reference, "embeddings"), 0.9999, "shards");
+    assert_parity(
+        &vectors(&body),
+        &expected(&reference, "embeddings"),
+        0.9999,
+        "shards",
+    );
     assert!(
-        server.log.iter().any(|l| l.contains("model-00001-of-00002.safetensors")),
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("model-00001-of-00002.safetensors")),
         "the shards were selected"
     );
     drop(server);

@@ -325,10 +325,7 @@ pub async fn embeddings(
         object: "list",
         data,
         model: model.id.clone(),
-        usage: Usage {
-            prompt_tokens,
-            total_tokens: prompt_tokens,
-        },
+        usage: Usage::of(prompt_tokens),
     })
 }
 

@@ -224,3 +224,13 @@ pub struct Usage {
     /// Same as `prompt_tokens`.
     pub total_tokens: usize,
 }
+
+impl Usage {
+    /// Usage of `tokens` prompt tokens (embeddings and rerank count no completion tokens).
+    pub fn of(tokens: usize) -> Usage {
+        Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        }
+    }
+}

@@ -199,10 +199,7 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
         object: "rerank",
         results,
         model: model.id.clone(),
-        usage: Usage {
-            prompt_tokens,
-            total_tokens: prompt_tokens,
-        },
+        usage: Usage::of(prompt_tokens),
     })
 }
 
