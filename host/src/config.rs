@@ -80,6 +80,8 @@ pub struct RawSettings {
     #[serde(deserialize_with = "stringly")]
     pub max_items_per_request: String,
     #[serde(deserialize_with = "stringly")]
+    pub api_key: String,
+    #[serde(deserialize_with = "stringly")]
     pub http_client_user_agent: String,
     #[serde(deserialize_with = "stringly")]
     pub http_client_timeout: String,
@@ -118,6 +120,7 @@ impl Default for RawSettings {
             intra_op_threads: "0".into(),
             max_request_bytes: "16777216".into(),
             max_items_per_request: "2048".into(),
+            api_key: String::new(),
             http_client_user_agent: String::new(),
             http_client_timeout: "10.0".into(),
             http_client_max_connections: "50".into(),
@@ -146,6 +149,7 @@ const ENV_KEYS: &[&str] = &[
     "INTRA_OP_THREADS",
     "MAX_REQUEST_BYTES",
     "MAX_ITEMS_PER_REQUEST",
+    "API_KEY",
     "HTTP_CLIENT_USER_AGENT",
     "HTTP_CLIENT_TIMEOUT",
     "HTTP_CLIENT_MAX_CONNECTIONS",
@@ -216,6 +220,8 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// Most inputs in one request.
     pub max_items_per_request: usize,
+    /// Key every HTTP request but `/health` must carry (`Authorization: Bearer <key>`).
+    pub api_key: Option<String>,
     /// Image download and decoding limits.
     pub images: ImageSettings,
 }
@@ -434,6 +440,7 @@ impl RawSettings {
                 &self.max_items_per_request,
                 1usize,
             )?,
+            api_key: Some(self.api_key.trim().to_string()).filter(|k| !k.is_empty()),
             images: self.image_settings()?,
         })
     }

@@ -146,15 +146,49 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Builds the router: OpenAI routes, the local RunPod API, `/health`.
-pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>) -> Router {
+/// Compares two byte strings in time that depends on their lengths only.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses requests without the API key (`Authorization: Bearer <key>`, or the raw key as the
+/// RunPod API accepts it); `/health` stays open for load balancers.
+async fn require_key(
+    State(key): State<Arc<str>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    match given {
+        Some(k) if same_key(k.as_bytes(), key.as_bytes()) => next.run(request).await,
+        Some(_) => {
+            ApiError::new(401, "invalid_request_error", "invalid API key (API_KEY)").into_response()
+        }
+        None => ApiError::new(
+            401,
+            "invalid_request_error",
+            "missing API key: send Authorization: Bearer <API_KEY>",
+        )
+        .into_response(),
+    }
+}
+
+/// Builds the router: OpenAI routes, the local RunPod API, `/health`; behind `api_key` when set.
+pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) -> Router {
     let limit = state.max_request_bytes;
     let shared = Shared { app: state, jobs };
     let v1 = Router::new()
         .route("/models", get(models))
         .route("/embeddings", post(embeddings))
         .route("/rerank", post(rerank));
-    Router::new()
+    let app = Router::new()
         .nest("/v1", v1.clone())
         .nest("/openai/v1", v1.clone())
         .merge(v1)
@@ -163,5 +197,12 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(limit));
+    match api_key {
+        Some(key) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(key),
+            require_key,
+        )),
+        None => app,
+    }
 }

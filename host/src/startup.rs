@@ -84,6 +84,32 @@ pub async fn prepare(
     })
 }
 
+/// Runs one batch of `batch_size` inputs through a freshly loaded model so that the first
+/// request does not pay for lazy initialisation (kernels, allocator, thread pools); returns
+/// how long it took. A model that cannot run a batch stops the start-up here.
+fn warm_up(
+    runner: &crate::plugin::ModelRunner,
+    encoder: &TextEncoder,
+    kind: ember_plugin_api::ModelKind,
+    batch_size: usize,
+) -> anyhow::Result<std::time::Duration> {
+    use ember_plugin_api::{ModelKind, PairBatch};
+    let started = Instant::now();
+    let text = "ember warms up the model with one batch of the configured size.".to_string();
+    let texts = vec![text.clone(); batch_size.max(1)];
+    let tokens = match kind {
+        ModelKind::Rerank => encoder.encode_pairs(&text, &texts)?,
+        _ => encoder.encode(&texts)?,
+    };
+    let batch = crate::engine::pad(&tokens.iter().collect::<Vec<_>>(), encoder.pad_id);
+    let result = match kind {
+        ModelKind::Rerank => runner.score_pairs(&PairBatch { tokens: batch }).map(|_| ()),
+        _ => runner.embed_tokens(&batch).map(|_| ()),
+    };
+    result.map_err(|e| anyhow!("warm-up batch failed: {}", e.message))?;
+    Ok(started.elapsed())
+}
+
 /// Loads one model and starts its engine.
 async fn deploy(
     plugin: &Arc<Plugin>,
@@ -100,6 +126,14 @@ async fn deploy(
     } = prepare(plugin, m, settings).await?;
     let kind = manifest.abi.kind;
     let described = runner.described.clone();
+    let warm = warm_up(&runner, &encoder, kind, m.batch_size as usize)
+        .with_context(|| format!("model {}", m.name))?;
+    tracing::info!(
+        model = m.name,
+        rows = m.batch_size,
+        ms = warm.as_secs_f64() * 1e3,
+        "model warmed up"
+    );
     let engine = Engine::start(
         &m.name,
         runner,
@@ -216,7 +250,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
         .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
-    let app = crate::http::router(state, jobs.clone());
+    let app = crate::http::router(state, jobs.clone(), settings.api_key.as_deref());
     let addr = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -197,3 +197,44 @@ fn flooding_past_the_queue_gives_429_and_every_accepted_request_its_answer() {
     let (status, _) = server.post("/v1/embeddings", &json!({"input": "after the flood"}));
     assert_eq!(status, 200);
 }
+
+#[test]
+fn api_key_guards_every_route_but_health() {
+    let server = serve_tiny(&[("API_KEY", "s3cret-key")]);
+    let c = client();
+    let post = |auth: Option<&str>, path: &str, body: &Value| {
+        let mut req = c.post(format!("{}{path}", server.url)).json(body);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let body = json!({"input": "hello"});
+    assert_error(
+        post(None, "/v1/embeddings", &body),
+        401,
+        None,
+        "missing API key",
+    );
+    assert_error(
+        post(Some("Bearer wrong"), "/v1/embeddings", &body),
+        401,
+        None,
+        "invalid API key",
+    );
+    assert_error(
+        post(None, "/runsync", &json!({"input": body})),
+        401,
+        None,
+        "missing API key",
+    );
+    let (status, _) = post(Some("Bearer s3cret-key"), "/v1/embeddings", &body);
+    assert_eq!(status, 200);
+    // The RunPod API also takes the raw key.
+    let (status, out) = post(Some("s3cret-key"), "/runsync", &json!({"input": body}));
+    assert_eq!((status, out["status"].as_str()), (200, Some("COMPLETED")));
+    assert_eq!(server.get("/health").0, 200, "health needs no key");
+    assert_eq!(server.get("/v1/models").0, 401);
+}

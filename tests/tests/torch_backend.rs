@@ -110,6 +110,12 @@ fn torch_is_the_default_backend_and_starts_fast() {
         times.push(t0.elapsed());
         let (_, models) = server.get("/v1/models");
         assert_eq!(models["data"][0]["backend"], "torch");
+        let warm = server.log.iter().find(|l| l.contains("model warmed up"));
+        assert!(
+            warm.is_some_and(|l| l.contains("\"rows\":32")),
+            "one batch of BATCH_SIZES (32) runs before ready: {:?}",
+            server.log
+        );
     }
     times.sort();
     eprintln!("torch: start to first embedding (all-MiniLM-L6-v2, CPU): {times:?}");
