@@ -359,6 +359,17 @@ pub struct EmbeddingBatch {
     pub values: RVec<f32>,
 }
 
+impl EmbeddingBatch {
+    /// The answer to a batch of no rows.
+    pub fn empty(dim: u32) -> EmbeddingBatch {
+        EmbeddingBatch {
+            rows: 0,
+            dim,
+            values: RVec::new(),
+        }
+    }
+}
+
 /// One raw logit per pair, in input order.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! The behaviour checks: what the plugin answers to good, empty, malformed, overlong and
 //! concurrent calls.
 
-use super::{describe, is_panic, Outcome};
+use super::{cosine, describe, is_panic, Outcome};
 use crate::engine::pad;
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::Prepared;
@@ -63,12 +63,6 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .zip(b)
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
         .fold(0.0, f32::max)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b)).max(1e-12)
 }
 
 impl<'a> Suite<'a> {

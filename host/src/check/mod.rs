@@ -83,6 +83,13 @@ impl Report {
     }
 }
 
+/// Cosine similarity of two vectors (0 for a zero vector).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b)).max(1e-12)
+}
+
 /// Describes an error for a report line; a caught panic is named as such.
 pub fn describe(e: &PluginError) -> String {
     format!("{} error: {}", e.code.as_str(), e.message)

@@ -2,7 +2,7 @@
 //! `reference.json` (the test fixtures' format): sentence-transformers embeddings, transformers
 //! rerank scores, CLIP text and image features.
 
-use super::{describe, Outcome};
+use super::{cosine, describe, Outcome};
 use crate::api::normalize;
 use crate::engine::pad;
 use crate::plugin::ModelRunner;
@@ -11,8 +11,16 @@ use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};
 use serde_json::Value;
 use std::path::Path;
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+/// The rows of a plugin's result, each normalised as the host normalises them.
+fn normalized_rows(out: &ember_plugin_api::EmbeddingBatch) -> Vec<Vec<f32>> {
+    out.values
+        .chunks(out.dim.max(1) as usize)
+        .map(|v| {
+            let mut v = v.to_vec();
+            normalize(&mut v);
+            v
+        })
+        .collect()
 }
 
 fn vectors(v: &Value) -> Option<Vec<Vec<f32>>> {
@@ -32,15 +40,7 @@ fn embed_texts(
     let tokens = p.encoder.encode(texts).map_err(|e| e.to_string())?;
     let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
     let out = runner.embed_tokens(&batch).map_err(|e| describe(&e))?;
-    Ok(out
-        .values
-        .chunks(out.dim.max(1) as usize)
-        .map(|v| {
-            let mut v = v.to_vec();
-            normalize(&mut v);
-            v
-        })
-        .collect())
+    Ok(normalized_rows(&out))
 }
 
 fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<String, String> {
@@ -137,15 +137,7 @@ fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<Str
         values: values.into(),
     };
     let out = runner.embed_pixels(&batch).map_err(|e| describe(&e))?;
-    let got: Vec<Vec<f32>> = out
-        .values
-        .chunks(out.dim.max(1) as usize)
-        .map(|v| {
-            let mut v = v.to_vec();
-            normalize(&mut v);
-            v
-        })
-        .collect();
+    let got = normalized_rows(&out);
     let image = compare("images", &got, &want, 0.999)?;
     Ok(format!("{text}; {image}"))
 }

@@ -239,11 +239,7 @@ impl Model for Bert {
     fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
         let (rows, seq) = (batch.rows as usize, batch.seq_len as usize);
         if rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim: self.hidden as u32,
-                values: Vec::new().into(),
-            });
+            return Ok(EmbeddingBatch::empty(self.hidden as u32));
         }
         if seq > self.max_positions {
             return Err(PluginError::invalid_input(format!(

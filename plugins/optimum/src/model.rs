@@ -232,11 +232,7 @@ impl Model for OnnxModel {
         let rows = batch.rows as usize;
         let seq = batch.seq_len as usize;
         if rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim: self.dim as u32,
-                values: Vec::new().into(),
-            });
+            return Ok(EmbeddingBatch::empty(self.dim as u32));
         }
         match &self.kind {
             Kind::Encoder {
@@ -337,11 +333,7 @@ impl Model for OnnxModel {
         };
         let rows = batch.rows as usize;
         if rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim: self.dim as u32,
-                values: Vec::new().into(),
-            });
+            return Ok(EmbeddingBatch::empty(self.dim as u32));
         }
         if (batch.channels, batch.height, batch.width) != (3, image.height, image.width) {
             return Err(PluginError::invalid_input(format!(

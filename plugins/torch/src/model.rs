@@ -227,11 +227,7 @@ impl Model for TorchModel {
         }
         let dim = self.hidden as u32;
         if batch.rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim,
-                values: Vec::new().into(),
-            });
+            return Ok(EmbeddingBatch::empty(dim));
         }
         let inner = self.lock()?;
         let values = tch::no_grad(|| -> Result<Vec<f32>, PluginError> {
@@ -292,11 +288,7 @@ impl Model for TorchModel {
         };
         let dim = self.hidden as u32;
         if batch.rows == 0 {
-            return Ok(EmbeddingBatch {
-                rows: 0,
-                dim,
-                values: Vec::new().into(),
-            });
+            return Ok(EmbeddingBatch::empty(dim));
         }
         let shape = [
             batch.rows as i64,
