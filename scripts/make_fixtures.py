@@ -21,6 +21,9 @@ Models:
                      (input_ids, attention_mask, pixel_values -> text_embeds, image_embeds, ...).
   tiny-clip-split    the same weights exported as onnx/text_model.onnx (input_ids only) and
                      onnx/vision_model.onnx, the layout of transformers.js repositories.
+  ct2-all-MiniLM-L6-v2 all-MiniLM-L6-v2 converted by CTranslate2's own converter
+                     (model.bin, vocabulary.json, CTranslate2's config.json) with the tokenizer and
+                     sentence-transformers files: a repository already in CTranslate2's format.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -465,6 +468,24 @@ def tiny_clip(out: Path, images: list) -> None:
            ["image_embeds"], {"pixel_values": image_dyn, "image_embeds": {0: "image_batch"}})
 
 
+def ct2_minilm(out: Path) -> None:
+    # transformers 5 dropped BertConfig.position_embedding_type, which the converter asserts on.
+    import transformers
+    from ctranslate2.converters import TransformersConverter
+
+    for config in (transformers.BertConfig, transformers.XLMRobertaConfig):
+        if not hasattr(config, "position_embedding_type"):
+            config.position_embedding_type = "absolute"
+    src = out / "all-MiniLM-L6-v2"
+    dst = out / "ct2-all-MiniLM-L6-v2"
+    shutil.rmtree(dst, ignore_errors=True)
+    TransformersConverter(str(src)).convert(str(dst))
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "modules.json",
+              "sentence_bert_config.json", "config_sentence_transformers.json", "reference.json"]:
+        shutil.copy(src / f, dst / f)
+    shutil.copytree(src / "1_Pooling", dst / "1_Pooling")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -473,6 +494,7 @@ def main() -> None:
     tiny_bert(out, "tiny-bert-lasttoken", "lasttoken", 24, normalize=True)
     rerank_bert(out)
     rerank_xlmr(out)
+    ct2_minilm(out)
     images = make_images(out / "images")
     tiny_clip(out, images)
     print(f"fixtures written to {out}")

@@ -35,6 +35,9 @@ ln -sfn "$VENV" "$CACHE/venv"
 # libtorch of the torch wheel, for tch's build script (.cargo/config.toml reads ./.libtorch).
 TORCH_DIR=$(ls -d "$VENV"/lib/python3*/site-packages/torch)
 ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
+# libctranslate2 of the ctranslate2 wheel, for the plugin's build script (CTRANSLATE2_LIBS).
+CT2_LIBS=$(ls -d "$VENV"/lib/python3*/site-packages/ctranslate2.libs)
+ln -sfn "$CT2_LIBS" "$ROOT/.ctranslate2"
 
 # 2. Test models and reference outputs.
 FIX_HASH=$(hash_of scripts/make_fixtures.py requirements.txt scripts/requirements-fixtures.txt scripts/requirements-nodeps.txt)
@@ -50,10 +53,12 @@ ln -sfn "$FIXTURES" "$ROOT/fixtures"
 
 # 3. Build.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch
+  cargo build --release --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch \
+    -p ember-ctranslate2
   OUT=$TARGET/release
 else
-  cargo build --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch
+  cargo build --locked -p ember-host -p ember-optimum -p ember-candle -p ember-torch \
+    -p ember-ctranslate2
   OUT=$TARGET/debug
 fi
 
@@ -65,4 +70,6 @@ done
 ln -sf "$(ls "$ORT_CAPI"/libonnxruntime.so.* | head -n1)" "$OUT/libonnxruntime.so"
 # libtorch next to the torch plugin (its rpath is $ORIGIN/torch/lib).
 ln -sfn "$TORCH_DIR" "$OUT/torch"
+# libctranslate2 (and its libgomp) next to the ctranslate2 plugin (rpath $ORIGIN/ctranslate2.libs).
+ln -sfn "$CT2_LIBS" "$OUT/ctranslate2.libs"
 echo "setup: ready: $OUT/ember with plugins $(cd "$OUT" && ls libember_*.so | tr '\n' ' ')"

@@ -1,5 +1,6 @@
 //! Command-line arguments of `ember`, including the runpod SDK's local-testing flags.
 
+use ember_plugin_api::DType;
 use std::path::PathBuf;
 
 /// What the process was asked to do.
@@ -14,7 +15,7 @@ pub enum Command {
     },
     /// Run one job and exit: the JSON given, or the file named (default `test_input.json`).
     TestInput(TestInput),
-    /// `ember plugin check PLUGIN [--model DIR] [--device D]`: the conformance checker.
+    /// `ember plugin check PLUGIN [--model DIR] [--device D] [--dtype T]`: the conformance checker.
     PluginCheck(crate::check::CheckArgs),
     /// Print the help.
     Help,
@@ -31,15 +32,16 @@ pub enum TestInput {
     File(PathBuf),
 }
 
-/// Parses `plugin check PLUGIN [--model DIR] [--device D]` (the words after `plugin`).
+/// Parses `plugin check PLUGIN [--model DIR] [--device D] [--dtype T]` (the words after `plugin`).
 fn parse_plugin(args: &[String]) -> Result<Command, String> {
-    let usage = "usage: ember plugin check <path/to/libember_x.so> [--model DIR] [--device cpu|cuda|cuda:N]";
+    let usage = "usage: ember plugin check <path/to/libember_x.so> [--model DIR] [--device cpu|cuda|cuda:N] [--dtype auto|fp32|fp16|bf16|fp8|int8]";
     if args.first().map(String::as_str) != Some("check") {
         return Err(usage.into());
     }
     let mut plugin = None;
     let mut model = None;
     let mut device = crate::config::parse_device("cpu").map_err(|e| e.0)?;
+    let mut dtype = DType::Auto;
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -55,6 +57,7 @@ fn parse_plugin(args: &[String]) -> Result<Command, String> {
         match name {
             "--model" => model = Some(PathBuf::from(value()?)),
             "--device" => device = crate::config::parse_device(&value()?).map_err(|e| e.0)?,
+            "--dtype" => dtype = crate::config::parse_dtype(&value()?).map_err(|e| e.0)?,
             flag if flag.starts_with("--") => {
                 return Err(format!("unknown option {flag}; {usage}"))
             }
@@ -66,6 +69,7 @@ fn parse_plugin(args: &[String]) -> Result<Command, String> {
         plugin: plugin.ok_or(usage)?,
         model,
         device,
+        dtype,
     }))
 }
 

@@ -10,7 +10,7 @@ mod parity;
 use crate::config::{ModelSettings, RawSettings, Settings};
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::{prepare, Prepared};
-use ember_plugin_api::{DeviceRequest, PluginError};
+use ember_plugin_api::{DType, DeviceRequest, PluginError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,43 @@ pub struct CheckArgs {
     pub model: Option<PathBuf>,
     /// Device to load the model on.
     pub device: DeviceRequest,
+    /// Precision to load the model in.
+    pub dtype: DType,
+}
+
+/// How closely results must agree, by the precision the model computes in: fp32 is held to
+/// float rounding, fp16/bf16 to half-precision rounding, int8 to quantisation error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Minimum cosine against `reference.json` for text embeddings.
+    pub parity: f64,
+    /// Minimum agreement of a row alone and inside a padded batch.
+    pub padding: f64,
+    /// Largest difference of a rerank score (after the sigmoid) from the reference.
+    pub score: f32,
+}
+
+impl Tolerance {
+    /// The tolerance for a model loaded in `dtype`.
+    pub fn of(dtype: DType) -> Tolerance {
+        match dtype {
+            DType::Int8 | DType::Fp8 => Tolerance {
+                parity: 0.97,
+                padding: 0.999,
+                score: 5e-2,
+            },
+            DType::Fp16 | DType::Bf16 => Tolerance {
+                parity: 0.999,
+                padding: 0.999,
+                score: 1e-2,
+            },
+            DType::Auto | DType::Fp32 => Tolerance {
+                parity: 0.9999,
+                padding: 0.9999,
+                score: 1e-4,
+            },
+        }
+    }
 }
 
 /// The outcome of one check.
@@ -100,10 +137,11 @@ pub fn is_panic(e: &PluginError) -> bool {
     e.message.contains("panicked")
 }
 
-fn settings_for(model: &Path, device: DeviceRequest) -> Result<Settings, String> {
+fn settings_for(model: &Path, device: DeviceRequest, dtype: DType) -> Result<Settings, String> {
     let raw = RawSettings {
         model_names: model.display().to_string(),
         batch_sizes: "8".into(),
+        dtypes: dtype.as_str().into(),
         ..RawSettings::default()
     };
     let mut s = raw.validate().map_err(|e| e.0)?;
@@ -136,7 +174,7 @@ pub fn run(args: &CheckArgs, out: Box<dyn Write>, live: bool) -> Report {
         report.add("model checks", Outcome::Skip("no --model DIR given".into()));
         return report;
     };
-    let settings = match settings_for(model, args.device) {
+    let settings = match settings_for(model, args.device, args.dtype) {
         Ok(s) => s,
         Err(e) => {
             report.add("load model", Outcome::Fail(e));

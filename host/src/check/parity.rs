@@ -2,7 +2,7 @@
 //! `reference.json` (the test fixtures' format): sentence-transformers embeddings, transformers
 //! rerank scores, CLIP text and image features.
 
-use super::{cosine, describe, Outcome};
+use super::{cosine, describe, Outcome, Tolerance};
 use crate::api::normalize;
 use crate::engine::pad;
 use crate::plugin::ModelRunner;
@@ -70,10 +70,12 @@ fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<
 fn embed(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
     let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
     let want = vectors(&r["embeddings"]).ok_or("reference.json has no embeddings")?;
-    compare("texts", &embed_texts(p, runner, &texts)?, &want, 0.9999)
+    let min = Tolerance::of(runner.described.dtype).parity;
+    compare("texts", &embed_texts(p, runner, &texts)?, &want, min)
 }
 
 fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
+    let max = Tolerance::of(runner.described.dtype).score;
     let mut done = Vec::new();
     for case in ["short", "long_query"] {
         let c = &r[case];
@@ -97,9 +99,9 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, Strin
             .zip(&want)
             .map(|(l, s)| (1.0 / (1.0 + (-l).exp()) - s).abs())
             .fold(0.0f32, f32::max);
-        if got.scores.len() != want.len() || worst > 1e-4 {
+        if got.scores.len() != want.len() || worst > max {
             return Err(format!(
-                "{case}: scores differ by {worst:e} (> 1e-4) from the reference"
+                "{case}: scores differ by {worst:e} (> {max:e}) from the reference"
             ));
         }
         done.push(format!("{case}: {} scores within {worst:.1e}", want.len()));
@@ -113,7 +115,8 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, Strin
 fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<String, String> {
     let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
     let want = vectors(&r["text_embeddings"]).ok_or("reference.json has no text_embeddings")?;
-    let text = compare("texts", &embed_texts(p, runner, &texts)?, &want, 0.999)?;
+    let min = Tolerance::of(runner.described.dtype).parity.min(0.999);
+    let text = compare("texts", &embed_texts(p, runner, &texts)?, &want, min)?;
     let names = strings(&r["images"]).ok_or("reference.json has no images")?;
     let want = vectors(&r["image_embeddings"]).ok_or("reference.json has no image_embeddings")?;
     let pre = p
@@ -138,7 +141,7 @@ fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<Str
     };
     let out = runner.embed_pixels(&batch).map_err(|e| describe(&e))?;
     let got = normalized_rows(&out);
-    let image = compare("images", &got, &want, 0.999)?;
+    let image = compare("images", &got, &want, min)?;
     Ok(format!("{text}; {image}"))
 }
 

@@ -3,8 +3,8 @@
 //! the ratio of the two, plus the time from process start to the first embedding.
 //!
 //! Usage: ember-bench [MODEL_DIR] (default: fixtures/all-MiniLM-L6-v2), with BACKEND
-//! (default optimum), DEVICE (default cpu) and BENCH_SECONDS (default 5 per scenario) in the
-//! environment.
+//! (default optimum), DEVICE (default cpu), DTYPES (default auto) and BENCH_SECONDS (default 5
+//! per scenario) in the environment.
 
 use ember_e2e::{bin_dir, client, fixture, Server};
 use ember_host::config::RawSettings;
@@ -125,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| fixture("all-MiniLM-L6-v2").display().to_string());
     let backend = std::env::var("BACKEND").unwrap_or_else(|_| "optimum".into());
     let device = std::env::var("DEVICE").unwrap_or_else(|_| "cpu".into());
+    let dtypes = std::env::var("DTYPES").unwrap_or_else(|_| "auto".into());
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -145,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         },
     ];
     println!(
-        "ember benchmark: model {model}, backend {backend} on {device}, {secs} s per scenario, {} cores",
+        "ember benchmark: model {model}, backend {backend} on {device} ({dtypes}), {secs} s per scenario, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
@@ -154,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         ("MODEL_NAMES", model.as_str()),
         ("BACKEND", backend.as_str()),
         ("DEVICE", device.as_str()),
+        ("DTYPES", dtypes.as_str()),
         ("PLUGIN_DIR", &*bin_dir().display().to_string()),
     ];
     let env: Vec<(String, String)> = env
@@ -183,6 +185,7 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("MODEL_NAMES", &model);
         std::env::set_var("BACKEND", &backend);
         std::env::set_var("DEVICE", &device);
+        std::env::set_var("DTYPES", &dtypes);
         std::env::set_var("PLUGIN_DIR", bin_dir());
         let settings = RawSettings::load()?
             .validate()

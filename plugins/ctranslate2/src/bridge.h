@@ -1,0 +1,45 @@
+// The C++ side of the bridge: a CTranslate2 encoder behind a few functions that cxx can call.
+#pragma once
+
+#include <memory>
+
+#include "ctranslate2/encoder.h"
+#include "rust/cxx.h"
+
+namespace ember_ct2 {
+
+struct EncoderOutput;
+
+// A CTranslate2 encoder (a pool of one replica) and what it was loaded with.
+class Encoder {
+public:
+  Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type);
+
+  // Runs one batch of right-padded rows: `ids` and `type_ids` are `rows * seq`, `lengths` `rows`.
+  EncoderOutput forward(rust::Slice<const uint32_t> ids,
+                        rust::Slice<const uint32_t> type_ids,
+                        rust::Slice<const uint32_t> lengths,
+                        size_t seq) const;
+
+  // The compute type CTranslate2 chose for the weights and the arithmetic.
+  rust::String compute_type() const;
+
+private:
+  std::unique_ptr<ctranslate2::Encoder> _pool;
+  std::string _compute_type;
+};
+
+// Loads the CTranslate2 model in `path` on `device` ("cpu" or "cuda").
+std::unique_ptr<Encoder> load_encoder(rust::Str path,
+                                      rust::Str device,
+                                      int32_t device_index,
+                                      rust::Str compute_type,
+                                      size_t threads);
+
+// Number of CUDA devices CTranslate2 can use (0 without a driver).
+int32_t cuda_device_count();
+
+// Whether `device` computes `compute_type` ("int8", "float16", "bfloat16") natively.
+bool supports(rust::Str device, int32_t device_index, rust::Str compute_type);
+
+}  // namespace ember_ct2

@@ -1,0 +1,296 @@
+//! A loaded model: a CTranslate2 encoder (converted from the checkpoint on first use, or a
+//! repository already in CTranslate2's format), with pooling for embedders and the
+//! classification head for rerankers.
+
+use crate::cache;
+use crate::checkpoint::Checkpoint;
+use crate::compute::{self, Device};
+use crate::convert::{self, Family};
+use crate::ffi;
+use crate::head::Head;
+use crate::modelbin;
+use ember_plugin_api::pooling::pool;
+use ember_plugin_api::{
+    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
+    PluginError, Pooling, ScoreBatch, TokenBatch,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A model on CTranslate2.
+pub struct Ct2Model {
+    encoder: cxx::UniquePtr<ffi::Encoder>,
+    head: Option<Head>,
+    pooling: Pooling,
+    hidden: usize,
+    vocab: usize,
+    type_vocab: usize,
+    max_positions: usize,
+    device: Device,
+    dtype: DType,
+}
+
+/// Token states of a batch: `rows * seq * hidden`.
+struct States {
+    values: Vec<f32>,
+    seq: usize,
+    lengths: Vec<usize>,
+}
+
+fn read_config(dir: &Path) -> Result<Value, PluginError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))
+}
+
+/// The CTranslate2 directory of a checkpoint, converting it unless already cached, and the
+/// classification head when the model is a reranker.
+fn converted(request: &LoadRequest, dir: &Path) -> Result<(PathBuf, Option<Head>), PluginError> {
+    let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
+    let config = read_config(dir)?;
+    let family = Family::of(config["model_type"].as_str().unwrap_or_default())?;
+    let ckpt = Checkpoint::open(dir, &files)?;
+    let target = cache::location(dir, &files);
+    let started = Instant::now();
+    let fresh = cache::get_or_convert(&target, |out| convert::convert(dir, &ckpt, &config, out))?;
+    if fresh {
+        plugin_info!(
+            "ctranslate2",
+            "converted {} to CTranslate2 in {} ms: {}",
+            dir.display(),
+            started.elapsed().as_millis(),
+            target.display()
+        );
+    } else {
+        plugin_info!(
+            "ctranslate2",
+            "using the CTranslate2 conversion cached in {}",
+            target.display()
+        );
+    }
+    let head = match request.manifest.kind {
+        ModelKind::Rerank => Some(Head::load(&ckpt, family)?),
+        _ => None,
+    };
+    Ok((target, head))
+}
+
+impl Ct2Model {
+    /// Loads the request's model on its device and compute type.
+    pub fn load(request: &LoadRequest) -> Result<Ct2Model, PluginError> {
+        let dir = Path::new(request.model_dir.as_str());
+        let native = request.files.iter().any(|f| f.as_str() == "model.bin");
+        let (ct2_dir, head) = if native {
+            if request.manifest.kind == ModelKind::Rerank {
+                return Err(PluginError::unsupported(
+                    "reranking is not supported by this backend for a repository already in \
+                     CTranslate2's format: its model.bin has no classification head (name the \
+                     original Hugging Face checkpoint instead; it is converted at load)",
+                ));
+            }
+            (dir.to_path_buf(), None)
+        } else {
+            converted(request, dir)?
+        };
+
+        let model_bin = ct2_dir.join("model.bin");
+        let shapes = modelbin::read_shapes(&model_bin)
+            .map_err(|e| PluginError::invalid_input(format!("{}: {e}", model_bin.display())))?;
+        let embeddings = shapes.get("encoder/embeddings_0/weight").ok_or_else(|| {
+            PluginError::unsupported(format!(
+                "{} is not a CTranslate2 encoder (no encoder/embeddings_0/weight); the \
+                 ctranslate2 backend runs encoder models",
+                model_bin.display()
+            ))
+        })?;
+        let (vocab, hidden) = (embeddings[0], embeddings[1]);
+        let type_vocab = shapes
+            .get("encoder/embeddings_1/weight")
+            .map_or(1, |s| s[0]);
+        let max_positions = shapes
+            .get("encoder/position_encodings/encodings")
+            .map_or(usize::MAX, |s| s[0]);
+        if let Some(h) = &head {
+            if h.inputs() != hidden {
+                return Err(PluginError::invalid_input(format!(
+                    "the classification head reads {} values but the encoder's states have {hidden}",
+                    h.inputs()
+                )));
+            }
+        }
+
+        let device = Device::of(request.device)?;
+        let (compute_type, dtype) = compute::compute_type(request.dtype, device)?;
+        let threads = match request.intra_op_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        };
+        let (name, index) = device.ct2();
+        let started = Instant::now();
+        let encoder = ffi::load_encoder(
+            &ct2_dir.to_string_lossy(),
+            name,
+            index,
+            compute_type,
+            threads,
+        )
+        .map_err(|e| {
+            PluginError::invalid_input(format!(
+                "CTranslate2 cannot load {}: {e}",
+                ct2_dir.display()
+            ))
+        })?;
+        plugin_info!(
+            "ctranslate2",
+            "loaded {} (hidden {hidden}, {}) on {} as {} with {threads} thread(s) in {} ms",
+            ct2_dir.display(),
+            if head.is_some() {
+                "classification head"
+            } else {
+                request.manifest.pooling.as_str()
+            },
+            device.name(),
+            encoder.compute_type(),
+            started.elapsed().as_millis()
+        );
+        Ok(Ct2Model {
+            encoder,
+            head,
+            pooling: request.manifest.pooling,
+            hidden,
+            vocab,
+            type_vocab,
+            max_positions,
+            device,
+            dtype,
+        })
+    }
+
+    /// Runs the encoder on a batch, after checking every id against the model's tables.
+    fn states(&self, batch: &TokenBatch) -> Result<States, PluginError> {
+        batch.validate()?;
+        let (rows, seq) = (batch.rows as usize, batch.seq_len as usize);
+        let lengths = batch.row_lengths();
+        if let Some(r) = lengths.iter().position(|&l| l == 0) {
+            return Err(PluginError::invalid_input(format!("row {r} has no tokens")));
+        }
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        if longest > self.max_positions {
+            return Err(PluginError::invalid_input(format!(
+                "sequences of {longest} tokens are longer than the model's {} positions",
+                self.max_positions
+            )));
+        }
+        let ids = to_u32(&batch.input_ids, self.vocab, "token id", seq)?;
+        let types = to_u32(&batch.token_type_ids, self.type_vocab, "token type id", seq)?;
+        let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
+        let out = self
+            .encoder
+            .forward(&ids, &types, &lens, seq)
+            .map_err(|e| PluginError::internal(format!("CTranslate2: {e}")))?;
+        if out.rows != rows || out.hidden != self.hidden || out.seq < longest {
+            return Err(PluginError::internal(format!(
+                "CTranslate2 returned states [{}, {}, {}] for {rows} rows of up to {longest} \
+                 tokens and hidden size {}",
+                out.rows, out.seq, out.hidden, self.hidden
+            )));
+        }
+        Ok(States {
+            values: out.states,
+            seq: out.seq,
+            lengths,
+        })
+    }
+}
+
+/// Token ids as CTranslate2 takes them, refusing any outside `0..limit` (an id past the
+/// embedding table would read out of bounds in the engine).
+fn to_u32(values: &[i64], limit: usize, what: &str, seq: usize) -> Result<Vec<u32>, PluginError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0 && (v as usize) < limit {
+                Ok(v as u32)
+            } else {
+                Err(PluginError::invalid_input(format!(
+                    "row {} position {}: {what} {v} is outside the model's 0..{limit}",
+                    i / seq.max(1),
+                    i % seq.max(1)
+                )))
+            }
+        })
+        .collect()
+}
+
+impl Model for Ct2Model {
+    fn describe(&self) -> LoadedModel {
+        LoadedModel {
+            embedding_dim: if self.head.is_some() {
+                1
+            } else {
+                self.hidden as u32
+            },
+            device: self.device.name().into(),
+            dtype: self.dtype,
+            concurrent_calls: false,
+        }
+    }
+
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        if self.head.is_some() {
+            return Err(PluginError::unsupported(
+                "this model is a reranker: it scores pairs and has no embeddings",
+            ));
+        }
+        let dim = self.hidden as u32;
+        if batch.rows == 0 {
+            return Ok(EmbeddingBatch::empty(dim));
+        }
+        let s = self.states(batch)?;
+        let mask: Vec<i64> = s
+            .lengths
+            .iter()
+            .flat_map(|&l| (0..s.seq).map(move |t| i64::from(t < l)))
+            .collect();
+        let values = pool(
+            self.pooling,
+            &s.values,
+            &mask,
+            s.lengths.len(),
+            s.seq,
+            self.hidden,
+        );
+        Ok(EmbeddingBatch {
+            rows: batch.rows,
+            dim,
+            values: values.into(),
+        })
+    }
+
+    fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+        let Some(head) = &self.head else {
+            return Err(PluginError::unsupported(
+                "this model is not a reranker: it has no scores",
+            ));
+        };
+        if batch.tokens.rows == 0 {
+            return Ok(ScoreBatch {
+                scores: Vec::new().into(),
+            });
+        }
+        let s = self.states(&batch.tokens)?;
+        let row = s.seq * self.hidden;
+        let scores: Vec<f32> = s
+            .values
+            .chunks_exact(row)
+            .map(|states| head.logit(&states[..self.hidden]))
+            .collect();
+        Ok(ScoreBatch {
+            scores: scores.into(),
+        })
+    }
+}

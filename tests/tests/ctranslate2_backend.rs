@@ -1,0 +1,257 @@
+//! The ctranslate2 backend over HTTP: parity with sentence-transformers in fp32 and int8, the
+//! conversion of Hugging Face checkpoints (cached in HF_HOME, next to hub snapshots),
+//! repositories already in CTranslate2's format, rerankers with their head, and clear errors
+//! for what it does not run.
+
+use ember_e2e::hub::FakeHub;
+use ember_e2e::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// A fresh HF_HOME for one test.
+fn hf_home(test: &str) -> PathBuf {
+    let home = std::env::temp_dir().join(format!("ember-ct2-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+fn start(model: &Path, home: &Path, dtype: &str) -> Result<Server, Failed> {
+    let mut env = backend_env("ctranslate2", model);
+    env.push(("HF_HOME".into(), home.display().to_string()));
+    env.push(("DTYPES".into(), dtype.into()));
+    Server::try_start(&env_refs(&env))
+}
+
+fn serve(model: &str, home: &Path, dtype: &str) -> Server {
+    match start(&fixture(model), home, dtype) {
+        Ok(s) => s,
+        Err(f) => panic!("ember did not start (exit {:?}):\n{}", f.code, f.stderr),
+    }
+}
+
+/// Cosines of the server's embeddings of the reference texts against sentence-transformers.
+fn cosines(server: &Server, reference: &Value) -> Vec<f64> {
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
+    assert_eq!(status, 200, "{body}");
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let got = vectors(&body);
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(&want).map(|(g, w)| cosine(g, w)).collect()
+}
+
+/// Directories under `dir` (recursively) that hold a `model.bin`.
+fn model_bins(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(model_bins(&p));
+        } else if p.file_name().is_some_and(|n| n == "model.bin") {
+            out.push(dir.to_path_buf());
+        }
+    }
+    out
+}
+
+#[test]
+fn minilm_matches_sentence_transformers_in_fp32_and_int8() {
+    let home = hf_home("parity");
+    let reference = reference("all-MiniLM-L6-v2");
+
+    let server = serve("all-MiniLM-L6-v2", &home, "fp32");
+    let fp32 = cosines(&server, &reference);
+    let worst = fp32.iter().copied().fold(1.0, f64::min);
+    assert!(worst >= 0.9999, "fp32 cosines {fp32:?}");
+    let (_, models) = server.get("/v1/models");
+    assert_eq!(models["data"][0]["backend"], "ctranslate2");
+    drop(server);
+
+    let server = serve("all-MiniLM-L6-v2", &home, "int8");
+    assert!(
+        server.log.iter().any(|l| l.contains("as int8")),
+        "the compute type is logged"
+    );
+    let int8 = cosines(&server, &reference);
+    // Sentences (two words or more) hold to 0.99; a lone token or punctuation ("a", "?!") is
+    // where int8 quantisation shows most (CTranslate2's own Python API gives the same values).
+    for (i, text) in reference["texts"].as_array().unwrap().iter().enumerate() {
+        let words = text.as_str().unwrap().split_whitespace().count();
+        let min = if words >= 2 { 0.99 } else { 0.97 };
+        assert!(
+            int8[i] >= min,
+            "int8 text {i} ({words} words): cosine {}",
+            int8[i]
+        );
+    }
+    eprintln!("fp32 worst cosine {worst:.6}; int8 cosines {int8:.4?}");
+}
+
+#[test]
+fn conversion_is_cached_in_hf_home_and_reused() {
+    let home = hf_home("cache");
+    let server = serve("all-MiniLM-L6-v2", &home, "fp32");
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("converted") && l.contains("to CTranslate2")),
+        "the first start converts"
+    );
+    drop(server);
+    let converted = model_bins(&home.join("ctranslate2"));
+    assert_eq!(converted.len(), 1, "one conversion in {}", home.display());
+    for f in ["model.bin", "config.json", "vocabulary.json"] {
+        assert!(converted[0].join(f).is_file(), "{f} written");
+    }
+    // No temporary directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(home.join("ctranslate2"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let server = serve("all-MiniLM-L6-v2", &home, "fp32");
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("conversion cached in")),
+        "the second start reuses the conversion"
+    );
+    assert!(!server.log.iter().any(|l| l.contains("to CTranslate2 in")));
+    let worst = cosines(&server, &reference("all-MiniLM-L6-v2"))
+        .into_iter()
+        .fold(1.0, f64::min);
+    assert!(worst >= 0.9999);
+}
+
+#[test]
+fn hub_checkpoint_is_converted_next_to_its_snapshot() {
+    let hub = FakeHub::start(&[(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        fixture("all-MiniLM-L6-v2"),
+    )]);
+    let home = hf_home("hub");
+    let home_s = home.display().to_string();
+    let server = Server::start(&[
+        ("MODEL_NAMES", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("BACKEND", "ctranslate2"),
+        ("DTYPES", "fp32"),
+        ("HF_HOME", home_s.as_str()),
+        ("HF_ENDPOINT", hub.endpoint.as_str()),
+        ("HF_HUB_OFFLINE", "0"),
+    ]);
+    let repo = home
+        .join("hub")
+        .join("models--sentence-transformers--all-MiniLM-L6-v2");
+    let converted = model_bins(&repo.join("ctranslate2"));
+    assert_eq!(
+        converted.len(),
+        1,
+        "conversion next to the snapshot in {}",
+        repo.display()
+    );
+    assert!(!home.join("ctranslate2").exists());
+    let worst = cosines(&server, &reference("all-MiniLM-L6-v2"))
+        .into_iter()
+        .fold(1.0, f64::min);
+    assert!(worst >= 0.9999);
+}
+
+#[test]
+fn repository_already_in_ctranslate2_format_is_read_as_is() {
+    let home = hf_home("native");
+    let server = serve("ct2-all-MiniLM-L6-v2", &home, "fp32");
+    assert!(!server.log.iter().any(|l| l.contains("to CTranslate2 in")));
+    let worst = cosines(&server, &reference("all-MiniLM-L6-v2"))
+        .into_iter()
+        .fold(1.0, f64::min);
+    assert!(worst >= 0.9999, "official converter's model: {worst}");
+    assert!(model_bins(&home).is_empty(), "nothing converted");
+}
+
+#[test]
+fn rerank_scores_match_transformers() {
+    let home = hf_home("rerank");
+    for model in ["tiny-rerank-bert", "tiny-rerank-xlmr"] {
+        let reference = reference(model);
+        let server = serve(model, &home, "fp32");
+        for case in ["short", "long_query"] {
+            let c = &reference[case];
+            let (status, body) = server.post(
+                "/v1/rerank",
+                &json!({"query": c["query"], "documents": c["documents"]}),
+            );
+            assert_eq!(status, 200, "{body}");
+            for r in body["results"].as_array().unwrap() {
+                let i = r["index"].as_u64().unwrap() as usize;
+                let want = c["scores"][i].as_f64().unwrap();
+                let got = r["relevance_score"].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{model} {case} {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn images_and_unsupported_models_get_clear_errors() {
+    let home = hf_home("refusals");
+    // A text model asked for image embeddings.
+    let server = serve("all-MiniLM-L6-v2", &home, "fp32");
+    let got = server.post(
+        "/v1/embeddings",
+        &json!({"input": [data_uri("photo.png")], "modality": "image"}),
+    );
+    assert_error_contains(got, 400, &["image"]);
+    drop(server);
+
+    // A CLIP model: the backend does not run it, and start-up says so.
+    let failed = start(&fixture("tiny-clip"), &home, "auto")
+        .err()
+        .expect("a CLIP model must not start on ctranslate2");
+    assert!(
+        failed.stderr.contains("ctranslate2") && failed.stderr.contains("clip"),
+        "{}",
+        failed.stderr
+    );
+
+    // fp16 on a CPU: CTranslate2 has no fp16 kernels there.
+    let failed = start(&fixture("all-MiniLM-L6-v2"), &home, "fp16")
+        .err()
+        .expect("fp16 on the CPU must be refused");
+    assert!(failed.stderr.contains("fp16"), "{}", failed.stderr);
+
+    // An architecture the conversion does not know.
+    let odd = home.join("odd-model");
+    for dir in ["", "1_Pooling"] {
+        std::fs::create_dir_all(odd.join(dir)).unwrap();
+        for f in std::fs::read_dir(fixture("tiny-bert-cls").join(dir))
+            .unwrap()
+            .flatten()
+        {
+            if f.path().is_file() {
+                std::fs::copy(f.path(), odd.join(dir).join(f.file_name())).unwrap();
+            }
+        }
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(odd.join("config.json")).unwrap()).unwrap();
+    config["model_type"] = json!("funnel");
+    std::fs::write(odd.join("config.json"), config.to_string()).unwrap();
+    let failed = start(&odd, &home, "fp32")
+        .err()
+        .expect("an unknown architecture must be refused");
+    assert!(
+        failed.stderr.contains("model_type") && failed.stderr.contains("funnel"),
+        "{}",
+        failed.stderr
+    );
+}
