@@ -62,14 +62,6 @@ else
   OUT=$TARGET/debug
 fi
 
-# 4. Runtimes next to the plugins.
-ORT_CAPI=$("$VENV/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
-for lib in "$ORT_CAPI"/libonnxruntime*.so*; do
-  ln -sf "$lib" "$OUT/$(basename "$lib")"
-done
-ln -sf "$(ls "$ORT_CAPI"/libonnxruntime.so.* | head -n1)" "$OUT/libonnxruntime.so"
-# libtorch next to the torch plugin (its rpath is $ORIGIN/torch/lib).
-ln -sfn "$TORCH_DIR" "$OUT/torch"
-# libctranslate2 (and its libgomp) next to the ctranslate2 plugin (rpath $ORIGIN/ctranslate2.libs).
-ln -sfn "$CT2_LIBS" "$OUT/ctranslate2.libs"
+# 4. Runtimes next to the plugins (symbolic links into the venv).
+bash scripts/runtimes.sh "$VENV" "$OUT" link
 echo "setup: ready: $OUT/ember with plugins $(cd "$OUT" && ls libember_*.so | tr '\n' ' ')"

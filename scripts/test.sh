@@ -34,6 +34,24 @@ for so in "$BIN"/libember_*.so; do
   grep -q "plugin check: .*libember_$name.so" "$LOG" \
     || { echo "plugin $name is not run through ember plugin check in scripts/test.sh" >&2; exit 1; }
 done
+# The container recipe without Docker: lint the Dockerfile, build the CPU variant's install root
+# with the build script the Dockerfile runs, and answer one job with each backend from it.
+VENV=${EMBER_CACHE:-$HOME/.cache/ember}/venv
+"$VENV/bin/hadolint" Dockerfile
+IMAGE_ROOT=${CARGO_TARGET_DIR:-$PWD/target}/image-root
+rm -rf "$IMAGE_ROOT"
+bash scripts/build-image.sh --variant cpu --venv "$VENV" "$IMAGE_ROOT" | tail -n 1
+for backend in torch optimum ctranslate2 candle; do
+  env -i PATH="$PATH" HOME="$CHECK_HOME" HF_HOME="$CHECK_HOME" BACKEND=$backend DEVICE=cpu \
+    EMBER_CONFIG="$IMAGE_ROOT/etc/ember/default.toml" PLUGIN_DIR="$IMAGE_ROOT/usr/local/lib/ember" \
+    MODEL_NAMES="$PWD/fixtures/all-MiniLM-L6-v2" \
+    "$IMAGE_ROOT/usr/local/bin/ember" --test-input '{"input": {"input": "ember in a box"}}' \
+    >"$CHECK_HOME/job.json" 2>"$CHECK_HOME/job.log" \
+    || { cat "$CHECK_HOME/job.log" >&2; echo "image root: backend $backend failed" >&2; exit 1; }
+  grep -q '"embedding"' "$CHECK_HOME/job.json" || { echo "image root: $backend gave no embedding" >&2; exit 1; }
+  echo "image root: backend $backend answers"
+done
+rm -rf "$IMAGE_ROOT"
 # End-to-end tests start servers that use every core: one test at a time.
 cargo test --release --locked -p ember-e2e -- --test-threads=1 2>&1 | tee -a "$LOG"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$LOG"
