@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// How many batches' worth of queued items are sorted together by length.
@@ -96,21 +96,63 @@ pub enum EngineError {
 struct Item {
     payload: Payload,
     reply: oneshot::Sender<Result<Output, EngineError>>,
+    queued_at: Instant,
+    slot: Slot,
 }
+
+/// One item's place in its model's queue count, given back when dropped, so that an item
+/// lost in any way (answered, abandoned, dropped by a worker restart) frees its place.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Item {
+    /// Answers the item; its place in the queue is given back first, so that a caller who
+    /// re-submits at once never sees its own finished item still counted.
+    fn answer(self, result: Result<Output, EngineError>) {
+        let Item { reply, slot, .. } = self;
+        drop(slot);
+        let _ = reply.send(result);
+    }
+}
+
+/// Loads a model again, for a worker whose plugin calls keep failing.
+pub type Reload = Box<dyn Fn() -> Result<ModelRunner, String> + Send>;
+
+/// Consecutive failed plugin calls (other than bad input) after which a model is reloaded.
+const RELOAD_AFTER: u32 = 3;
+
+/// How long one plugin call may run before `/health` reports the worker as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 /// Liveness of a model's worker, for `/health`.
 #[derive(Debug, Default)]
 pub struct Health {
     alive: AtomicBool,
     last_failure: Mutex<Option<String>>,
+    call_started: Mutex<Option<Instant>>,
+    restarts: AtomicUsize,
 }
 
 impl Health {
-    /// `Ok` while the worker runs and its last plugin call did not fail for a reason other
-    /// than bad input; otherwise the reason.
+    /// `Ok` while the worker runs, is not stuck in a plugin call, and its last plugin call did
+    /// not fail for a reason other than bad input; otherwise the reason.
     pub fn status(&self) -> Result<(), String> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err("worker thread has stopped".into());
+        }
+        if let Ok(Some(since)) = self.call_started.lock().map(|c| *c) {
+            let running = since.elapsed();
+            if running > STUCK_AFTER {
+                return Err(format!(
+                    "a plugin call has been running for {} s",
+                    running.as_secs()
+                ));
+            }
         }
         match self.last_failure.lock().map(|f| f.clone()) {
             Ok(Some(reason)) => Err(reason),
@@ -119,9 +161,20 @@ impl Health {
         }
     }
 
+    /// How often the worker was restarted or its model reloaded.
+    pub fn restarts(&self) -> usize {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
     fn record(&self, failure: Option<String>) {
         if let Ok(mut f) = self.last_failure.lock() {
             *f = failure;
+        }
+    }
+
+    fn calling(&self, started: Option<Instant>) {
+        if let Ok(mut c) = self.call_started.lock() {
+            *c = started;
         }
     }
 }
@@ -152,27 +205,31 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the worker thread of `model`.
+    /// `reload`, when given, loads the model again after repeated plugin failures.
     pub fn start(
         model: &str,
         runner: ModelRunner,
         limits: EngineLimits,
+        reload: Option<Reload>,
     ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(Health::default());
         health.alive.store(true, Ordering::SeqCst);
         let worker = Worker {
+            model: model.into(),
             runner,
             limits: limits.clone(),
-            queued: queued.clone(),
             health: health.clone(),
+            reload,
+            failures: 0,
         };
         std::thread::Builder::new()
             .name(format!(
                 "ember-model-{}",
                 model.chars().take(20).collect::<String>()
             ))
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || worker.supervise(rx))?;
         Ok(Engine {
             model: model.into(),
             tx,
@@ -196,17 +253,28 @@ impl Engine {
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.capacity {
             self.queued.fetch_sub(n, Ordering::SeqCst);
+            crate::metrics::global()
+                .failures
+                .with_label_values(&[&*self.model, "overloaded"])
+                .inc_by(n as u64);
             return Err(EngineError::Overloaded {
                 model: self.model.to_string(),
                 queued: before,
                 capacity: self.capacity,
             });
         }
+        // Each item owns one of the n places taken above from here on.
+        let mut slots: Vec<Slot> = (0..n).map(|_| Slot(self.queued.clone())).collect();
         let mut receivers = Vec::with_capacity(n);
         for payload in payloads {
             let (reply, rx) = oneshot::channel();
-            if self.tx.send(Item { payload, reply }).is_err() {
-                self.queued.fetch_sub(n - receivers.len(), Ordering::SeqCst);
+            let item = Item {
+                payload,
+                reply,
+                queued_at: Instant::now(),
+                slot: slots.pop().expect("one slot per payload"),
+            };
+            if self.tx.send(item).is_err() {
                 return Err(EngineError::Stopped(self.model.to_string()));
             }
             receivers.push(rx);
@@ -229,10 +297,13 @@ impl Engine {
 }
 
 struct Worker {
+    model: Arc<str>,
     runner: ModelRunner,
     limits: EngineLimits,
-    queued: Arc<AtomicUsize>,
     health: Arc<Health>,
+    reload: Option<Reload>,
+    /// Consecutive failed plugin calls (bad input aside).
+    failures: u32,
 }
 
 /// Marks the worker dead when its thread ends, normally or by panic.
@@ -245,8 +316,34 @@ impl Drop for AliveGuard {
 }
 
 impl Worker {
-    fn run(self, rx: mpsc::Receiver<Item>) {
+    /// Runs the worker loop until the engine is dropped, restarting it if it panics (the items
+    /// it held are answered with an error as their senders drop).
+    fn supervise(mut self, rx: mpsc::Receiver<Item>) {
         let _guard = AliveGuard(self.health.clone());
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run(&rx))) {
+                Ok(()) => return,
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    self.health.restarts.fetch_add(1, Ordering::SeqCst);
+                    self.health.calling(None);
+                    self.health
+                        .record(Some(format!("worker restarted after a panic: {why}")));
+                    tracing::error!(
+                        model = &*self.model,
+                        error = why,
+                        "worker panicked; restarting it"
+                    );
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, rx: &mpsc::Receiver<Item>) {
         let mut lane: VecDeque<Item> = VecDeque::new();
         loop {
             if lane.is_empty() {
@@ -261,11 +358,8 @@ impl Worker {
             }
             let take = lane.len().min(self.limits.batch_size * WINDOW_BATCHES);
             let mut window: Vec<Item> = lane.drain(..take).collect();
-            // Requests whose caller went away are not computed.
-            let before = window.len();
+            // Requests whose caller went away are not computed (dropping frees their place).
             window.retain(|it| !it.reply.is_closed());
-            self.queued
-                .fetch_sub(before - window.len(), Ordering::SeqCst);
             window.sort_by_key(|it| (it.payload.call(), it.payload.cost()));
             for batch in self.chunks(window) {
                 self.run_batch(batch);
@@ -300,12 +394,33 @@ impl Worker {
     fn forward(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let rows = items.len();
         let call = items[0].payload.call();
+        let m = crate::metrics::global();
+        let model = [&*self.model];
+        let started = Instant::now();
+        self.health.calling(Some(started));
+        for it in items {
+            m.queue_seconds
+                .with_label_values(&model)
+                .observe((started - it.queued_at).as_secs_f64());
+        }
+        m.batch_size.with_label_values(&model).observe(rows as f64);
+        let longest = items.iter().map(|it| it.payload.cost()).max().unwrap_or(0);
+        if call != Call::Image {
+            m.batch_tokens
+                .with_label_values(&model)
+                .observe((rows * longest) as f64);
+        }
         let outputs = catch_unwind(AssertUnwindSafe(|| match call {
             Call::Embed => self.embed(items),
             Call::Score => self.score(items),
             Call::Image => self.embed_images(items),
         }))
-        .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")))?;
+        .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
+        self.health.calling(None);
+        m.inference_seconds
+            .with_label_values(&model)
+            .observe(started.elapsed().as_secs_f64());
+        let outputs = outputs?;
         if outputs.len() != rows {
             return Err(PluginError::internal(format!(
                 "plugin returned {} results for {rows} inputs",
@@ -367,15 +482,13 @@ impl Worker {
         vectors(self.runner.embed_pixels(&batch)?, items.len())
     }
 
-    fn run_batch(&self, items: Vec<Item>) {
+    fn run_batch(&mut self, items: Vec<Item>) {
         match self.forward(&items) {
             Ok(outputs) => {
+                self.failures = 0;
                 self.health.record(None);
-                // The count drops before the answer leaves, so a caller that re-submits at
-                // once never sees its own finished items still counted.
                 for (item, out) in items.into_iter().zip(outputs) {
-                    self.queued.fetch_sub(1, Ordering::SeqCst);
-                    let _ = item.reply.send(Ok(out));
+                    item.answer(Ok(out));
                 }
             }
             Err(e) if items.len() > 1 => {
@@ -390,17 +503,67 @@ impl Worker {
                 self.run_batch(second);
             }
             Err(e) => {
-                if e.code != ErrorCode::InvalidInput {
-                    tracing::error!(error = %e, "plugin call failed");
+                let reason = if e.message.contains("panic") {
+                    "panic"
+                } else {
+                    e.code.as_str()
+                };
+                crate::metrics::global()
+                    .failures
+                    .with_label_values(&[&*self.model, reason])
+                    .inc_by(items.len() as u64);
+                // Health first, so that a caller told of the failure sees it in /health.
+                let counts = e.code != ErrorCode::InvalidInput;
+                if counts {
+                    tracing::error!(model = &*self.model, error = %e, "plugin call failed");
+                    self.failures += 1;
                     self.health
                         .record(Some(format!("last plugin call failed: {}", e.message)));
                 }
                 for item in items {
-                    self.queued.fetch_sub(1, Ordering::SeqCst);
-                    let _ = item.reply.send(Err(EngineError::Plugin(e.clone())));
+                    item.answer(Err(EngineError::Plugin(e.clone())));
+                }
+                if counts && self.failures >= RELOAD_AFTER {
+                    self.reload_model(&e.message);
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    /// Loads the model again after repeated failures, when the engine was given the means.
+    fn reload_model(&mut self, last_error: &str) {
+        let Some(reload) = &self.reload else {
+            return;
+        };
+        tracing::warn!(
+            model = &*self.model,
+            failures = self.failures,
+            "plugin calls keep failing; reloading the model"
+        );
+        self.failures = 0;
+        match reload() {
+            Ok(runner) => {
+                self.runner = runner;
+                self.health.record(Some(format!(
+                    "model reloaded after {RELOAD_AFTER} failed calls (last: {last_error}); \
+                     healthy again after its next successful call"
+                )));
+                tracing::info!(model = &*self.model, "model reloaded");
+            }
+            Err(e) => {
+                self.health.record(Some(format!(
+                    "reloading the model after {RELOAD_AFTER} failed calls failed: {e}"
+                )));
+                tracing::error!(
+                    model = &*self.model,
+                    error = e,
+                    "reloading the model failed"
+                );
+            }
+        }
+        self.health.restarts.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -526,7 +689,7 @@ mod tests {
             queue_size,
             pad_id: 0,
         };
-        Engine::start("echo", runner, limits).unwrap()
+        Engine::start("echo", runner, limits, None).unwrap()
     }
 
     fn toks(first: i64, len: usize) -> Payload {
@@ -581,6 +744,46 @@ mod tests {
         // The worker survives and recovers on the next good call.
         assert!(e.run(vec![toks(1, 2)]).await.is_ok());
         assert!(e.health.status().is_ok());
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_reload_the_model_and_health_recovers() {
+        let reloads = Arc::new(AtomicUsize::new(0));
+        let counter = reloads.clone();
+        let reload: Reload = Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(ModelRunner::new(into_model_box(Box::new(Echo))))
+        });
+        let limits = EngineLimits {
+            batch_size: 4,
+            max_batch_tokens: 1024,
+            queue_size: 100,
+            pad_id: 0,
+        };
+        let runner = ModelRunner::new(into_model_box(Box::new(Echo)));
+        let e = Engine::start("echo", runner, limits, Some(reload)).unwrap();
+        for i in 1..RELOAD_AFTER {
+            assert!(e.run(vec![toks(999, 2)]).await.is_err());
+            assert_eq!(reloads.load(Ordering::SeqCst), 0, "after {i} failures");
+        }
+        assert!(e.run(vec![toks(999, 2)]).await.is_err());
+        // The failing item is answered first; the reload follows on the worker.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while e.health.restarts() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reloads.load(Ordering::SeqCst), 1);
+        let reason = e.health.status().unwrap_err();
+        assert!(reason.contains("model reloaded"), "{reason}");
+        assert_eq!(e.health.restarts(), 1);
+        // Bad input is the caller's fault: it never counts towards a reload.
+        for _ in 0..RELOAD_AFTER {
+            assert!(e.run(vec![toks(666, 2)]).await.is_err());
+        }
+        assert_eq!(reloads.load(Ordering::SeqCst), 1);
+        assert!(e.run(vec![toks(1, 2)]).await.is_ok());
+        assert!(e.health.status().is_ok());
+        assert_eq!(e.queued(), 0);
     }
 
     #[tokio::test]

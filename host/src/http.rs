@@ -25,8 +25,80 @@ impl IntoResponse for ApiError {
             "param": self.param,
             "code": self.status,
         }});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(Facts {
+            error: Some(self.message),
+            ..Facts::default()
+        });
+        response
     }
+}
+
+/// What a handler tells the request log about its request, as a response extension.
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    model: Option<String>,
+    items: Option<usize>,
+    tokens: Option<usize>,
+    error: Option<String>,
+}
+
+/// Writes one log line per request (method, route, model, items, tokens, status, duration)
+/// and counts it in the metrics by its matched route, so that ids in paths do not multiply
+/// the series.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    let m = crate::metrics::global();
+    m.requests
+        .with_label_values(&[method.as_str(), &route, &status.to_string()])
+        .inc();
+    m.request_seconds.with_label_values(&[&route]).observe(secs);
+    if route == "/metrics" || route == "/health" {
+        return response; // scraped and probed every few seconds: counted, not logged
+    }
+    let facts = response
+        .extensions()
+        .get::<Facts>()
+        .cloned()
+        .unwrap_or_default();
+    tracing::info!(
+        method = %method,
+        route,
+        model = facts.model,
+        items = facts.items,
+        tokens = facts.tokens,
+        status,
+        ms = secs * 1e3,
+        error = facts.error,
+        "request"
+    );
+    response
+}
+
+/// `GET /metrics`: Prometheus text format, with each model's queue depth as of now.
+async fn metrics(State(state): State<Shared>) -> Response {
+    let m = crate::metrics::global();
+    for model in &state.app.models {
+        m.queue_depth
+            .with_label_values(&[&model.id])
+            .set(model.engine.queued() as i64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 /// Parses a JSON body, answering a 400 that says where the JSON is broken.
@@ -54,45 +126,23 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.list_models())
 }
 
-/// Writes the request log line of a finished request.
-fn log_request(
-    route: &str,
-    items: usize,
-    started: Instant,
-    outcome: Result<(&str, usize), &ApiError>,
-) {
-    let ms = started.elapsed().as_secs_f64() * 1e3;
-    match outcome {
-        Ok((model, tokens)) => {
-            tracing::info!(route, model, items, tokens, status = 200, ms, "request")
-        }
-        Err(e) => tracing::info!(
-            route,
-            items,
-            status = e.status,
-            error = e.message,
-            ms,
-            "request"
-        ),
-    }
-}
-
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let body = body_bytes(body, state.max_request_bytes)?;
     let value = json_body(&headers, &body)?;
     let req = EmbeddingsRequest::parse(&value, state.max_items)?;
     let items = req.input.len();
-    let result = api::embeddings(&state, req).await;
-    let outcome = result
-        .as_ref()
-        .map(|r| (r.model.as_str(), r.usage.total_tokens));
-    log_request("/v1/embeddings", items, started, outcome);
-    Ok(Json(result?).into_response())
+    let r = api::embeddings(&state, req).await?;
+    let facts = Facts {
+        model: Some(r.model.clone()),
+        items: Some(items),
+        tokens: Some(r.usage.total_tokens),
+        error: None,
+    };
+    Ok((axum::Extension(facts), Json(r)).into_response())
 }
 
 async fn rerank(
@@ -100,17 +150,18 @@ async fn rerank(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let body = body_bytes(body, state.max_request_bytes)?;
     let value = json_body(&headers, &body)?;
     let req = RerankRequest::parse(&value, state.max_items)?;
     let items = req.documents.len();
-    let result = api::rerank(&state, req).await;
-    let outcome = result
-        .as_ref()
-        .map(|r| (r.model.as_str(), r.usage.total_tokens));
-    log_request("/v1/rerank", items, started, outcome);
-    Ok(Json(result?).into_response())
+    let r = api::rerank(&state, req).await?;
+    let facts = Facts {
+        model: Some(r.model.clone()),
+        items: Some(items),
+        tokens: Some(r.usage.total_tokens),
+        error: None,
+    };
+    Ok((axum::Extension(facts), Json(r)).into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -152,13 +203,13 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Refuses requests without the API key (`Authorization: Bearer <key>`, or the raw key as the
-/// RunPod API accepts it); `/health` stays open for load balancers.
+/// RunPod API accepts it); `/health` and `/metrics` stay open for load balancers and scrapers.
 async fn require_key(
     State(key): State<Arc<str>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/health" {
+    if matches!(request.uri().path(), "/health" | "/metrics") {
         return next.run(request).await;
     }
     let given = request
@@ -180,7 +231,8 @@ async fn require_key(
     }
 }
 
-/// Builds the router: OpenAI routes, the local RunPod API, `/health`; behind `api_key` when set.
+/// Builds the router: OpenAI routes, the local RunPod API, `/health`, `/metrics`; behind
+/// `api_key` when set; every request logged and counted.
 pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) -> Router {
     let limit = state.max_request_bytes;
     let shared = Shared { app: state, jobs };
@@ -194,15 +246,17 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .merge(v1)
         .merge(local_api::routes())
         .route("/health", get(local_api::health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
         .layer(DefaultBodyLimit::max(limit));
-    match api_key {
+    let app = match api_key {
         Some(key) => app.layer(axum::middleware::from_fn_with_state(
             Arc::<str>::from(key),
             require_key,
         )),
         None => app,
-    }
+    };
+    app.layer(axum::middleware::from_fn(observe))
 }

@@ -2,9 +2,10 @@
 
 use crate::api::{AppState, DeployedModel};
 use crate::config::{ModelSettings, Settings};
-use crate::engine::{Engine, EngineLimits};
+use crate::engine::{Engine, EngineLimits, Reload};
 use crate::models::{manifest, resolve};
 use crate::plugin::Plugin;
+use crate::readiness::{Gate, Phase, Progress};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::router::{self, JobResult};
 use crate::runpod::worker;
@@ -12,6 +13,7 @@ use crate::text::TextEncoder;
 use anyhow::{anyhow, Context};
 use ember_plugin_api::LoadRequest;
 use serde_json::Value;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -26,6 +28,8 @@ pub struct Prepared {
     pub encoder: TextEncoder,
     /// The plugin's handle.
     pub runner: crate::plugin::ModelRunner,
+    /// What the plugin was asked to load (to load it again after repeated failures).
+    pub request: LoadRequest,
 }
 
 /// Resolves, reads and loads the model `m` with `plugin` (no engine yet).
@@ -34,7 +38,19 @@ pub async fn prepare(
     m: &ModelSettings,
     settings: &Settings,
 ) -> anyhow::Result<Prepared> {
+    prepare_reporting(plugin, m, settings, &|_| {}).await
+}
+
+/// [`prepare`], telling `phase` when downloading and loading start.
+pub async fn prepare_reporting(
+    plugin: &Arc<Plugin>,
+    m: &ModelSettings,
+    settings: &Settings,
+    phase: &(dyn Fn(Phase) + Sync),
+) -> anyhow::Result<Prepared> {
+    phase(Phase::Downloading);
     let local = resolve::resolve(&m.name, plugin, m.dtype).await?;
+    phase(Phase::Loading);
     let manifest = manifest::read(&m.name, &local.dir)?;
     let kind = manifest.abi.kind;
     if !plugin.info.kinds.contains(&kind) {
@@ -66,7 +82,8 @@ pub async fn prepare(
         intra_op_threads: settings.intra_op_threads,
     };
     let p = plugin.clone();
-    let runner = tokio::task::spawn_blocking(move || p.load_model(&request))
+    let req = request.clone();
+    let runner = tokio::task::spawn_blocking(move || p.load_model(&req))
         .await?
         .map_err(|e| {
             anyhow!(
@@ -81,6 +98,7 @@ pub async fn prepare(
         manifest,
         encoder,
         runner,
+        request,
     })
 }
 
@@ -110,11 +128,12 @@ fn warm_up(
     Ok(started.elapsed())
 }
 
-/// Loads one model and starts its engine.
+/// Loads one model and starts its engine, reporting its phases to `progress`.
 async fn deploy(
     plugin: &Arc<Plugin>,
     settings: &Settings,
     index: usize,
+    progress: &Progress,
 ) -> anyhow::Result<DeployedModel> {
     let m = &settings.models[index];
     let started = Instant::now();
@@ -123,9 +142,11 @@ async fn deploy(
         manifest,
         encoder,
         runner,
-    } = prepare(plugin, m, settings).await?;
+        request,
+    } = prepare_reporting(plugin, m, settings, &|phase| progress.set(index, phase)).await?;
     let kind = manifest.abi.kind;
     let described = runner.described.clone();
+    progress.set(index, Phase::WarmingUp);
     let warm = warm_up(&runner, &encoder, kind, m.batch_size as usize)
         .with_context(|| format!("model {}", m.name))?;
     tracing::info!(
@@ -134,6 +155,12 @@ async fn deploy(
         ms = warm.as_secs_f64() * 1e3,
         "model warmed up"
     );
+    let reloader = plugin.clone();
+    let reload: Reload = Box::new(move || {
+        reloader
+            .load_model(&request)
+            .map_err(|e| e.message.to_string())
+    });
     let engine = Engine::start(
         &m.name,
         runner,
@@ -143,7 +170,13 @@ async fn deploy(
             queue_size: settings.queue_size,
             pad_id: encoder.pad_id,
         },
+        Some(reload),
     )?;
+    progress.set(index, Phase::Ready);
+    crate::metrics::global()
+        .load_seconds
+        .with_label_values(&[&m.name])
+        .set(started.elapsed().as_secs_f64());
     tracing::info!(
         model = m.name,
         kind = kind.as_str(),
@@ -207,8 +240,8 @@ pub fn load_plugin(settings: &Settings) -> anyhow::Result<Arc<Plugin>> {
     Ok(Arc::new(Plugin::load(&path)?))
 }
 
-/// Loads the plugin and every model, ready to serve.
-pub async fn build(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
+/// Loads the plugin and every model, ready to serve, reporting each model's phase.
+pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<Arc<AppState>> {
     let plugin = load_plugin(settings)?;
     tracing::info!(
         backend = plugin.info.name.as_str(),
@@ -220,7 +253,7 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
     );
     let mut models = Vec::with_capacity(settings.models.len());
     for i in 0..settings.models.len() {
-        models.push(deploy(&plugin, settings, i).await?);
+        models.push(deploy(&plugin, settings, i, progress).await?);
     }
     let images = Arc::new(crate::images::Fetcher::new(&settings.images).map_err(|e| anyhow!(e))?);
     Ok(Arc::new(AppState {
@@ -238,35 +271,54 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
 
 /// Serves HTTP (OpenAI routes and the local RunPod API) and, when `RUNPOD_WEBHOOK_GET_JOB`
 /// is set, takes jobs from the RunPod platform, until SIGTERM or Ctrl-C; then finishes every
-/// accepted job before returning.
+/// accepted job before returning. The port is open from the start: until every model is
+/// ready, every route answers 503 with the loading progress.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
-    let state = build(&settings).await?;
-    let jobs = JobStore::new(settings.runpod_max_concurrency);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
-        .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
-    let app = crate::http::router(state, jobs.clone(), settings.api_key.as_deref());
     let addr = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(addr = %local_addr, "listening; loading models");
+    let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
+    let gate = Gate::new(progress.clone());
+    let mut stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, gate.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    let mut stopping = stop_rx.clone();
+    let state = tokio::select! {
+        state = build(&settings, &progress) => state?,
+        _ = stopping.wait_for(|s| *s) => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    let jobs = JobStore::new(settings.runpod_max_concurrency);
+    let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
+        .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
+    gate.open(crate::http::router(
+        state,
+        jobs.clone(),
+        settings.api_key.as_deref(),
+    ));
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %local_addr,
         ms = started.elapsed().as_millis() as u64,
         runpod_worker = worker.is_some(),
         "ready"
     );
-    let mut stop = stop_rx.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await?;
+    server.await??;
     jobs.drain().await;
     if let Some(w) = worker {
         w.await?;
@@ -285,7 +337,8 @@ pub async fn test_input(settings: Settings, job: Value) -> anyhow::Result<bool> 
         .get("id")
         .and_then(Value::as_str)
         .unwrap_or("local_test");
-    let state = build(&settings).await?;
+    let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
+    let state = build(&settings, &progress).await?;
     let result = router::run(&state, input).await;
     let ok = !matches!(result, JobResult::Failed(_)) && !result.is_error_object();
     tracing::info!(requestId = id, ok, "test input finished");

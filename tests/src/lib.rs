@@ -115,8 +115,21 @@ impl Server {
         }
     }
 
-    /// Starts `ember`; returns its exit code and log if it exits before listening.
+    /// Starts `ember`; returns its exit code and log if it exits before it is ready.
     pub fn try_start(env: &[(&str, &str)]) -> Result<Server, Failed> {
+        Self::start_until(env, "ready")
+    }
+
+    /// Starts `ember` and returns as soon as its port is open, before its models are ready.
+    pub fn start_listening(env: &[(&str, &str)]) -> Server {
+        match Self::start_until(env, "listening; loading models") {
+            Ok(s) => s,
+            Err(f) => panic!("ember did not listen (exit {:?}):\n{}", f.code, f.stderr),
+        }
+    }
+
+    /// Starts `ember` and waits for the log line `message` that carries its address.
+    fn start_until(env: &[(&str, &str)], message: &str) -> Result<Server, Failed> {
         let started = Instant::now();
         let mut child = command(env)
             .stdout(Stdio::null())
@@ -142,7 +155,7 @@ impl Server {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     let ready = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
-                        (v["message"] == "ready")
+                        (v["message"] == message)
                             .then(|| v["addr"].as_str().map(String::from))
                             .flatten()
                     });

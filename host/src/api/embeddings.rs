@@ -283,12 +283,19 @@ pub async fn embeddings(
             }
             let encoder = model.encoder.clone();
             let texts = req.input;
-            let tokens = tokio::task::spawn_blocking(move || encoder.encode(&texts))
-                .await
-                .map_err(|e| {
-                    ApiError::new(500, "server_error", format!("tokenizer task failed: {e}"))
-                })?
-                .map_err(|e| ApiError::invalid("input", e.to_string()))?;
+            let id = model.id.clone();
+            let tokens = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let tokens = encoder.encode(&texts);
+                crate::metrics::global()
+                    .tokenize_seconds
+                    .with_label_values(&[&id])
+                    .observe(started.elapsed().as_secs_f64());
+                tokens
+            })
+            .await
+            .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
+            .map_err(|e| ApiError::invalid("input", e.to_string()))?;
             let count: usize = tokens.iter().map(|t| t.len()).sum();
             (tokens.into_iter().map(Payload::Tokens).collect(), count)
         }

@@ -158,10 +158,15 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     let encoder = model.encoder.clone();
     let query = req.query;
     let documents = req.documents;
+    let id = model.id.clone();
     let (tokens, documents) = tokio::task::spawn_blocking(move || {
-        encoder
-            .encode_pairs(&query, &documents)
-            .map(|t| (t, documents))
+        let started = std::time::Instant::now();
+        let tokens = encoder.encode_pairs(&query, &documents);
+        crate::metrics::global()
+            .tokenize_seconds
+            .with_label_values(&[&id])
+            .observe(started.elapsed().as_secs_f64());
+        tokens.map(|t| (t, documents))
     })
     .await
     .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?

@@ -1,6 +1,8 @@
 //! A plugin that breaks the contract on purpose, so that tests can check that
-//! `ember plugin check` names each problem. `EMBER_BROKEN` picks the fault:
-//! `panic` (every forward call panics) or `shape` (one row too many comes back).
+//! `ember plugin check` names each problem and that the host survives it. `EMBER_BROKEN` picks
+//! the fault: `panic` (every forward call panics), `shape` (one row too many comes back),
+//! `panic-after:N` (each loaded model answers N calls, then panics on every call), or `none`.
+//! `EMBER_BROKEN_LOAD_MS` makes loading a model take that long.
 
 use ember_plugin_api::{
     Backend, DType, DeviceKind, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind,
@@ -13,6 +15,7 @@ pub struct Broken;
 /// Its model: 4-dimensional vectors of token statistics, wrong in the chosen way.
 pub struct BrokenModel {
     fault: String,
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl Model for BrokenModel {
@@ -26,7 +29,12 @@ impl Model for BrokenModel {
     }
 
     fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        if self.fault == "panic" {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let healthy_calls = self
+            .fault
+            .strip_prefix("panic-after:")
+            .and_then(|n| n.parse::<usize>().ok());
+        if self.fault == "panic" || healthy_calls.is_some_and(|n| call > n) {
             panic!("index out of bounds: the len is 3 but the index is 7");
         }
         let rows = batch.rows + u32::from(self.fault == "shape");
@@ -55,8 +63,15 @@ impl Backend for Broken {
     }
 
     fn load(_request: &LoadRequest) -> Result<Box<dyn Model>, PluginError> {
+        if let Some(ms) = std::env::var("EMBER_BROKEN_LOAD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         Ok(Box::new(BrokenModel {
             fault: std::env::var("EMBER_BROKEN").unwrap_or_else(|_| "panic".into()),
+            calls: Default::default(),
         }))
     }
 }

@@ -1,0 +1,155 @@
+//! Prometheus metrics of the process, served by `GET /metrics` in the text format: requests by
+//! route and status, queue depth per model, batch sizes and tokens, queue / tokenization /
+//! inference durations, failures by reason, and model load times.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// Every metric ember records.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished HTTP requests by method, matched route and status.
+    pub requests: IntCounterVec,
+    /// HTTP request durations by matched route.
+    pub request_seconds: HistogramVec,
+    /// Items waiting or running, per model (set when scraped).
+    pub queue_depth: IntGaugeVec,
+    /// Rows per plugin call, per model.
+    pub batch_size: HistogramVec,
+    /// Padded tokens (rows x longest row) per plugin call, per model.
+    pub batch_tokens: HistogramVec,
+    /// Time items wait in a model's queue before their batch starts.
+    pub queue_seconds: HistogramVec,
+    /// Time spent tokenizing a request's inputs, per model.
+    pub tokenize_seconds: HistogramVec,
+    /// Time of one plugin call, per model.
+    pub inference_seconds: HistogramVec,
+    /// Failed items by model and reason (invalid-input, unsupported, internal, panic,
+    /// overloaded).
+    pub failures: IntCounterVec,
+    /// Seconds from the start of a model's download to its warm engine.
+    pub load_seconds: GaugeVec,
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let seconds = prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let requests = counter(
+            "ember_requests_total",
+            "HTTP requests by method, route and status.",
+            &["method", "route", "status"],
+        );
+        let failures = counter(
+            "ember_failures_total",
+            "Items that failed, by model and reason.",
+            &["model", "reason"],
+        );
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("ember_queue_depth", "Items waiting or running per model."),
+            &["model"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("unique metric");
+        let load_seconds = GaugeVec::new(
+            Opts::new(
+                "ember_model_load_seconds",
+                "Seconds to download, load and warm up each model.",
+            ),
+            &["model"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(load_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            request_seconds: histogram(
+                &registry,
+                "ember_request_duration_seconds",
+                "HTTP request durations by route.",
+                &["route"],
+                seconds.clone(),
+            ),
+            batch_size: histogram(
+                &registry,
+                "ember_batch_size",
+                "Rows per plugin call.",
+                &["model"],
+                prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets"),
+            ),
+            batch_tokens: histogram(
+                &registry,
+                "ember_batch_tokens",
+                "Padded tokens per plugin call.",
+                &["model"],
+                prometheus::exponential_buckets(16.0, 2.0, 14).expect("valid buckets"),
+            ),
+            queue_seconds: histogram(
+                &registry,
+                "ember_queue_duration_seconds",
+                "Time items wait in the queue before their batch starts.",
+                &["model"],
+                seconds.clone(),
+            ),
+            tokenize_seconds: histogram(
+                &registry,
+                "ember_tokenization_duration_seconds",
+                "Time to tokenize a request's inputs.",
+                &["model"],
+                seconds.clone(),
+            ),
+            inference_seconds: histogram(
+                &registry,
+                "ember_inference_duration_seconds",
+                "Time of one plugin call.",
+                &["model"],
+                seconds,
+            ),
+            registry,
+            requests,
+            queue_depth,
+            failures,
+            load_seconds,
+        }
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

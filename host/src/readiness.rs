@@ -1,0 +1,134 @@
+//! Start-up readiness: the server listens at once and answers every route with a 503 that says
+//! how far loading has come (each model downloading, loading or warming up) until every model
+//! is ready; then the gate opens onto the real router.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+use tower::ServiceExt;
+
+/// Where a model is in its start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the models before it.
+    Waiting,
+    /// Resolving and downloading its files.
+    Downloading,
+    /// Reading its configuration and tokenizer, and loading it into the plugin.
+    Loading,
+    /// Running the warm-up batch.
+    WarmingUp,
+    /// Serving.
+    Ready,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Downloading => "downloading",
+            Phase::Loading => "loading",
+            Phase::WarmingUp => "warming up",
+            Phase::Ready => "ready",
+        }
+    }
+}
+
+/// The start-up progress of every model.
+pub struct Progress {
+    started: Instant,
+    models: Mutex<Vec<(String, Phase)>>,
+}
+
+impl Progress {
+    /// Progress of `names`, all waiting.
+    pub fn new(names: impl IntoIterator<Item = String>) -> Arc<Progress> {
+        Arc::new(Progress {
+            started: Instant::now(),
+            models: Mutex::new(names.into_iter().map(|n| (n, Phase::Waiting)).collect()),
+        })
+    }
+
+    /// Moves model `index` to `phase`.
+    pub fn set(&self, index: usize, phase: Phase) {
+        if let Ok(mut models) = self.models.lock() {
+            if let Some(m) = models.get_mut(index) {
+                m.1 = phase;
+            }
+        }
+    }
+
+    /// The 503 body: a message, and each model's phase.
+    fn body(&self) -> serde_json::Value {
+        let models = self.models.lock().map(|m| m.clone()).unwrap_or_default();
+        let ready = models.iter().filter(|m| m.1 == Phase::Ready).count();
+        let current = models
+            .iter()
+            .find(|m| !matches!(m.1, Phase::Ready | Phase::Waiting))
+            .map(|(name, phase)| format!("; model {name} is {}", phase.as_str()))
+            .unwrap_or_default();
+        json!({
+            "status": "loading",
+            "error": {
+                "message": format!(
+                    "ember is starting: {ready} of {} models ready{current}; retry shortly",
+                    models.len()
+                ),
+                "type": "service_unavailable",
+                "param": null,
+                "code": 503,
+            },
+            "models": models
+                .iter()
+                .map(|(name, phase)| json!({"model": name, "phase": phase.as_str()}))
+                .collect::<Vec<_>>(),
+            "elapsed_s": self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The router served while loading, and the lock that opens it onto the real one.
+#[derive(Clone)]
+pub struct Gate {
+    progress: Arc<Progress>,
+    app: Arc<OnceLock<Router>>,
+}
+
+impl Gate {
+    /// A closed gate reporting `progress`.
+    pub fn new(progress: Arc<Progress>) -> Gate {
+        Gate {
+            progress,
+            app: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The router to serve: 503 with progress until [`Gate::open`], then `app`.
+    pub fn router(&self) -> Router {
+        Router::new().fallback(pass).with_state(self.clone())
+    }
+
+    /// Sends every request from now on to `app`.
+    pub fn open(&self, app: Router) {
+        let _ = self.app.set(app);
+    }
+}
+
+async fn pass(State(gate): State<Gate>, request: Request) -> Response {
+    match gate.app.get() {
+        Some(app) => match app.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            Json(gate.progress.body()),
+        )
+            .into_response(),
+    }
+}
