@@ -122,6 +122,17 @@ pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiE
         .map_err(|e| ApiError::invalid("body", format!("request body is not valid JSON: {e}")))
 }
 
+/// The 200 answer of an API call, carrying what the request log reports about it.
+fn answered(body: impl serde::Serialize, model: &str, items: usize, tokens: usize) -> Response {
+    let facts = Facts {
+        model: Some(model.to_string()),
+        items: Some(items),
+        tokens: Some(tokens),
+        error: None,
+    };
+    (axum::Extension(facts), Json(body)).into_response()
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.list_models())
 }
@@ -136,13 +147,7 @@ async fn embeddings(
     let req = EmbeddingsRequest::parse(&value, state.max_items)?;
     let items = req.input.len();
     let r = api::embeddings(&state, req).await?;
-    let facts = Facts {
-        model: Some(r.model.clone()),
-        items: Some(items),
-        tokens: Some(r.usage.total_tokens),
-        error: None,
-    };
-    Ok((axum::Extension(facts), Json(r)).into_response())
+    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
 }
 
 async fn rerank(
@@ -155,13 +160,7 @@ async fn rerank(
     let req = RerankRequest::parse(&value, state.max_items)?;
     let items = req.documents.len();
     let r = api::rerank(&state, req).await?;
-    let facts = Facts {
-        model: Some(r.model.clone()),
-        items: Some(items),
-        tokens: Some(r.usage.total_tokens),
-        error: None,
-    };
-    Ok((axum::Extension(facts), Json(r)).into_response())
+    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
 }
 
 async fn not_found() -> ApiError {

@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod pooling;
+pub mod safetensors;
 pub mod sdk;
 pub mod types;
 

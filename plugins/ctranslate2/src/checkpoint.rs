@@ -59,26 +59,7 @@ fn invalid(path: &Path, e: impl std::fmt::Display) -> PluginError {
 }
 
 impl Checkpoint {
-    /// The weight files of a repository listing, or None when it has none this backend reads.
-    pub fn files(listing: &[String]) -> Option<Vec<String>> {
-        let has = |f: &str| listing.iter().any(|l| l == f);
-        if has("model.safetensors") {
-            return Some(vec!["model.safetensors".into()]);
-        }
-        if has("model.safetensors.index.json") {
-            let mut out = vec!["model.safetensors.index.json".to_string()];
-            out.extend(
-                listing
-                    .iter()
-                    .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
-                    .cloned(),
-            );
-            return Some(out);
-        }
-        None
-    }
-
-    /// Maps the checkpoint's files in `dir` (`files` as chosen by [`Checkpoint::files`]).
+    /// Maps the checkpoint's `files` in `dir` (as `safetensors::weight_files` chooses them).
     pub fn open(dir: &Path, files: &[String]) -> Result<Checkpoint, PluginError> {
         let names: Vec<String> = if files.iter().any(|f| f == "model.safetensors.index.json") {
             let path = dir.join("model.safetensors.index.json");

@@ -13,7 +13,6 @@ mod head;
 mod model;
 mod modelbin;
 
-use checkpoint::Checkpoint;
 use ember_plugin_api::{
     Backend, DType, DeviceKind, LoadRequest, Model, ModelKind, PluginError, PluginInfo,
 };
@@ -66,7 +65,7 @@ impl Backend for CTranslate2 {
             );
             return Ok(files);
         }
-        Checkpoint::files(listing).ok_or_else(|| {
+        ember_plugin_api::safetensors::weight_files(listing).ok_or_else(|| {
             PluginError::unsupported(
                 "the ctranslate2 backend reads a CTranslate2 model (model.bin) or a checkpoint \
                  to convert (model.safetensors, or model-*.safetensors with \

@@ -9,20 +9,10 @@ use tch::{Device, Kind, Tensor};
 
 /// The weight files of a repository listing.
 pub fn select(listing: &[String]) -> Result<Vec<String>, PluginError> {
+    if let Some(files) = ember_plugin_api::safetensors::weight_files(listing) {
+        return Ok(files);
+    }
     let has = |f: &str| listing.iter().any(|l| l == f);
-    if has("model.safetensors") {
-        return Ok(vec!["model.safetensors".into()]);
-    }
-    if has("model.safetensors.index.json") {
-        let mut out = vec!["model.safetensors.index.json".to_string()];
-        out.extend(
-            listing
-                .iter()
-                .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
-                .cloned(),
-        );
-        return Ok(out);
-    }
     let hint = if has("pytorch_model.bin") {
         " (pytorch_model.bin is a Python pickle, which libtorch's C++ API cannot read; convert \
          it to safetensors or use a repository revision that has one)"
