@@ -331,6 +331,29 @@ pub fn backend_env(backend: &str, model: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// Checks that `server` (serving the reranker fixture `model`) scores both reference cases
+/// within `tolerance` of transformers.
+pub fn assert_rerank_matches_reference(server: &Server, model: &str, tolerance: f64) {
+    let reference = reference(model);
+    for case in ["short", "long_query"] {
+        let c = &reference[case];
+        let (status, body) = server.post(
+            "/v1/rerank",
+            &serde_json::json!({"query": c["query"], "documents": c["documents"]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        for r in body["results"].as_array().unwrap() {
+            let i = r["index"].as_u64().unwrap() as usize;
+            let want = c["scores"][i].as_f64().unwrap();
+            let got = r["relevance_score"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < tolerance,
+                "{model} {case} {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 /// Borrows an owned environment list as `&str` pairs.
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()

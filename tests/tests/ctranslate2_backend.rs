@@ -179,25 +179,7 @@ fn repository_already_in_ctranslate2_format_is_read_as_is() {
 fn rerank_scores_match_transformers() {
     let home = hf_home("rerank");
     for model in ["tiny-rerank-bert", "tiny-rerank-xlmr"] {
-        let reference = reference(model);
-        let server = serve(model, &home, "fp32");
-        for case in ["short", "long_query"] {
-            let c = &reference[case];
-            let (status, body) = server.post(
-                "/v1/rerank",
-                &json!({"query": c["query"], "documents": c["documents"]}),
-            );
-            assert_eq!(status, 200, "{body}");
-            for r in body["results"].as_array().unwrap() {
-                let i = r["index"].as_u64().unwrap() as usize;
-                let want = c["scores"][i].as_f64().unwrap();
-                let got = r["relevance_score"].as_f64().unwrap();
-                assert!(
-                    (got - want).abs() < 1e-4,
-                    "{model} {case} {i}: {got} vs {want}"
-                );
-            }
-        }
+        assert_rerank_matches_reference(&serve(model, &home, "fp32"), model, 1e-4);
     }
 }
 
