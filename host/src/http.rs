@@ -91,14 +91,30 @@ async fn metrics(State(state): State<Shared>) -> Response {
             .with_label_values(&[&model.id])
             .set(model.engine.queued() as i64);
     }
+    metrics_text()
+}
+
+/// The process's metrics as a Prometheus text response.
+pub(crate) fn metrics_text() -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        m.render(),
+        crate::metrics::global().render(),
     )
         .into_response()
+}
+
+/// `router` behind the API key when there is one (`/health` and `/metrics` stay open).
+fn with_key(router: Router, api_key: Option<&str>) -> Router {
+    match api_key {
+        Some(key) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(key),
+            require_key,
+        )),
+        None => router,
+    }
 }
 
 /// Parses a JSON body, answering a 400 that says where the JSON is broken.
@@ -208,8 +224,16 @@ async fn require_key(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    match key_refusal(&request, &key) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// The 401 a request gets without the API key `key`; none for `/health` and `/metrics`.
+pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option<ApiError> {
     if matches!(request.uri().path(), "/health" | "/metrics") {
-        return next.run(request).await;
+        return None;
     }
     let given = request
         .headers()
@@ -217,16 +241,17 @@ async fn require_key(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
     match given {
-        Some(k) if same_key(k.as_bytes(), key.as_bytes()) => next.run(request).await,
-        Some(_) => {
-            ApiError::new(401, "invalid_request_error", "invalid API key (API_KEY)").into_response()
-        }
-        None => ApiError::new(
+        Some(k) if same_key(k.as_bytes(), key.as_bytes()) => None,
+        Some(_) => Some(ApiError::new(
+            401,
+            "invalid_request_error",
+            "invalid API key (API_KEY)",
+        )),
+        None => Some(ApiError::new(
             401,
             "invalid_request_error",
             "missing API key: send Authorization: Bearer <API_KEY>",
-        )
-        .into_response(),
+        )),
     }
 }
 
@@ -250,12 +275,5 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
         .layer(DefaultBodyLimit::max(limit));
-    let app = match api_key {
-        Some(key) => app.layer(axum::middleware::from_fn_with_state(
-            Arc::<str>::from(key),
-            require_key,
-        )),
-        None => app,
-    };
-    app.layer(axum::middleware::from_fn(observe))
+    with_key(app, api_key).layer(axum::middleware::from_fn(observe))
 }

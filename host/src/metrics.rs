@@ -3,8 +3,8 @@
 //! inference durations, failures by reason, and model load times.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -32,6 +32,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Seconds from the start of a model's download to its warm engine.
     pub load_seconds: GaugeVec,
+    /// 1 once every model is ready, 0 while starting.
+    pub ready: IntGauge,
 }
 
 fn histogram(
@@ -89,7 +91,16 @@ impl Metrics {
         registry
             .register(Box::new(load_seconds.clone()))
             .expect("unique metric");
+        let ready = IntGauge::new(
+            "ember_ready",
+            "1 once every model is ready, 0 while starting.",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(ready.clone()))
+            .expect("unique metric");
         Metrics {
+            ready,
             request_seconds: histogram(
                 &registry,
                 "ember_request_duration_seconds",

@@ -96,14 +96,17 @@ impl Progress {
 pub struct Gate {
     progress: Arc<Progress>,
     app: Arc<OnceLock<Router>>,
+    api_key: Option<Arc<str>>,
 }
 
 impl Gate {
-    /// A closed gate reporting `progress`.
-    pub fn new(progress: Arc<Progress>) -> Gate {
+    /// A closed gate reporting `progress`; while loading it asks for `api_key` as the real
+    /// router does (the real router checks it itself once open).
+    pub fn new(progress: Arc<Progress>, api_key: Option<&str>) -> Gate {
         Gate {
             progress,
             app: Arc::new(OnceLock::new()),
+            api_key: api_key.map(Arc::from),
         }
     }
 
@@ -124,11 +127,25 @@ async fn pass(State(gate): State<Gate>, request: Request) -> Response {
             Ok(response) => response,
             Err(never) => match never {},
         },
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(axum::http::header::RETRY_AFTER, "5")],
-            Json(gate.progress.body()),
-        )
-            .into_response(),
+        None => match gate
+            .api_key
+            .as_deref()
+            .and_then(|key| crate::http::key_refusal(&request, key))
+        {
+            Some(refused) => refused.into_response(),
+            // Scrapers see the start-up too (load times appear as models finish).
+            None if request.uri().path() == "/metrics" => crate::http::metrics_text(),
+            None => loading(&gate),
+        },
     }
+}
+
+/// The 503 answer while loading.
+fn loading(gate: &Gate) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "5")],
+        Json(gate.progress.body()),
+    )
+        .into_response()
 }

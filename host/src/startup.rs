@@ -287,7 +287,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let local_addr = listener.local_addr()?;
     tracing::info!(addr = %local_addr, "listening; loading models");
     let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
-    let gate = Gate::new(progress.clone());
+    let gate = Gate::new(progress.clone(), settings.api_key.as_deref());
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(
         axum::serve(listener, gate.router())
@@ -312,6 +312,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         jobs.clone(),
         settings.api_key.as_deref(),
     ));
+    crate::metrics::global().ready.set(1);
     tracing::info!(
         addr = %local_addr,
         ms = started.elapsed().as_millis() as u64,

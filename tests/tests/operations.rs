@@ -35,8 +35,21 @@ fn scrape(server: &Server) -> String {
 
 #[test]
 fn every_route_answers_503_with_progress_until_the_models_are_ready() {
-    let env = broken("none", &[("EMBER_BROKEN_LOAD_MS", "3000")]);
+    let env = broken(
+        "none",
+        &[("EMBER_BROKEN_LOAD_MS", "3000"), ("API_KEY", "k3y")],
+    );
     let server = Server::start_listening(&env_refs(&env));
+    let authorized = |path: &str, body: Value| {
+        let resp = client()
+            .post(format!("{}{path}", server.url))
+            .header("Authorization", "Bearer k3y")
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
     // The phase moves from waiting to loading (where this plugin sleeps for 3 s).
     let mut health = Value::Null;
     for _ in 0..100 {
@@ -52,7 +65,10 @@ fn every_route_answers_503_with_progress_until_the_models_are_ready() {
     assert_eq!(health["models"][0]["phase"], "loading", "{health}");
     let message = health["error"]["message"].as_str().unwrap();
     assert!(message.contains("0 of 1 models ready"), "{message}");
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": "too early"}));
+    // The key is checked while loading too; /metrics is open and already answers.
+    assert_eq!(server.post("/v1/embeddings", &json!({"input": "x"})).0, 401);
+    assert!(scrape(&server).contains("\nember_ready 0\n"));
+    let (status, body) = authorized("/v1/embeddings", json!({"input": "too early"}));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], 503);
     assert!(body["error"]["message"]
@@ -64,7 +80,8 @@ fn every_route_answers_503_with_progress_until_the_models_are_ready() {
     assert!(ready.is_some(), "the server becomes ready");
     let (status, health) = server.get("/health");
     assert_eq!(status, 200, "{health}");
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": "now"}));
+    assert!(scrape(&server).contains("\nember_ready 1\n"));
+    let (status, body) = authorized("/v1/embeddings", json!({"input": "now"}));
     assert_eq!(status, 200, "{body}");
 }
 
