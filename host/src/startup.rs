@@ -341,7 +341,7 @@ pub async fn test_input(settings: Settings, job: Value) -> anyhow::Result<bool> 
     let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
     let state = build(&settings, &progress).await?;
     let result = router::run(&state, input).await;
-    let ok = !matches!(result, JobResult::Failed(_)) && !result.is_error_object();
+    let ok = matches!(result, JobResult::Output(_));
     tracing::info!(requestId = id, ok, "test input finished");
     println!("{}", result.to_platform());
     Ok(ok)

@@ -79,11 +79,11 @@ impl Entry {
             );
         }
         match &self.result {
-            Some(JobResult::Output(v)) => {
-                out.insert("output".into(), v.clone());
-            }
             Some(JobResult::Failed(e)) => {
                 out.insert("error".into(), json!(e));
+            }
+            Some(done) => {
+                out.insert("output".into(), done.output().unwrap_or_default());
             }
             None => {}
         }
@@ -185,7 +185,7 @@ impl JobStore {
 
     fn finish(&self, id: &str, result: JobResult) {
         let status = match &result {
-            JobResult::Output(_) => Status::Completed,
+            JobResult::Output(_) | JobResult::Rejected(_) => Status::Completed,
             JobResult::Failed(_) => Status::Failed,
         };
         self.end(id, status, Some(result));

@@ -225,15 +225,7 @@ async fn gateway(
         json!({ "openai_route": route, "openai_input": json_body(&headers, &body)? })
     };
     match router::run(&state.app, &input).await {
-        JobResult::Output(v) if v.get("object") == Some(&json!("error")) => {
-            let status = v["code"].as_u64().unwrap_or(400) as u16;
-            Err(ApiError {
-                status,
-                kind: "invalid_request_error",
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-                param: None,
-            })
-        }
+        JobResult::Rejected(e) => Err(e),
         JobResult::Output(Value::Array(mut items)) if items.len() == 1 => {
             Ok(Json(items.remove(0)).into_response())
         }

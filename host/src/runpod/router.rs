@@ -14,24 +14,32 @@ use serde_json::{json, Map, Value};
 /// What a job ends with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobResult {
-    /// The job's output (also for bad requests: an error object, as the worker does).
+    /// The job's output.
     Output(Value),
+    /// A bad request: the job completes with the worker's error object as its output.
+    Rejected(ApiError),
     /// The job failed on the server's side; the message becomes the job's `error`.
     Failed(String),
 }
 
 impl JobResult {
-    /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
-    pub fn to_platform(&self) -> Value {
+    /// The job's output, with a rejection rendered as the worker's error object; `None` for
+    /// a failed job.
+    pub fn output(&self) -> Option<Value> {
         match self {
-            JobResult::Output(v) => json!({ "output": v }),
-            JobResult::Failed(e) => json!({ "error": e }),
+            JobResult::Output(v) => Some(v.clone()),
+            JobResult::Rejected(e) => Some(error_object(e.status, e.message.clone())),
+            JobResult::Failed(_) => None,
         }
     }
 
-    /// Whether the output is the worker's error object.
-    pub fn is_error_object(&self) -> bool {
-        matches!(self, JobResult::Output(v) if v.get("object") == Some(&json!("error")))
+    /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
+    pub fn to_platform(&self) -> Value {
+        match (self, self.output()) {
+            (_, Some(v)) => json!({ "output": v }),
+            (JobResult::Failed(e), None) => json!({ "error": e }),
+            (_, None) => unreachable!("only failed jobs have no output"),
+        }
     }
 }
 
@@ -59,9 +67,14 @@ impl From<ApiError> for JobResult {
         if e.status >= 500 && e.status != 501 {
             JobResult::Failed(e.message)
         } else {
-            JobResult::Output(error_object(e.status, e.message))
+            JobResult::Rejected(e)
         }
     }
+}
+
+/// A job input the router cannot route: a 400 naming what was wrong.
+fn bad_input(message: String) -> JobResult {
+    JobResult::Rejected(ApiError::new(400, "invalid_request_error", message))
 }
 
 /// Python's truthiness of a JSON value, as the worker tests its fields.
@@ -135,9 +148,9 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
     let route = match job.get("openai_route") {
         Some(Value::String(r)) => r.as_str(),
         Some(other) => {
-            return JobResult::Output(error_object(
-                400,
-                format!("openai_route must be a string, got {}", kind_of(other)),
+            return bad_input(format!(
+                "openai_route must be a string, got {}",
+                kind_of(other)
             ))
         }
         None => unreachable!("checked by the caller"),
@@ -146,26 +159,21 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
         return JobResult::Output(state.list_models());
     }
     if !matches!(route, "/v1/embeddings" | "/v1/rerank") {
-        return JobResult::Output(error_object(
-            400,
-            format!("Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"),
+        return bad_input(format!(
+            "Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"
         ));
     }
     let body = match job.get("openai_input") {
         Some(v @ Value::Object(o)) if !o.is_empty() => v,
         Some(v) if truthy(Some(v)) => {
-            return JobResult::Output(error_object(
-                400,
-                format!(
-                    "openai_input must be the JSON object of the {route} request, got {}",
-                    kind_of(v)
-                ),
+            return bad_input(format!(
+                "openai_input must be the JSON object of the {route} request, got {}",
+                kind_of(v)
             ))
         }
         _ => {
-            return JobResult::Output(error_object(
-                400,
-                format!("Missing input: openai_input must hold the body of the {route} request"),
+            return bad_input(format!(
+                "Missing input: openai_input must hold the body of the {route} request"
             ))
         }
     };
@@ -186,12 +194,9 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
 /// Runs one job's `input`.
 pub async fn run(state: &AppState, input: &Value) -> JobResult {
     let Some(job) = input.as_object() else {
-        return JobResult::Output(error_object(
-            400,
-            format!(
-                "Invalid input: the job's input must be a JSON object, got {}",
-                kind_of(input)
-            ),
+        return bad_input(format!(
+            "Invalid input: the job's input must be a JSON object, got {}",
+            kind_of(input)
         ));
     };
     if truthy(job.get("openai_route")) {
@@ -203,13 +208,10 @@ pub async fn run(state: &AppState, input: &Value) -> JobResult {
         embeddings(state, input).await
     } else {
         let keys: Vec<&str> = job.keys().map(String::as_str).collect();
-        return JobResult::Output(error_object(
-            400,
-            format!(
-                "Invalid input: expected \"input\" (texts or images to embed), \"query\" with \
+        return bad_input(format!(
+            "Invalid input: expected \"input\" (texts or images to embed), \"query\" with \
                  \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
-                keys.join(", ")
-            ),
+            keys.join(", ")
         ));
     };
     match result {
@@ -264,6 +266,7 @@ mod tests {
         let r: JobResult = ApiError::new(500, "server_error", "boom").into();
         assert_eq!(r.to_platform(), json!({"error": "boom"}));
         let r: JobResult = ApiError::invalid("input", "no").into();
-        assert!(r.is_error_object());
+        assert_eq!(r.to_platform()["output"]["type"], "BadRequestError");
+        assert_eq!(r.to_platform()["output"]["code"], 400);
     }
 }
