@@ -218,6 +218,7 @@ impl Engine {
         health.alive.store(true, Ordering::SeqCst);
         let worker = Worker {
             model: model.into(),
+            metrics: crate::metrics::global().for_model(model),
             runner,
             limits: limits.clone(),
             health: health.clone(),
@@ -298,6 +299,7 @@ impl Engine {
 
 struct Worker {
     model: Arc<str>,
+    metrics: crate::metrics::ModelMetrics,
     runner: ModelRunner,
     limits: EngineLimits,
     health: Arc<Health>,
@@ -394,21 +396,17 @@ impl Worker {
     fn forward(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let rows = items.len();
         let call = items[0].payload.call();
-        let m = crate::metrics::global();
-        let model = [&*self.model];
+        let m = &self.metrics;
         let started = Instant::now();
         self.health.calling(Some(started));
         for it in items {
             m.queue_seconds
-                .with_label_values(&model)
                 .observe((started - it.queued_at).as_secs_f64());
         }
-        m.batch_size.with_label_values(&model).observe(rows as f64);
+        m.batch_size.observe(rows as f64);
         let longest = items.iter().map(|it| it.payload.cost()).max().unwrap_or(0);
         if call != Call::Image {
-            m.batch_tokens
-                .with_label_values(&model)
-                .observe((rows * longest) as f64);
+            m.batch_tokens.observe((rows * longest) as f64);
         }
         let outputs = catch_unwind(AssertUnwindSafe(|| match call {
             Call::Embed => self.embed(items),
@@ -417,9 +415,7 @@ impl Worker {
         }))
         .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
         self.health.calling(None);
-        m.inference_seconds
-            .with_label_values(&model)
-            .observe(started.elapsed().as_secs_f64());
+        m.inference_seconds.observe(started.elapsed().as_secs_f64());
         let outputs = outputs?;
         if outputs.len() != rows {
             return Err(PluginError::internal(format!(

@@ -117,8 +117,14 @@ fn with_key(router: Router, api_key: Option<&str>) -> Router {
     }
 }
 
-/// Parses a JSON body, answering a 400 that says where the JSON is broken.
-pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+/// Reads and parses a JSON request body: 413 past `limit` (MAX_REQUEST_BYTES), 415 for another
+/// content type, 400 saying where the JSON is broken.
+pub(crate) fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let body = body_bytes(body, limit)?;
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         // curl's `-d` sends application/x-www-form-urlencoded; its body is still JSON here.
@@ -134,7 +140,7 @@ pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiE
             ));
         }
     }
-    serde_json::from_slice(body)
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("request body is not valid JSON: {e}")))
 }
 
@@ -158,8 +164,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, state.max_request_bytes)?;
-    let value = json_body(&headers, &body)?;
+    let value = json_body(&headers, body, state.max_request_bytes)?;
     let req = EmbeddingsRequest::parse(&value, state.max_items)?;
     let items = req.input.len();
     let r = api::embeddings(&state, req).await?;
@@ -171,8 +176,7 @@ async fn rerank(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, state.max_request_bytes)?;
-    let value = json_body(&headers, &body)?;
+    let value = json_body(&headers, body, state.max_request_bytes)?;
     let req = RerankRequest::parse(&value, state.max_items)?;
     let items = req.documents.len();
     let r = api::rerank(&state, req).await?;
@@ -188,10 +192,7 @@ async fn not_found() -> ApiError {
 }
 
 /// The body of a request, or the 413 / 400 its rejection deserves.
-pub(crate) fn body_bytes(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::new(

@@ -3,8 +3,8 @@
 //! inference durations, failures by reason, and model load times.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -151,12 +151,35 @@ impl Metrics {
         }
     }
 
+    /// The per-batch series of `model`, resolved once so that a batch records them without
+    /// looking labels up.
+    pub fn for_model(&self, model: &str) -> ModelMetrics {
+        ModelMetrics {
+            queue_seconds: self.queue_seconds.with_label_values(&[model]),
+            batch_size: self.batch_size.with_label_values(&[model]),
+            batch_tokens: self.batch_tokens.with_label_values(&[model]),
+            inference_seconds: self.inference_seconds.with_label_values(&[model]),
+        }
+    }
+
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The series a model's worker records for every batch.
+pub struct ModelMetrics {
+    /// Queue wait of each item.
+    pub queue_seconds: Histogram,
+    /// Rows per plugin call.
+    pub batch_size: Histogram,
+    /// Padded tokens per plugin call.
+    pub batch_tokens: Histogram,
+    /// Duration of each plugin call.
+    pub inference_seconds: Histogram,
 }
 
 /// The process's metrics.

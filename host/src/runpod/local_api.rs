@@ -8,7 +8,7 @@
 use super::jobs::JobStore;
 use super::router::{self, JobResult};
 use crate::api::{ApiError, AppState};
-use crate::http::{body_bytes, json_body};
+use crate::http::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};
@@ -58,14 +58,12 @@ fn job_input(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, PlatformError> {
-    let parsed = body_bytes(body, state.app.max_request_bytes)
-        .and_then(|b| json_body(headers, &b))
-        .map_err(|e| {
-            platform_error(
-                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-                e.message,
-            )
-        })?;
+    let parsed = json_body(headers, body, state.app.max_request_bytes).map_err(|e| {
+        platform_error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message,
+        )
+    })?;
     let Value::Object(mut body) = parsed else {
         return Err(platform_error(
             StatusCode::BAD_REQUEST,
@@ -221,8 +219,8 @@ async fn gateway(
     let input = if method == Method::GET {
         json!({ "openai_route": route })
     } else {
-        let body = body_bytes(body, state.app.max_request_bytes)?;
-        json!({ "openai_route": route, "openai_input": json_body(&headers, &body)? })
+        let body = json_body(&headers, body, state.app.max_request_bytes)?;
+        json!({ "openai_route": route, "openai_input": body })
     };
     match router::run(&state.app, &input).await {
         JobResult::Rejected(e) => Err(e),

@@ -47,15 +47,19 @@ fn read_config(dir: &Path) -> Result<Value, PluginError> {
 }
 
 /// The CTranslate2 directory of a checkpoint, converting it unless already cached, and the
-/// classification head when the model is a reranker.
+/// classification head when the model is a reranker. The checkpoint is only opened when it is
+/// read: to convert it, or for a reranker's head.
 fn converted(request: &LoadRequest, dir: &Path) -> Result<(PathBuf, Option<Head>), PluginError> {
     let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
     let config = read_config(dir)?;
     let family = Family::of(config["model_type"].as_str().unwrap_or_default())?;
-    let ckpt = Checkpoint::open(dir, &files)?;
+    let mut ckpt: Option<Checkpoint> = None;
     let target = cache::location(dir, &files);
     let started = Instant::now();
-    let fresh = cache::get_or_convert(&target, |out| convert::convert(dir, &ckpt, &config, out))?;
+    let fresh = cache::get_or_convert(&target, |out| {
+        let opened = ckpt.insert(Checkpoint::open(dir, &files)?);
+        convert::convert(dir, opened, &config, out)
+    })?;
     if fresh {
         plugin_info!(
             "ctranslate2",
@@ -72,7 +76,13 @@ fn converted(request: &LoadRequest, dir: &Path) -> Result<(PathBuf, Option<Head>
         );
     }
     let head = match request.manifest.kind {
-        ModelKind::Rerank => Some(Head::load(&ckpt, family)?),
+        ModelKind::Rerank => {
+            let ckpt = match ckpt {
+                Some(c) => c,
+                None => Checkpoint::open(dir, &files)?,
+            };
+            Some(Head::load(&ckpt, family)?)
+        }
         _ => None,
     };
     Ok((target, head))
