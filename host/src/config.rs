@@ -97,6 +97,30 @@ pub struct RawSettings {
     pub image_max_redirects: String,
     #[serde(deserialize_with = "stringly")]
     pub image_allow_private_urls: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_max_aspect_ratio: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_decode_concurrency: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_decode_budget_bytes: String,
+    #[serde(deserialize_with = "stringly")]
+    pub image_downloads_per_request: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_header_timeout: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_body_timeout: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_keepalive_timeout: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_max_connections: String,
+    #[serde(deserialize_with = "stringly")]
+    pub http_body_budget_bytes: String,
+    #[serde(deserialize_with = "stringly")]
+    pub jobs_max_waiting: String,
+    #[serde(deserialize_with = "stringly")]
+    pub jobs_max_waiting_bytes: String,
+    #[serde(deserialize_with = "stringly")]
+    pub jobs_max_retained_bytes: String,
 }
 
 /// The seed worker's browser-style User-Agent for image downloads (CDNs block generic ones).
@@ -129,6 +153,18 @@ impl Default for RawSettings {
             image_max_pixels: "40000000".into(),
             image_max_redirects: "5".into(),
             image_allow_private_urls: "false".into(),
+            image_max_aspect_ratio: "100".into(),
+            image_decode_concurrency: "0".into(),
+            image_decode_budget_bytes: "536870912".into(),
+            image_downloads_per_request: "8".into(),
+            http_header_timeout: "10.0".into(),
+            http_body_timeout: "60.0".into(),
+            http_keepalive_timeout: "75.0".into(),
+            http_max_connections: "1024".into(),
+            http_body_budget_bytes: "268435456".into(),
+            jobs_max_waiting: "1000".into(),
+            jobs_max_waiting_bytes: "268435456".into(),
+            jobs_max_retained_bytes: "268435456".into(),
         }
     }
 }
@@ -158,6 +194,18 @@ const ENV_KEYS: &[&str] = &[
     "IMAGE_MAX_PIXELS",
     "IMAGE_MAX_REDIRECTS",
     "IMAGE_ALLOW_PRIVATE_URLS",
+    "IMAGE_MAX_ASPECT_RATIO",
+    "IMAGE_DECODE_CONCURRENCY",
+    "IMAGE_DECODE_BUDGET_BYTES",
+    "IMAGE_DOWNLOADS_PER_REQUEST",
+    "HTTP_HEADER_TIMEOUT",
+    "HTTP_BODY_TIMEOUT",
+    "HTTP_KEEPALIVE_TIMEOUT",
+    "HTTP_MAX_CONNECTIONS",
+    "HTTP_BODY_BUDGET_BYTES",
+    "JOBS_MAX_WAITING",
+    "JOBS_MAX_WAITING_BYTES",
+    "JOBS_MAX_RETAINED_BYTES",
 ];
 
 /// How images named by URL are fetched and which images are accepted.
@@ -179,6 +227,40 @@ pub struct ImageSettings {
     pub max_redirects: usize,
     /// Whether URLs may point at loopback, private, link-local and other internal addresses.
     pub allow_private: bool,
+    /// Longest side over shortest side beyond which an image is refused.
+    pub max_aspect_ratio: f64,
+    /// Images decoded and preprocessed at once, over all requests.
+    pub decode_concurrency: usize,
+    /// Bytes of decoded pixels held at once, over all requests.
+    pub decode_budget_bytes: u64,
+    /// Downloads in flight at once for one request.
+    pub downloads_per_request: usize,
+}
+
+/// Bounds of the HTTP server on connections and request bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerLimits {
+    /// Time a client has to send a request's headers.
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: std::time::Duration,
+    /// Time an idle keep-alive connection is kept open.
+    pub keepalive_timeout: std::time::Duration,
+    /// Connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bytes of request bodies being received at once, over all connections.
+    pub body_budget_bytes: usize,
+}
+
+/// Bounds of the local RunPod API's job store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLimits {
+    /// Jobs waiting to run; `/run` answers 429 beyond it.
+    pub max_waiting: usize,
+    /// Bytes of waiting jobs' inputs; `/run` answers 429 beyond it.
+    pub max_waiting_bytes: usize,
+    /// Bytes of finished jobs' outputs kept for `/status`; the oldest are dropped beyond it.
+    pub max_retained_bytes: usize,
 }
 
 /// One model to serve.
@@ -224,6 +306,10 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Image download and decoding limits.
     pub images: ImageSettings,
+    /// Connection and request-body bounds of the HTTP server.
+    pub server: ServerLimits,
+    /// Bounds of the local RunPod API's job store.
+    pub jobs: JobLimits,
 }
 
 fn bad(var: &str, value: &str, allowed: &str) -> ConfigError {
@@ -235,6 +321,13 @@ fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
         _ => Err(bad(var, value, "expected true or false")),
+    }
+}
+
+fn parse_seconds(var: &str, value: &str) -> Result<std::time::Duration, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(t) if t > 0.0 && t.is_finite() => Ok(std::time::Duration::from_secs_f64(t)),
+        _ => Err(bad(var, value, "expected a number of seconds > 0")),
     }
 }
 
@@ -442,19 +535,55 @@ impl RawSettings {
             )?,
             api_key: Some(self.api_key.trim().to_string()).filter(|k| !k.is_empty()),
             images: self.image_settings()?,
+            server: ServerLimits {
+                header_timeout: parse_seconds("HTTP_HEADER_TIMEOUT", &self.http_header_timeout)?,
+                body_timeout: parse_seconds("HTTP_BODY_TIMEOUT", &self.http_body_timeout)?,
+                keepalive_timeout: parse_seconds(
+                    "HTTP_KEEPALIVE_TIMEOUT",
+                    &self.http_keepalive_timeout,
+                )?,
+                max_connections: parse_num("HTTP_MAX_CONNECTIONS", &self.http_max_connections, 1)?,
+                body_budget_bytes: parse_num(
+                    "HTTP_BODY_BUDGET_BYTES",
+                    &self.http_body_budget_bytes,
+                    1024,
+                )?,
+            },
+            jobs: JobLimits {
+                max_waiting: parse_num("JOBS_MAX_WAITING", &self.jobs_max_waiting, 1)?,
+                max_waiting_bytes: parse_num(
+                    "JOBS_MAX_WAITING_BYTES",
+                    &self.jobs_max_waiting_bytes,
+                    1024,
+                )?,
+                max_retained_bytes: parse_num(
+                    "JOBS_MAX_RETAINED_BYTES",
+                    &self.jobs_max_retained_bytes,
+                    0,
+                )?,
+            },
         })
     }
 
     fn image_settings(&self) -> Result<ImageSettings, ConfigError> {
-        let timeout = match self.http_client_timeout.trim().parse::<f64>() {
-            Ok(t) if t > 0.0 && t.is_finite() => std::time::Duration::from_secs_f64(t),
+        let timeout = parse_seconds("HTTP_CLIENT_TIMEOUT", &self.http_client_timeout)?;
+        let max_aspect_ratio = match self.image_max_aspect_ratio.trim().parse::<f64>() {
+            Ok(r) if r >= 1.0 && r.is_finite() => r,
             _ => {
                 return Err(bad(
-                    "HTTP_CLIENT_TIMEOUT",
-                    &self.http_client_timeout,
-                    "expected a number of seconds > 0",
+                    "IMAGE_MAX_ASPECT_RATIO",
+                    &self.image_max_aspect_ratio,
+                    "expected a number >= 1",
                 ))
             }
+        };
+        let decode_concurrency = match parse_num(
+            "IMAGE_DECODE_CONCURRENCY",
+            &self.image_decode_concurrency,
+            0usize,
+        )? {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         };
         let ua = self.http_client_user_agent.trim();
         Ok(ImageSettings {
@@ -478,6 +607,18 @@ impl RawSettings {
             max_pixels: parse_num("IMAGE_MAX_PIXELS", &self.image_max_pixels, 64u64)?,
             max_redirects: parse_num("IMAGE_MAX_REDIRECTS", &self.image_max_redirects, 0usize)?,
             allow_private: parse_bool("IMAGE_ALLOW_PRIVATE_URLS", &self.image_allow_private_urls)?,
+            max_aspect_ratio,
+            decode_concurrency,
+            decode_budget_bytes: parse_num(
+                "IMAGE_DECODE_BUDGET_BYTES",
+                &self.image_decode_budget_bytes,
+                1u64 << 20,
+            )?,
+            downloads_per_request: parse_num(
+                "IMAGE_DOWNLOADS_PER_REQUEST",
+                &self.image_downloads_per_request,
+                1usize,
+            )?,
         })
     }
 }
