@@ -106,6 +106,8 @@ pub struct RawSettings {
     #[serde(deserialize_with = "stringly")]
     pub image_downloads_per_request: String,
     #[serde(deserialize_with = "stringly")]
+    pub image_queue_bytes: String,
+    #[serde(deserialize_with = "stringly")]
     pub http_header_timeout: String,
     #[serde(deserialize_with = "stringly")]
     pub http_body_timeout: String,
@@ -157,6 +159,7 @@ impl Default for RawSettings {
             image_decode_concurrency: "0".into(),
             image_decode_budget_bytes: "536870912".into(),
             image_downloads_per_request: "8".into(),
+            image_queue_bytes: "536870912".into(),
             http_header_timeout: "10.0".into(),
             http_body_timeout: "60.0".into(),
             http_keepalive_timeout: "75.0".into(),
@@ -198,6 +201,7 @@ const ENV_KEYS: &[&str] = &[
     "IMAGE_DECODE_CONCURRENCY",
     "IMAGE_DECODE_BUDGET_BYTES",
     "IMAGE_DOWNLOADS_PER_REQUEST",
+    "IMAGE_QUEUE_BYTES",
     "HTTP_HEADER_TIMEOUT",
     "HTTP_BODY_TIMEOUT",
     "HTTP_KEEPALIVE_TIMEOUT",
@@ -235,6 +239,8 @@ pub struct ImageSettings {
     pub decode_budget_bytes: u64,
     /// Downloads in flight at once for one request.
     pub downloads_per_request: usize,
+    /// Bytes of preprocessed image tensors admitted at once, over all requests.
+    pub queue_bytes: u64,
 }
 
 /// Bounds of the HTTP server on connections and request bodies.
@@ -619,6 +625,7 @@ impl RawSettings {
                 &self.image_downloads_per_request,
                 1usize,
             )?,
+            queue_bytes: parse_num("IMAGE_QUEUE_BYTES", &self.image_queue_bytes, 1u64 << 20)?,
         })
     }
 }

@@ -255,7 +255,7 @@ pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<A
     for i in 0..settings.models.len() {
         models.push(deploy(&plugin, settings, i, progress).await?);
     }
-    let images = Arc::new(crate::images::Fetcher::new(&settings.images).map_err(|e| anyhow!(e))?);
+    let images = Arc::new(crate::images::Images::new(&settings.images).map_err(|e| anyhow!(e))?);
     Ok(Arc::new(AppState {
         models,
         backend: plugin.info.name.to_string(),

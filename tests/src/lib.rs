@@ -107,6 +107,23 @@ pub fn test_device() -> String {
 }
 
 impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in MiB (`VmHWM`: peak resident memory; `VmRSS`: now).
+    pub fn memory_mib(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc status"));
+        kib / 1024.0
+    }
+
     /// Starts `ember` and waits until it listens; panics with its log if it does not.
     pub fn start(env: &[(&str, &str)]) -> Server {
         match Self::try_start(env) {
@@ -363,7 +380,7 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 ///
 /// - `/images/NAME`: a file of `fixtures/images` with the content type of its extension;
 /// - `/redirect/N`: redirects N times, then to `/images/photo.png`;
-/// - `/slow`: answers after 5 seconds;
+/// - `/slow`: answers after 5 seconds; `/slow/MS`: after MS milliseconds;
 /// - `/mislabelled`: an HTML page sent as `image/png`.
 pub struct ImageServer {
     /// `http://127.0.0.1:PORT`.
@@ -423,6 +440,15 @@ impl ImageServer {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     image_file(axum::extract::Path("photo.png".into())).await
                 }),
+            )
+            .route(
+                "/slow/{ms}",
+                get(
+                    |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        image_file(axum::extract::Path("photo.png".into())).await
+                    },
+                ),
             )
             .route(
                 "/mislabelled",

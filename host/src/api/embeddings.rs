@@ -3,8 +3,7 @@
 use super::fields::{object, opt_str, too_many, type_name};
 use super::{ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
-use crate::images::source::{self, Source};
-use crate::images::ImageError;
+use crate::images::{Admission, LoadError, Refusal};
 use base64::Engine as _;
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
@@ -195,67 +194,38 @@ fn modality(name: &str) -> Result<Modality, ApiError> {
     }
 }
 
-/// Fetches or decodes every image item concurrently and preprocesses it for `model`.
+/// Fetches or decodes every image item and preprocesses it for `model`; the admission keeps
+/// the pixels' place in the image budget until the batch is computed.
 async fn load_images(
     state: &AppState,
     model: &DeployedModel,
     items: Vec<String>,
-) -> Result<Vec<Payload>, ApiError> {
+) -> Result<(Vec<Payload>, Admission), ApiError> {
     let pre = model
         .manifest
         .preprocessor
         .clone()
         .ok_or_else(|| model.lacks("image_embed", "modality"))?;
-    let pre = std::sync::Arc::new(pre);
     let (height, width) = pre.output_size();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let fetcher = state.images.clone();
-        let pre = pre.clone();
-        tasks.spawn(async move {
-            let result = async {
-                let bytes = match source::parse(&item)? {
-                    Source::Url(url) => fetcher.get(&url).await?,
-                    Source::Inline(bytes) => fetcher.check_size(bytes)?,
-                };
-                let max_pixels = fetcher.max_pixels();
-                tokio::task::spawn_blocking(move || pre.run(&bytes, max_pixels))
-                    .await
-                    .map_err(|e| ImageError(format!("image decoding failed: {e}")))?
-            };
-            (index, result.await)
-        });
-    }
-    let mut done: Vec<Option<Vec<f32>>> = vec![None; tasks.len()];
-    let mut errors: Vec<(usize, ImageError)> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((index, Ok(pixels))) => done[index] = Some(pixels),
-            Ok((index, Err(e))) => errors.push((index, e)),
-            Err(e) => {
-                return Err(ApiError::new(
-                    500,
-                    "server_error",
-                    format!("image task failed: {e}"),
-                ))
-            }
-        }
-    }
-    // Report the first failing item in input order, whatever order the tasks ended in.
-    if let Some((index, e)) = errors.into_iter().min_by_key(|(i, _)| *i) {
-        return Err(ApiError::invalid(
-            "input",
-            format!("input item {index}: {e}"),
-        ));
-    }
-    Ok(done
+    let (pixels, admission) = state
+        .images
+        .load(std::sync::Arc::new(pre), items)
+        .await
+        .map_err(|e| match e {
+            LoadError::Refused(Refusal::Never(m)) => ApiError::new(413, "invalid_request_error", m),
+            LoadError::Refused(Refusal::NotNow(m)) => ApiError::new(429, "rate_limit_error", m),
+            LoadError::Item(..) => ApiError::invalid("input", e.to_string()),
+            LoadError::Internal(_) => ApiError::new(500, "server_error", e.to_string()),
+        })?;
+    let payloads = pixels
         .into_iter()
         .map(|values| Payload::Pixels {
             height,
             width,
-            values: values.unwrap_or_default(),
+            values,
         })
-        .collect())
+        .collect();
+    Ok((payloads, admission))
 }
 
 /// Computes embeddings for a validated request.
@@ -276,7 +246,7 @@ pub async fn embeddings(
             ));
         }
     }
-    let (payloads, prompt_tokens) = match modality {
+    let (payloads, prompt_tokens, admission) = match modality {
         Modality::Text => {
             if model.manifest.abi.kind == ModelKind::Rerank {
                 return Err(model.lacks("embed", "model"));
@@ -297,17 +267,23 @@ pub async fn embeddings(
             .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
             .map_err(|e| ApiError::invalid("input", e.to_string()))?;
             let count: usize = tokens.iter().map(|t| t.len()).sum();
-            (tokens.into_iter().map(Payload::Tokens).collect(), count)
+            (
+                tokens.into_iter().map(Payload::Tokens).collect(),
+                count,
+                None,
+            )
         }
         Modality::Image => {
             if model.manifest.abi.kind != ModelKind::Clip {
                 return Err(model.lacks("image_embed", "modality"));
             }
             // Images count no tokens.
-            (load_images(state, model, req.input).await?, 0)
+            let (payloads, admission) = load_images(state, model, req.input).await?;
+            (payloads, 0, Some(admission))
         }
     };
     let outputs = model.engine.run(payloads).await?;
+    drop(admission);
     let mut data = Vec::with_capacity(outputs.len());
     for (index, out) in outputs.into_iter().enumerate() {
         let Output::Vector(mut v) = out else {

@@ -12,7 +12,7 @@ pub use embeddings::{
 pub use rerank::{rerank, RerankRequest, RerankResponse, RerankResult};
 
 use crate::engine::{Engine, EngineError};
-use crate::images::Fetcher;
+use crate::images::Images;
 use crate::models::manifest::Manifest;
 use crate::text::TextEncoder;
 use ember_plugin_api::{ErrorCode, ModelKind};
@@ -132,7 +132,7 @@ pub struct AppState {
     /// Start time, reported as `created` in the model list.
     pub created: u64,
     /// The shared image downloader.
-    pub images: Arc<Fetcher>,
+    pub images: Arc<Images>,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@
 use super::{cosine, describe, Outcome, Tolerance};
 use crate::api::normalize;
 use crate::engine::pad;
+use crate::images::preprocess::{probe, ImageLimits};
 use crate::plugin::ModelRunner;
 use crate::startup::Prepared;
 use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};
@@ -130,7 +131,12 @@ fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<Str
     for n in &names {
         let bytes = std::fs::read(images.join(n))
             .map_err(|e| format!("{}: {e}", images.join(n).display()))?;
-        values.extend(pre.run(&bytes, u64::MAX).map_err(|e| format!("{n}: {e}"))?);
+        let limits = ImageLimits {
+            max_pixels: u64::MAX,
+            max_aspect_ratio: f64::INFINITY,
+        };
+        let probe = probe(&bytes, limits).map_err(|e| format!("{n}: {e}"))?;
+        values.extend(pre.run(&bytes, &probe).map_err(|e| format!("{n}: {e}"))?);
     }
     let batch = PixelBatch {
         rows: names.len() as u32,

@@ -42,6 +42,18 @@ fn v6_is_internal(ip: Ipv6Addr) -> bool {
         return v4_is_internal(v4);
     }
     let s = ip.segments();
+    // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks to the IPv4
+    // address) and 6to4 (2002:a.b.c.d::) forms carry an IPv4 address: judge that address.
+    if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        return v4_is_internal(Ipv4Addr::new(a, b, c, d));
+    }
+    if s[0] == 0x2002 {
+        let [a, b] = s[1].to_be_bytes();
+        let [c, d] = s[2].to_be_bytes();
+        return v4_is_internal(Ipv4Addr::new(a, b, c, d));
+    }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
@@ -151,11 +163,6 @@ impl Fetcher {
         })
     }
 
-    /// Largest accepted image in pixels.
-    pub fn max_pixels(&self) -> u64 {
-        self.settings.max_pixels
-    }
-
     /// Passes inline image bytes within the size limit that downloads have.
     pub fn check_size(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ImageError> {
         let limit = self.settings.max_bytes;
@@ -168,8 +175,9 @@ impl Fetcher {
         Ok(bytes)
     }
 
-    /// Downloads the image at `url` within the size limit.
-    pub async fn get(&self, url: &str) -> Result<Vec<u8>, ImageError> {
+    /// Downloads the image at `url` within the size limit, holding one of the calling
+    /// request's download slots (`request`) and one of the process's.
+    pub async fn get(&self, url: &str, request: &Semaphore) -> Result<Vec<u8>, ImageError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ImageError(format!("invalid URL '{url}': {e}")))?;
         if let Some(ip) = literal_ip(&parsed) {
@@ -180,11 +188,11 @@ impl Fetcher {
                 )));
             }
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ImageError("the image downloader is shutting down".into()))?;
+        let closed = |_| ImageError("the image downloader is shutting down".into());
+        // The request's own slot first, so that one request never holds more than its share
+        // of the process's slots, however many URLs it sends.
+        let _mine = request.acquire().await.map_err(closed)?;
+        let _slot = self.slots.acquire().await.map_err(closed)?;
         let failed =
             |e: reqwest::Error| ImageError(format!("cannot download {url}: {}", explain(&e)));
         let mut response = self.client.get(parsed).send().await.map_err(failed)?;
@@ -260,10 +268,22 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "::8.8.8.8",
+            "2002:808:808::",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
