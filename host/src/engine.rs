@@ -3,9 +3,21 @@
 //! to its request.
 //!
 //! Admission is counted in items: a request whose items do not fit in the queue
-//! (`INFINITY_QUEUE_SIZE`) is refused at once, so overload answers 429 instead of piling up.
-//! A batch that fails is split in halves and retried, so one bad input fails only its own
-//! request, and an out-of-memory batch is retried smaller.
+//! (`INFINITY_QUEUE_SIZE`) now is refused at once, so overload answers 429 instead of piling
+//! up; a request with more items than the whole queue holds could never fit and is refused as
+//! too large (413).
+//!
+//! Failures: a batch that fails with `InvalidInput` or `OutOfMemory` is split in halves and
+//! the halves retried, so one bad input fails only its own request and an out-of-memory batch
+//! is retried smaller. Any other failure (device, internal, unsupported, a panic in the plugin)
+//! fails the whole batch at once. Each failed call that is not split, bad input aside, counts
+//! once towards a streak that the next successful call ends; after `RELOAD_AFTER` of them
+//! the model is reloaded, at most once per streak. A model on a GPU, or one that ran out of
+//! memory, is dropped before its new copy loads, so that both never need memory at once;
+//! on the CPU the new copy loads first and then replaces the old one, which serves meanwhile
+//! (and stays if the load fails). A model dropped for a load that failed is missing: every
+//! item is answered at once with an error saying so, and the load is tried again at most every
+//! 30 s (see `RETRY_LOAD_EVERY`) until it succeeds.
 
 use crate::plugin::ModelRunner;
 use crate::text::Tokens;
@@ -76,13 +88,29 @@ pub enum Output {
 /// Why an item was not computed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
-    /// The queue is full.
+    /// The queue is too full for the request now.
     #[error(
         "the queue of model {model} is full ({queued} of {capacity} items waiting); retry later"
     )]
     Overloaded {
+        /// The model asked for.
         model: String,
+        /// Items waiting or running when the request came.
         queued: usize,
+        /// Most items the queue holds (`INFINITY_QUEUE_SIZE`).
+        capacity: usize,
+    },
+    /// The request has more items than the queue can ever hold.
+    #[error(
+        "the request has {items} items, but the queue of model {model} holds at most {capacity} \
+         (INFINITY_QUEUE_SIZE); send at most {capacity} items per request"
+    )]
+    TooLarge {
+        /// The model asked for.
+        model: String,
+        /// Items in the request.
+        items: usize,
+        /// Most items the queue holds (`INFINITY_QUEUE_SIZE`).
         capacity: usize,
     },
     /// The plugin failed on this item.
@@ -121,10 +149,14 @@ impl Item {
 }
 
 /// Loads a model again, for a worker whose plugin calls keep failing.
-pub type Reload = Box<dyn Fn() -> Result<ModelRunner, String> + Send>;
+pub type Reload = Box<dyn Fn() -> Result<ModelRunner, PluginError> + Send>;
 
-/// Consecutive failed plugin calls (other than bad input) after which a model is reloaded.
+/// Consecutive counted failures (bad input aside) after which a model is reloaded, once per
+/// failure streak.
 const RELOAD_AFTER: u32 = 3;
+
+/// How long a model that is not loaded waits between load attempts.
+const RETRY_LOAD_EVERY: Duration = Duration::from_secs(30);
 
 /// How long one plugin call may run before `/health` reports the worker as stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(120);
@@ -139,8 +171,8 @@ pub struct Health {
 }
 
 impl Health {
-    /// `Ok` while the worker runs, is not stuck in a plugin call, and its last plugin call did
-    /// not fail for a reason other than bad input; otherwise the reason.
+    /// `Ok` while the worker runs, is not stuck in a plugin call, has its model loaded, and its
+    /// last plugin call did not fail for a reason other than bad input; otherwise the reason.
     pub fn status(&self) -> Result<(), String> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err("worker thread has stopped".into());
@@ -161,7 +193,7 @@ impl Health {
         }
     }
 
-    /// How often the worker was restarted or its model reloaded.
+    /// How often the worker was restarted or a load of its model was attempted after failures.
     pub fn restarts(&self) -> usize {
         self.restarts.load(Ordering::SeqCst)
     }
@@ -212,6 +244,17 @@ impl Engine {
         limits: EngineLimits,
         reload: Option<Reload>,
     ) -> std::io::Result<Engine> {
+        Self::start_retrying(model, runner, limits, reload, RETRY_LOAD_EVERY)
+    }
+
+    /// [`Engine::start`], trying to load a missing model again every `retry_every`.
+    fn start_retrying(
+        model: &str,
+        runner: ModelRunner,
+        limits: EngineLimits,
+        reload: Option<Reload>,
+        retry_every: Duration,
+    ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(Health::default());
@@ -219,11 +262,13 @@ impl Engine {
         let worker = Worker {
             model: model.into(),
             metrics: crate::metrics::global().for_model(model),
-            runner,
+            state: ModelState::Ready(runner),
             limits: limits.clone(),
             health: health.clone(),
             reload,
             failures: 0,
+            reloaded: false,
+            retry_every,
         };
         std::thread::Builder::new()
             .name(format!(
@@ -251,6 +296,18 @@ impl Engine {
         payloads: Vec<Payload>,
     ) -> Result<Vec<oneshot::Receiver<Result<Output, EngineError>>>, EngineError> {
         let n = payloads.len();
+        if n > self.capacity {
+            // Counted with the overloaded ones: the queue refused the items.
+            crate::metrics::global()
+                .failures
+                .with_label_values(&[&*self.model, "overloaded"])
+                .inc_by(n as u64);
+            return Err(EngineError::TooLarge {
+                model: self.model.to_string(),
+                items: n,
+                capacity: self.capacity,
+            });
+        }
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.capacity {
             self.queued.fetch_sub(n, Ordering::SeqCst);
@@ -300,12 +357,66 @@ impl Engine {
 struct Worker {
     model: Arc<str>,
     metrics: crate::metrics::ModelMetrics,
-    runner: ModelRunner,
+    state: ModelState,
     limits: EngineLimits,
     health: Arc<Health>,
     reload: Option<Reload>,
-    /// Consecutive failed plugin calls (bad input aside).
+    /// Consecutive counted failures (bad input aside); the next successful call resets it.
     failures: u32,
+    /// Whether the model was reloaded already in the current failure streak.
+    reloaded: bool,
+    /// How long a missing model waits between load attempts.
+    retry_every: Duration,
+}
+
+/// Whether a worker has its model.
+enum ModelState {
+    /// Loaded and serving.
+    Ready(ModelRunner),
+    /// Dropped to be reloaded, and the load failed.
+    Missing(Missing),
+}
+
+/// A model dropped to be reloaded whose load failed.
+struct Missing {
+    /// Why it was dropped.
+    cause: String,
+    /// Why the last load attempt failed.
+    error: PluginError,
+    /// When the load was last tried.
+    last_attempt: Instant,
+}
+
+impl Missing {
+    /// What `/health` says.
+    fn reason(&self, retry_every: Duration) -> String {
+        format!(
+            "model is not loaded: {}, and loading it failed: {}; the load is retried every {} s",
+            self.cause,
+            self.error.message,
+            retry_every.as_secs()
+        )
+    }
+
+    /// The error every item gets: `Device` when the load failed for want of the device or
+    /// its memory, else `Internal`.
+    fn answer(&self, model: &str, retry_every: Duration) -> PluginError {
+        let code = match self.error.code {
+            ErrorCode::Device | ErrorCode::OutOfMemory => ErrorCode::Device,
+            _ => ErrorCode::Internal,
+        };
+        let next = retry_every.saturating_sub(self.last_attempt.elapsed());
+        PluginError::new(
+            code,
+            format!(
+                "model {model} is not loaded: {}, and loading it failed: {}; the next load \
+                 attempt is in {} s",
+                self.cause,
+                self.error.message,
+                next.as_secs()
+            ),
+        )
+    }
 }
 
 /// Marks the worker dead when its thread ends, normally or by panic.
@@ -351,7 +462,10 @@ impl Worker {
             if lane.is_empty() {
                 match rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(item) => lane.push_back(item),
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.retry_load();
+                        continue;
+                    }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
@@ -363,6 +477,7 @@ impl Worker {
             // Requests whose caller went away are not computed (dropping frees their place).
             window.retain(|it| !it.reply.is_closed());
             window.sort_by_key(|it| (it.payload.call(), it.payload.cost()));
+            self.retry_load();
             for batch in self.chunks(window) {
                 self.run_batch(batch);
             }
@@ -393,7 +508,7 @@ impl Worker {
         out
     }
 
-    fn forward(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+    fn forward(&self, runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let rows = items.len();
         let call = items[0].payload.call();
         let m = &self.metrics;
@@ -409,9 +524,9 @@ impl Worker {
             m.batch_tokens.observe((rows * longest) as f64);
         }
         let outputs = catch_unwind(AssertUnwindSafe(|| match call {
-            Call::Embed => self.embed(items),
-            Call::Score => self.score(items),
-            Call::Image => self.embed_images(items),
+            Call::Embed => self.embed(runner, items),
+            Call::Score => self.score(runner, items),
+            Call::Image => Self::embed_images(runner, items),
         }))
         .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
         self.health.calling(None);
@@ -436,14 +551,14 @@ impl Worker {
             .collect()
     }
 
-    fn embed(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+    fn embed(&self, runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let batch = pad(&Self::tokens(items), self.limits.pad_id);
-        vectors(self.runner.embed_tokens(&batch)?, items.len())
+        vectors(runner.embed_tokens(&batch)?, items.len())
     }
 
-    fn score(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+    fn score(&self, runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let tokens = pad(&Self::tokens(items), self.limits.pad_id);
-        let result = self.runner.score_pairs(&PairBatch { tokens })?;
+        let result = runner.score_pairs(&PairBatch { tokens })?;
         if result.scores.len() != items.len() {
             return Err(PluginError::internal(format!(
                 "plugin returned {} scores for {} pairs",
@@ -454,7 +569,7 @@ impl Worker {
         Ok(result.scores.iter().map(|s| Output::Score(*s)).collect())
     }
 
-    fn embed_images(&self, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+    fn embed_images(runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let (mut height, mut width) = (0, 0);
         let mut values = Vec::new();
         for it in items {
@@ -475,91 +590,220 @@ impl Worker {
             width,
             values: values.into(),
         };
-        vectors(self.runner.embed_pixels(&batch)?, items.len())
+        vectors(runner.embed_pixels(&batch)?, items.len())
     }
 
     fn run_batch(&mut self, items: Vec<Item>) {
-        match self.forward(&items) {
+        let runner = match &self.state {
+            ModelState::Ready(runner) => runner,
+            ModelState::Missing(missing) => {
+                let e = missing.answer(&self.model, self.retry_every);
+                self.count(&e, items.len());
+                for item in items {
+                    item.answer(Err(EngineError::Plugin(e.clone())));
+                }
+                return;
+            }
+        };
+        match self.forward(runner, &items) {
             Ok(outputs) => {
                 self.failures = 0;
+                self.reloaded = false;
                 self.health.record(None);
                 for (item, out) in items.into_iter().zip(outputs) {
                     item.answer(Ok(out));
                 }
             }
-            Err(e) if items.len() > 1 => {
+            Err(e) if items.len() > 1 && splits(e.code) => {
                 tracing::warn!(
+                    model = &*self.model,
                     rows = items.len(),
                     error = %e,
-                    "batch failed; retrying its halves to isolate the failing inputs"
+                    "batch failed; retrying its halves"
                 );
                 let mut items = items;
                 let second = items.split_off(items.len() / 2);
                 self.run_batch(items);
                 self.run_batch(second);
             }
-            Err(e) => {
-                let reason = if e.message.contains("panic") {
-                    "panic"
-                } else {
-                    e.code.as_str()
-                };
-                crate::metrics::global()
-                    .failures
-                    .with_label_values(&[&*self.model, reason])
-                    .inc_by(items.len() as u64);
-                // Health first, so that a caller told of the failure sees it in /health.
-                let counts = e.code != ErrorCode::InvalidInput;
-                if counts {
-                    tracing::error!(model = &*self.model, error = %e, "plugin call failed");
-                    self.failures += 1;
-                    self.health
-                        .record(Some(format!("last plugin call failed: {}", e.message)));
+            Err(e) => self.fail(items, e),
+        }
+    }
+
+    /// Answers every item of a batch with the plugin's error `e`, counting it as one failure
+    /// (bad input aside) and reloading the model when the streak calls for it.
+    fn fail(&mut self, items: Vec<Item>, e: PluginError) {
+        self.count(&e, items.len());
+        // Health first, so that a caller told of the failure sees it in /health.
+        let counts = e.code != ErrorCode::InvalidInput;
+        if counts {
+            tracing::error!(
+                model = &*self.model,
+                rows = items.len(),
+                error = %e,
+                "plugin call failed"
+            );
+            self.failures = self.failures.saturating_add(1);
+            self.health
+                .record(Some(format!("last plugin call failed: {}", e.message)));
+        }
+        for item in items {
+            item.answer(Err(EngineError::Plugin(e.clone())));
+        }
+        if counts && self.failures >= RELOAD_AFTER && !self.reloaded {
+            self.reload_model(&e);
+        }
+    }
+
+    /// Counts `rows` failed items in the metrics, by reason.
+    fn count(&self, e: &PluginError, rows: usize) {
+        let reason = if e.message.contains("panic") {
+            "panic"
+        } else {
+            e.code.as_str()
+        };
+        crate::metrics::global()
+            .failures
+            .with_label_values(&[&*self.model, reason])
+            .inc_by(rows as u64);
+    }
+}
+
+/// Whether a batch that failed with `code` is retried in halves: bad input fails only its own
+/// rows, and fewer rows need less memory. Other failures are not the rows' doing.
+fn splits(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::InvalidInput | ErrorCode::OutOfMemory)
+}
+
+impl Worker {
+    /// Loads the model again after `RELOAD_AFTER` counted failures in a row, `cause` the last;
+    /// once per failure streak, when the engine was given the means. A model on a GPU, or one
+    /// out of memory, is dropped first; on the CPU the new copy loads before the old one goes.
+    fn reload_model(&mut self, cause: &PluginError) {
+        if self.reload.is_none() {
+            return;
+        }
+        self.reloaded = true;
+        self.health.restarts.fetch_add(1, Ordering::SeqCst);
+        let on_device = match &self.state {
+            ModelState::Ready(runner) => !runner.described.device.eq_ignore_ascii_case("cpu"),
+            ModelState::Missing(_) => true,
+        };
+        let free_first = on_device || cause.code == ErrorCode::OutOfMemory;
+        let streak = format!(
+            "{} failed calls in a row (last: {})",
+            self.failures, cause.message
+        );
+        tracing::warn!(
+            model = &*self.model,
+            failures = self.failures,
+            free_first,
+            "plugin calls keep failing; reloading the model"
+        );
+        if free_first {
+            // The new copy may need the memory the old one holds: drop the old one first.
+            let old = std::mem::replace(
+                &mut self.state,
+                ModelState::Missing(Missing {
+                    cause: format!("it was dropped to be reloaded after {streak}"),
+                    error: PluginError::internal("the reload has not finished"),
+                    last_attempt: Instant::now(),
+                }),
+            );
+            drop(old);
+            match self.load() {
+                Ok(runner) => {
+                    self.state = ModelState::Ready(runner);
+                    self.health.record(Some(format!(
+                        "model reloaded (old copy freed first) after {streak}; healthy again \
+                         after its next successful call"
+                    )));
+                    tracing::info!(model = &*self.model, "model reloaded");
                 }
-                for item in items {
-                    item.answer(Err(EngineError::Plugin(e.clone())));
+                Err(error) => {
+                    tracing::error!(
+                        model = &*self.model,
+                        error = %error,
+                        "reloading the model failed; it is not loaded"
+                    );
+                    self.load_failed(error);
                 }
-                if counts && self.failures >= RELOAD_AFTER {
-                    self.reload_model(&e.message);
+            }
+        } else {
+            match self.load() {
+                Ok(runner) => {
+                    // The old copy served until now; it goes once the new one is in place.
+                    let old = std::mem::replace(&mut self.state, ModelState::Ready(runner));
+                    drop(old);
+                    self.health.record(Some(format!(
+                        "model reloaded after {streak}; healthy again after its next successful \
+                         call"
+                    )));
+                    tracing::info!(model = &*self.model, "model reloaded");
+                }
+                Err(error) => {
+                    self.health.record(Some(format!(
+                        "reloading the model after {streak} failed: {}; the loaded copy keeps \
+                         serving",
+                        error.message
+                    )));
+                    tracing::error!(
+                        model = &*self.model,
+                        error = %error,
+                        "reloading the model failed; the loaded copy keeps serving"
+                    );
                 }
             }
         }
     }
-}
 
-impl Worker {
-    /// Loads the model again after repeated failures, when the engine was given the means.
-    fn reload_model(&mut self, last_error: &str) {
-        let Some(reload) = &self.reload else {
+    /// Tries to load a missing model again, when `retry_every` has passed since the last try.
+    fn retry_load(&mut self) {
+        let ModelState::Missing(missing) = &self.state else {
             return;
         };
-        tracing::warn!(
-            model = &*self.model,
-            failures = self.failures,
-            "plugin calls keep failing; reloading the model"
-        );
-        self.failures = 0;
-        match reload() {
-            Ok(runner) => {
-                self.runner = runner;
-                self.health.record(Some(format!(
-                    "model reloaded after {RELOAD_AFTER} failed calls (last: {last_error}); \
-                     healthy again after its next successful call"
-                )));
-                tracing::info!(model = &*self.model, "model reloaded");
-            }
-            Err(e) => {
-                self.health.record(Some(format!(
-                    "reloading the model after {RELOAD_AFTER} failed calls failed: {e}"
-                )));
-                tracing::error!(
-                    model = &*self.model,
-                    error = e,
-                    "reloading the model failed"
-                );
-            }
+        if missing.last_attempt.elapsed() < self.retry_every {
+            return;
         }
         self.health.restarts.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(model = &*self.model, "loading the missing model again");
+        match self.load() {
+            Ok(runner) => {
+                self.state = ModelState::Ready(runner);
+                self.health.record(Some(
+                    "model loaded again after it was missing; healthy again after its next \
+                     successful call"
+                        .into(),
+                ));
+                tracing::info!(model = &*self.model, "model loaded again");
+            }
+            Err(error) => {
+                tracing::error!(
+                    model = &*self.model,
+                    error = %error,
+                    "loading the missing model failed again"
+                );
+                self.load_failed(error);
+            }
+        }
+    }
+
+    /// Calls the reload function, a panic in it being an error.
+    fn load(&self) -> Result<ModelRunner, PluginError> {
+        let Some(reload) = &self.reload else {
+            return Err(PluginError::internal("this engine cannot load its model"));
+        };
+        catch_unwind(AssertUnwindSafe(reload))
+            .unwrap_or_else(|_| Err(PluginError::internal("panic while loading the model")))
+    }
+
+    /// Records a failed load of a missing model, for its items and `/health`.
+    fn load_failed(&mut self, error: PluginError) {
+        if let ModelState::Missing(missing) = &mut self.state {
+            missing.error = error;
+            missing.last_attempt = Instant::now();
+            self.health.record(Some(missing.reason(self.retry_every)));
+        }
     }
 }
 
@@ -823,16 +1067,407 @@ mod tests {
         assert_eq!(e.queued(), 0);
     }
 
+    /// What the scripted models of one test record, shared with the test.
+    #[derive(Default)]
+    struct Probe {
+        /// Plugin calls made, held calls aside.
+        calls: AtomicUsize,
+        /// Rows of each call, in order, held calls aside.
+        rows: Mutex<Vec<usize>>,
+        /// `load N` and `drop N` of the model copies, in order (the first copy is 0).
+        events: Mutex<Vec<String>>,
+        /// Copies loaded so far.
+        copies: AtomicUsize,
+        /// Reloads asked of the engine's reload function.
+        reloads: AtomicUsize,
+        /// How many of the next reloads fail.
+        failing_reloads: AtomicUsize,
+    }
+
+    impl Probe {
+        fn events(&self) -> Vec<String> {
+            self.events.lock().unwrap().clone()
+        }
+
+        fn rows(&self) -> Vec<usize> {
+            self.rows.lock().unwrap().clone()
+        }
+    }
+
+    /// A batch holding this token waits twice at the model's barrier: once to tell the test
+    /// that the worker is inside the call, once to be released.
+    const HOLD: i64 = 1000;
+    /// A batch holding this token fails as a whole with a device error.
+    const DEVICE_LOST: i64 = 13;
+    /// A batch holding this token runs out of memory when it has more than two rows.
+    const BIG: i64 = 88;
+    /// A batch holding this token runs out of memory whatever its size.
+    const HUGE: i64 = 77;
+
+    /// An in-process model driven by the tokens it gets (see the constants above; 666 is bad
+    /// input as for [`Echo`]), on a device of the test's choosing, that logs its loads and
+    /// drops; the vector of a row is [its length, its first token].
+    struct Scripted {
+        copy: usize,
+        device: &'static str,
+        probe: Arc<Probe>,
+        hold: Arc<std::sync::Barrier>,
+    }
+
+    impl Scripted {
+        fn load(
+            device: &'static str,
+            probe: &Arc<Probe>,
+            hold: &Arc<std::sync::Barrier>,
+        ) -> ModelRunner {
+            let copy = probe.copies.fetch_add(1, Ordering::SeqCst);
+            probe.events.lock().unwrap().push(format!("load {copy}"));
+            ModelRunner::new(into_model_box(Box::new(Scripted {
+                copy,
+                device,
+                probe: probe.clone(),
+                hold: hold.clone(),
+            })))
+        }
+    }
+
+    impl Drop for Scripted {
+        fn drop(&mut self) {
+            if let Ok(mut events) = self.probe.events.lock() {
+                events.push(format!("drop {}", self.copy));
+            }
+        }
+    }
+
+    impl Model for Scripted {
+        fn describe(&self) -> LoadedModel {
+            LoadedModel {
+                embedding_dim: 2,
+                device: self.device.into(),
+                dtype: DType::Fp32,
+                concurrent_calls: false,
+            }
+        }
+
+        fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+            let ids = batch.input_ids.as_slice();
+            if ids.contains(&HOLD) {
+                self.hold.wait();
+                self.hold.wait();
+            } else {
+                self.probe.calls.fetch_add(1, Ordering::SeqCst);
+                self.probe.rows.lock().unwrap().push(batch.rows as usize);
+            }
+            if ids.contains(&DEVICE_LOST) {
+                return Err(PluginError::new(ErrorCode::Device, "device lost"));
+            }
+            if ids.contains(&HUGE) || (ids.contains(&BIG) && batch.rows > 2) {
+                return Err(PluginError::new(ErrorCode::OutOfMemory, "out of memory"));
+            }
+            if ids.contains(&666) {
+                return Err(PluginError::invalid_input("token 666 is not allowed"));
+            }
+            Echo.embed_tokens(batch)
+        }
+    }
+
+    /// A scripted engine with its probe and barrier; reloads load a new scripted copy unless
+    /// the probe says they fail.
+    fn scripted(
+        device: &'static str,
+        batch_size: usize,
+        queue_size: usize,
+        retry_every: Duration,
+    ) -> (Engine, Arc<Probe>, Arc<std::sync::Barrier>) {
+        let probe = Arc::new(Probe::default());
+        let hold = Arc::new(std::sync::Barrier::new(2));
+        let runner = Scripted::load(device, &probe, &hold);
+        let (p, h) = (probe.clone(), hold.clone());
+        let reload: Reload = Box::new(move || {
+            p.reloads.fetch_add(1, Ordering::SeqCst);
+            let fail = p
+                .failing_reloads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(PluginError::new(ErrorCode::Device, "no device memory left"));
+            }
+            Ok(Scripted::load(device, &p, &h))
+        });
+        let limits = EngineLimits {
+            batch_size,
+            max_batch_tokens: 1 << 20,
+            queue_size,
+            pad_id: 0,
+        };
+        let e =
+            Engine::start_retrying("scripted", runner, limits, Some(reload), retry_every).unwrap();
+        (e, probe, hold)
+    }
+
+    /// Runs `queue` while the worker is held inside a call, so that everything it submits
+    /// is waiting when the worker next forms a window.
+    fn while_held<T>(e: &Engine, hold: &std::sync::Barrier, queue: impl FnOnce() -> T) -> T {
+        let held = e.submit(vec![toks(HOLD, 1)]).unwrap();
+        hold.wait();
+        let out = queue();
+        hold.wait();
+        for rx in held {
+            assert!(rx.blocking_recv().unwrap().is_ok());
+        }
+        out
+    }
+
+    /// Submits one item alone and waits for its result.
+    fn one(e: &Engine, payload: Payload) -> Result<Output, EngineError> {
+        let rx = e.submit(vec![payload]).unwrap().pop().unwrap();
+        rx.blocking_recv().unwrap()
+    }
+
+    fn code(result: Result<Output, EngineError>) -> ErrorCode {
+        match result {
+            Err(EngineError::Plugin(e)) => e.code,
+            other => panic!("expected a plugin error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn admission_is_all_or_nothing_within_the_queue_bound() {
+        let (e, _, hold) = scripted("cpu", 4, 3, RETRY_LOAD_EVERY);
+        let waiting = while_held(&e, &hold, || {
+            // The held item and these two fill the queue of 3.
+            let waiting = e.submit(vec![toks(1, 2), toks(2, 2)]).unwrap();
+            let refused = e.submit(vec![toks(3, 2)]);
+            assert!(
+                matches!(
+                    refused,
+                    Err(EngineError::Overloaded {
+                        queued: 3,
+                        capacity: 3,
+                        ..
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(e.queued(), 3, "a refused request leaves nothing queued");
+            waiting
+        });
+        for rx in waiting {
+            assert!(rx.blocking_recv().unwrap().is_ok());
+        }
+        assert_eq!(e.queued(), 0);
+        assert!(e.submit((0..3).map(|_| toks(1, 2)).collect()).is_ok());
+    }
+
+    #[test]
+    fn a_request_larger_than_the_queue_is_too_large_not_overloaded() {
         let e = engine(3);
         let refused = e.submit((0..4).map(|_| toks(1, 2)).collect());
+        let Err(err @ EngineError::TooLarge { .. }) = refused else {
+            panic!("expected TooLarge, got {refused:?}");
+        };
         assert!(matches!(
-            refused,
-            Err(EngineError::Overloaded { capacity: 3, .. })
+            err,
+            EngineError::TooLarge {
+                items: 4,
+                capacity: 3,
+                ..
+            }
         ));
         assert_eq!(e.queued(), 0, "a refused request leaves nothing queued");
+        let api = crate::api::ApiError::from(err);
+        assert_eq!(api.status, 413);
+        assert!(
+            api.message.contains("4 items") && api.message.contains("INFINITY_QUEUE_SIZE"),
+            "{}",
+            api.message
+        );
+        // A request that fits an empty queue is only ever refused as overload, with 429.
+        let overloaded = EngineError::Overloaded {
+            model: "m".into(),
+            queued: 2,
+            capacity: 3,
+        };
+        assert_eq!(crate::api::ApiError::from(overloaded).status, 429);
         assert!(e.submit((0..3).map(|_| toks(1, 2)).collect()).is_ok());
+    }
+
+    #[test]
+    fn a_systemic_failure_fails_the_whole_batch_in_one_call() {
+        let (e, probe, hold) = scripted("cpu", 32, 100, RETRY_LOAD_EVERY);
+        let rxs = while_held(&e, &hold, || {
+            e.submit((0..32).map(|i| toks(DEVICE_LOST, 1 + i % 3)).collect())
+                .unwrap()
+        });
+        for rx in rxs {
+            assert_eq!(code(rx.blocking_recv().unwrap()), ErrorCode::Device);
+        }
+        assert_eq!(probe.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.rows(), vec![32]);
+        let reason = e.health.status().unwrap_err();
+        assert!(reason.contains("device lost"), "{reason}");
+        // One failure counted, not one per row: no reload yet.
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 0);
+        assert_eq!(e.queued(), 0);
+    }
+
+    #[test]
+    fn out_of_memory_splits_until_the_rows_fit() {
+        let (e, probe, hold) = scripted("cpu", 8, 100, RETRY_LOAD_EVERY);
+        let rxs = while_held(&e, &hold, || {
+            e.submit((0..8).map(|_| toks(BIG, 4)).collect()).unwrap()
+        });
+        for rx in rxs {
+            assert_eq!(
+                rx.blocking_recv().unwrap().unwrap(),
+                Output::Vector(vec![4.0, BIG as f32])
+            );
+        }
+        // 8 fails, 4 fails, 2 and 2 fit; the other 4 fails, 2 and 2 fit.
+        assert_eq!(probe.rows(), vec![8, 4, 2, 2, 4, 2, 2]);
+        assert_eq!(probe.calls.load(Ordering::SeqCst), 7);
+        assert!(e.health.status().is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_bad_input_in_a_shared_batch_fails_only_its_own_request() {
+        let (e, probe, hold) = scripted("cpu", 4, 100, RETRY_LOAD_EVERY);
+        let (good1, bad, good2) = while_held(&e, &hold, || {
+            (
+                e.submit(vec![toks(1, 3), toks(2, 3)]).unwrap(),
+                e.submit(vec![toks(666, 3)]).unwrap(),
+                e.submit(vec![toks(3, 3)]).unwrap(),
+            )
+        });
+        for rx in good1.into_iter().chain(good2) {
+            assert!(matches!(rx.blocking_recv().unwrap(), Ok(Output::Vector(_))));
+        }
+        let bad = bad.into_iter().next().unwrap().blocking_recv().unwrap();
+        let err = bad.as_ref().unwrap_err().to_string();
+        assert!(err.contains("token 666"), "{err}");
+        assert_eq!(code(bad), ErrorCode::InvalidInput);
+        // 4 fails; [1, 2] fits; [666, 3] fails; [666] fails alone, [3] fits.
+        assert_eq!(probe.rows(), vec![4, 2, 2, 1, 1]);
+        assert!(e.health.status().is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_failure_streak_reloads_the_model_once() {
+        let (e, probe, _) = scripted("cpu", 4, 100, RETRY_LOAD_EVERY);
+        for i in 0..10 {
+            assert_eq!(
+                code(one(&e, toks(DEVICE_LOST, 2))),
+                ErrorCode::Device,
+                "{i}"
+            );
+        }
+        assert_eq!(probe.calls.load(Ordering::SeqCst), 10);
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 1);
+        assert_eq!(e.health.restarts(), 1);
+        // A success ends the streak; the next one may reload again.
+        assert!(one(&e, toks(1, 2)).is_ok());
+        assert!(e.health.status().is_ok());
+        for _ in 0..RELOAD_AFTER {
+            assert!(one(&e, toks(DEVICE_LOST, 2)).is_err());
+        }
+        // Answered after the reload that follows the streak's last failure.
+        assert!(one(&e, toks(1, 2)).is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 2);
+    }
+
+    /// The load/drop log of a scripted model on `device` reloaded after failures on `token`.
+    fn reload_events(device: &'static str, token: i64) -> Vec<String> {
+        let (e, probe, _) = scripted(device, 4, 100, RETRY_LOAD_EVERY);
+        for _ in 0..RELOAD_AFTER {
+            assert!(one(&e, toks(token, 2)).is_err());
+        }
+        // Answered after the reload.
+        assert!(one(&e, toks(1, 2)).is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 1);
+        probe.events()
+    }
+
+    #[test]
+    fn a_gpu_or_out_of_memory_model_is_freed_before_its_reload() {
+        let freed_first = ["load 0", "drop 0", "load 1"];
+        assert_eq!(reload_events("cuda:0", DEVICE_LOST), freed_first);
+        assert_eq!(reload_events("cpu", HUGE), freed_first);
+    }
+
+    #[test]
+    fn a_cpu_model_loads_its_new_copy_before_dropping_the_old() {
+        assert_eq!(
+            reload_events("cpu", DEVICE_LOST),
+            ["load 0", "load 1", "drop 0"]
+        );
+    }
+
+    #[test]
+    fn a_failed_cpu_reload_keeps_the_loaded_copy_serving() {
+        let (e, probe, _) = scripted("cpu", 4, 100, RETRY_LOAD_EVERY);
+        probe.failing_reloads.store(1, Ordering::SeqCst);
+        for _ in 0..RELOAD_AFTER {
+            assert!(one(&e, toks(DEVICE_LOST, 2)).is_err());
+        }
+        assert!(one(&e, toks(1, 2)).is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.events(), ["load 0"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_leaves_the_worker_answering_errors() {
+        let (e, probe, _) = scripted("cuda:0", 4, 100, RETRY_LOAD_EVERY);
+        probe.failing_reloads.store(usize::MAX, Ordering::SeqCst);
+        let run = |payload| {
+            let e = e.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), e.run(vec![payload]))
+                    .await
+                    .expect("the worker answers")
+            }
+        };
+        for _ in 0..RELOAD_AFTER {
+            assert!(run(toks(DEVICE_LOST, 2)).await.is_err());
+        }
+        for _ in 0..5 {
+            let Err(EngineError::Plugin(err)) = run(toks(1, 2)).await else {
+                panic!("a missing model answers an error");
+            };
+            assert_eq!(err.code, ErrorCode::Device);
+            assert!(
+                err.message.contains("not loaded") && err.message.contains("no device memory left"),
+                "{}",
+                err.message
+            );
+        }
+        let reason = e.health.status().unwrap_err();
+        assert!(
+            reason.contains("not loaded") && reason.contains("no device memory left"),
+            "{reason}"
+        );
+        // The old copy was freed, no new one came, the plugin was not called again, and the
+        // load is not retried before its interval.
+        assert_eq!(probe.events(), ["load 0", "drop 0"]);
+        assert_eq!(probe.calls.load(Ordering::SeqCst), RELOAD_AFTER as usize);
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 1);
+        assert_eq!(e.queued(), 0);
+    }
+
+    #[test]
+    fn a_missing_model_is_loaded_again_after_the_retry_interval() {
+        let retry = Duration::from_millis(300);
+        let (e, probe, _) = scripted("cuda:0", 4, 100, retry);
+        probe.failing_reloads.store(1, Ordering::SeqCst);
+        for _ in 0..RELOAD_AFTER {
+            assert!(one(&e, toks(DEVICE_LOST, 2)).is_err());
+        }
+        std::thread::sleep(retry + Duration::from_millis(200));
+        assert_eq!(one(&e, toks(1, 2)).unwrap(), Output::Vector(vec![2.0, 1.0]));
+        assert!(e.health.status().is_ok());
+        assert_eq!(probe.reloads.load(Ordering::SeqCst), 2);
+        assert_eq!(probe.events(), ["load 0", "drop 0", "load 1"]);
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub async fn prepare_reporting(
     phase(Phase::Downloading);
     let local = resolve::resolve(&m.name, plugin, m.dtype).await?;
     phase(Phase::Loading);
-    let manifest = manifest::read(&m.name, &local.dir)?;
+    // Everything below reads files or calls into the plugin: blocking threads do it, never
+    // the runtime's workers (which keep answering /health and the loading progress).
+    let (name, dir) = (m.name.clone(), local.dir.clone());
+    let manifest = tokio::task::spawn_blocking(move || manifest::read(&name, &dir)).await??;
     let kind = manifest.abi.kind;
     if !plugin.info.kinds.contains(&kind) {
         let kinds: Vec<&str> = plugin.info.kinds.iter().map(|k| k.as_str()).collect();
@@ -147,8 +150,13 @@ async fn deploy(
     let kind = manifest.abi.kind;
     let described = runner.described.clone();
     progress.set(index, Phase::WarmingUp);
-    let warm = warm_up(&runner, &encoder, kind, m.batch_size as usize)
-        .with_context(|| format!("model {}", m.name))?;
+    let rows = m.batch_size as usize;
+    // A model that fails its warm-up is dropped on the blocking thread too.
+    let (runner, encoder, warm) = tokio::task::spawn_blocking(move || {
+        warm_up(&runner, &encoder, kind, rows).map(|warm| (runner, encoder, warm))
+    })
+    .await?
+    .with_context(|| format!("model {}", m.name))?;
     tracing::info!(
         model = m.name,
         rows = m.batch_size,
@@ -156,11 +164,7 @@ async fn deploy(
         "model warmed up"
     );
     let reloader = plugin.clone();
-    let reload: Reload = Box::new(move || {
-        reloader
-            .load_model(&request)
-            .map_err(|e| e.message.to_string())
-    });
+    let reload: Reload = Box::new(move || reloader.load_model(&request));
     let engine = Engine::start(
         &m.name,
         runner,
@@ -242,7 +246,10 @@ pub fn load_plugin(settings: &Settings) -> anyhow::Result<Arc<Plugin>> {
 
 /// Loads the plugin and every model, ready to serve, reporting each model's phase.
 pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<Arc<AppState>> {
-    let plugin = load_plugin(settings)?;
+    // Loading the plugin opens its library and initialises its runtime: a blocking thread's
+    // work.
+    let plugin_settings = settings.clone();
+    let plugin = tokio::task::spawn_blocking(move || load_plugin(&plugin_settings)).await??;
     tracing::info!(
         backend = plugin.info.name.as_str(),
         version = plugin.info.version.as_str(),

@@ -59,6 +59,10 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match &e {
             EngineError::Overloaded { .. } => ApiError::new(429, "rate_limit_error", e.to_string()),
+            // Retrying cannot help: the request never fits in the queue.
+            EngineError::TooLarge { .. } => {
+                ApiError::new(413, "invalid_request_error", e.to_string())
+            }
             EngineError::Stopped(_) => ApiError::new(503, "server_error", e.to_string()),
             EngineError::Plugin(p) => match p.code {
                 ErrorCode::InvalidInput => {
