@@ -311,7 +311,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let jobs = JobStore::new(settings.runpod_max_concurrency);
+    let jobs = JobStore::new(settings.runpod_max_concurrency, settings.jobs.clone());
     let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
         .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
     gate.open(crate::http::router(

@@ -450,3 +450,205 @@ fn test_input_runs_one_job_prints_it_and_exits() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the test input"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// POSTs JSON to `path`; returns status, `Retry-After` and parsed body.
+fn post_with_retry_after(
+    server: &Server,
+    path: &str,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
+    let resp = client()
+        .post(format!("{}{path}", server.url))
+        .json(body)
+        .send()
+        .unwrap();
+    let code = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (code, retry, resp.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_flood_of_jobs_beyond_the_waiting_limits_gets_429_and_every_accepted_job_finishes() {
+    let images = ImageServer::start();
+    let server = serve(
+        &["tiny-bert-cls", "tiny-clip"],
+        &[
+            ("RUNPOD_MAX_CONCURRENCY", "1"),
+            ("JOBS_MAX_WAITING", "3"),
+            ("JOBS_MAX_WAITING_BYTES", "4096"),
+        ],
+    );
+    let text_model = fixture("tiny-bert-cls").display().to_string();
+    let clip = fixture("tiny-clip").display().to_string();
+    let slow = json!({"input": {"model": clip, "modality": "image",
+                                "input": format!("{}/slow", images.url)}});
+    let start_slow = || {
+        let (code, body) = server.post("/run", &slow);
+        assert_eq!(code, 200, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        poll_status(&server, &format!("/status/{id}"), "IN_PROGRESS");
+        id
+    };
+
+    // The one slot is held by a 5 s job: the next 3 wait, the rest are refused.
+    let mut accepted = vec![start_slow()];
+    let mut refused = 0;
+    for i in 0..12 {
+        let path = if i % 2 == 0 { "/run" } else { "/v2/ep/run" };
+        let job = json!({"input": {"model": text_model, "input": format!("flood {i}")}});
+        let (code, retry, body) = post_with_retry_after(&server, path, &job);
+        match code {
+            200 => accepted.push(body["id"].as_str().unwrap().to_string()),
+            429 => {
+                refused += 1;
+                assert_eq!(retry.as_deref(), Some("1"), "{body}");
+                let msg = body["error"].as_str().unwrap();
+                assert!(
+                    msg.contains("3 jobs waiting") && msg.contains("JOBS_MAX_WAITING"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 4, "{accepted:?}");
+    assert_eq!(refused, 9);
+    let (code, retry, body) = post_with_retry_after(
+        &server,
+        "/runsync",
+        &json!({"input": {"model": text_model, "input": "sync"}}),
+    );
+    assert_eq!((code, retry.as_deref()), (429, Some("1")), "{body}");
+    let (_, health) = server.get("/v2/ep/health");
+    assert_eq!(health["jobs"]["inQueue"], 3, "{health}");
+    assert_eq!(health["jobs"]["inProgress"], 1, "{health}");
+
+    // Every accepted job finishes and keeps its output.
+    for id in &accepted {
+        let done = poll_status(&server, &format!("/status/{id}"), "COMPLETED");
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(vectors(&done["output"]).len(), 1, "{done}");
+    }
+    let (_, health) = server.get("/health");
+    assert_eq!(health["jobs"]["inQueue"], 0, "{health}");
+    assert_eq!(health["jobs"]["inProgress"], 0, "{health}");
+    assert_eq!(health["jobs"]["completed"], 4, "{health}");
+
+    // The bytes of waiting inputs: a 3 kB input waits; a second one would pass 4096 bytes.
+    let slow_id = start_slow();
+    let big = json!({"input": {"model": text_model, "input": "word ".repeat(600)}});
+    let (code, body) = server.post("/run", &big);
+    assert_eq!(code, 200, "{body}");
+    let big_id = body["id"].as_str().unwrap().to_string();
+    let (code, retry, body) = post_with_retry_after(&server, "/run", &big);
+    assert_eq!((code, retry.as_deref()), (429, Some("1")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("JOBS_MAX_WAITING_BYTES=4096"),
+        "{body}"
+    );
+    // A small input still fits.
+    let (code, body) = server.post(
+        "/run",
+        &json!({"input": {"model": text_model, "input": "small"}}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let small_id = body["id"].as_str().unwrap().to_string();
+    for id in [slow_id, big_id, small_id] {
+        let done = poll_status(&server, &format!("/status/{id}"), "COMPLETED");
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+    }
+}
+
+#[test]
+fn older_outputs_are_dropped_to_stay_within_the_retained_bytes() {
+    let budget = 16_384;
+    let server = serve(&["tiny-bert-cls"], &[("JOBS_MAX_RETAINED_BYTES", "16384")]);
+    let text_model = fixture("tiny-bert-cls").display().to_string();
+    let job = |n: usize| {
+        let texts: Vec<String> = (0..n).map(|i| format!("text number {i}")).collect();
+        json!({"input": {"model": text_model, "input": texts}})
+    };
+    let dropped_message = |id: &str| {
+        let (code, body) = server.get(&format!("/status/{id}"));
+        assert_eq!(code, 404, "{body}");
+        let msg = body["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(id), "{msg}");
+        msg
+    };
+
+    // Jobs of about 6 kB each: once more than the budget has finished, the oldest is gone.
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let (code, body) = server.post("/runsync", &job(8));
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], "COMPLETED", "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+        sizes.push(serde_json::to_string(&body).unwrap().len());
+        let (code, _) = server.get(&format!("/status/{}", ids[0]));
+        if code == 404 || ids.len() > 20 {
+            break;
+        }
+    }
+    assert!(sizes[0] > 2_000 && sizes[0] < budget / 2, "{sizes:?}");
+    let total: usize = sizes.iter().sum();
+    assert!(
+        total > budget,
+        "the first job went only once the budget was passed: {sizes:?}"
+    );
+    assert!(
+        total - sizes[sizes.len() - 1] <= budget + 64,
+        "the first job went as soon as the budget was passed: {sizes:?}"
+    );
+    let msg = dropped_message(&ids[0]);
+    assert!(
+        msg.contains("finished but its output was dropped")
+            && msg.contains("JOBS_MAX_RETAINED_BYTES"),
+        "{msg}"
+    );
+    let newest = ids.last().unwrap();
+    let (code, body) = server.get(&format!("/status/{newest}"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(vectors(&body["output"]).len(), 8);
+    // An unknown id still answers as before.
+    let (code, body) = server.get("/status/no-such-job");
+    assert_eq!(code, 404);
+    let unknown = body["error"].as_str().unwrap();
+    assert!(
+        unknown.contains("not found") && !unknown.contains("RETAINED"),
+        "{unknown}"
+    );
+
+    // An output bigger than the whole budget reaches its /runsync caller, then is not kept;
+    // the newest kept job stays.
+    let (code, body) = server.post("/runsync", &job(64));
+    assert_eq!(code, 200, "{body}");
+    assert!(serde_json::to_string(&body).unwrap().len() > budget);
+    assert_eq!(vectors(&body["output"]).len(), 64);
+    let big = body["id"].as_str().unwrap();
+    assert!(dropped_message(big).contains("JOBS_MAX_RETAINED_BYTES"));
+    let (code, _) = server.get(&format!("/status/{newest}"));
+    assert_eq!(code, 200);
+
+    // A /run job's output is kept until newer ones push it out.
+    let (_, body) = server.post("/run", &job(8));
+    let queued = body["id"].as_str().unwrap().to_string();
+    let done = poll_status(&server, &format!("/status/{queued}"), "COMPLETED");
+    assert_eq!(vectors(&done["output"]).len(), 8);
+    for _ in 0..4 {
+        server.post("/runsync", &job(8));
+    }
+    dropped_message(&queued);
+    let (_, health) = server.get("/health");
+    assert!(
+        health["jobs"]["completed"].as_u64().unwrap() >= ids.len() as u64 + 6,
+        "{health}"
+    );
+}

@@ -3,16 +3,18 @@
 //! `/v2/{endpoint_id}/` with `/v2/{endpoint_id}/health`, so that the official runpod client
 //! works against it through `RUNPOD_ENDPOINT_BASE_URL`. `/v2/{endpoint_id}/openai/v1/...` is
 //! mapped to the router's `openai_route` as the platform's gateway does, answering plain
-//! OpenAI JSON.
+//! OpenAI JSON. When too many jobs (or too many bytes of job inputs) wait, `/run` and
+//! `/runsync` answer 429 with `Retry-After`; `/status` of a finished job that was dropped says
+//! why instead of calling it unknown.
 
-use super::jobs::JobStore;
+use super::jobs::{JobStore, Missing, QueueFull, RETRY_AFTER_SECS};
 use super::router::{self, JobResult};
 use crate::api::{ApiError, AppState};
 use crate::http::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
@@ -46,6 +48,14 @@ impl IntoResponse for PlatformError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
+}
+
+/// A job refused because the queue is full: 429 with `Retry-After`.
+fn queue_full(e: QueueFull) -> Response {
+    let mut resp = platform_error(StatusCode::TOO_MANY_REQUESTS, e.0).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+    resp
 }
 
 fn platform_error(status: StatusCode, message: impl Into<String>) -> PlatformError {
@@ -88,14 +98,16 @@ fn job_id(params: &HashMap<String, String>) -> String {
     params.get("job_id").cloned().unwrap_or_default()
 }
 
-fn unknown(id: &str) -> PlatformError {
-    platform_error(
-        StatusCode::NOT_FOUND,
-        format!(
+/// 404 for a job that is not there: unknown, or finished and dropped (saying why).
+fn missing(id: &str, why: Missing) -> Response {
+    let message = match why {
+        Missing::Unknown => format!(
             "job {id} not found (finished jobs are kept for {} minutes)",
             super::jobs::KEEP_FINISHED.as_secs() / 60
         ),
-    )
+        Missing::Dropped(message) => message,
+    };
+    platform_error(StatusCode::NOT_FOUND, message).into_response()
 }
 
 async fn run(
@@ -104,10 +116,10 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match job_input(&state, &headers, body) {
-        Ok(input) => {
-            let id = state.jobs.submit(state.app.clone(), "", input);
-            Json(json!({"id": id, "status": "IN_QUEUE"})).into_response()
-        }
+        Ok(input) => match state.jobs.submit(state.app.clone(), "", input) {
+            Ok(id) => Json(json!({"id": id, "status": "IN_QUEUE"})).into_response(),
+            Err(full) => queue_full(full),
+        },
         Err(e) => e.into_response(),
     }
 }
@@ -133,10 +145,13 @@ async fn runsync(
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    let id = state.jobs.submit(state.app.clone(), "sync-", input);
+    let id = match state.jobs.submit(state.app.clone(), "sync-", input) {
+        Ok(id) => id,
+        Err(full) => return queue_full(full),
+    };
     match state.jobs.wait(&id, Duration::from_millis(wait)).await {
-        Some(v) => Json(v).into_response(),
-        None => unknown(&id).into_response(),
+        Ok(v) => Json(v).into_response(),
+        Err(why) => missing(&id, why),
     }
 }
 
@@ -146,8 +161,8 @@ async fn status(
 ) -> Response {
     let id = job_id(&params);
     match state.jobs.view(&id) {
-        Some(v) => Json(v).into_response(),
-        None => unknown(&id).into_response(),
+        Ok(v) => Json(v).into_response(),
+        Err(why) => missing(&id, why),
     }
 }
 
@@ -156,8 +171,9 @@ async fn stream(
     Path(params): Path<HashMap<String, String>>,
 ) -> Response {
     let id = job_id(&params);
-    let Some(mut v) = state.jobs.view(&id) else {
-        return unknown(&id).into_response();
+    let mut v = match state.jobs.view(&id) {
+        Ok(v) => v,
+        Err(why) => return missing(&id, why),
     };
     // Jobs here are not generators: a finished job streams its whole output as one chunk.
     let chunks = match v.get("output") {
@@ -177,8 +193,8 @@ async fn cancel(
 ) -> Response {
     let id = job_id(&params);
     match state.jobs.cancel(&id) {
-        Some(v) => Json(json!({"id": id, "status": v["status"]})).into_response(),
-        None => unknown(&id).into_response(),
+        Ok(v) => Json(json!({"id": id, "status": v["status"]})).into_response(),
+        Err(why) => missing(&id, why),
     }
 }
 
