@@ -290,18 +290,18 @@ impl Engine {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Queues all `payloads` or none; the receivers answer in the same order.
-    pub fn submit(
-        &self,
-        payloads: Vec<Payload>,
-    ) -> Result<Vec<oneshot::Receiver<Result<Output, EngineError>>>, EngineError> {
-        let n = payloads.len();
-        if n > self.capacity {
+    /// Takes places for `n` items in the queue, all or none, before their payloads exist:
+    /// work done to make them (decoding images) is admitted first.
+    pub fn reserve(&self, n: usize) -> Result<Places, EngineError> {
+        let refused = || {
             // Counted with the overloaded ones: the queue refused the items.
             crate::metrics::global()
                 .failures
                 .with_label_values(&[&*self.model, "overloaded"])
                 .inc_by(n as u64);
+        };
+        if n > self.capacity {
+            refused();
             return Err(EngineError::TooLarge {
                 model: self.model.to_string(),
                 items: n,
@@ -311,19 +311,62 @@ impl Engine {
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.capacity {
             self.queued.fetch_sub(n, Ordering::SeqCst);
-            crate::metrics::global()
-                .failures
-                .with_label_values(&[&*self.model, "overloaded"])
-                .inc_by(n as u64);
+            refused();
             return Err(EngineError::Overloaded {
                 model: self.model.to_string(),
                 queued: before,
                 capacity: self.capacity,
             });
         }
-        // Each item owns one of the n places taken above from here on.
-        let mut slots: Vec<Slot> = (0..n).map(|_| Slot(self.queued.clone())).collect();
-        let mut receivers = Vec::with_capacity(n);
+        // Each place is owned by a slot from here on, so the count is given back however
+        // the places end (submitted and answered, or dropped unused).
+        Ok(Places {
+            model: self.model.clone(),
+            tx: self.tx.clone(),
+            slots: (0..n).map(|_| Slot(self.queued.clone())).collect(),
+        })
+    }
+
+    /// Queues all `payloads` or none; the receivers answer in the same order.
+    pub fn submit(
+        &self,
+        payloads: Vec<Payload>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Output, EngineError>>>, EngineError> {
+        self.reserve(payloads.len())?.submit(payloads)
+    }
+
+    /// Queues `payloads` and waits for all results, in order.
+    pub async fn run(&self, payloads: Vec<Payload>) -> Result<Vec<Output>, EngineError> {
+        self.reserve(payloads.len())?.run(payloads).await
+    }
+}
+
+/// Places taken in a model's queue for items not submitted yet; given back when dropped.
+pub struct Places {
+    model: Arc<str>,
+    tx: mpsc::Sender<Item>,
+    slots: Vec<Slot>,
+}
+
+impl Places {
+    /// Queues `payloads`, one per place taken; the receivers answer in the same order.
+    pub fn submit(
+        self,
+        payloads: Vec<Payload>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Output, EngineError>>>, EngineError> {
+        let Places {
+            model,
+            tx,
+            mut slots,
+        } = self;
+        if payloads.len() != slots.len() {
+            return Err(EngineError::Plugin(PluginError::internal(format!(
+                "{} items were submitted for {} queue places",
+                payloads.len(),
+                slots.len()
+            ))));
+        }
+        let mut receivers = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let (reply, rx) = oneshot::channel();
             let item = Item {
@@ -332,8 +375,8 @@ impl Engine {
                 queued_at: Instant::now(),
                 slot: slots.pop().expect("one slot per payload"),
             };
-            if self.tx.send(item).is_err() {
-                return Err(EngineError::Stopped(self.model.to_string()));
+            if tx.send(item).is_err() {
+                return Err(EngineError::Stopped(model.to_string()));
             }
             receivers.push(rx);
         }
@@ -341,13 +384,14 @@ impl Engine {
     }
 
     /// Queues `payloads` and waits for all results, in order.
-    pub async fn run(&self, payloads: Vec<Payload>) -> Result<Vec<Output>, EngineError> {
+    pub async fn run(self, payloads: Vec<Payload>) -> Result<Vec<Output>, EngineError> {
+        let model = self.model.clone();
         let receivers = self.submit(payloads)?;
         let mut out = Vec::with_capacity(receivers.len());
         for rx in receivers {
             out.push(
                 rx.await
-                    .map_err(|_| EngineError::Stopped(self.model.to_string()))??,
+                    .map_err(|_| EngineError::Stopped(model.to_string()))??,
             );
         }
         Ok(out)
@@ -1468,6 +1512,22 @@ mod tests {
         assert!(e.health.status().is_ok());
         assert_eq!(probe.reloads.load(Ordering::SeqCst), 2);
         assert_eq!(probe.events(), ["load 0", "drop 0", "load 1"]);
+    }
+
+    #[tokio::test]
+    async fn reserved_places_count_until_used_or_dropped() {
+        let e = engine(3);
+        let places = e.reserve(2).unwrap();
+        assert_eq!(e.queued(), 2);
+        assert!(matches!(e.reserve(2), Err(EngineError::Overloaded { .. })));
+        drop(places);
+        assert_eq!(e.queued(), 0, "unused places are given back");
+        let places = e.reserve(2).unwrap();
+        assert!(places.submit(vec![toks(1, 2)]).is_err(), "one payload per place");
+        assert_eq!(e.queued(), 0);
+        let out = e.reserve(2).unwrap().run(vec![toks(4, 2), toks(5, 3)]).await.unwrap();
+        assert_eq!(out[1], Output::Vector(vec![3.0, 5.0]));
+        assert_eq!(e.queued(), 0);
     }
 
     #[test]

@@ -246,7 +246,7 @@ pub async fn embeddings(
             ));
         }
     }
-    let (payloads, prompt_tokens, admission) = match modality {
+    let (payloads, prompt_tokens, images_admitted) = match modality {
         Modality::Text => {
             if model.manifest.abi.kind == ModelKind::Rerank {
                 return Err(model.lacks("embed", "model"));
@@ -277,13 +277,21 @@ pub async fn embeddings(
             if model.manifest.abi.kind != ModelKind::Clip {
                 return Err(model.lacks("image_embed", "modality"));
             }
-            // Images count no tokens.
+            // Queue places first, so that no pixels are computed for items the queue refuses;
+            // images count no tokens.
+            let places = model.engine.reserve(req.input.len())?;
             let (payloads, admission) = load_images(state, model, req.input).await?;
-            (payloads, 0, Some(admission))
+            (payloads, 0, Some((places, admission)))
         }
     };
-    let outputs = model.engine.run(payloads).await?;
-    drop(admission);
+    let outputs = match images_admitted {
+        Some((places, admission)) => {
+            let outputs = places.run(payloads).await?;
+            drop(admission);
+            outputs
+        }
+        None => model.engine.run(payloads).await?,
+    };
     let mut data = Vec::with_capacity(outputs.len());
     for (index, out) in outputs.into_iter().enumerate() {
         let Output::Vector(mut v) = out else {
