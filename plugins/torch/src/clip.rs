@@ -5,7 +5,7 @@ use crate::encoder::{Linear, Norm};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 #[derive(Clone, Copy)]
 enum Act {
@@ -73,33 +73,34 @@ impl Tower {
     }
 
     /// Runs the layers on `[rows, seq, hidden]` with a boolean `attend` mask.
-    fn forward(&self, mut x: Tensor, attend: Option<&Tensor>) -> Tensor {
-        let (rows, seq, _) = x.size3().unwrap_or((0, 0, 0));
+    fn forward(&self, mut x: Tensor, attend: Option<&Tensor>) -> Result<Tensor, TchError> {
+        let (rows, seq, _) = x.size3()?;
         let head = self.hidden / self.heads;
-        let split = |t: Tensor| t.view([rows, seq, self.heads, head]).transpose(1, 2);
+        let split = |t: Tensor| t.f_view([rows, seq, self.heads, head])?.f_transpose(1, 2);
         for l in &self.layers {
-            let h = l.norm1.forward(&x);
-            let ctx = Tensor::scaled_dot_product_attention(
-                &split(l.q.forward(&h)),
-                &split(l.k.forward(&h)),
-                &split(l.v.forward(&h)),
+            let h = l.norm1.forward(&x)?;
+            let ctx = Tensor::f_scaled_dot_product_attention(
+                &split(l.q.forward(&h)?)?,
+                &split(l.k.forward(&h)?)?,
+                &split(l.v.forward(&h)?)?,
                 attend,
                 0.0,
                 false,
                 None,
                 false,
-            )
-            .transpose(1, 2)
-            .reshape([rows, seq, self.hidden]);
-            x += l.out.forward(&ctx);
-            let h = l.fc1.forward(&l.norm2.forward(&x));
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([rows, seq, self.hidden])?;
+            // In place, as `+=` does; the returned handle is `x` itself.
+            let _ = x.f_add_(&l.out.forward(&ctx)?)?;
+            let h = l.fc1.forward(&l.norm2.forward(&x)?)?;
             let h = match self.act {
-                Act::QuickGelu => &h * (&h * 1.702).sigmoid(),
-                Act::Gelu => h.gelu("none"),
+                Act::QuickGelu => h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)?,
+                Act::Gelu => h.f_gelu("none")?,
             };
-            x += l.fc2.forward(&h);
+            let _ = x.f_add_(&l.fc2.forward(&h)?)?;
         }
-        x
+        Ok(x)
     }
 }
 
@@ -153,54 +154,64 @@ impl Clip {
         })
     }
 
+    /// Rows of the token embedding table: token ids must be below it.
+    pub fn vocab_size(&self) -> i64 {
+        self.token_embedding.size()[0]
+    }
+
     /// Projected text features `[rows, dim]` for ids and mask `[rows, seq]`.
-    pub fn text(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
-        let (rows, seq) = ids.size2().unwrap_or((0, 0));
+    pub fn text(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        let (rows, seq) = ids.size2()?;
         let device = ids.device();
-        let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
-        let x = Tensor::embedding(&self.token_embedding, ids, -1, false, false)
-            + Tensor::embedding(&self.text_positions, &positions, -1, false, false);
+        let positions = Tensor::f_arange(seq, (Kind::Int64, device))?.f_unsqueeze(0)?;
+        let x = Tensor::f_embedding(&self.token_embedding, ids, -1, false, false)?.f_add(
+            &Tensor::f_embedding(&self.text_positions, &positions, -1, false, false)?,
+        )?;
         // Causal, and never attending to padding.
-        let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
+        let causal = Tensor::f_ones([seq, seq], (Kind::Bool, device))?.f_tril(0)?;
         let attend = causal
-            .view([1, 1, seq, seq])
-            .logical_and(&mask.ne(0).view([rows, 1, 1, seq]));
+            .f_view([1, 1, seq, seq])?
+            .f_logical_and(&mask.f_ne(0)?.f_view([rows, 1, 1, seq])?)?;
         let x = self
             .final_norm
-            .forward(&self.text.forward(x, Some(&attend)));
+            .forward(&self.text.forward(x, Some(&attend))?)?;
         // Pooled at the end-of-text token: the highest id in old configs (eos id 2), else its
         // first occurrence.
         let eos = if self.eos_id == 2 {
-            ids.argmax(-1, false)
+            ids.f_argmax(-1, false)?
         } else {
-            ids.eq(self.eos_id).to_kind(Kind::Int64).argmax(-1, false)
+            ids.f_eq(self.eos_id)?
+                .f_to_kind(Kind::Int64)?
+                .f_argmax(-1, false)?
         };
-        let pooled = x.index(&[Some(Tensor::arange(rows, (Kind::Int64, device))), Some(eos)]);
-        pooled.linear::<Tensor>(&self.text_projection, None)
+        let rows = Tensor::f_arange(rows, (Kind::Int64, device))?;
+        let pooled = x.f_index(&[Some(rows), Some(eos)])?;
+        pooled.f_linear::<Tensor>(&self.text_projection, None)
     }
 
     /// Projected image features `[rows, dim]` for pixels `[rows, 3, h, w]`.
-    pub fn image(&self, pixels: &Tensor) -> Tensor {
+    pub fn image(&self, pixels: &Tensor) -> Result<Tensor, TchError> {
         let rows = pixels.size()[0];
         let patches = pixels
-            .conv2d::<Tensor>(
+            .f_conv2d::<Tensor>(
                 &self.patch,
                 None,
                 [self.patch_size, self.patch_size],
                 [0, 0],
                 [1, 1],
                 1,
-            )
-            .flatten(2, -1)
-            .transpose(1, 2);
+            )?
+            .f_flatten(2, -1)?
+            .f_transpose(1, 2)?;
         let hidden = self.class_embedding.size()[0];
         let class = self
             .class_embedding
-            .view([1, 1, hidden])
-            .expand([rows, 1, hidden], false);
-        let x = Tensor::cat(&[class, patches], 1) + self.vision_positions.unsqueeze(0);
-        let x = self.vision.forward(self.pre_norm.forward(&x), None);
-        let pooled = self.post_norm.forward(&x.select(1, 0));
-        pooled.linear::<Tensor>(&self.visual_projection, None)
+            .f_view([1, 1, hidden])?
+            .f_expand([rows, 1, hidden], false)?;
+        let x =
+            Tensor::f_cat(&[class, patches], 1)?.f_add(&self.vision_positions.f_unsqueeze(0)?)?;
+        let x = self.vision.forward(self.pre_norm.forward(&x)?, None)?;
+        let pooled = self.post_norm.forward(&x.f_select(1, 0)?)?;
+        pooled.f_linear::<Tensor>(&self.visual_projection, None)
     }
 }

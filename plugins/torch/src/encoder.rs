@@ -4,7 +4,7 @@
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 /// The families this encoder implements.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,8 +60,8 @@ impl Linear {
     }
 
     /// `x W^T + b`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -89,9 +89,9 @@ impl Norm {
     }
 
     /// Normalises the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let h = self.weight.size()[0];
-        x.layer_norm([h], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.f_layer_norm([h], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
@@ -186,35 +186,53 @@ impl Encoder {
         })
     }
 
+    /// Rows of the token embedding table: token ids must be below it.
+    pub fn vocab_size(&self) -> i64 {
+        self.words.size()[0]
+    }
+
+    /// Segments the model distinguishes; with one, segment ids are ignored (all read as 0).
+    pub fn segments(&self) -> i64 {
+        self.types.size()[0]
+    }
+
     /// Token states `[rows, seq, hidden]` for ids, segment ids and mask `[rows, seq]`.
-    pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Tensor {
-        let (rows, seq) = ids.size2().unwrap_or((0, 0));
+    pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        let (rows, seq) = ids.size2()?;
         let device = ids.device();
         let positions = match self.family {
-            Family::Bert => Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0),
+            Family::Bert => Tensor::f_arange(seq, (Kind::Int64, device))?.f_unsqueeze(0)?,
             Family::Roberta => {
-                let live = ids.ne(self.pad_id).to_kind(Kind::Int64);
-                live.cumsum(1, Kind::Int64) * &live + self.pad_id
+                let live = ids.f_ne(self.pad_id)?.f_to_kind(Kind::Int64)?;
+                live.f_cumsum(1, Kind::Int64)?
+                    .f_mul(&live)?
+                    .f_add_scalar(self.pad_id)?
             }
         };
         // RoBERTa-family checkpoints have one segment: every token is segment 0.
-        let types = if self.types.size()[0] == 1 {
-            types.zeros_like()
+        let types = if self.segments() == 1 {
+            types.f_zeros_like()?
         } else {
             types.shallow_clone()
         };
-        let x = Tensor::embedding(&self.words, ids, -1, false, false)
-            + Tensor::embedding(&self.positions, &positions, -1, false, false)
-            + Tensor::embedding(&self.types, &types, -1, false, false);
-        let mut x = self.embed_norm.forward(&x);
-        let attend = mask.ne(0).view([rows, 1, 1, seq]);
+        let x = Tensor::f_embedding(&self.words, ids, -1, false, false)?
+            .f_add(&Tensor::f_embedding(
+                &self.positions,
+                &positions,
+                -1,
+                false,
+                false,
+            )?)?
+            .f_add(&Tensor::f_embedding(&self.types, &types, -1, false, false)?)?;
+        let mut x = self.embed_norm.forward(&x)?;
+        let attend = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
         let head = self.hidden / self.heads;
-        let split = |t: Tensor| t.view([rows, seq, self.heads, head]).transpose(1, 2);
+        let split = |t: Tensor| t.f_view([rows, seq, self.heads, head])?.f_transpose(1, 2);
         for l in &self.layers {
-            let q = split(l.query.forward(&x));
-            let k = split(l.key.forward(&x));
-            let v = split(l.value.forward(&x));
-            let ctx = Tensor::scaled_dot_product_attention(
+            let q = split(l.query.forward(&x)?)?;
+            let k = split(l.key.forward(&x)?)?;
+            let v = split(l.value.forward(&x)?)?;
+            let ctx = Tensor::f_scaled_dot_product_attention(
                 &q,
                 &k,
                 &v,
@@ -223,18 +241,20 @@ impl Encoder {
                 false,
                 None,
                 false,
-            )
-            .transpose(1, 2)
-            .reshape([rows, seq, self.hidden]);
-            let attended = l.attn_norm.forward(&(l.attn_out.forward(&ctx) + &x));
-            let inner = l.up.forward(&attended);
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([rows, seq, self.hidden])?;
+            let attended = l.attn_norm.forward(&l.attn_out.forward(&ctx)?.f_add(&x)?)?;
+            let inner = l.up.forward(&attended)?;
             let inner = match self.act {
-                Act::Gelu => inner.gelu("none"),
-                Act::GeluTanh => inner.gelu("tanh"),
-                Act::Relu => inner.relu(),
+                Act::Gelu => inner.f_gelu("none")?,
+                Act::GeluTanh => inner.f_gelu("tanh")?,
+                Act::Relu => inner.f_relu()?,
             };
-            x = l.out_norm.forward(&(l.down.forward(&inner) + &attended));
+            x = l
+                .out_norm
+                .forward(&l.down.forward(&inner)?.f_add(&attended)?)?;
         }
-        x
+        Ok(x)
     }
 }

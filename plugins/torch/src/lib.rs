@@ -7,6 +7,7 @@
 mod clip;
 mod device;
 mod encoder;
+pub mod error;
 mod model;
 mod weights;
 

@@ -4,6 +4,7 @@
 use crate::clip::Clip;
 use crate::device;
 use crate::encoder::{Encoder, Family, Linear};
+use crate::error::{self, from_tch};
 use crate::weights::Weights;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
@@ -11,7 +12,7 @@ use ember_plugin_api::{
 };
 use serde_json::Value;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 /// How a reranker turns token states into one logit.
 enum Head {
@@ -22,11 +23,13 @@ enum Head {
 }
 
 impl Head {
-    fn logits(&self, states: &Tensor) -> Tensor {
-        let first = states.select(1, 0);
+    fn logits(&self, states: &Tensor) -> Result<Tensor, TchError> {
+        let first = states.f_select(1, 0)?;
         match self {
-            Head::Bert { pooler, classifier } => classifier.forward(&pooler.forward(&first).tanh()),
-            Head::Roberta { dense, out } => out.forward(&dense.forward(&first).tanh()),
+            Head::Bert { pooler, classifier } => {
+                classifier.forward(&pooler.forward(&first)?.f_tanh()?)
+            }
+            Head::Roberta { dense, out } => out.forward(&dense.forward(&first)?.f_tanh()?),
         }
     }
 }
@@ -44,11 +47,17 @@ enum Inner {
 
 /// A model on libtorch.
 pub struct TorchModel {
-    // The host serialises calls to a model; the mutex makes sharing the tensors sound.
+    // The host serialises calls to a model; the mutex makes sharing the tensors sound. Forward
+    // calls only read the tensors, so a panic while it is held leaves them intact: it is locked
+    // with `error::lock`, which ignores poisoning.
     inner: std::sync::Mutex<Inner>,
     hidden: i64,
     reranker: bool,
     max_positions: i64,
+    /// Token ids must be below it.
+    vocab: i64,
+    /// Segment ids must be below it when above 1 (with one segment they are not read).
+    segments: i64,
     pooling: Pooling,
     device: Device,
     kind: Kind,
@@ -64,35 +73,38 @@ fn read_config(dir: &Path) -> Result<Value, PluginError> {
 }
 
 /// Pools token states `[rows, seq, hidden]` under `mask` on their device.
-fn pool(mode: Pooling, states: &Tensor, mask: &Tensor) -> Tensor {
-    let m = mask.ne(0).unsqueeze(-1).to_kind(states.kind());
-    let lengths = m.sum_dim_intlist(1, false, states.kind()).clamp_min(1.0);
+fn pool(mode: Pooling, states: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+    let kind = states.kind();
+    let m = mask.f_ne(0)?.f_unsqueeze(-1)?.f_to_kind(kind)?;
+    let lengths = || m.f_sum_dim_intlist(1, false, kind)?.f_clamp_min(1.0);
+    let sum = || states.f_mul(&m)?.f_sum_dim_intlist(1, false, kind);
     match mode {
-        Pooling::Cls => states.select(1, 0),
-        Pooling::Mean => (states * &m).sum_dim_intlist(1, false, states.kind()) / lengths,
-        Pooling::MeanSqrtLen => {
-            (states * &m).sum_dim_intlist(1, false, states.kind()) / lengths.sqrt()
-        }
+        Pooling::Cls => states.f_select(1, 0),
+        Pooling::Mean => sum()?.f_div(&lengths()?),
+        Pooling::MeanSqrtLen => sum()?.f_div(&lengths()?.f_sqrt()?),
         Pooling::Max => states
-            .masked_fill(&m.eq(0.0), f64::NEG_INFINITY)
-            .amax(1, false),
+            .f_masked_fill(&m.f_eq(0.0)?, f64::NEG_INFINITY)?
+            .f_amax(1, false),
         Pooling::LastToken => {
             // Rows are right-padded: the last live token is at length - 1.
-            let last = mask.ne(0).sum_dim_intlist(1, false, Kind::Int64) - 1;
-            let rows = Tensor::arange(states.size()[0], (Kind::Int64, states.device()));
-            states.index(&[Some(rows), Some(last)])
+            let last = mask
+                .f_ne(0)?
+                .f_sum_dim_intlist(1, false, Kind::Int64)?
+                .f_sub_scalar(1)?;
+            let rows = Tensor::f_arange(states.size()[0], (Kind::Int64, states.device()))?;
+            states.f_index(&[Some(rows), Some(last)])
         }
     }
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>, PluginError> {
+/// The values of `t` as a flat vector of f32 on the host.
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, TchError> {
     Vec::<f32>::try_from(
-        t.to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1),
+        &t.f_to_kind(Kind::Float)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_view(-1)?,
     )
-    .map_err(|e| PluginError::internal(format!("reading the output: {e}")))
 }
 
 impl TorchModel {
@@ -122,6 +134,8 @@ impl TorchModel {
                 hidden: clip.dim,
                 reranker: false,
                 max_positions: clip.max_positions,
+                vocab: clip.vocab_size(),
+                segments: 1,
                 inner: std::sync::Mutex::new(Inner::Clip(clip)),
                 pooling: manifest.pooling,
                 device,
@@ -173,6 +187,8 @@ impl TorchModel {
             hidden: encoder.hidden,
             reranker: head.is_some(),
             max_positions: encoder.max_positions,
+            vocab: encoder.vocab_size(),
+            segments: encoder.segments(),
             inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
             pooling: manifest.pooling,
             device,
@@ -181,30 +197,54 @@ impl TorchModel {
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, PluginError> {
-        self.inner
-            .lock()
-            .map_err(|_| PluginError::internal("model state poisoned by an earlier panic"))
-    }
-
-    /// Ids, segment ids and mask of a batch on the device.
-    fn inputs(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor, Tensor), PluginError> {
-        let (rows, seq) = (batch.rows as i64, batch.seq_len as i64);
+    /// Refuses batches the model cannot index: sequences longer than its positions, token or
+    /// segment ids outside its tables (which on CUDA would be a device-side assert, after
+    /// which the device is unusable).
+    fn check(&self, batch: &TokenBatch) -> Result<(), PluginError> {
+        let seq = batch.seq_len as i64;
         if seq > self.max_positions {
             return Err(PluginError::invalid_input(format!(
                 "sequences of {seq} tokens are longer than the model's {} positions",
                 self.max_positions
             )));
         }
+        if let Some(id) = batch
+            .input_ids
+            .iter()
+            .find(|&&id| !(0..self.vocab).contains(&id))
+        {
+            return Err(PluginError::invalid_input(format!(
+                "token id {id} is outside the model's vocabulary of {} tokens",
+                self.vocab
+            )));
+        }
+        if self.segments > 1 {
+            if let Some(id) = batch
+                .token_type_ids
+                .iter()
+                .find(|&&id| !(0..self.segments).contains(&id))
+            {
+                return Err(PluginError::invalid_input(format!(
+                    "segment id {id} is outside the model's {} segments",
+                    self.segments
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids, segment ids and mask of a batch on the device.
+    fn inputs(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor, Tensor), TchError> {
+        let (rows, seq) = (batch.rows as i64, batch.seq_len as i64);
         let t = |v: &[i64]| {
-            Tensor::from_slice(v)
-                .view([rows, seq])
-                .to_device(self.device)
+            Tensor::f_from_slice(v)?
+                .f_view([rows, seq])?
+                .f_to_device(self.device)
         };
         Ok((
-            t(&batch.input_ids),
-            t(&batch.token_type_ids),
-            t(&batch.attention_mask),
+            t(&batch.input_ids)?,
+            t(&batch.token_type_ids)?,
+            t(&batch.attention_mask)?,
         ))
     }
 }
@@ -229,17 +269,19 @@ impl Model for TorchModel {
         if batch.rows == 0 {
             return Ok(EmbeddingBatch::empty(dim));
         }
-        let inner = self.lock()?;
-        let values = tch::no_grad(|| -> Result<Vec<f32>, PluginError> {
+        self.check(batch)?;
+        let inner = error::lock(&self.inner);
+        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
             let (ids, types, mask) = self.inputs(batch)?;
             match &*inner {
                 Inner::Encoder { encoder, .. } => {
-                    let states = encoder.forward(&ids, &types, &mask);
-                    to_vec(&pool(self.pooling, &states, &mask))
+                    let states = encoder.forward(&ids, &types, &mask)?;
+                    to_vec(&pool(self.pooling, &states, &mask)?)
                 }
-                Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)),
+                Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
             }
-        })?;
+        })
+        .map_err(|e| from_tch("embedding tokens", e))?;
         Ok(EmbeddingBatch {
             rows: batch.rows,
             dim,
@@ -258,7 +300,8 @@ impl Model for TorchModel {
                 scores: Vec::new().into(),
             });
         }
-        let inner = self.lock()?;
+        self.check(&batch.tokens)?;
+        let inner = error::lock(&self.inner);
         let Inner::Encoder {
             encoder,
             head: Some(head),
@@ -266,21 +309,19 @@ impl Model for TorchModel {
         else {
             return Err(PluginError::internal("reranker without a head"));
         };
-        let scores = tch::no_grad(|| -> Result<Vec<f32>, PluginError> {
+        let scores = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
             let (ids, types, mask) = self.inputs(&batch.tokens)?;
-            to_vec(
-                &head
-                    .logits(&encoder.forward(&ids, &types, &mask))
-                    .select(1, 0),
-            )
-        })?;
+            let states = encoder.forward(&ids, &types, &mask)?;
+            to_vec(&head.logits(&states)?.f_select(1, 0)?)
+        })
+        .map_err(|e| from_tch("scoring pairs", e))?;
         Ok(ScoreBatch {
             scores: scores.into(),
         })
     }
 
     fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
-        let inner = self.lock()?;
+        let inner = error::lock(&self.inner);
         let Inner::Clip(clip) = &*inner else {
             return Err(PluginError::unsupported(
                 "this model has no vision tower: it cannot embed images",
@@ -296,13 +337,14 @@ impl Model for TorchModel {
             batch.height as i64,
             batch.width as i64,
         ];
-        let values = tch::no_grad(|| {
-            let pixels = Tensor::from_slice(&batch.values)
-                .view(shape)
-                .to_device(self.device)
-                .to_kind(self.kind);
-            to_vec(&clip.image(&pixels))
-        })?;
+        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
+            let pixels = Tensor::f_from_slice(&batch.values)?
+                .f_view(shape)?
+                .f_to_device(self.device)?
+                .f_to_kind(self.kind)?;
+            to_vec(&clip.image(&pixels)?)
+        })
+        .map_err(|e| from_tch("embedding images", e))?;
         Ok(EmbeddingBatch {
             rows: batch.rows,
             dim,

@@ -70,12 +70,14 @@ impl Weights {
             for (name, t) in
                 Tensor::read_safetensors(&path).map_err(tch_err(path.display().to_string()))?
             {
-                let t = if t.is_floating_point() {
-                    t.to_kind(kind)
+                let placed = if t.is_floating_point() {
+                    t.f_to_kind(kind)
                 } else {
-                    t
-                };
-                tensors.insert(name, t.to_device(device));
+                    Ok(t)
+                }
+                .and_then(|t| t.f_to_device(device))
+                .map_err(|e| crate::error::from_tch(&format!("placing weight {name}"), e))?;
+                tensors.insert(name, placed);
             }
         }
         Ok(Weights {
