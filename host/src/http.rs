@@ -44,8 +44,8 @@ struct Facts {
 }
 
 /// Writes one log line per request (method, route, model, items, tokens, status, duration)
-/// and counts it in the metrics by its matched route, so that ids in paths do not multiply
-/// the series.
+/// and counts it in the metrics by its matched route and a fixed set of methods, so that ids
+/// in paths and made-up methods do not multiply the series.
 async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -58,7 +58,11 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     let secs = started.elapsed().as_secs_f64();
     let m = crate::metrics::global();
     m.requests
-        .with_label_values(&[method.as_str(), &route, &status.to_string()])
+        .with_label_values(&[
+            crate::metrics::method_label(method.as_str()),
+            &route,
+            &status.to_string(),
+        ])
         .inc();
     m.request_seconds.with_label_values(&[&route]).observe(secs);
     if route == "/metrics" || route == "/health" {
@@ -191,7 +195,7 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// The body of a request, or the 413 / 400 its rejection deserves.
+/// The body of a request, or the 413 / 408 / 400 its rejection deserves.
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
@@ -201,7 +205,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
                 format!("request body is larger than {limit} bytes (MAX_REQUEST_BYTES)"),
             )
         }
-        other => ApiError::invalid("body", format!("cannot read the request body: {other}")),
+        other => match crate::server::body_timed_out(&other) {
+            Some(timed_out) => ApiError::new(408, "invalid_request_error", timed_out.to_string()),
+            None => ApiError::invalid("body", format!("cannot read the request body: {other}")),
+        },
     })
 }
 
@@ -218,8 +225,9 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Refuses requests without the API key (`Authorization: Bearer <key>`, or the raw key as the
-/// RunPod API accepts it); `/health` and `/metrics` stay open for load balancers and scrapers.
+/// Refuses requests without the API key (`Authorization: Bearer <key>`, or on the RunPod API
+/// routes the raw key as RunPod's API accepts it); `/health` and `/metrics` stay open for load
+/// balancers and scrapers.
 async fn require_key(
     State(key): State<Arc<str>>,
     request: axum::extract::Request,
@@ -231,16 +239,55 @@ async fn require_key(
     }
 }
 
+/// Whether `path` is a route of the local RunPod API, where the raw key is accepted as on
+/// RunPod's API: `/run`, `/runsync`, `/status/{id}`, `/stream/{id}`, `/cancel/{id}`,
+/// `/purge-queue`, and these and `/health` under `/v2/{endpoint_id}/` (not the OpenAI
+/// gateway under it, which takes `Bearer` as OpenAI clients send it).
+fn is_runpod_route(path: &str) -> bool {
+    let (rest, under_v2) = match path.strip_prefix("/v2/") {
+        Some(after) => match after.split_once('/') {
+            Some((endpoint, rest)) if !endpoint.is_empty() => (rest, true),
+            _ => return false,
+        },
+        None => match path.strip_prefix('/') {
+            Some(rest) => (rest, false),
+            None => return false,
+        },
+    };
+    match rest.split_once('/') {
+        None => matches!(rest, "run" | "runsync" | "purge-queue") || (under_v2 && rest == "health"),
+        Some(("status" | "stream" | "cancel", id)) => !id.is_empty() && !id.contains('/'),
+        Some(_) => false,
+    }
+}
+
+/// The key in an `Authorization` value: after `Bearer ` (any case), or the whole value when
+/// `raw` keys are accepted; `None` for a raw value where they are not.
+fn given_key(value: &str, raw: bool) -> Option<&str> {
+    match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => Some(value[7..].trim()),
+        _ if raw => Some(value.trim()),
+        _ => None,
+    }
+}
+
 /// The 401 a request gets without the API key `key`; none for `/health` and `/metrics`.
 pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option<ApiError> {
-    if matches!(request.uri().path(), "/health" | "/metrics") {
+    let path = request.uri().path();
+    if matches!(path, "/health" | "/metrics") {
         return None;
     }
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    let Some(value) = request.headers().get(axum::http::header::AUTHORIZATION) else {
+        return Some(ApiError::new(
+            401,
+            "invalid_request_error",
+            "missing API key: send Authorization: Bearer <API_KEY>",
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| given_key(v, is_runpod_route(path)));
     match given {
         Some(k) if same_key(k.as_bytes(), key.as_bytes()) => None,
         Some(_) => Some(ApiError::new(
@@ -251,7 +298,8 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
         None => Some(ApiError::new(
             401,
             "invalid_request_error",
-            "missing API key: send Authorization: Bearer <API_KEY>",
+            "invalid API key: send Authorization: Bearer <API_KEY> (the raw key is accepted \
+             on the RunPod API routes only)",
         )),
     }
 }
@@ -277,4 +325,138 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .with_state(shared)
         .layer(DefaultBodyLimit::max(limit));
     with_key(app, api_key).layer(axum::middleware::from_fn(observe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::FromRequest;
+
+    fn request(path: &str, auth: Option<&str>) -> axum::extract::Request {
+        let mut builder = axum::http::Request::builder().method("POST").uri(path);
+        if let Some(a) = auth {
+            builder = builder.header("authorization", a);
+        }
+        builder
+            .body(axum::body::Body::empty())
+            .expect("valid request")
+    }
+
+    #[test]
+    fn runpod_routes_are_told_apart() {
+        for path in [
+            "/run",
+            "/runsync",
+            "/status/abc",
+            "/stream/abc",
+            "/cancel/abc",
+            "/purge-queue",
+            "/v2/ep/run",
+            "/v2/ep/runsync",
+            "/v2/ep/status/abc",
+            "/v2/ep/stream/abc",
+            "/v2/ep/cancel/abc",
+            "/v2/ep/purge-queue",
+            "/v2/ep/health",
+        ] {
+            assert!(is_runpod_route(path), "{path}");
+        }
+        for path in [
+            "/v1/embeddings",
+            "/embeddings",
+            "/rerank",
+            "/openai/v1/embeddings",
+            "/v2/ep/openai/v1/embeddings",
+            "/v2/ep/openai/v1/models",
+            "/v1/models",
+            "/status",
+            "/status/",
+            "/status/a/b",
+            "/run/x",
+            "/v2//run",
+            "/v2/run",
+            "/v2/ep/v1/embeddings",
+            "/health/x",
+            "run",
+            "",
+        ] {
+            assert!(!is_runpod_route(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn raw_key_only_on_runpod_routes_bearer_everywhere() {
+        let key = "s3cret";
+        let refused = |path: &str, auth: Option<&str>| key_refusal(&request(path, auth), key);
+        for path in [
+            "/v1/embeddings",
+            "/rerank",
+            "/v2/ep/openai/v1/embeddings",
+            "/run",
+        ] {
+            assert!(refused(path, Some("Bearer s3cret")).is_none(), "{path}");
+            assert!(refused(path, Some("bearer s3cret")).is_none(), "{path}");
+            assert_eq!(refused(path, None).map(|e| e.status), Some(401), "{path}");
+            let wrong = refused(path, Some("Bearer nope")).expect("refused");
+            assert!(
+                wrong.message.contains("invalid API key"),
+                "{}",
+                wrong.message
+            );
+        }
+        for path in [
+            "/run",
+            "/runsync",
+            "/status/x",
+            "/v2/ep/run",
+            "/v2/ep/health",
+        ] {
+            assert!(refused(path, Some("s3cret")).is_none(), "{path}");
+            assert_eq!(refused(path, Some("nope")).map(|e| e.status), Some(401));
+        }
+        for path in [
+            "/v1/embeddings",
+            "/v1/models",
+            "/v2/ep/openai/v1/embeddings",
+        ] {
+            let e = refused(path, Some("s3cret")).expect("raw key refused");
+            assert_eq!(e.status, 401);
+            assert!(e.message.contains("Bearer"), "{}", e.message);
+        }
+        assert!(refused("/health", None).is_none());
+        assert!(refused("/metrics", None).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_timed_out_is_a_408() {
+        // A body whose stream fails as the server's timed body does.
+        let stream = failing_body();
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/")
+            .body(axum::body::Body::new(stream))
+            .expect("valid request");
+        let body = Bytes::from_request(req, &()).await;
+        let e = body_bytes(body, 1024).expect_err("the body failed");
+        assert_eq!(e.status, 408, "{}", e.message);
+        assert!(e.message.contains("HTTP_BODY_TIMEOUT"), "{}", e.message);
+    }
+
+    /// A body that fails at once with the server's body timeout.
+    fn failing_body() -> impl http_body::Body<Data = Bytes, Error = crate::server::BodyTimedOut> {
+        struct Failing(Option<crate::server::BodyTimedOut>);
+        impl http_body::Body for Failing {
+            type Data = Bytes;
+            type Error = crate::server::BodyTimedOut;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+                std::task::Poll::Ready(self.0.take().map(Err))
+            }
+        }
+        Failing(Some(crate::server::BodyTimedOut::new(
+            std::time::Duration::from_secs(60),
+        )))
+    }
 }

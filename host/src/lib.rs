@@ -13,5 +13,6 @@ pub mod models;
 pub mod plugin;
 pub mod readiness;
 pub mod runpod;
+pub mod server;
 pub mod startup;
 pub mod text;

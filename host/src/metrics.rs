@@ -1,6 +1,7 @@
 //! Prometheus metrics of the process, served by `GET /metrics` in the text format: requests by
 //! route and status, queue depth per model, batch sizes and tokens, queue / tokenization /
-//! inference durations, failures by reason, and model load times.
+//! inference durations, failures by reason, model load times, and the HTTP server's open
+//! connections and refusals.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 /// Every metric ember records.
 pub struct Metrics {
     registry: Registry,
-    /// Finished HTTP requests by method, matched route and status.
+    /// Finished HTTP requests by method (one of [`method_label`]), matched route and status.
     pub requests: IntCounterVec,
     /// HTTP request durations by matched route.
     pub request_seconds: HistogramVec,
@@ -34,6 +35,26 @@ pub struct Metrics {
     pub load_seconds: GaugeVec,
     /// 1 once every model is ready, 0 while starting.
     pub ready: IntGauge,
+    /// HTTP connections open now.
+    pub http_connections: IntGauge,
+    /// Requests and connections the HTTP server cut short, by reason (header_timeout,
+    /// body_timeout, body_budget).
+    pub http_refused: IntCounterVec,
+}
+
+/// The `method` label of a request: one of a fixed set, so that arbitrary methods do not
+/// create series.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
 }
 
 fn histogram(
@@ -67,6 +88,11 @@ impl Metrics {
             "HTTP requests by method, route and status.",
             &["method", "route", "status"],
         );
+        let http_refused = counter(
+            "ember_http_refused_total",
+            "Requests and connections the HTTP server cut short, by reason.",
+            &["reason"],
+        );
         let failures = counter(
             "ember_failures_total",
             "Items that failed, by model and reason.",
@@ -99,8 +125,16 @@ impl Metrics {
         registry
             .register(Box::new(ready.clone()))
             .expect("unique metric");
+        let http_connections =
+            IntGauge::new("ember_http_connections", "HTTP connections open now.")
+                .expect("valid gauge");
+        registry
+            .register(Box::new(http_connections.clone()))
+            .expect("unique metric");
         Metrics {
             ready,
+            http_connections,
+            http_refused,
             request_seconds: histogram(
                 &registry,
                 "ember_request_duration_seconds",
@@ -186,4 +220,19 @@ pub struct ModelMetrics {
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_fixed_set_share_one_label() {
+        for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+            assert_eq!(method_label(m), m);
+        }
+        for m in ["FOO", "get", "PROPFIND", "CONNECT", "TRACE", ""] {
+            assert_eq!(method_label(m), "other", "{m}");
+        }
+    }
 }

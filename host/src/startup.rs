@@ -13,7 +13,6 @@ use crate::text::TextEncoder;
 use anyhow::{anyhow, Context};
 use ember_plugin_api::LoadRequest;
 use serde_json::Value;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -296,13 +295,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
     let gate = Gate::new(progress.clone(), settings.api_key.as_deref());
     let mut stop = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, gate.router())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        gate.router(),
+        settings.server.clone(),
+        settings.max_request_bytes,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
     let mut stopping = stop_rx.clone();
     let state = tokio::select! {
         state = build(&settings, &progress) => state?,
@@ -312,7 +313,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let jobs = JobStore::new(settings.runpod_max_concurrency, settings.jobs.clone());
-    let worker = worker::Platform::from_env(settings.runpod_max_concurrency)
+    let worker = worker::Platform::from_env(settings.runpod_max_concurrency)?
         .map(|p| tokio::spawn(worker::run(p, state.clone(), stop_rx.clone())));
     gate.open(crate::http::router(
         state,

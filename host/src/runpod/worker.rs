@@ -9,6 +9,7 @@
 
 use super::router::{self, JobResult};
 use crate::api::AppState;
+use anyhow::Context;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,26 @@ pub struct Platform {
     pub worker_id: String,
     /// Most jobs running at once.
     pub concurrency: usize,
+    /// The HTTP client for the platform (user agent, connect timeout).
+    client: reqwest::Client,
+}
+
+/// The User-Agent of the platform's client, as the SDK's but naming ember.
+fn user_agent() -> String {
+    format!(
+        "ember/{} (RunPod-Python-SDK/{RUNPOD_SDK_VERSION} compatible)",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The HTTP client that talks to the platform, sending `user_agent`; an error says why it
+/// cannot be built.
+fn platform_client(user_agent: &str) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot build the HTTP client of the RunPod worker (RUNPOD_WEBHOOK_GET_JOB)")
 }
 
 /// Appends `param` to `url`'s query string.
@@ -50,10 +71,14 @@ fn append(url: &str, param: &str) -> String {
 }
 
 impl Platform {
-    /// Reads the platform's variables; `None` when not running as a RunPod worker.
-    pub fn from_env(concurrency: usize) -> Option<Platform> {
+    /// Reads the platform's variables and builds the client that talks to it; `None` when not
+    /// running as a RunPod worker, an error when the client cannot be built.
+    pub fn from_env(concurrency: usize) -> anyhow::Result<Option<Platform>> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let get_job = var("RUNPOD_WEBHOOK_GET_JOB")?;
+        let Some(get_job) = var("RUNPOD_WEBHOOK_GET_JOB") else {
+            return Ok(None);
+        };
+        let client = platform_client(&user_agent())?;
         let worker_id = var("RUNPOD_POD_ID").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let gpu = var("RUNPOD_GPU_TYPE_ID").unwrap_or_default();
         let fill = |t: String| {
@@ -69,7 +94,7 @@ impl Platform {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(10_000)
             .max(100);
-        Some(Platform {
+        Ok(Some(Platform {
             get_job: fill(get_job).replace("$ID", &worker_id),
             post_output: fill(
                 var("RUNPOD_WEBHOOK_POST_OUTPUT").unwrap_or_else(|| "JOB_DONE_URL".into()),
@@ -79,7 +104,8 @@ impl Platform {
             api_key,
             worker_id,
             concurrency,
-        })
+            client,
+        }))
     }
 
     /// The job-take URL asking for `n` jobs.
@@ -280,14 +306,6 @@ impl Worker {
 
 /// Takes and runs jobs until `stop` turns true, then finishes and posts every job taken.
 pub async fn run(platform: Platform, app: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let client = reqwest::Client::builder()
-        .user_agent(format!(
-            "ember/{} (RunPod-Python-SDK/{RUNPOD_SDK_VERSION} compatible)",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
     tracing::info!(
         worker_id = platform.worker_id.as_str(),
         concurrency = platform.concurrency,
@@ -296,9 +314,9 @@ pub async fn run(platform: Platform, app: Arc<AppState>, mut stop: watch::Receiv
     );
     let worker = Arc::new(Worker {
         slots: Arc::new(Semaphore::new(platform.concurrency)),
+        client: platform.client.clone(),
         platform,
         app,
-        client,
         in_flight: InFlight::default(),
     });
     let (pings_done, pings_stop) = watch::channel(false);
@@ -382,7 +400,15 @@ mod tests {
             api_key: String::new(),
             worker_id: "w1".into(),
             concurrency: 8,
+            client: reqwest::Client::new(),
         }
+    }
+
+    #[test]
+    fn the_client_is_built_or_start_up_fails_saying_why() {
+        assert!(platform_client(&user_agent()).is_ok());
+        let e = platform_client("bad\nagent").expect_err("an invalid User-Agent");
+        assert!(format!("{e:#}").contains("RunPod worker"), "{e:#}");
     }
 
     #[test]
