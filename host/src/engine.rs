@@ -1523,9 +1523,17 @@ mod tests {
         drop(places);
         assert_eq!(e.queued(), 0, "unused places are given back");
         let places = e.reserve(2).unwrap();
-        assert!(places.submit(vec![toks(1, 2)]).is_err(), "one payload per place");
+        assert!(
+            places.submit(vec![toks(1, 2)]).is_err(),
+            "one payload per place"
+        );
         assert_eq!(e.queued(), 0);
-        let out = e.reserve(2).unwrap().run(vec![toks(4, 2), toks(5, 3)]).await.unwrap();
+        let out = e
+            .reserve(2)
+            .unwrap()
+            .run(vec![toks(4, 2), toks(5, 3)])
+            .await
+            .unwrap();
         assert_eq!(out[1], Output::Vector(vec![3.0, 5.0]));
         assert_eq!(e.queued(), 0);
     }

@@ -251,3 +251,25 @@ fn image_requests_beyond_the_image_queue_are_refused_at_once() {
     let (code, body) = image_request(&server, &model, vec![data_uri("photo.png"); 85]);
     assert_eq!(code, 200, "{body}");
 }
+
+#[test]
+fn a_request_larger_than_the_whole_queue_is_413_not_429() {
+    let (server, model) = clip_server(&[("INFINITY_QUEUE_SIZE", "100")]);
+    let texts = |n: usize| (0..n).map(|i| format!("text {i}")).collect::<Vec<_>>();
+    let (code, body) = server.post(
+        "/v1/embeddings",
+        &json!({"model": model, "input": texts(101)}),
+    );
+    assert_eq!(code, 413, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("101") && message.contains("INFINITY_QUEUE_SIZE"),
+        "{message}"
+    );
+    let (code, body) = server.post(
+        "/v1/embeddings",
+        &json!({"model": model, "input": texts(100)}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(vectors(&body).len(), 100);
+}
