@@ -146,8 +146,8 @@ fn metrics_and_the_request_log_describe_the_traffic() {
         assert_eq!(post(json!({"input": ["metrics", "are counted"]})), 200);
     }
     assert_eq!(post(json!({"input": []})), 400);
-    // More items than the queue holds: refused as overload.
-    assert_eq!(post(json!({"input": vec!["x"; 5]})), 429);
+    // More items than the whole queue holds: it could never fit, so 413 (counted as overload).
+    assert_eq!(post(json!({"input": vec!["x"; 5]})), 413);
     // /metrics and /health need no key; the API does.
     assert_eq!(server.get("/v1/models").0, 401);
 
