@@ -342,13 +342,25 @@ fn each_lie_fails_the_check_it_breaks() {
         (
             "int8",
             "parity",
-            &["output shape", "determinism", "distinct inputs", "padding", "threads"],
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "threads",
+            ],
         ),
         ("noisy", "determinism", &["output shape", "distinct inputs"]),
         (
             "racy",
             "threads",
-            &["output shape", "determinism", "distinct inputs", "padding", "parity"],
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "parity",
+            ],
         ),
     ];
     for (lie, fails, passes) in cases {
@@ -367,7 +379,13 @@ fn each_lie_fails_the_check_it_breaks() {
         line.contains("non-finite output: row 2, value 15 is NaN"),
         "{report}"
     );
-    for name in ["determinism", "distinct inputs", "padding", "threads", "parity"] {
+    for name in [
+        "determinism",
+        "distinct inputs",
+        "padding",
+        "threads",
+        "parity",
+    ] {
         assert_outcome(&report, name, "FAIL", "nan");
     }
     let _ = std::fs::remove_dir_all(&model);
@@ -419,6 +437,11 @@ fn a_model_without_reference_fails_parity_unless_it_is_skipped_explicitly() {
     let env = [("EMBER_LIAR", "constant")];
     let (code, report) = check_with(&liar, Some(&model), &["--skip-parity"], &env);
     assert_eq!(code, 1, "{report}");
-    assert_outcome(&report, "distinct inputs", "FAIL", "constant, parity skipped");
+    assert_outcome(
+        &report,
+        "distinct inputs",
+        "FAIL",
+        "constant, parity skipped",
+    );
     let _ = std::fs::remove_dir_all(&model);
 }

@@ -92,7 +92,13 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .zip(b)
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) })
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 impl<'a> Suite<'a> {
@@ -468,7 +474,13 @@ impl<'a> Suite<'a> {
                     .iter()
                     .zip(b.values.iter())
                     .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) });
+                    .fold(0.0f32, |m, d| {
+                        if d.is_nan() || m.is_nan() {
+                            f32::NAN
+                        } else {
+                            m.max(d)
+                        }
+                    });
                 if d.is_nan() || d > 1e-5 {
                     return Outcome::Fail(format!("the same images gave results {d:e} apart"));
                 }

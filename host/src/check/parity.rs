@@ -67,7 +67,13 @@ fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<
         .iter()
         .zip(&want)
         .map(|(g, w)| cosine(g, w))
-        .fold(1.0f64, |m, c| if c.is_nan() || m.is_nan() { f64::NAN } else { m.min(c) });
+        .fold(1.0f64, |m, c| {
+            if c.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.min(c)
+            }
+        });
     if worst >= min {
         Ok(format!("{} {what} (min cosine {worst:.6})", got.len()))
     } else {
