@@ -269,7 +269,7 @@ fn liar_model(name: &str, reference: bool) -> PathBuf {
                 let mut ids = vec![id("[CLS]")];
                 ids.extend(t.split(' ').map(id));
                 ids.push(id("[SEP]"));
-                let mut v = vec![0f32; LIAR_DIM];
+                let mut v = [0f32; LIAR_DIM];
                 for i in &ids {
                     for (o, x) in v.iter_mut().zip(&table[i * LIAR_DIM..(i + 1) * LIAR_DIM]) {
                         *o += x;
