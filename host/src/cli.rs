@@ -15,7 +15,8 @@ pub enum Command {
     },
     /// Run one job and exit: the JSON given, or the file named (default `test_input.json`).
     TestInput(TestInput),
-    /// `ember plugin check PLUGIN [--model DIR] [--device D] [--dtype T]`: the conformance checker.
+    /// `ember plugin check PLUGIN [--model DIR] [--device D] [--dtype T] [--skip-parity]`: the
+    /// conformance checker.
     PluginCheck(crate::check::CheckArgs),
     /// Print the help.
     Help,
@@ -32,9 +33,10 @@ pub enum TestInput {
     File(PathBuf),
 }
 
-/// Parses `plugin check PLUGIN [--model DIR] [--device D] [--dtype T]` (the words after `plugin`).
+/// Parses `plugin check PLUGIN [--model DIR] [--device D] [--dtype T] [--skip-parity]` (the words
+/// after `plugin`).
 fn parse_plugin(args: &[String]) -> Result<Command, String> {
-    let usage = "usage: ember plugin check <path/to/libember_x.so> [--model DIR] [--device cpu|cuda|cuda:N] [--dtype auto|fp32|fp16|bf16|fp8|int8]";
+    let usage = "usage: ember plugin check <path/to/libember_x.so> [--model DIR] [--device cpu|cuda|cuda:N] [--dtype auto|fp32|fp16|bf16|fp8|int8] [--skip-parity]";
     if args.first().map(String::as_str) != Some("check") {
         return Err(usage.into());
     }
@@ -42,6 +44,7 @@ fn parse_plugin(args: &[String]) -> Result<Command, String> {
     let mut model = None;
     let mut device = crate::config::parse_device("cpu").map_err(|e| e.0)?;
     let mut dtype = DType::Auto;
+    let mut skip_parity = false;
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -55,6 +58,7 @@ fn parse_plugin(args: &[String]) -> Result<Command, String> {
                 .ok_or(format!("{name} needs a value; {usage}"))
         };
         match name {
+            "--skip-parity" if inline.is_none() => skip_parity = true,
             "--model" => model = Some(PathBuf::from(value()?)),
             "--device" => device = crate::config::parse_device(&value()?).map_err(|e| e.0)?,
             "--dtype" => dtype = crate::config::parse_dtype(&value()?).map_err(|e| e.0)?,
@@ -70,6 +74,7 @@ fn parse_plugin(args: &[String]) -> Result<Command, String> {
         model,
         device,
         dtype,
+        skip_parity,
     }))
 }
 
@@ -181,6 +186,14 @@ mod tests {
             panic!("expected plugin check")
         };
         assert_eq!((c.plugin, c.model), ("x.so".into(), Some("m".into())));
+        assert!(!c.skip_parity, "parity is checked unless asked otherwise");
+        let Command::PluginCheck(c) = p(&["plugin", "check", "--skip-parity", "x.so"]).unwrap()
+        else {
+            panic!("expected plugin check")
+        };
+        assert!(c.skip_parity);
+        assert_eq!(c.plugin, PathBuf::from("x.so"));
+        assert!(p(&["plugin", "check", "x.so", "--skip-parity=yes"]).is_err());
         assert!(p(&["plugin", "check"]).unwrap_err().contains("usage"));
         assert!(p(&["plugin", "check", "x.so", "--device", "gpu"]).is_err());
     }

@@ -9,8 +9,10 @@ ember: embedding and reranking server (drop-in for worker-infinity-embedding)
 
 Usage: ember [--rp_serve_api] [--rp_api_host HOST] [--rp_api_port PORT]
        ember --test-input [JSON | FILE]     run one job (default ./test_input.json), print it
-       ember plugin check PLUGIN.so [--model DIR] [--device D]
+       ember plugin check PLUGIN.so [--model DIR] [--device D] [--dtype T] [--skip-parity]
                                           check a backend plugin against the plugin contract
+                                          (a model without reference.json fails parity unless
+                                          --skip-parity; tolerances follow --dtype)
        ember --help | --version
 
 Serves the OpenAI routes (/v1/embeddings, /v1/rerank, /v1/models) and the local RunPod API

@@ -1,5 +1,6 @@
-//! The kit for third-party plugins: `ember plugin check` on broken plugins, and a plugin built
-//! from the guide's walk-through alone, outside the workspace.
+//! The kit for third-party plugins: `ember plugin check` on broken plugins and on a plugin that
+//! lies in one way at a time (each lie must fail the check it breaks, and its honest mode must
+//! pass them all), and a plugin built from the guide's walk-through alone, outside the workspace.
 
 use ember_e2e::*;
 use serde_json::json;
@@ -8,11 +9,22 @@ use std::process::Command;
 
 /// Runs `ember plugin check`; returns the exit code and the report.
 fn check(plugin: &Path, model: Option<&Path>, env: &[(&str, &str)]) -> (i32, String) {
+    check_with(plugin, model, &[], env)
+}
+
+/// Runs `ember plugin check` with extra arguments; returns the exit code and the report.
+fn check_with(
+    plugin: &Path,
+    model: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String) {
     let mut cmd = command(env);
     cmd.arg("plugin").arg("check").arg(plugin);
     if let Some(m) = model {
         cmd.arg("--model").arg(m);
     }
+    cmd.args(args);
     let out = cmd.output().expect("run ember plugin check");
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     (out.status.code().unwrap_or(-1), report)
@@ -118,7 +130,8 @@ fn a_plugin_written_from_the_guide_builds_loads_and_serves() {
     let plugin_dir = target.join("release");
     let plugin = plugin_dir.join("libember_static.so");
 
-    // The checker passes it on a model without reference outputs (it is not a transformer).
+    // On a model without reference outputs (it is not a transformer), the checker passes it
+    // only when parity is skipped explicitly.
     let model = dir.join("model");
     std::fs::create_dir_all(&model).unwrap();
     for f in std::fs::read_dir(fixture("tiny-bert-cls"))
@@ -137,7 +150,11 @@ fn a_plugin_written_from_the_guide_builds_loads_and_serves() {
     )
     .unwrap();
     let (code, report) = check(&plugin, Some(&model), &[]);
+    assert_eq!(code, 1, "no reference: parity fails\n{report}");
+    assert_outcome(&report, "parity", "FAIL", "guide plugin without reference");
+    let (code, report) = check_with(&plugin, Some(&model), &["--skip-parity"], &[]);
     assert_eq!(code, 0, "{report}");
+    assert!(report.contains("parity was NOT checked"), "{report}");
 
     // And the host serves with it.
     let model_s = model.display().to_string();
@@ -164,4 +181,267 @@ fn a_plugin_written_from_the_guide_builds_loads_and_serves() {
     assert_eq!(models["data"][0]["backend"], "static");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The outcome tag (PASS, FAIL, SKIP) of the check `name` in a report, and its line.
+fn outcome<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    report.lines().find_map(|l| {
+        let (tag, rest) = l.trim_start().split_once("  ")?;
+        let (check, _) = rest.split_once(": ")?;
+        (check == name).then_some((tag, l))
+    })
+}
+
+/// Asserts that the check `name` has the outcome `tag` in the report.
+fn assert_outcome(report: &str, name: &str, tag: &str, what: &str) {
+    let got = outcome(report, name).map(|(t, _)| t);
+    assert_eq!(got, Some(tag), "{what}: check {name:?}:\n{report}");
+}
+
+/// A small deterministic pseudo-random generator (values in [-1, 1)).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+const LIAR_DIM: usize = 16;
+
+/// A model directory for the liar plugin: the tokenizer and configs of the tiny-bert-cls
+/// fixture, a `model.safetensors` with a random word-embedding table written here, and, when
+/// `reference` is set, a `reference.json` computed here from the same table (the mean of the
+/// rows of `[CLS] words... [SEP]`, found in vocab.txt), independently of the plugin.
+fn liar_model(name: &str, reference: bool) -> PathBuf {
+    let src = fixture("tiny-bert-cls");
+    let dir = std::env::temp_dir().join(format!("ember-liar-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in [
+        "config.json",
+        "config_sentence_transformers.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let vocab: Vec<String> = std::fs::read_to_string(src.join("vocab.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut rng = Lcg(42);
+    let table: Vec<f32> = (0..vocab.len() * LIAR_DIM).map(|_| rng.next()).collect();
+    // safetensors: 8-byte little-endian header length, the JSON header, the raw data.
+    let header = json!({
+        "embeddings.word_embeddings.weight": {
+            "dtype": "F32",
+            "shape": [vocab.len(), LIAR_DIM],
+            "data_offsets": [0, table.len() * 4],
+        }
+    })
+    .to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(table.iter().flat_map(|x| x.to_le_bytes()));
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    if reference {
+        let id = |w: &str| {
+            vocab
+                .iter()
+                .position(|v| v == w)
+                .unwrap_or_else(|| panic!("{w} is not in vocab.txt"))
+        };
+        let texts = ["hello world", "the quick brown fox", "a cat sat on the mat"];
+        let embeddings: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| {
+                let mut ids = vec![id("[CLS]")];
+                ids.extend(t.split(' ').map(id));
+                ids.push(id("[SEP]"));
+                let mut v = [0f32; LIAR_DIM];
+                for i in &ids {
+                    for (o, x) in v.iter_mut().zip(&table[i * LIAR_DIM..(i + 1) * LIAR_DIM]) {
+                        *o += x;
+                    }
+                }
+                v.iter().map(|x| x / ids.len() as f32).collect()
+            })
+            .collect();
+        std::fs::write(
+            dir.join("reference.json"),
+            json!({"texts": texts, "embeddings": embeddings}).to_string(),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Checks that always pass for the liar, whatever its lie (it loads, refuses bad input).
+const LIAR_SOUND: [&str; 5] = [
+    "ABI",
+    "capabilities",
+    "load model",
+    "empty batch",
+    "bad batch shape",
+];
+
+#[test]
+fn the_honest_liar_passes_every_check_including_parity() {
+    let liar = bin_dir().join("libember_liar.so");
+    let model = liar_model("honest", true);
+    let (code, report) = check(&liar, Some(&model), &[("EMBER_LIAR", "honest")]);
+    assert_eq!(code, 0, "{report}");
+    assert!(fail_lines(&report).is_empty(), "{report}");
+    for name in LIAR_SOUND.iter().chain(&[
+        "very long input",
+        "output shape",
+        "determinism",
+        "distinct inputs",
+        "padding",
+        "threads",
+        "parity",
+    ]) {
+        assert_outcome(&report, name, "PASS", "honest");
+    }
+    assert!(report.contains("3 texts (min cosine"), "{report}");
+    assert!(
+        report.trim_end().ends_with("the plugin conforms"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn each_lie_fails_the_check_it_breaks() {
+    let liar = bin_dir().join("libember_liar.so");
+    let model = liar_model("lies", true);
+    // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "constant",
+            "distinct inputs",
+            &["output shape", "determinism", "padding", "threads"],
+        ),
+        (
+            "unmasked",
+            "padding",
+            &["output shape", "determinism", "distinct inputs", "threads"],
+        ),
+        ("nan", "output shape", &[]),
+        (
+            "int8",
+            "parity",
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "threads",
+            ],
+        ),
+        ("noisy", "determinism", &["output shape", "distinct inputs"]),
+        (
+            "racy",
+            "threads",
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "parity",
+            ],
+        ),
+    ];
+    for (lie, fails, passes) in cases {
+        let (code, report) = check(&liar, Some(&model), &[("EMBER_LIAR", lie)]);
+        assert_eq!(code, 1, "{lie}:\n{report}");
+        assert!(report.contains("does NOT conform"), "{lie}:\n{report}");
+        assert_outcome(&report, fails, "FAIL", lie);
+        for name in LIAR_SOUND.iter().chain(passes) {
+            assert_outcome(&report, name, "PASS", lie);
+        }
+    }
+    // NaN is named with the check and the row; it never passes a comparison.
+    let (_, report) = check(&liar, Some(&model), &[("EMBER_LIAR", "nan")]);
+    let (_, line) = outcome(&report, "output shape").unwrap();
+    assert!(
+        line.contains("non-finite output: row 2, value 15 is NaN"),
+        "{report}"
+    );
+    for name in [
+        "determinism",
+        "distinct inputs",
+        "padding",
+        "threads",
+        "parity",
+    ] {
+        assert_outcome(&report, name, "FAIL", "nan");
+    }
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn tolerances_follow_the_dtype_asked_for_not_the_one_the_plugin_claims() {
+    let liar = bin_dir().join("libember_liar.so");
+    let model = liar_model("int8", true);
+    let env = [("EMBER_LIAR", "int8")];
+    // It claims int8, but auto was asked for: fp32 tolerance, and its error is too large.
+    let (code, report) = check(&liar, Some(&model), &env);
+    assert_eq!(code, 1, "{report}");
+    let (_, line) = outcome(&report, "parity").unwrap();
+    assert!(line.contains("< 0.9999 against the reference"), "{report}");
+    // The same error is within int8's tolerance when int8 is asked for.
+    let (code, report) = check_with(&liar, Some(&model), &["--dtype", "int8"], &env);
+    assert_eq!(code, 0, "{report}");
+    assert_outcome(&report, "parity", "PASS", "int8 asked");
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn a_model_without_reference_fails_parity_unless_it_is_skipped_explicitly() {
+    let liar = bin_dir().join("libember_liar.so");
+    let model = liar_model("noref", false);
+    let env = [("EMBER_LIAR", "honest")];
+    let (code, report) = check(&liar, Some(&model), &env);
+    assert_eq!(code, 1, "{report}");
+    let (tag, line) = outcome(&report, "parity").unwrap();
+    assert_eq!(tag, "FAIL", "{report}");
+    assert!(
+        line.contains("reference.json") && line.contains("--skip-parity"),
+        "{report}"
+    );
+
+    let (code, report) = check_with(&liar, Some(&model), &["--skip-parity"], &env);
+    assert_eq!(code, 0, "{report}");
+    let (tag, line) = outcome(&report, "parity").unwrap();
+    assert_eq!(tag, "SKIP", "{report}");
+    assert!(line.contains("NOT CHECKED"), "{report}");
+    assert!(
+        report
+            .trim_end()
+            .ends_with("the plugin conforms, but parity was NOT checked (--skip-parity)"),
+        "{report}"
+    );
+    // Skipping parity does not excuse the other checks.
+    let env = [("EMBER_LIAR", "constant")];
+    let (code, report) = check_with(&liar, Some(&model), &["--skip-parity"], &env);
+    assert_eq!(code, 1, "{report}");
+    assert_outcome(
+        &report,
+        "distinct inputs",
+        "FAIL",
+        "constant, parity skipped",
+    );
+    let _ = std::fs::remove_dir_all(&model);
 }

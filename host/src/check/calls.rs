@@ -1,7 +1,8 @@
 //! The behaviour checks: what the plugin answers to good, empty, malformed, overlong and
-//! concurrent calls.
+//! concurrent calls. Every answer is checked for its shape and for finite values before any
+//! check looks at it, so that a NaN cannot slip through a comparison.
 
-use super::{cosine, describe, is_panic, Outcome, Tolerance};
+use super::{cosine, describe, is_panic, non_finite, Outcome, Tolerance};
 use crate::engine::pad;
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::Prepared;
@@ -43,7 +44,35 @@ pub struct Suite<'a> {
     max_len: usize,
     rows: Vec<Tokens>,
     image: Option<(u32, u32)>,
+    tolerance: Tolerance,
 }
+
+/// Why a call gave no usable answer.
+enum CallError {
+    /// The plugin returned an error (possibly a panic the SDK caught).
+    Plugin(PluginError),
+    /// The plugin answered, but the answer breaks the contract (its shape, non-finite values).
+    Broken(String),
+}
+
+impl CallError {
+    /// The outcome of a call that had to succeed: always a failure, saying what failed.
+    fn fail(&self, what: &str) -> Outcome {
+        match self {
+            CallError::Plugin(e) => match refused(e) {
+                Err(Outcome::Fail(m)) => Outcome::Fail(format!("on {what}, {m}")),
+                Err(o) => o,
+                Ok(d) => Outcome::Fail(format!("{what} failed: {d}")),
+            },
+            CallError::Broken(m) => Outcome::Fail(format!("on {what}: {m}")),
+        }
+    }
+}
+
+/// The cosine above which two vectors count as the same (distinct-inputs check).
+pub const SAME_VECTOR: f64 = 0.99999;
+/// The difference of two rerank scores below which they count as the same.
+pub const SAME_SCORE: f32 = 1e-6;
 
 /// Fails on a caught panic, else describes the error.
 fn refused(e: &PluginError) -> Result<String, Outcome> {
@@ -58,16 +87,23 @@ fn refused(e: &PluginError) -> Result<String, Outcome> {
     }
 }
 
+/// The largest difference between two results; NaN (never below a tolerance) if any is NaN.
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .zip(b)
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 impl<'a> Suite<'a> {
     /// Sample inputs tokenized by the model's own tokenizer.
-    pub fn new(prepared: &'a Prepared, runner: &'a ModelRunner) -> Suite<'a> {
+    pub fn new(prepared: &'a Prepared, runner: &'a ModelRunner, tolerance: Tolerance) -> Suite<'a> {
         let kind = prepared.manifest.abi.kind;
         let texts: Vec<String> = [
             "Hello, world!",
@@ -96,6 +132,7 @@ impl<'a> Suite<'a> {
                 .preprocessor
                 .as_ref()
                 .map(|p| p.output_size()),
+            tolerance,
         }
     }
 
@@ -107,6 +144,7 @@ impl<'a> Suite<'a> {
             ("very long input", Suite::very_long),
             ("output shape", Suite::output_shape),
             ("determinism", Suite::determinism),
+            ("distinct inputs", Suite::distinct),
             ("padding", Suite::padding),
             ("threads", Suite::threads),
         ];
@@ -116,39 +154,48 @@ impl<'a> Suite<'a> {
         out
     }
 
-    /// One forward call on token rows: vectors, or one score per row for rerankers.
-    fn call(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PluginError> {
+    /// One forward call on token rows: vectors, or one score per row for rerankers; an answer
+    /// of the wrong shape or with a non-finite value is an error.
+    fn call(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, CallError> {
         let rows = batch.rows as usize;
-        if self.kind == ModelKind::Rerank {
-            let s = self.runner.score_pairs(&PairBatch {
-                tokens: batch.clone(),
-            })?;
+        let out: Vec<Vec<f32>> = if self.kind == ModelKind::Rerank {
+            let s = self
+                .runner
+                .score_pairs(&PairBatch {
+                    tokens: batch.clone(),
+                })
+                .map_err(CallError::Plugin)?;
             if s.scores.len() != rows {
-                return Err(PluginError::internal(format!(
+                return Err(CallError::Broken(format!(
                     "wrong output shape: {} scores for {rows} pairs",
                     s.scores.len()
                 )));
             }
-            return Ok(s.scores.iter().map(|x| vec![*x]).collect());
+            s.scores.iter().map(|x| vec![*x]).collect()
+        } else {
+            let e = self.runner.embed_tokens(batch).map_err(CallError::Plugin)?;
+            let dim = e.dim as usize;
+            if e.rows as usize != rows || e.values.len() != rows * dim {
+                return Err(CallError::Broken(format!(
+                    "wrong output shape: {} rows of {} values ({} in all) for {rows} inputs",
+                    e.rows,
+                    e.dim,
+                    e.values.len()
+                )));
+            }
+            e.values.chunks(dim.max(1)).map(|c| c.to_vec()).collect()
+        };
+        match non_finite(&out) {
+            Some(m) => Err(CallError::Broken(format!("non-finite output: {m}"))),
+            None => Ok(out),
         }
-        let e = self.runner.embed_tokens(batch)?;
-        let dim = e.dim as usize;
-        if e.rows as usize != rows || e.values.len() != rows * dim {
-            return Err(PluginError::internal(format!(
-                "wrong output shape: {} rows of {} values ({} in all) for {rows} inputs",
-                e.rows,
-                e.dim,
-                e.values.len()
-            )));
-        }
-        Ok(e.values.chunks(dim.max(1)).map(|c| c.to_vec()).collect())
     }
 
-    fn run(&self, rows: &[&Tokens]) -> Result<Vec<Vec<f32>>, PluginError> {
+    fn run(&self, rows: &[&Tokens]) -> Result<Vec<Vec<f32>>, CallError> {
         self.call(&pad(rows, self.pad_id))
     }
 
-    fn sample(&self) -> Result<Vec<Vec<f32>>, PluginError> {
+    fn sample(&self) -> Result<Vec<Vec<f32>>, CallError> {
         self.run(&self.rows.iter().collect::<Vec<_>>())
     }
 
@@ -159,18 +206,15 @@ impl<'a> Suite<'a> {
                 "the model's tokenizer could not encode the samples".into(),
             ));
         }
-        self.sample().map_err(|e| match refused(&e) {
-            Err(Outcome::Fail(m)) => Outcome::Fail(format!("on the sample batch, {m}")),
-            Err(o) => o,
-            Ok(d) => Outcome::Fail(format!("the sample batch failed: {d}")),
-        })
+        self.sample().map_err(|e| e.fail("the sample batch"))
     }
 
     fn empty_batch(&self) -> Outcome {
         match self.call(&pad(&[], self.pad_id)) {
             Ok(v) if v.is_empty() => Outcome::Pass("answered 0 rows".into()),
             Ok(v) => Outcome::Fail(format!("answered {} rows for an empty batch", v.len())),
-            Err(e) => match refused(&e) {
+            Err(CallError::Broken(m)) => Outcome::Fail(m),
+            Err(CallError::Plugin(e)) => match refused(&e) {
                 Err(o) => o,
                 Ok(d) if e.code == ErrorCode::InvalidInput => {
                     Outcome::Pass(format!("refused: {d}"))
@@ -193,7 +237,8 @@ impl<'a> Suite<'a> {
                 batch.seq_len,
                 len.saturating_sub(1)
             )),
-            Err(e) => match refused(&e) {
+            Err(CallError::Broken(m)) => Outcome::Fail(m),
+            Err(CallError::Plugin(e)) => match refused(&e) {
                 Err(o) => o,
                 Ok(d) if e.code == ErrorCode::InvalidInput => {
                     Outcome::Pass(format!("refused: {d}"))
@@ -214,16 +259,10 @@ impl<'a> Suite<'a> {
             ids,
         };
         match self.run(&[&long]) {
-            Ok(v) if v.len() == 1 && v[0].iter().all(|x| x.is_finite()) => {
-                Outcome::Pass(format!("{n} tokens answered"))
-            }
-            Ok(v) => Outcome::Fail(format!(
-                "{n} tokens gave {} rows or non-finite values",
-                v.len()
-            )),
-            Err(e) => match refused(&e) {
+            Ok(_) => Outcome::Pass(format!("{n} tokens answered")),
+            Err(CallError::Broken(m)) => Outcome::Fail(format!("{n} tokens: {m}")),
+            Err(CallError::Plugin(e)) => match refused(&e) {
                 Err(o) => o,
-                Ok(d) if d.contains("wrong output shape") => Outcome::Fail(d),
                 Ok(d) => Outcome::Pass(format!("{n} tokens refused cleanly: {d}")),
             },
         }
@@ -245,9 +284,6 @@ impl<'a> Suite<'a> {
                 v.len()
             ));
         }
-        if out.iter().flatten().any(|x| !x.is_finite()) {
-            return Outcome::Fail("non-finite values in the output".into());
-        }
         Outcome::Pass(format!("{} rows x {want}, all finite", out.len()))
     }
 
@@ -264,6 +300,55 @@ impl<'a> Suite<'a> {
         }
     }
 
+    /// Distinct inputs must give distinct outputs: no two of the sample texts (which share no
+    /// content) may map to the same vector (cosine >= SAME_VECTOR) or, for rerankers, to the
+    /// same score (within SAME_SCORE). A plugin that ignores its input, or returns a constant,
+    /// fails here even though it is deterministic and padding-invariant.
+    fn distinct(&self) -> Outcome {
+        let out = match self.baseline() {
+            Ok(o) => o,
+            Err(o) => return o,
+        };
+        if out.len() < 2 {
+            return Outcome::Fail(format!("{} sample rows, need 2", out.len()));
+        }
+        let rerank = self.kind == ModelKind::Rerank;
+        let mut closest = (f64::NEG_INFINITY, 0, 0);
+        for i in 0..out.len() {
+            for j in i + 1..out.len() {
+                let same = if rerank {
+                    -((out[i][0] - out[j][0]).abs() as f64)
+                } else {
+                    cosine(&out[i], &out[j])
+                };
+                if same.is_nan() || same > closest.0 {
+                    closest = (same, i, j);
+                }
+            }
+        }
+        let (same, i, j) = closest;
+        let (what, alike) = if rerank {
+            (
+                format!("scores {:e} apart", -same),
+                -same < SAME_SCORE as f64,
+            )
+        } else {
+            (format!("cosine {same:.6}"), same >= SAME_VECTOR)
+        };
+        if alike || same.is_nan() {
+            Outcome::Fail(format!(
+                "different inputs (sample rows {i} and {j}) gave the same output ({what}): \
+                 does the plugin ignore its input?"
+            ))
+        } else {
+            Outcome::Pass(format!(
+                "{} inputs, {} distinct outputs (closest pair: {what})",
+                out.len(),
+                out.len()
+            ))
+        }
+    }
+
     fn padding(&self) -> Outcome {
         let batched = match self.baseline() {
             Ok(o) => o,
@@ -273,21 +358,18 @@ impl<'a> Suite<'a> {
         for (i, row) in self.rows.iter().enumerate() {
             let alone = match self.run(&[row]) {
                 Ok(v) => v,
-                Err(e) => {
-                    return match refused(&e) {
-                        Err(o) => o,
-                        Ok(d) => Outcome::Fail(format!("a single row failed: {d}")),
-                    }
-                }
+                Err(e) => return e.fail(&format!("row {i} alone")),
             };
             let c = if self.kind == ModelKind::Rerank {
                 1.0 - (alone[0][0] - batched[i][0]).abs() as f64
             } else {
                 cosine(&alone[0], &batched[i])
             };
-            worst = worst.min(c);
+            if c.is_nan() || c < worst {
+                worst = c;
+            }
         }
-        let min = Tolerance::of(self.runner.described.dtype).padding;
+        let min = self.tolerance.padding;
         if worst >= min {
             Outcome::Pass(format!(
                 "each row alone agrees with it inside a padded batch (worst {worst:.6})"
@@ -320,8 +402,14 @@ impl<'a> Suite<'a> {
                         };
                         let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
                         match result {
-                            Ok(v) => w.0 = w.0.max(max_diff(&v, &base)),
-                            Err(e) => w.1 = Some(e.message.to_string()),
+                            Ok(v) => {
+                                let d = max_diff(&v, &base);
+                                if d.is_nan() || d > w.0 {
+                                    w.0 = d;
+                                }
+                            }
+                            Err(CallError::Plugin(e)) => w.1 = Some(describe(&e)),
+                            Err(CallError::Broken(m)) => w.1 = Some(m),
                         }
                     }
                 });
@@ -366,6 +454,14 @@ impl<'a> Suite<'a> {
         let run = || self.runner.embed_pixels(&batch);
         match (run(), run()) {
             (Ok(a), Ok(b)) => {
+                let rows: Vec<Vec<f32>> = a
+                    .values
+                    .chunks(a.dim.max(1) as usize)
+                    .map(|c| c.to_vec())
+                    .collect();
+                if let Some(m) = non_finite(&rows) {
+                    return Outcome::Fail(format!("non-finite output for 2 images: {m}"));
+                }
                 if a.rows != 2 || a.values.len() != 2 * a.dim as usize || a.dim as usize != self.dim
                 {
                     return Outcome::Fail(format!(
@@ -378,8 +474,14 @@ impl<'a> Suite<'a> {
                     .iter()
                     .zip(b.values.iter())
                     .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max);
-                if d > 1e-5 {
+                    .fold(0.0f32, |m, d| {
+                        if d.is_nan() || m.is_nan() {
+                            f32::NAN
+                        } else {
+                            m.max(d)
+                        }
+                    });
+                if d.is_nan() || d > 1e-5 {
                     return Outcome::Fail(format!("the same images gave results {d:e} apart"));
                 }
                 Outcome::Pass(format!(

@@ -1,8 +1,10 @@
 //! `ember plugin check`: loads a plugin exactly as the host does and checks, item by item,
 //! that it keeps the plugin contract: ABI version, what it reports, error handling (bad batch
 //! shapes, empty batches, very long inputs, no panics), output shapes, determinism, padding,
-//! calls from several threads, and, given a model with a `reference.json`, parity with the
-//! reference implementation's outputs.
+//! distinct outputs for distinct inputs, finite outputs, calls from several threads, and parity
+//! with the reference implementation's outputs in the model's `reference.json` (a model without
+//! one fails, unless parity is skipped explicitly with `--skip-parity`). Tolerances follow the
+//! precision asked for with `--dtype`, never the one the plugin reports about itself.
 
 mod calls;
 mod parity;
@@ -23,8 +25,10 @@ pub struct CheckArgs {
     pub model: Option<PathBuf>,
     /// Device to load the model on.
     pub device: DeviceRequest,
-    /// Precision to load the model in.
+    /// Precision to load the model in; also picks the tolerances (auto: fp32's).
     pub dtype: DType,
+    /// Do not compare with `reference.json` (the report then says parity was not checked).
+    pub skip_parity: bool,
 }
 
 /// How closely results must agree, by the precision the model computes in: fp32 is held to
@@ -40,7 +44,8 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// The tolerance for a model loaded in `dtype`.
+    /// The tolerance for a model asked to load in `dtype` (what the user asked for, not what the
+    /// plugin reports: a plugin must not loosen its own checks).
     pub fn of(dtype: DType) -> Tolerance {
         match dtype {
             DType::Int8 | DType::Fp8 => Tolerance {
@@ -82,6 +87,8 @@ pub struct Report {
     pub checks: usize,
     /// Checks failed.
     pub failures: usize,
+    /// Whether parity with a reference was skipped on request (`--skip-parity`).
+    pub parity_skipped: bool,
 }
 
 impl Report {
@@ -91,6 +98,7 @@ impl Report {
             live,
             checks: 0,
             failures: 0,
+            parity_skipped: false,
         }
     }
 
@@ -125,6 +133,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (n(a) * n(b)).max(1e-12)
+}
+
+/// The first non-finite value of `rows`, as `"row R, value V is NaN"`, if there is one.
+pub fn non_finite(rows: &[Vec<f32>]) -> Option<String> {
+    rows.iter().enumerate().find_map(|(r, row)| {
+        row.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| format!("row {r}, value {i} is {}", row[i]))
+    })
 }
 
 /// Describes an error for a report line; a caught panic is named as such.
@@ -219,19 +236,38 @@ pub fn run(args: &CheckArgs, out: Box<dyn Write>, live: bool) -> Report {
             }
         )),
     );
-    check_model(&mut report, &prepared, &prepared.runner, model);
+    check_model(&mut report, &prepared, &prepared.runner, model, args);
     report
 }
 
-fn check_model(report: &mut Report, prepared: &Prepared, runner: &ModelRunner, dir: &Path) {
-    let suite = calls::Suite::new(prepared, runner);
+fn check_model(
+    report: &mut Report,
+    prepared: &Prepared,
+    runner: &ModelRunner,
+    dir: &Path,
+    args: &CheckArgs,
+) {
+    let tolerance = Tolerance::of(args.dtype);
+    let suite = calls::Suite::new(prepared, runner, tolerance);
     for (name, check) in suite.checks() {
         report.running(name);
         let outcome = check(&suite);
         report.add(name, outcome);
     }
+    if args.skip_parity {
+        report.parity_skipped = true;
+        report.add(
+            "parity",
+            Outcome::Skip(
+                "NOT CHECKED (--skip-parity): the outputs were not compared with any reference, \
+                 so nothing here shows that they are correct"
+                    .into(),
+            ),
+        );
+        return;
+    }
     report.running("parity");
-    report.add("parity", parity::check(prepared, runner, dir));
+    report.add("parity", parity::check(prepared, runner, dir, tolerance));
 }
 
 /// `ember plugin check` from the command line: prints the report, returns the exit code.
@@ -243,10 +279,12 @@ pub fn main(args: &CheckArgs) -> u8 {
         "{} checks, {} failed: {}",
         report.checks,
         report.failures,
-        if report.failures == 0 {
-            "the plugin conforms"
-        } else {
+        if report.failures > 0 {
             "the plugin does NOT conform"
+        } else if report.parity_skipped {
+            "the plugin conforms, but parity was NOT checked (--skip-parity)"
+        } else {
+            "the plugin conforms"
         }
     );
     u8::from(report.failures > 0)

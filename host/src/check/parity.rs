@@ -1,8 +1,9 @@
 //! Parity with the reference implementation's outputs recorded in the model directory's
 //! `reference.json` (the test fixtures' format): sentence-transformers embeddings, transformers
-//! rerank scores, CLIP text and image features.
+//! rerank scores, CLIP text and image features. A model without `reference.json` fails: parity
+//! is only left out when the user asks for it (`--skip-parity`, handled by the caller).
 
-use super::{cosine, describe, Outcome, Tolerance};
+use super::{cosine, describe, non_finite, Outcome, Tolerance};
 use crate::api::normalize;
 use crate::engine::pad;
 use crate::images::preprocess::{probe, ImageLimits};
@@ -12,16 +13,24 @@ use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};
 use serde_json::Value;
 use std::path::Path;
 
-/// The rows of a plugin's result, each normalised as the host normalises them.
-fn normalized_rows(out: &ember_plugin_api::EmbeddingBatch) -> Vec<Vec<f32>> {
-    out.values
+/// The rows of a plugin's result, each normalised as the host normalises them; an error names
+/// the first non-finite value.
+fn normalized_rows(out: &ember_plugin_api::EmbeddingBatch) -> Result<Vec<Vec<f32>>, String> {
+    let rows: Vec<Vec<f32>> = out
+        .values
         .chunks(out.dim.max(1) as usize)
-        .map(|v| {
-            let mut v = v.to_vec();
+        .map(|v| v.to_vec())
+        .collect();
+    if let Some(m) = non_finite(&rows) {
+        return Err(format!("non-finite output: {m}"));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|mut v| {
             normalize(&mut v);
             v
         })
-        .collect()
+        .collect())
 }
 
 fn vectors(v: &Value) -> Option<Vec<Vec<f32>>> {
@@ -41,7 +50,7 @@ fn embed_texts(
     let tokens = p.encoder.encode(texts).map_err(|e| e.to_string())?;
     let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
     let out = runner.embed_tokens(&batch).map_err(|e| describe(&e))?;
-    Ok(normalized_rows(&out))
+    normalized_rows(&out)
 }
 
 fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<String, String> {
@@ -58,7 +67,13 @@ fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<
         .iter()
         .zip(&want)
         .map(|(g, w)| cosine(g, w))
-        .fold(1.0f64, f64::min);
+        .fold(1.0f64, |m, c| {
+            if c.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.min(c)
+            }
+        });
     if worst >= min {
         Ok(format!("{} {what} (min cosine {worst:.6})", got.len()))
     } else {
@@ -68,15 +83,15 @@ fn compare(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], min: f64) -> Result<
     }
 }
 
-fn embed(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
+fn embed(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<String, String> {
     let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
     let want = vectors(&r["embeddings"]).ok_or("reference.json has no embeddings")?;
-    let min = Tolerance::of(runner.described.dtype).parity;
+    let min = t.parity;
     compare("texts", &embed_texts(p, runner, &texts)?, &want, min)
 }
 
-fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, String> {
-    let max = Tolerance::of(runner.described.dtype).score;
+fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<String, String> {
+    let max = t.score;
     let mut done = Vec::new();
     for case in ["short", "long_query"] {
         let c = &r[case];
@@ -94,13 +109,19 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, Strin
         let got = runner
             .score_pairs(&PairBatch { tokens: batch })
             .map_err(|e| describe(&e))?;
+        if let Some(i) = got.scores.iter().position(|s| !s.is_finite()) {
+            return Err(format!(
+                "{case}: non-finite output: row {i} is {}",
+                got.scores[i]
+            ));
+        }
         let worst = got
             .scores
             .iter()
             .zip(&want)
             .map(|(l, s)| (1.0 / (1.0 + (-l).exp()) - s).abs())
             .fold(0.0f32, f32::max);
-        if got.scores.len() != want.len() || worst > max {
+        if got.scores.len() != want.len() || worst.is_nan() || worst > max {
             return Err(format!(
                 "{case}: scores differ by {worst:e} (> {max:e}) from the reference"
             ));
@@ -113,10 +134,16 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value) -> Result<String, Strin
     Ok(done.join("; "))
 }
 
-fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<String, String> {
+fn clip(
+    p: &Prepared,
+    runner: &ModelRunner,
+    r: &Value,
+    dir: &Path,
+    t: Tolerance,
+) -> Result<String, String> {
     let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
     let want = vectors(&r["text_embeddings"]).ok_or("reference.json has no text_embeddings")?;
-    let min = Tolerance::of(runner.described.dtype).parity.min(0.999);
+    let min = t.parity.min(0.999);
     let text = compare("texts", &embed_texts(p, runner, &texts)?, &want, min)?;
     let names = strings(&r["images"]).ok_or("reference.json has no images")?;
     let want = vectors(&r["image_embeddings"]).ok_or("reference.json has no image_embeddings")?;
@@ -146,25 +173,34 @@ fn clip(p: &Prepared, runner: &ModelRunner, r: &Value, dir: &Path) -> Result<Str
         values: values.into(),
     };
     let out = runner.embed_pixels(&batch).map_err(|e| describe(&e))?;
-    let got = normalized_rows(&out);
+    let got = normalized_rows(&out)?;
     let image = compare("images", &got, &want, min)?;
     Ok(format!("{text}; {image}"))
 }
 
-/// Compares the plugin's outputs with `reference.json` in `dir`, if there is one.
-pub fn check(p: &Prepared, runner: &ModelRunner, dir: &Path) -> Outcome {
+/// Compares the plugin's outputs with `reference.json` in `dir` within the tolerance `t`; a
+/// missing reference is a failure.
+pub fn check(p: &Prepared, runner: &ModelRunner, dir: &Path, t: Tolerance) -> Outcome {
     let path = dir.join("reference.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Outcome::Skip(format!("no {}", path.display()));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            return Outcome::Fail(format!(
+                "cannot read {} ({e}): without reference outputs nothing shows that the \
+                 plugin computes the right thing; add one (the format of ember's test \
+                 fixtures), or pass --skip-parity to leave parity unchecked",
+                path.display()
+            ))
+        }
     };
     let r: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => return Outcome::Fail(format!("{}: {e}", path.display())),
     };
     let result = match p.manifest.abi.kind {
-        ModelKind::Embed => embed(p, runner, &r),
-        ModelKind::Rerank => rerank(p, runner, &r),
-        ModelKind::Clip => clip(p, runner, &r, dir),
+        ModelKind::Embed => embed(p, runner, &r, t),
+        ModelKind::Rerank => rerank(p, runner, &r, t),
+        ModelKind::Clip => clip(p, runner, &r, dir, t),
     };
     match result {
         Ok(m) => Outcome::Pass(m),

@@ -1,0 +1,225 @@
+//! A plugin whose honest mode is checkable from outside and whose other modes each break the
+//! contract in one quiet way, so that tests can check that `ember plugin check` catches each lie
+//! and names the check it breaks.
+//!
+//! Honest mode computes a static embedding: the mean, over the tokens the attention mask keeps,
+//! of the rows of the float32 table `embeddings.word_embeddings.weight` in the model directory's
+//! `model.safetensors` (a test writes the table and computes the reference from the same
+//! numbers). `EMBER_LIAR`, read when a model loads, picks the lie:
+//!
+//! - `honest` (default): the above;
+//! - `constant`: the same vector for every input;
+//! - `unmasked`: averages every position, padding included (ignores the attention mask);
+//! - `nan`: the last value of the last row of every batch is NaN;
+//! - `int8`: claims int8 in `describe()` and perturbs every vector (cosine about 0.98 to the
+//!   honest one), as if quantisation error excused it;
+//! - `noisy`: adds a little noise that changes from call to call (not deterministic);
+//! - `racy`: allows concurrent calls, but a call that overlaps another returns garbage (as a
+//!   plugin sharing a scratch buffer between calls would).
+
+use ember_plugin_api::{
+    Backend, DType, DeviceKind, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind,
+    PluginError, PluginInfo, TokenBatch,
+};
+use safetensors::{Dtype, SafeTensors};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The liar backend.
+pub struct Liar;
+
+/// The way a model breaks the contract.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Lie {
+    Honest,
+    Constant,
+    Unmasked,
+    Nan,
+    Int8,
+    Noisy,
+    Racy,
+}
+
+impl Lie {
+    fn parse(s: &str) -> Result<Lie, PluginError> {
+        Ok(match s {
+            "honest" => Lie::Honest,
+            "constant" => Lie::Constant,
+            "unmasked" => Lie::Unmasked,
+            "nan" => Lie::Nan,
+            "int8" => Lie::Int8,
+            "noisy" => Lie::Noisy,
+            "racy" => Lie::Racy,
+            other => {
+                return Err(PluginError::invalid_input(format!(
+                    "EMBER_LIAR={other:?}: expected honest, constant, unmasked, nan, int8, \
+                     noisy or racy"
+                )))
+            }
+        })
+    }
+}
+
+/// A table of `dim` floats per vocabulary entry, and the lie to tell.
+pub struct LiarModel {
+    table: Vec<f32>,
+    vocab: usize,
+    dim: usize,
+    lie: Lie,
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl LiarModel {
+    /// The honest static embedding of row `r` (all positions when `masked` is false).
+    fn mean(&self, batch: &TokenBatch, r: usize, masked: bool) -> Result<Vec<f32>, PluginError> {
+        let seq = batch.seq_len as usize;
+        let mut out = vec![0f32; self.dim];
+        let mut count = 0f32;
+        for t in 0..seq {
+            if masked && batch.attention_mask[r * seq + t] == 0 {
+                continue;
+            }
+            let id = batch.input_ids[r * seq + t];
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|i| *i < self.vocab)
+                .ok_or_else(|| {
+                    PluginError::invalid_input(format!(
+                        "token id {id} is outside the vocabulary ({} entries)",
+                        self.vocab
+                    ))
+                })?;
+            let row = &self.table[id * self.dim..(id + 1) * self.dim];
+            out.iter_mut().zip(row).for_each(|(o, x)| *o += x);
+            count += 1.0;
+        }
+        out.iter_mut().for_each(|o| *o /= count.max(1.0));
+        Ok(out)
+    }
+}
+
+impl Model for LiarModel {
+    fn describe(&self) -> LoadedModel {
+        LoadedModel {
+            embedding_dim: self.dim as u32,
+            device: "cpu".into(),
+            dtype: if self.lie == Lie::Int8 {
+                DType::Int8
+            } else {
+                DType::Fp32
+            },
+            concurrent_calls: true,
+        }
+    }
+
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        let (rows, seq) = (batch.rows as usize, batch.seq_len as usize);
+        if batch.input_ids.len() != rows * seq || batch.attention_mask.len() != rows * seq {
+            return Err(PluginError::invalid_input(format!(
+                "a {rows}x{seq} batch needs {} ids and mask values, got {} and {}",
+                rows * seq,
+                batch.input_ids.len(),
+                batch.attention_mask.len()
+            )));
+        }
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let overlapped = if self.lie == Lie::Racy {
+            let others = self.in_flight.fetch_add(1, Ordering::SeqCst);
+            // Long enough for calls from several threads to overlap.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            others > 0 || self.in_flight.load(Ordering::SeqCst) > 1
+        } else {
+            false
+        };
+        let mut values = Vec::with_capacity(rows * self.dim);
+        for r in 0..rows {
+            let mut v = match self.lie {
+                Lie::Constant => (0..self.dim).map(|i| 1.0 + i as f32).collect(),
+                Lie::Unmasked => self.mean(batch, r, false)?,
+                _ => self.mean(batch, r, true)?,
+            };
+            let rms = (v.iter().map(|x| x * x).sum::<f32>() / self.dim.max(1) as f32).sqrt();
+            match self.lie {
+                Lie::Int8 => v
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x += 0.3 * rms * ((i * 7919 % 13) as f32 - 6.0) / 6.0),
+                Lie::Noisy => v
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x += 1e-2 * rms * (((call + i) % 5) as f32 - 2.0)),
+                Lie::Racy if overlapped => v.iter_mut().for_each(|x| *x = -*x + rms),
+                _ => {}
+            }
+            values.extend(v);
+        }
+        if self.lie == Lie::Nan {
+            if let Some(last) = values.last_mut() {
+                *last = f32::NAN;
+            }
+        }
+        if self.lie == Lie::Racy {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(EmbeddingBatch {
+            rows: batch.rows,
+            dim: self.dim as u32,
+            values: values.into(),
+        })
+    }
+}
+
+impl Backend for Liar {
+    fn info() -> Result<PluginInfo, PluginError> {
+        Ok(PluginInfo {
+            name: "liar".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            runtime: "pure Rust".into(),
+            kinds: vec![ModelKind::Embed].into(),
+            devices: vec![DeviceKind::Cpu].into(),
+            dtypes: vec![DType::Auto, DType::Fp32, DType::Int8].into(),
+        })
+    }
+
+    fn select_files(listing: &[String], _dtype: DType) -> Result<Vec<String>, PluginError> {
+        match listing.iter().find(|f| *f == "model.safetensors") {
+            Some(f) => Ok(vec![f.clone()]),
+            None => Err(PluginError::unsupported(
+                "the liar backend reads model.safetensors",
+            )),
+        }
+    }
+
+    fn load(request: &LoadRequest) -> Result<Box<dyn Model>, PluginError> {
+        let lie = Lie::parse(&std::env::var("EMBER_LIAR").unwrap_or_else(|_| "honest".into()))?;
+        let path = std::path::Path::new(request.model_dir.as_str()).join("model.safetensors");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+        let t = tensors
+            .tensor("embeddings.word_embeddings.weight")
+            .map_err(|e| PluginError::unsupported(format!("{}: {e}", path.display())))?;
+        if t.dtype() != Dtype::F32 || t.shape().len() != 2 {
+            return Err(PluginError::unsupported(
+                "word embeddings must be a 2-D float32 tensor",
+            ));
+        }
+        let (vocab, dim) = (t.shape()[0], t.shape()[1]);
+        let table = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Box::new(LiarModel {
+            table,
+            vocab,
+            dim,
+            lie,
+            calls: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+}
+
+ember_plugin_api::export_plugin!(Liar);
