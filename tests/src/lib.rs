@@ -359,7 +359,28 @@ pub fn assert_rerank_matches_reference(server: &Server, model: &str, tolerance: 
             &serde_json::json!({"query": c["query"], "documents": c["documents"]}),
         );
         assert_eq!(status, 200, "{body}");
-        for r in body["results"].as_array().unwrap() {
+        let results = body["results"].as_array().unwrap();
+        let documents = c["documents"].as_array().unwrap().len();
+        // Every document exactly once, best first.
+        let mut seen: Vec<usize> = results
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap() as usize)
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            (0..documents).collect::<Vec<_>>(),
+            "{model} {case}: {body}"
+        );
+        let scores: Vec<f64> = results
+            .iter()
+            .map(|r| r["relevance_score"].as_f64().unwrap())
+            .collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "{model} {case}: not sorted best first: {scores:?}"
+        );
+        for r in results {
             let i = r["index"].as_u64().unwrap() as usize;
             let want = c["scores"][i].as_f64().unwrap();
             let got = r["relevance_score"].as_f64().unwrap();

@@ -113,10 +113,22 @@ fn torch_is_the_default_backend_and_starts_fast() {
 fn what_the_backend_does_not_run_is_a_clear_start_up_error() {
     let model = fixture("tiny-bert-cls").display().to_string();
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    // A CUDA device that is not there: cuda:0 without a GPU, an ordinal past the last one
+    // with GPUs (as on the GPU machine of scripts/gpu-test.sh).
+    let missing_gpu: &[(&str, &str)] = if test_device() == "cpu" {
+        &[("DEVICE", "cuda:0")]
+    } else {
+        &[("DEVICE", "cuda:64")]
+    };
+    let missing_gpu_says: &[&str] = if test_device() == "cpu" {
+        &["DEVICE asks for CUDA but libtorch sees no CUDA device"]
+    } else {
+        &["DEVICE=cuda:64 but only", "CUDA device(s) are visible"]
+    };
     let cases: [Case; 3] = [
         (&[("DTYPES", "fp8")], &["DTYPES=fp8", "fp32, fp16 or bf16"]),
         (&[("DTYPES", "int8")], &["DTYPES=int8"]),
-        (&[("DEVICE", "cuda:0")], &["CUDA"]),
+        (missing_gpu, missing_gpu_says),
     ];
     for (extra, needles) in cases {
         let mut env = vec![("MODEL_NAMES", model.as_str()), ("BACKEND", "torch")];
