@@ -2,7 +2,9 @@
 //! starting `ember` as a child process, and comparing vectors with reference outputs.
 
 pub mod hub;
+pub mod liar;
 pub mod platform;
+pub mod proxy;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -134,21 +136,30 @@ impl Server {
 
     /// Starts `ember`; returns its exit code and log if it exits before it is ready.
     pub fn try_start(env: &[(&str, &str)]) -> Result<Server, Failed> {
-        Self::start_until(env, "ready")
+        Self::start_until(env, &[], "ready")
+    }
+
+    /// Starts `ember` with command-line arguments and waits until it is ready.
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Server {
+        match Self::start_until(env, args, "ready") {
+            Ok(s) => s,
+            Err(f) => panic!("ember did not start (exit {:?}):\n{}", f.code, f.stderr),
+        }
     }
 
     /// Starts `ember` and returns as soon as its port is open, before its models are ready.
     pub fn start_listening(env: &[(&str, &str)]) -> Server {
-        match Self::start_until(env, "listening; loading models") {
+        match Self::start_until(env, &[], "listening; loading models") {
             Ok(s) => s,
             Err(f) => panic!("ember did not listen (exit {:?}):\n{}", f.code, f.stderr),
         }
     }
 
     /// Starts `ember` and waits for the log line `message` that carries its address.
-    fn start_until(env: &[(&str, &str)], message: &str) -> Result<Server, Failed> {
+    fn start_until(env: &[(&str, &str)], args: &[&str], message: &str) -> Result<Server, Failed> {
         let started = Instant::now();
         let mut child = command(env)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -225,6 +236,29 @@ impl Server {
             .send()
             .unwrap();
         read(resp)
+    }
+
+    /// Asserts that the server embeds a fixture's reference texts as its reference says
+    /// (each text its own vector, at cosine `min_cosine` or more), with the fixture's path
+    /// as the model.
+    pub fn assert_embeds_reference(&self, fixture_name: &str, min_cosine: f64) {
+        let reference = reference(fixture_name);
+        let model = fixture(fixture_name).display().to_string();
+        let (status, body) = self.post(
+            "/v1/embeddings",
+            &serde_json::json!({"model": model, "input": reference["texts"]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let got = vectors(&body);
+        let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+        assert_eq!(got.len(), want.len(), "{body}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let c = cosine(g, w);
+            assert!(
+                c >= min_cosine,
+                "{fixture_name} text {i}: cosine {c} with the reference (< {min_cosine})"
+            );
+        }
     }
 
     /// GETs `path`; returns status and parsed body.
@@ -398,15 +432,56 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 /// A local HTTP server for image URLs: the fixture images, plus routes that misbehave.
+/// It records the target of every request, as sent: a path, or a whole URL when the request
+/// came through a proxy (whatever host that URL names, this server answers it).
 ///
 /// - `/images/NAME`: a file of `fixtures/images` with the content type of its extension;
+/// - `/streamed/NAME`: the same file in 1 KiB chunks, with no declared length;
 /// - `/redirect/N`: redirects N times, then to `/images/photo.png`;
+/// - `/redirect-to?to=URL`: redirects to URL;
 /// - `/slow`: answers after 5 seconds; `/slow/MS`: after MS milliseconds;
 /// - `/mislabelled`: an HTML page sent as `image/png`.
 pub struct ImageServer {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
+}
+
+async fn streamed(
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(bytes) = std::fs::read(fixtures().join("images").join(&name)) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such image").into_response();
+    };
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    ([("content-type", "application/octet-stream")], body).into_response()
+}
+
+async fn redirect_to(
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let to = q.get("to").cloned().unwrap_or_default();
+    (
+        axum::http::StatusCode::FOUND,
+        [("location", to)],
+        "redirecting",
+    )
+        .into_response()
+}
+
+async fn record_target(
+    axum::extract::State(seen): axum::extract::State<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    request: axum::extract::Request,
+) -> axum::extract::Request {
+    seen.lock().unwrap().push(request.uri().to_string());
+    request
 }
 
 async fn image_file(
@@ -451,10 +526,14 @@ impl ImageServer {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap().to_string();
+        let url = format!("http://{addr}");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let app = axum::Router::new()
             .route("/images/{name}", get(image_file))
+            .route("/streamed/{name}", get(streamed))
             .route("/redirect/{n}", get(redirect))
+            .route("/redirect-to", get(redirect_to))
             .route(
                 "/slow",
                 get(|| async {
@@ -479,10 +558,16 @@ impl ImageServer {
                         "<!DOCTYPE html><html><body>hello</body></html>",
                     )
                 }),
-            );
+            )
+            .layer(axum::middleware::map_request_with_state(
+                seen.clone(),
+                record_target,
+            ));
         runtime.spawn(async move { axum::serve(listener, app).await });
         ImageServer {
             url,
+            addr,
+            seen,
             _runtime: runtime,
         }
     }
@@ -490,6 +575,16 @@ impl ImageServer {
     /// The URL of a fixture image.
     pub fn image(&self, name: &str) -> String {
         format!("{}/images/{name}", self.url)
+    }
+
+    /// The URL of a fixture image sent without a declared length.
+    pub fn streamed(&self, name: &str) -> String {
+        format!("{}/streamed/{name}", self.url)
+    }
+
+    /// The target of every request so far (a whole URL for proxied ones), in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 }
 

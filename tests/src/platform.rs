@@ -16,6 +16,10 @@ use std::time::Duration;
 /// The panic message that makes a handler drop its connection (and is not printed).
 const DROP: &str = "fake platform: dropping the connection";
 
+/// The worker's `RUNPOD_POD_ID`: the platform answers 404 to a URL naming any other worker
+/// (as it does to a `$RUNPOD_POD_ID` left unsubstituted), and records the names it saw.
+pub const POD_ID: &str = "worker-1";
+
 /// One job-done request as the platform saw it.
 #[derive(Debug, Clone)]
 pub struct Post {
@@ -58,6 +62,7 @@ struct Books {
     pings: Vec<String>,
     takes: Vec<String>,
     succeeded: HashSet<String>,
+    strangers: Vec<String>,
 }
 
 struct Platform {
@@ -73,6 +78,15 @@ impl Platform {
     }
 }
 
+/// Whether `worker` is this platform's worker; records it otherwise.
+fn known(p: &Platform, worker: &str) -> bool {
+    if worker == POD_ID {
+        return true;
+    }
+    p.books().strangers.push(worker.to_string());
+    false
+}
+
 fn query_string(q: &HashMap<String, String>) -> String {
     let mut parts: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
     parts.sort();
@@ -81,10 +95,13 @@ fn query_string(q: &HashMap<String, String>) -> String {
 
 async fn take(
     State(p): State<Arc<Platform>>,
-    Path(_worker): Path<String>,
+    Path(worker): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     batch: bool,
 ) -> Response {
+    if !known(&p, &worker) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let n = p.take_count.fetch_add(1, Ordering::SeqCst) + 1;
     p.books().takes.push(query_string(&q));
     if p.faults.take_429.contains(&n) {
@@ -126,11 +143,14 @@ async fn take(
 
 async fn done(
     State(p): State<Arc<Platform>>,
-    Path((_worker, job_id)): Path<(String, String)>,
+    Path((worker, job_id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    if !known(&p, &worker) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     tokio::time::sleep(p.faults.post_delay).await;
     let attempt = p
         .books()
@@ -168,8 +188,12 @@ async fn done(
 
 async fn ping(
     State(p): State<Arc<Platform>>,
+    Path(worker): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StatusCode {
+    if !known(&p, &worker) {
+        return StatusCode::NOT_FOUND;
+    }
     p.books().pings.push(query_string(&q));
     StatusCode::OK
 }
@@ -253,7 +277,7 @@ impl FakePlatform {
                 format!("{u}/v2/ep/ping/$RUNPOD_POD_ID?gpu=test"),
             ),
             ("RUNPOD_PING_INTERVAL".into(), "300".into()),
-            ("RUNPOD_POD_ID".into(), "worker-1".into()),
+            ("RUNPOD_POD_ID".into(), POD_ID.into()),
             ("RUNPOD_AI_API_KEY".into(), "platform-secret".into()),
             ("RUNPOD_ENDPOINT_ID".into(), "ep".into()),
             ("RUNPOD_MAX_CONCURRENCY".into(), concurrency.to_string()),
@@ -278,6 +302,11 @@ impl FakePlatform {
     /// Query strings of the pings.
     pub fn pings(&self) -> Vec<String> {
         self.platform.books().pings.clone()
+    }
+
+    /// Worker names in URLs that were not `POD_ID`, in arrival order.
+    pub fn strangers(&self) -> Vec<String> {
+        self.platform.books().strangers.clone()
     }
 
     /// Query strings of the job-takes.

@@ -2,6 +2,7 @@
 //! CLIPModel.get_image_features / get_text_features recorded in the fixtures, and every kind
 //! of bad image input.
 
+use ember_e2e::proxy::FakeProxy;
 use ember_e2e::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -255,4 +256,137 @@ fn modality_errors_and_limits() {
     );
     assert_eq!(status, 200);
     assert_eq!(server.get("/health").0, 200);
+}
+
+/// The vector of one image input, asserting success.
+fn image_vector(server: &Server, input: &str) -> Vec<f32> {
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &json!({"modality": "image", "input": input}),
+    );
+    assert_eq!(status, 200, "{input}: {body}");
+    vectors(&body).remove(0)
+}
+
+#[test]
+fn downloads_hold_image_max_bytes_whether_or_not_the_length_is_declared() {
+    let images = ImageServer::start();
+    let server = serve(
+        &["tiny-clip"],
+        &[
+            ("IMAGE_MAX_BYTES", "4096"),
+            ("IMAGE_ALLOW_PRIVATE_URLS", "true"),
+        ],
+    );
+    // photo.png (7 KiB) is over: refused from its Content-Length, and while reading a body
+    // sent in chunks with no length.
+    for url in [images.image("photo.png"), images.streamed("photo.png")] {
+        assert_error_contains(
+            server.post(
+                "/v1/embeddings",
+                &json!({"modality": "image", "input": [data_uri("photo.jpg"), url.clone()]}),
+            ),
+            400,
+            &[
+                "input item 1:",
+                &url,
+                "larger than 4096 bytes",
+                "IMAGE_MAX_BYTES",
+            ],
+        );
+    }
+    // photo.jpg (3.3 KiB) is under, either way, and is the same image as inline.
+    let inline = image_vector(&server, &data_uri("photo.jpg"));
+    for url in [images.image("photo.jpg"), images.streamed("photo.jpg")] {
+        let c = cosine(&image_vector(&server, &url), &inline);
+        assert!(c > 0.99999, "{url}: cosine {c} to the inline image");
+    }
+}
+
+#[test]
+fn image_urls_go_through_the_proxy_and_internal_addresses_stay_refused() {
+    let images = ImageServer::start();
+    let proxy = FakeProxy::start(&images.addr);
+    let proxy_env = [
+        ("HTTP_PROXY", proxy.url.as_str()),
+        ("HTTPS_PROXY", proxy.url.as_str()),
+    ];
+    let server = serve(&["tiny-clip"], &proxy_env);
+    let port = images.addr.rsplit(':').next().unwrap().to_string();
+    let inline = image_vector(&server, &data_uri("photo.png"));
+
+    // A public name goes to the proxy (which resolves it; `.invalid` resolves nowhere else)
+    // even though the proxy itself is on a loopback address.
+    let public = "http://ember-images.invalid/images/photo.png";
+    let c = cosine(&image_vector(&server, public), &inline);
+    assert!(c > 0.99999, "cosine {c} to the inline image");
+    assert!(
+        images.seen().contains(&public.to_string()),
+        "{:?}",
+        images.seen()
+    );
+
+    // Internal addresses are refused before anything is sent: by name, by address, and as
+    // the target of a redirect from a public URL.
+    let internal = [
+        format!("http://localhost:{port}/images/photo.png"),
+        format!("http://127.0.0.1:{port}/images/photo.png"),
+        format!("http://[::ffff:127.0.0.1]:{port}/images/photo.png"),
+        format!(
+            "http://ember-images.invalid/redirect-to?to=http://localhost:{port}/images/photo.png"
+        ),
+        "https://localhost/images/photo.png".to_string(),
+    ];
+    for url in &internal {
+        assert_error_contains(
+            server.post(
+                "/v1/embeddings",
+                &json!({"modality": "image", "input": [data_uri("photo.jpg"), url]}),
+            ),
+            400,
+            &["input item 1:", "internal", "IMAGE_ALLOW_PRIVATE_URLS"],
+        );
+    }
+    let seen = images.seen();
+    assert!(
+        seen.iter()
+            .all(|t| t.starts_with("http://ember-images.invalid/")),
+        "an internal URL went out (through the proxy, or directly as a bare path): {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|t| t.contains("/redirect-to")),
+        "the public hop of the redirect went out: {seen:?}"
+    );
+    // HTTPS goes through the proxy too, as a tunnel (which this proxy refuses).
+    let lines = proxy.lines();
+    assert!(!lines.iter().any(|l| l.contains("localhost")), "{lines:?}");
+    assert_error_contains(
+        server.post(
+            "/v1/embeddings",
+            &json!({"modality": "image", "input": "https://ember-images.invalid/photo.png"}),
+        ),
+        400,
+        &[
+            "input item 0:",
+            "cannot download https://ember-images.invalid/photo.png",
+        ],
+    );
+    assert!(
+        proxy
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("CONNECT ember-images.invalid:443")),
+        "{:?}",
+        proxy.lines()
+    );
+    drop(server);
+
+    // With IMAGE_ALLOW_PRIVATE_URLS, internal URLs go through the proxy as well.
+    let mut env = proxy_env.to_vec();
+    env.push(("IMAGE_ALLOW_PRIVATE_URLS", "true"));
+    let server = serve(&["tiny-clip"], &env);
+    let by_name = format!("http://localhost:{port}/images/photo.png");
+    let c = cosine(&image_vector(&server, &by_name), &inline);
+    assert!(c > 0.99999, "cosine {c}");
+    assert!(images.seen().contains(&by_name), "{:?}", images.seen());
 }

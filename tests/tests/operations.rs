@@ -70,6 +70,21 @@ fn every_route_answers_503_with_progress_until_the_models_are_ready() {
     assert!(scrape(&server).contains("\nember_ready 0\n"));
     let (status, body) = authorized("/v1/embeddings", json!({"input": "too early"}));
     assert_eq!(status, 503, "{body}");
+    // Callers are told when to come back, on every route, the RunPod ones included.
+    for path in ["/v1/embeddings", "/runsync"] {
+        let resp = client()
+            .post(format!("{}{path}", server.url))
+            .header("Authorization", "Bearer k3y")
+            .json(&json!({"input": {"input": "too early"}}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 503, "{path}");
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(retry, Some("5"), "{path}: Retry-After while loading");
+    }
     assert_eq!(body["error"]["code"], 503);
     assert!(body["error"]["message"]
         .as_str()

@@ -2,6 +2,7 @@
 //! lies in one way at a time (each lie must fail the check it breaks, and its honest mode must
 //! pass them all), and a plugin built from the guide's walk-through alone, outside the workspace.
 
+use ember_e2e::liar::LiarModel;
 use ember_e2e::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -198,95 +199,6 @@ fn assert_outcome(report: &str, name: &str, tag: &str, what: &str) {
     assert_eq!(got, Some(tag), "{what}: check {name:?}:\n{report}");
 }
 
-/// A small deterministic pseudo-random generator (values in [-1, 1)).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-const LIAR_DIM: usize = 16;
-
-/// A model directory for the liar plugin: the tokenizer and configs of the tiny-bert-cls
-/// fixture, a `model.safetensors` with a random word-embedding table written here, and, when
-/// `reference` is set, a `reference.json` computed here from the same table (the mean of the
-/// rows of `[CLS] words... [SEP]`, found in vocab.txt), independently of the plugin.
-fn liar_model(name: &str, reference: bool) -> PathBuf {
-    let src = fixture("tiny-bert-cls");
-    let dir = std::env::temp_dir().join(format!("ember-liar-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    for f in [
-        "config.json",
-        "config_sentence_transformers.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "special_tokens_map.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "1_Pooling/config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let vocab: Vec<String> = std::fs::read_to_string(src.join("vocab.txt"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let mut rng = Lcg(42);
-    let table: Vec<f32> = (0..vocab.len() * LIAR_DIM).map(|_| rng.next()).collect();
-    // safetensors: 8-byte little-endian header length, the JSON header, the raw data.
-    let header = json!({
-        "embeddings.word_embeddings.weight": {
-            "dtype": "F32",
-            "shape": [vocab.len(), LIAR_DIM],
-            "data_offsets": [0, table.len() * 4],
-        }
-    })
-    .to_string();
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(header.as_bytes());
-    bytes.extend(table.iter().flat_map(|x| x.to_le_bytes()));
-    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
-    if reference {
-        let id = |w: &str| {
-            vocab
-                .iter()
-                .position(|v| v == w)
-                .unwrap_or_else(|| panic!("{w} is not in vocab.txt"))
-        };
-        let texts = ["hello world", "the quick brown fox", "a cat sat on the mat"];
-        let embeddings: Vec<Vec<f32>> = texts
-            .iter()
-            .map(|t| {
-                let mut ids = vec![id("[CLS]")];
-                ids.extend(t.split(' ').map(id));
-                ids.push(id("[SEP]"));
-                let mut v = [0f32; LIAR_DIM];
-                for i in &ids {
-                    for (o, x) in v.iter_mut().zip(&table[i * LIAR_DIM..(i + 1) * LIAR_DIM]) {
-                        *o += x;
-                    }
-                }
-                v.iter().map(|x| x / ids.len() as f32).collect()
-            })
-            .collect();
-        std::fs::write(
-            dir.join("reference.json"),
-            json!({"texts": texts, "embeddings": embeddings}).to_string(),
-        )
-        .unwrap();
-    }
-    dir
-}
-
 /// Checks that always pass for the liar, whatever its lie (it loads, refuses bad input).
 const LIAR_SOUND: [&str; 5] = [
     "ABI",
@@ -299,7 +211,8 @@ const LIAR_SOUND: [&str; 5] = [
 #[test]
 fn the_honest_liar_passes_every_check_including_parity() {
     let liar = bin_dir().join("libember_liar.so");
-    let model = liar_model("honest", true);
+    let liar_model = LiarModel::create("honest", true);
+    let model = liar_model.dir.clone();
     let (code, report) = check(&liar, Some(&model), &[("EMBER_LIAR", "honest")]);
     assert_eq!(code, 0, "{report}");
     assert!(fail_lines(&report).is_empty(), "{report}");
@@ -319,13 +232,13 @@ fn the_honest_liar_passes_every_check_including_parity() {
         report.trim_end().ends_with("the plugin conforms"),
         "{report}"
     );
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
 fn each_lie_fails_the_check_it_breaks() {
     let liar = bin_dir().join("libember_liar.so");
-    let model = liar_model("lies", true);
+    let liar_model = LiarModel::create("lies", true);
+    let model = liar_model.dir.clone();
     // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
     let cases: [(&str, &str, &[&str]); 6] = [
         (
@@ -388,13 +301,13 @@ fn each_lie_fails_the_check_it_breaks() {
     ] {
         assert_outcome(&report, name, "FAIL", "nan");
     }
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
 fn tolerances_follow_the_dtype_asked_for_not_the_one_the_plugin_claims() {
     let liar = bin_dir().join("libember_liar.so");
-    let model = liar_model("int8", true);
+    let liar_model = LiarModel::create("int8", true);
+    let model = liar_model.dir.clone();
     let env = [("EMBER_LIAR", "int8")];
     // It claims int8, but auto was asked for: fp32 tolerance, and its error is too large.
     let (code, report) = check(&liar, Some(&model), &env);
@@ -405,13 +318,13 @@ fn tolerances_follow_the_dtype_asked_for_not_the_one_the_plugin_claims() {
     let (code, report) = check_with(&liar, Some(&model), &["--dtype", "int8"], &env);
     assert_eq!(code, 0, "{report}");
     assert_outcome(&report, "parity", "PASS", "int8 asked");
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
 fn a_model_without_reference_fails_parity_unless_it_is_skipped_explicitly() {
     let liar = bin_dir().join("libember_liar.so");
-    let model = liar_model("noref", false);
+    let liar_model = LiarModel::create("noref", false);
+    let model = liar_model.dir.clone();
     let env = [("EMBER_LIAR", "honest")];
     let (code, report) = check(&liar, Some(&model), &env);
     assert_eq!(code, 1, "{report}");
@@ -443,5 +356,4 @@ fn a_model_without_reference_fails_parity_unless_it_is_skipped_explicitly() {
         "FAIL",
         "constant, parity skipped",
     );
-    let _ = std::fs::remove_dir_all(&model);
 }

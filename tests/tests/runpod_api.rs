@@ -99,7 +99,19 @@ fn run_runsync_status_cancel_and_health() {
     let done = poll_status(&server, &format!("/v2/ep/status/{slow_id}"), "COMPLETED");
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert!(done["executionTime"].as_u64().unwrap() >= 4000, "{done}");
-    assert_eq!(vectors(&done["output"]).len(), 1);
+    // /slow serves photo.png: the output is that image's reference vector.
+    let clip_reference = ember_e2e::reference("tiny-clip");
+    let photo = clip_reference["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|n| n == "photo.png")
+        .expect("photo.png in the CLIP reference");
+    let want: Vec<f32> =
+        serde_json::from_value(clip_reference["image_embeddings"][photo].clone()).unwrap();
+    let got = vectors(&done["output"]);
+    assert_eq!(got.len(), 1, "{done}");
+    assert!(cosine(&got[0], &want) >= 0.999, "{done}");
     let (_, stream) = server.get(&format!("/v2/ep/stream/{slow_id}"));
     assert_eq!(stream["stream"][0]["output"], done["output"]);
 
@@ -600,12 +612,14 @@ fn older_outputs_are_dropped_to_stay_within_the_retained_bytes() {
 
     // Jobs of about 6 kB each: once more than the budget has finished, the oldest is gone.
     let mut ids = Vec::new();
+    let mut outputs = Vec::new();
     let mut sizes = Vec::new();
     loop {
         let (code, body) = server.post("/runsync", &job(8));
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["status"], "COMPLETED", "{body}");
         ids.push(body["id"].as_str().unwrap().to_string());
+        outputs.push(body["output"].clone());
         sizes.push(serde_json::to_string(&body).unwrap().len());
         let (code, _) = server.get(&format!("/status/{}", ids[0]));
         if code == 404 || ids.len() > 20 {
@@ -631,7 +645,11 @@ fn older_outputs_are_dropped_to_stay_within_the_retained_bytes() {
     let newest = ids.last().unwrap();
     let (code, body) = server.get(&format!("/status/{newest}"));
     assert_eq!(code, 200, "{body}");
-    assert_eq!(vectors(&body["output"]).len(), 8);
+    assert_eq!(
+        &body["output"],
+        outputs.last().unwrap(),
+        "the job's own output is kept"
+    );
     // An unknown id still answers as before.
     let (code, body) = server.get("/status/no-such-job");
     assert_eq!(code, 404);

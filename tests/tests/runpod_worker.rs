@@ -150,6 +150,8 @@ fn every_job_gets_exactly_one_successful_post_within_the_concurrency_limit() {
         "{pings:?}"
     );
     assert!(!pings.is_empty());
+    // Every URL named this worker: $RUNPOD_POD_ID was substituted in all three templates.
+    assert_eq!(platform.strangers(), Vec::<String>::new());
 }
 
 #[test]

@@ -127,3 +127,42 @@ fn start_to_first_embedding_is_fast_and_sigterm_exits_cleanly() {
         "median start-up {median:?}"
     );
 }
+
+/// A port free at the time of asking.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn rp_api_flags_choose_the_address_over_host_and_port() {
+    let model = fixture("tiny-bert-cls").display().to_string();
+    let (flag_port, env_port) = (free_port(), free_port());
+    let env_port_s = env_port.to_string();
+    let flag_port_s = flag_port.to_string();
+    // The worker's own command line: `--rp_api_host=...` and `--rp_api_port N`.
+    let server = Server::start_with_args(
+        &[
+            ("MODEL_NAMES", &model),
+            ("HOST", "0.0.0.0"),
+            ("PORT", &env_port_s),
+        ],
+        &[
+            "--rp_serve_api",
+            "--rp_api_host=127.0.0.1",
+            "--rp_api_port",
+            &flag_port_s,
+        ],
+    );
+    assert_eq!(server.url, format!("http://127.0.0.1:{flag_port}"));
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": "hello world"}));
+    assert_eq!(status, 200, "{body}");
+    // Nothing listens on the port the environment named.
+    let refused = client()
+        .get(format!("http://127.0.0.1:{env_port}/health"))
+        .send();
+    assert!(refused.is_err(), "PORT={env_port} was bound too");
+}

@@ -1,10 +1,12 @@
-//! Fetching images named by URL: one shared HTTP client for the process, a bound on
-//! downloads in flight, a size limit, bounded redirects, and (unless allowed) refusal of
-//! addresses inside the server's own network, checked after DNS resolution and on every
-//! redirect so that neither a hostname nor a redirect can lead there.
+//! Fetching images named by URL: shared HTTP clients for the process (direct, and through the
+//! proxy the environment names), a bound on downloads in flight, a size limit, bounded
+//! redirects, and (unless allowed) refusal of addresses inside the server's own network,
+//! checked on every hop, directly or through a proxy, so that neither a hostname, a proxy nor
+//! a redirect can lead there.
 
 use super::ImageError;
 use crate::config::ImageSettings;
+use hyper_util::client::proxy::matcher::Matcher;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -110,54 +112,52 @@ fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
 }
 
 /// The process-wide image downloader.
+///
+/// URLs that the proxy variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, the
+/// same rules as curl) send through a proxy go out on `proxied`; the others on `direct`, which
+/// never uses a proxy. A direct connection refuses internal addresses where it resolves names
+/// (so DNS cannot change its answer between check and connection); through a proxy, which
+/// resolves names itself, each name is resolved here first and refused if any of its
+/// addresses is internal (a name that does not resolve here is left to the proxy's policy).
+/// Redirects are followed here, one hop at a time, so every hop is checked and routed anew.
 pub struct Fetcher {
-    client: reqwest::Client,
+    direct: reqwest::Client,
+    proxied: reqwest::Client,
+    proxies: Matcher,
     slots: Semaphore,
     settings: ImageSettings,
 }
 
+/// A hop's request went wrong.
+fn failed(url: &str, e: &reqwest::Error) -> ImageError {
+    ImageError(format!("cannot download {url}: {}", explain(e)))
+}
+
 impl Fetcher {
-    /// Builds the shared client from the `HTTP_CLIENT_*` and `IMAGE_*` settings.
+    /// Builds the shared clients from the `HTTP_CLIENT_*` and `IMAGE_*` settings and the
+    /// proxy variables.
     pub fn new(settings: &ImageSettings) -> Result<Fetcher, String> {
-        let allow_private = settings.allow_private;
-        let max_redirects = settings.max_redirects;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max_redirects {
-                let e = Refused(format!(
-                    "more than {max_redirects} redirects (IMAGE_MAX_REDIRECTS)"
-                ));
-                return attempt.error(e);
-            }
-            let url = attempt.url();
-            if !matches!(url.scheme(), "http" | "https") {
-                let e = Refused(format!(
-                    "redirect to a {} URL is not followed",
-                    url.scheme()
-                ));
-                return attempt.error(e);
-            }
-            match literal_ip(url) {
-                Some(ip) if !allow_private && is_internal(ip) => {
-                    let e = refusal(url.host_str().unwrap_or_default(), ip);
-                    attempt.error(e)
-                }
-                _ => attempt.follow(),
-            }
-        });
-        let mut builder = reqwest::Client::builder()
-            .user_agent(settings.user_agent.clone())
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .pool_max_idle_per_host(settings.max_keepalive)
-            .redirect(policy);
-        if !allow_private {
-            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(settings.user_agent.clone())
+                .timeout(settings.timeout)
+                .connect_timeout(settings.timeout)
+                .pool_max_idle_per_host(settings.max_keepalive)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let mut direct = builder().no_proxy();
+        if !settings.allow_private {
+            direct = direct.dns_resolver(Arc::new(PublicOnly));
         }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the image HTTP client: {e}"))?;
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| format!("cannot build the image HTTP client: {e}"))
+        };
         Ok(Fetcher {
-            client,
+            direct: build(direct)?,
+            // reqwest reads the same variables with the same matcher.
+            proxied: build(builder())?,
+            proxies: Matcher::from_env(),
             slots: Semaphore::new(settings.max_connections),
             settings: settings.clone(),
         })
@@ -175,27 +175,94 @@ impl Fetcher {
         Ok(bytes)
     }
 
+    /// Whether `url` goes through a proxy.
+    fn is_proxied(&self, url: &reqwest::Url) -> bool {
+        url.as_str()
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|uri| self.proxies.intercept(&uri).is_some())
+    }
+
+    /// Refuses a hop that leads inside the network: a literal internal address always, and
+    /// through a proxy a name that resolves here to an internal address.
+    async fn admit(&self, url: &reqwest::Url, proxied: bool) -> Result<(), Refused> {
+        if self.settings.allow_private {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        if let Some(ip) = literal_ip(url) {
+            return match is_internal(ip) {
+                true => Err(refusal(host, ip)),
+                false => Ok(()),
+            };
+        }
+        if !proxied {
+            // The direct client's resolver checks the addresses it connects to.
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addrs) => match addrs.map(|a| a.ip()).find(|ip| is_internal(*ip)) {
+                Some(ip) => Err(refusal(host, ip)),
+                None => Ok(()),
+            },
+            Err(e) => {
+                tracing::debug!(host, error = %e, "name does not resolve here; the proxy decides");
+                Ok(())
+            }
+        }
+    }
+
     /// Downloads the image at `url` within the size limit, holding one of the calling
     /// request's download slots (`request`) and one of the process's.
     pub async fn get(&self, url: &str, request: &Semaphore) -> Result<Vec<u8>, ImageError> {
-        let parsed = reqwest::Url::parse(url)
+        let mut hop = reqwest::Url::parse(url)
             .map_err(|e| ImageError(format!("invalid URL '{url}': {e}")))?;
-        if let Some(ip) = literal_ip(&parsed) {
-            if !self.settings.allow_private && is_internal(ip) {
-                return Err(ImageError(format!(
-                    "cannot download {url}: {}",
-                    refusal(parsed.host_str().unwrap_or_default(), ip)
-                )));
-            }
-        }
+        let refused = |r: Refused| ImageError(format!("cannot download {url}: {r}"));
+        let first_proxied = self.is_proxied(&hop);
+        self.admit(&hop, first_proxied).await.map_err(refused)?;
         let closed = |_| ImageError("the image downloader is shutting down".into());
         // The request's own slot first, so that one request never holds more than its share
         // of the process's slots, however many URLs it sends.
         let _mine = request.acquire().await.map_err(closed)?;
         let _slot = self.slots.acquire().await.map_err(closed)?;
-        let failed =
-            |e: reqwest::Error| ImageError(format!("cannot download {url}: {}", explain(&e)));
-        let mut response = self.client.get(parsed).send().await.map_err(failed)?;
+        let max_redirects = self.settings.max_redirects;
+        let mut redirects = 0;
+        let mut response = loop {
+            let proxied = self.is_proxied(&hop);
+            if redirects > 0 {
+                self.admit(&hop, proxied).await.map_err(refused)?;
+            }
+            let client = if proxied { &self.proxied } else { &self.direct };
+            let response = client
+                .get(hop.clone())
+                .send()
+                .await
+                .map_err(|e| failed(url, &e))?;
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            let Some(location) = location.filter(|_| response.status().is_redirection()) else {
+                break response;
+            };
+            redirects += 1;
+            if redirects > max_redirects {
+                return Err(refused(Refused(format!(
+                    "more than {max_redirects} redirects (IMAGE_MAX_REDIRECTS)"
+                ))));
+            }
+            hop = hop.join(location).map_err(|e| {
+                ImageError(format!(
+                    "cannot download {url}: invalid redirect to '{location}': {e}"
+                ))
+            })?;
+            if !matches!(hop.scheme(), "http" | "https") {
+                return Err(refused(Refused(format!(
+                    "redirect to a {} URL is not followed",
+                    hop.scheme()
+                ))));
+            }
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(ImageError(format!(
@@ -223,7 +290,7 @@ impl Fetcher {
             return Err(too_big());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(url, &e))? {
             if body.len() + chunk.len() > limit {
                 return Err(too_big());
             }

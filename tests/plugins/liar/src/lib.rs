@@ -16,13 +16,19 @@
 //! - `noisy`: adds a little noise that changes from call to call (not deterministic);
 //! - `racy`: allows concurrent calls, but a call that overlaps another returns garbage (as a
 //!   plugin sharing a scratch buffer between calls would).
+//!
+//! `EMBER_LIAR_RECORD`, when set, names a file to which every `embed_tokens` call appends one
+//! line, `rows seq_len kept`, where `kept` counts the positions the attention mask keeps, so
+//! that tests can check the batches the host forms (`BATCH_SIZES`, `MAX_BATCH_TOKENS`).
 
 use ember_plugin_api::{
     Backend, DType, DeviceKind, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind,
     PluginError, PluginInfo, TokenBatch,
 };
 use safetensors::{Dtype, SafeTensors};
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// The liar backend.
 pub struct Liar;
@@ -67,6 +73,7 @@ pub struct LiarModel {
     lie: Lie,
     calls: AtomicUsize,
     in_flight: AtomicUsize,
+    record: Option<Mutex<std::fs::File>>,
 }
 
 impl LiarModel {
@@ -121,6 +128,13 @@ impl Model for LiarModel {
                 batch.input_ids.len(),
                 batch.attention_mask.len()
             )));
+        }
+        if let Some(file) = &self.record {
+            let kept = batch.attention_mask.iter().filter(|m| **m != 0).count();
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            writeln!(file, "{rows} {seq} {kept}")
+                .and_then(|_| file.flush())
+                .map_err(|e| PluginError::internal(format!("EMBER_LIAR_RECORD: {e}")))?;
         }
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         let overlapped = if self.lie == Lie::Racy {
@@ -211,7 +225,20 @@ impl Backend for Liar {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        let record = match std::env::var("EMBER_LIAR_RECORD") {
+            Ok(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        PluginError::invalid_input(format!("EMBER_LIAR_RECORD={path}: {e}"))
+                    })?,
+            )),
+            Err(_) => None,
+        };
         Ok(Box::new(LiarModel {
+            record,
             table,
             vocab,
             dim,
