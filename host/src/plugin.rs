@@ -5,6 +5,7 @@
 //! abi_stable checks the layout of its root module, so an incompatible plugin is refused with
 //! a message naming the file and both versions. Plugins are never unloaded.
 
+use crate::models::dense::Head;
 use abi_stable::library::{lib_header_from_raw_library, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
 use ember_plugin_api::{
@@ -214,20 +215,56 @@ impl Plugin {
 /// A loaded model as the engine sees it.
 pub struct ModelRunner {
     handle: ModelBox,
-    /// What the model reported at load.
+    /// What the model reported at load (its width after the head).
     pub described: LoadedModel,
+    /// The pipeline's Dense modules, applied to what the plugin returns.
+    head: Head,
 }
 
 impl ModelRunner {
     /// Wraps a model handle (from a plugin, or built in-process with the SDK).
     pub fn new(handle: ModelBox) -> ModelRunner {
         let described = handle.describe();
-        ModelRunner { handle, described }
+        ModelRunner {
+            handle,
+            described,
+            head: Head::default(),
+        }
+    }
+
+    /// Adds the sentence-transformers Dense modules after the plugin's pooled output; refuses
+    /// a head whose first module does not read the plugin's width.
+    pub fn with_head(mut self, head: Head) -> Result<ModelRunner, String> {
+        let pooled = self.described.embedding_dim as usize;
+        head.check(pooled)?;
+        self.described.embedding_dim = head.output_dim(pooled) as u32;
+        self.head = head;
+        Ok(self)
+    }
+
+    /// Applies the head to each row of a plugin's output (a malformed output is passed on
+    /// for the caller's shape check).
+    fn through_head(&self, out: EmbeddingBatch) -> EmbeddingBatch {
+        let dim = out.dim as usize;
+        if self.head.is_empty() || dim == 0 || out.values.len() != out.rows as usize * dim {
+            return out;
+        }
+        let values: Vec<f32> = out
+            .values
+            .chunks_exact(dim)
+            .flat_map(|row| self.head.apply(row.to_vec()))
+            .collect();
+        EmbeddingBatch {
+            rows: out.rows,
+            dim: self.described.embedding_dim,
+            values: values.into(),
+        }
     }
 
     /// Embeds a token batch.
     pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        self.handle.embed_tokens(batch).into_result()
+        let out = self.handle.embed_tokens(batch).into_result()?;
+        Ok(self.through_head(out))
     }
 
     /// Scores query–document pairs.
@@ -237,6 +274,7 @@ impl ModelRunner {
 
     /// Embeds preprocessed images.
     pub fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
-        self.handle.embed_pixels(batch).into_result()
+        let out = self.handle.embed_pixels(batch).into_result()?;
+        Ok(self.through_head(out))
     }
 }

@@ -94,7 +94,9 @@ pub async fn prepare_reporting(
                 plugin.info.name,
                 e.message
             )
-        })?;
+        })?
+        .with_head(manifest.head.clone())
+        .map_err(|e| anyhow!("model {}: {e}", m.name))?;
     Ok(Prepared {
         local,
         manifest,
@@ -163,7 +165,13 @@ async fn deploy(
         "model warmed up"
     );
     let reloader = plugin.clone();
-    let reload: Reload = Box::new(move || reloader.load_model(&request));
+    let head = manifest.head.clone();
+    let reload: Reload = Box::new(move || {
+        reloader.load_model(&request).and_then(|r| {
+            r.with_head(head.clone())
+                .map_err(ember_plugin_api::PluginError::internal)
+        })
+    });
     let engine = Engine::start(
         &m.name,
         runner,

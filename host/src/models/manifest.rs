@@ -1,13 +1,14 @@
 //! Reading a model directory's configuration files into a manifest.
 //!
 //! Files read: `config.json` (architecture, sizes, labels, vision config), `modules.json`
-//! (the sentence-transformers pipeline: where the Pooling module lives, whether a Normalize
-//! module follows), the Pooling module's `config.json` (both the classic
+//! (the sentence-transformers pipeline: where the Pooling module lives, its Dense modules,
+//! whether a Normalize module follows; any other module is refused), the Pooling module's `config.json` (both the classic
 //! `pooling_mode_*_token(s)` flags and the newer `pooling_mode` string),
 //! `sentence_bert_config.json` (`max_seq_length`) and `tokenizer_config.json`
 //! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`), and for
 //! CLIP-like models `preprocessor_config.json` (the image preprocessing).
 
+use super::dense::{Dense, Head};
 use super::ModelError;
 use crate::images::Preprocessor;
 use abi_stable::std_types::{RNone, RSome, RString};
@@ -22,6 +23,8 @@ pub struct Manifest {
     pub abi: ModelManifest,
     /// Whether the sentence-transformers pipeline ends with a Normalize module.
     pub normalized_by_model: bool,
+    /// The pipeline's Dense modules, applied by the host to the pooled vectors.
+    pub head: Head,
     /// Image preprocessing of CLIP-like models.
     pub preprocessor: Option<Preprocessor>,
 }
@@ -131,23 +134,54 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         .unwrap_or_default()
         .to_string();
 
-    // sentence-transformers pipeline: pooling and normalisation.
+    // sentence-transformers pipeline: pooling, Dense modules and normalisation. A module
+    // ember does not implement is refused: skipping it would give wrong vectors silently.
     let mut pooling = Pooling::Mean;
     let mut normalized_by_model = false;
-    if let Some(modules) = read_json(name, dir, "modules.json")? {
+    let mut dense = Vec::new();
+    // A cross-encoder's head is part of its transformer (sequence classification).
+    let pipeline = match kind {
+        ModelKind::Rerank => None,
+        _ => read_json(name, dir, "modules.json")?,
+    };
+    if let Some(modules) = pipeline {
         let list = modules
             .as_array()
             .ok_or_else(|| err("modules.json", "expected a list of modules".into()))?;
         for m in list {
             let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
             let path = m.get("path").and_then(Value::as_str).unwrap_or_default();
-            if ty.ends_with(".Pooling") {
-                let file = format!("{path}/config.json");
-                let pool = read_json(name, dir, &file)?
-                    .ok_or_else(|| err(&file, "missing (named by modules.json)".into()))?;
-                pooling = pooling_of(&pool).map_err(|r| err(&file, r))?;
-            } else if ty.ends_with(".Normalize") {
-                normalized_by_model = true;
+            if normalized_by_model {
+                return Err(err(
+                    "modules.json",
+                    format!(
+                        "module {ty} ({path}) follows Normalize; ember supports Normalize as \
+                         the last module only"
+                    ),
+                ));
+            }
+            match ty.rsplit('.').next().unwrap_or_default() {
+                "Transformer" => {}
+                // CLIP-like models run their towers as a whole, as CLIPModel does.
+                "CLIPModel" if kind == ModelKind::Clip => {}
+                "Pooling" => {
+                    let file = format!("{path}/config.json");
+                    let pool = read_json(name, dir, &file)?
+                        .ok_or_else(|| err(&file, "missing (named by modules.json)".into()))?;
+                    pooling = pooling_of(&pool).map_err(|r| err(&file, r))?;
+                }
+                "Dense" => dense.push(Dense::read(name, dir, path)?),
+                "Normalize" => normalized_by_model = true,
+                _ => {
+                    return Err(err(
+                        "modules.json",
+                        format!(
+                            "module {ty:?} ({path}) is not one ember implements (Transformer, \
+                             Pooling, Dense, Normalize); serving the model without it would \
+                             give wrong vectors"
+                        ),
+                    ))
+                }
             }
         }
     }
@@ -224,6 +258,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             image,
         },
         normalized_by_model,
+        head: Head(dense),
         preprocessor,
     })
 }

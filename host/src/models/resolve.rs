@@ -35,18 +35,23 @@ const HOST_FILES: &[&str] = &[
     "preprocessor_config.json",
 ];
 
-/// Whether a repository file is one the host reads (including `N_Pooling/config.json`).
+/// Whether a repository file is one the host reads (including `N_Pooling/config.json` and
+/// the weights of `N_Dense` modules, which the host applies itself).
 fn host_reads(file: &str) -> bool {
     if HOST_FILES.contains(&file) {
         return true;
     }
-    // sentence-transformers module folders: 1_Pooling/config.json, 2_Normalize/...
-    match file.split_once('/') {
-        Some((dir, "config.json")) => dir
-            .split_once('_')
-            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
-        _ => false,
+    // sentence-transformers module folders: 1_Pooling/config.json, 2_Dense/..., 3_Normalize/...
+    let Some((dir, name)) = file.split_once('/') else {
+        return false;
+    };
+    let Some((n, module)) = dir.split_once('_') else {
+        return false;
+    };
+    if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+        return false;
     }
+    name == "config.json" || (module == "Dense" && name == "model.safetensors")
 }
 
 /// Lists the files under `dir`, relative and with `/` separators, three levels deep.
@@ -272,6 +277,9 @@ mod tests {
     fn host_file_filter() {
         assert!(host_reads("config.json"));
         assert!(host_reads("1_Pooling/config.json"));
+        assert!(host_reads("2_Dense/config.json"));
+        assert!(host_reads("2_Dense/model.safetensors"));
+        assert!(!host_reads("0_Transformer/model.safetensors"));
         assert!(!host_reads("onnx/config.json"));
         assert!(!host_reads("model.safetensors"));
         assert!(!host_reads("pytorch_model.bin"));
