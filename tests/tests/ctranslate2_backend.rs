@@ -24,7 +24,12 @@ fn start(model: &Path, home: &Path, dtype: &str) -> Result<Server, Failed> {
 }
 
 fn serve(model: &str, home: &Path, dtype: &str) -> Server {
-    match start(&fixture(model), home, dtype) {
+    serve_dir(&fixture(model), home, dtype)
+}
+
+/// Serves the model directory `dir` in `dtype` with `home` as HF_HOME.
+fn serve_dir(dir: &Path, home: &Path, dtype: &str) -> Server {
+    match start(dir, home, dtype) {
         Ok(s) => s,
         Err(f) => panic!("ember did not start (exit {:?}):\n{}", f.code, f.stderr),
     }
@@ -248,5 +253,126 @@ fn images_and_unsupported_models_get_clear_errors() {
                 .contains("is not one of them (use the torch or optimum backend"),
         "{}",
         failed.stderr
+    );
+}
+
+/// Copies the files of `src` and of its subdirectories into `dst` (created).
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if from.is_dir() {
+            copy_tree(&from, &to);
+        } else {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+}
+
+/// Whether the start that wrote `log` converted the checkpoint (else it reused a conversion).
+fn converted_at_start(log: &[String]) -> bool {
+    let fresh = log.iter().any(|l| l.contains("to CTranslate2 in"));
+    let cached = log.iter().any(|l| l.contains("conversion cached in"));
+    assert!(
+        fresh != cached,
+        "one of converted / cached is logged: {log:#?}"
+    );
+    fresh
+}
+
+/// The server's embeddings of the reference texts.
+fn embed_texts(server: &Server, reference: &Value) -> Vec<Vec<f32>> {
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
+    assert_eq!(status, 200, "{body}");
+    vectors(&body)
+}
+
+#[test]
+fn conversion_follows_changes_to_the_checkpoint() {
+    // tiny-bert-cls and tiny-bert-lasttoken have the same config.json and weight files of the
+    // same size (same architecture, other random weights). The model directory starts as
+    // tiny-bert-lasttoken with tiny-bert-cls's weights; swapping in tiny-bert-lasttoken's own
+    // weights must give tiny-bert-lasttoken's reference, which only a new conversion can.
+    let home = hf_home("changes");
+    let reference = reference("tiny-bert-lasttoken");
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let model = home.join("tiny-bert");
+    copy_tree(&fixture("tiny-bert-lasttoken"), &model);
+    let weights = model.join("model.safetensors");
+    std::fs::copy(fixture("tiny-bert-cls").join("model.safetensors"), &weights).unwrap();
+    let worst_and_best = |got: &[Vec<f32>], want: &[Vec<f32>]| {
+        let c: Vec<f64> = got.iter().zip(want).map(|(g, w)| cosine(g, w)).collect();
+        let worst = c.iter().copied().fold(1.0, f64::min);
+        let best = c.iter().copied().fold(-1.0, f64::max);
+        (worst, best)
+    };
+
+    let server = serve_dir(&model, &home, "fp32");
+    assert!(converted_at_start(&server.log), "the first start converts");
+    let other_weights = embed_texts(&server, &reference);
+    let (_, other_best) = worst_and_best(&other_weights, &want);
+    assert!(
+        other_best < 0.99,
+        "with tiny-bert-cls's weights no vector may be near tiny-bert-lasttoken's reference \
+         (best cosine {other_best})"
+    );
+    drop(server);
+
+    // New weights, same size: converted again, and served.
+    std::fs::copy(
+        fixture("tiny-bert-lasttoken").join("model.safetensors"),
+        &weights,
+    )
+    .unwrap();
+    let server = serve_dir(&model, &home, "fp32");
+    assert!(
+        converted_at_start(&server.log),
+        "changed weights must be converted again, not served from the old conversion"
+    );
+    let own_weights = embed_texts(&server, &reference);
+    let (worst, _) = worst_and_best(&own_weights, &want);
+    assert!(
+        worst >= 0.9999,
+        "the new weights are served: worst cosine {worst}"
+    );
+    drop(server);
+    assert_eq!(model_bins(&home.join("ctranslate2")).len(), 2);
+
+    // A changed config.json (the activation the conversion writes into model.bin): converted
+    // again, and the vectors move with it.
+    let config_path = model.join("config.json");
+    let config = std::fs::read(&config_path).unwrap();
+    let mut relu: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(relu["hidden_act"], "gelu");
+    relu["hidden_act"] = json!("relu");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&relu).unwrap()).unwrap();
+    let server = serve_dir(&model, &home, "fp32");
+    assert!(
+        converted_at_start(&server.log),
+        "a changed config.json must be converted again"
+    );
+    let (_, relu_best) = worst_and_best(&embed_texts(&server, &reference), &own_weights);
+    assert!(
+        relu_best < 0.999,
+        "hidden_act relu must move every vector away from gelu's (best cosine {relu_best})"
+    );
+    drop(server);
+
+    // The original config.json back (rewritten: a new modification time, the old content):
+    // the conversion of that content is reused. config.json is keyed by content.
+    std::fs::write(&config_path, &config).unwrap();
+    let server = serve_dir(&model, &home, "fp32");
+    assert!(
+        !converted_at_start(&server.log),
+        "the same config.json content reuses its conversion"
+    );
+    let (worst, _) = worst_and_best(&embed_texts(&server, &reference), &want);
+    assert!(
+        worst >= 0.9999,
+        "back to the reference: worst cosine {worst}"
+    );
+    assert_eq!(model_bins(&home.join("ctranslate2")).len(), 3);
+    eprintln!(
+        "other weights: best cosine {other_best:.4}; relu: best cosine {relu_best:.4} to gelu's"
     );
 }
