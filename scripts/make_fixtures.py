@@ -14,7 +14,8 @@ Models:
   tiny-bert-cls      random tiny BERT, CLS pooling, no Normalize module, max_seq_length 32.
   tiny-bert-lasttoken random tiny BERT, last-token pooling, max_seq_length 24.
   tiny-bert-dense    random tiny BERT, mean pooling, two Dense modules (Tanh with bias, GELU
-                     without), Normalize: the host applies the Dense modules on every backend.
+                     without), Normalize: the host applies the Dense modules on every backend;
+                     prompts "query: " and "passage: " (reference.json `prompts`).
   tiny-rerank-bert   random BertForSequenceClassification (one label), MiniLM's WordPiece
                      tokenizer; onnx/model.onnx with a `logits` output.
   tiny-rerank-xlmr   random XLMRobertaForSequenceClassification (one label) with a Unigram
@@ -174,6 +175,20 @@ def write_reference(model_dir: Path, st: SentenceTransformer) -> None:
     check_distinct(model_dir.name, TEXTS, ref["embeddings"])
 
 
+def write_prompt_reference(model_dir: Path) -> None:
+    """Add sentence-transformers' embeddings of TEXTS under each of the model's prompts to
+    reference.json (key `prompts`: name -> vectors), checked to differ from the bare texts'."""
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ref = json.loads((model_dir / "reference.json").read_text())
+    ref["prompts"] = {}
+    for name in st.prompts:
+        emb = st.encode(TEXTS, prompt_name=name, batch_size=4, convert_to_numpy=True)
+        for i, (got, bare) in enumerate(zip(emb, ref["embeddings"])):
+            check_caught(model_dir.name, f"ignoring prompt {name!r} on text {i}", got, bare)
+        ref["prompts"][name] = np.asarray(emb, dtype=np.float32).tolist()
+    (model_dir / "reference.json").write_text(json.dumps(ref))
+
+
 def long_text_index(st: SentenceTransformer) -> int:
     """The index in TEXTS of the text that max_seq_length truncates (checked to be truncated)."""
     lengths = [len(ids) for ids in st.tokenizer(TEXTS)["input_ids"]]
@@ -319,11 +334,14 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
             models.Dense(24, 20, bias=False, activation_function=torch.nn.GELU()),
         ]
     mods += [models.Normalize()] if normalize else []
-    st = SentenceTransformer(modules=mods, device="cpu")
+    prompts = {"query": "query: ", "document": "passage: "} if dense else None
+    st = SentenceTransformer(modules=mods, device="cpu", prompts=prompts)
     st.save(str(dst))
     export_onnx(dst)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
     check_tiny_bert(dst)
+    if prompts:
+        write_prompt_reference(dst)
 
 
 # Rerank inputs: a short query against documents that are relevant, irrelevant, empty-ish,
@@ -674,12 +692,15 @@ def main() -> None:
     minilm(out)
     tiny_bert(out, "tiny-bert-cls", "cls", 32, normalize=False)
     tiny_bert(out, "tiny-bert-lasttoken", "lasttoken", 24, normalize=True)
-    tiny_bert(out, "tiny-bert-dense", "mean", 32, normalize=True, dense=True)
     rerank_bert(out)
     rerank_xlmr(out)
     ct2_minilm(out)
     images = make_images(out / "images")
     tiny_clip(out, images)
+    # New fixtures go last, each with its own seed: weights come from one seeded generator, so
+    # a fixture made earlier would change the weights of every fixture after it.
+    torch.manual_seed(1)
+    tiny_bert(out, "tiny-bert-dense", "mean", 32, normalize=True, dense=True)
     print(f"fixtures written to {out}")
 
 

@@ -118,3 +118,100 @@ fn modules_ember_does_not_implement_are_refused_by_name() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// The reference vectors of the fixture's texts under prompt `name`.
+fn prompt_reference(name: &str) -> Vec<Vec<f32>> {
+    serde_json::from_value(reference(DENSE)["prompts"][name].clone()).unwrap()
+}
+
+fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, w);
+        assert!(
+            c >= 0.9999,
+            "{what}: text {i}: cosine {c} with the reference"
+        );
+    }
+}
+
+#[test]
+fn prompts_are_applied_as_sentence_transformers_applies_them() {
+    let texts = reference(DENSE)["texts"].clone();
+    let server = Server::start(&env_refs(&optimum_env(&fixture(DENSE))));
+    for name in ["query", "document"] {
+        // On the OpenAI route and in a RunPod job alike.
+        let (status, body) = server.post(
+            "/v1/embeddings",
+            &serde_json::json!({"input": texts, "prompt_name": name}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_close(&vectors(&body), &prompt_reference(name), name);
+        let (status, body) = server.post(
+            "/runsync",
+            &serde_json::json!({"input": {"input": texts, "prompt_name": name}}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_close(&vectors(&body["output"]), &prompt_reference(name), name);
+    }
+    // Without a prompt name and no default, the texts are embedded bare.
+    server.assert_embeds_reference(DENSE, 0.9999);
+    // A name the model does not define is refused, listing the ones it does.
+    assert_error_contains(
+        server.post(
+            "/v1/embeddings",
+            &serde_json::json!({"input": "x", "prompt_name": "passage"}),
+        ),
+        400,
+        &["prompt_name 'passage'", "document, query"],
+    );
+    assert_error_contains(
+        server.post(
+            "/v1/embeddings",
+            &serde_json::json!({"input": "x", "prompt_name": 7}),
+        ),
+        400,
+        &["prompt_name"],
+    );
+    drop(server);
+
+    // default_prompt_name applies when a request names none; a request may name another.
+    let with_default = edited_copy("default-prompt", |dir| {
+        edit_json(&dir.join("config_sentence_transformers.json"), |c| {
+            c["default_prompt_name"] = "query".into();
+        })
+    });
+    let server = Server::start(&env_refs(&optimum_env(&with_default)));
+    let (status, body) = server.post("/v1/embeddings", &serde_json::json!({"input": texts}));
+    assert_eq!(status, 200, "{body}");
+    assert_close(&vectors(&body), &prompt_reference("query"), "default query");
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({"input": texts, "prompt_name": "document"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_close(
+        &vectors(&body),
+        &prompt_reference("document"),
+        "named document",
+    );
+    drop(server);
+
+    // A default that names no prompt is a start-up error.
+    let bad_default = edited_copy("bad-default-prompt", |dir| {
+        edit_json(&dir.join("config_sentence_transformers.json"), |c| {
+            c["default_prompt_name"] = "search".into();
+        })
+    });
+    refused(
+        &bad_default,
+        &[
+            "config_sentence_transformers.json",
+            "default_prompt_name",
+            "search",
+        ],
+    );
+    for dir in [with_default, bad_default] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -31,6 +31,8 @@ pub struct EmbeddingsRequest {
     pub dimensions: Option<usize>,
     /// `text` or `image`.
     pub modality: String,
+    /// The model's prompt to prepend to each text (its default when not named).
+    pub prompt_name: Option<String>,
 }
 
 impl EmbeddingsRequest {
@@ -112,6 +114,7 @@ impl EmbeddingsRequest {
             encoding_format,
             dimensions,
             modality,
+            prompt_name: opt_str(body, "prompt_name")?,
         })
     }
 }
@@ -228,6 +231,38 @@ async fn load_images(
     Ok((payloads, admission))
 }
 
+/// The prompt to prepend: the one `name`d, else the model's default; a name the model does
+/// not define is refused, listing the ones it does.
+fn prompt<'m>(model: &'m DeployedModel, name: Option<&str>) -> Result<Option<&'m str>, ApiError> {
+    let manifest = &model.manifest;
+    let Some(name) = name.or(manifest.default_prompt_name.as_deref()) else {
+        return Ok(None);
+    };
+    match manifest.prompts.get(name) {
+        Some(p) => Ok(Some(p.as_str())),
+        None if manifest.prompts.is_empty() => Err(ApiError::invalid(
+            "prompt_name",
+            format!(
+                "prompt_name '{name}': model '{}' defines no prompts",
+                model.id
+            ),
+        )),
+        None => Err(ApiError::invalid(
+            "prompt_name",
+            format!(
+                "prompt_name '{name}' is not one of model '{}''s prompts: {}",
+                model.id,
+                manifest
+                    .prompts
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
 /// Computes embeddings for a validated request.
 pub async fn embeddings(
     state: &AppState,
@@ -252,7 +287,10 @@ pub async fn embeddings(
                 return Err(model.lacks("embed", "model"));
             }
             let encoder = model.encoder.clone();
-            let texts = req.input;
+            let texts = match prompt(model, req.prompt_name.as_deref())? {
+                Some(p) => req.input.into_iter().map(|t| format!("{p}{t}")).collect(),
+                None => req.input,
+            };
             let id = model.id.clone();
             let tokens = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
@@ -276,6 +314,12 @@ pub async fn embeddings(
         Modality::Image => {
             if model.manifest.abi.kind != ModelKind::Clip {
                 return Err(model.lacks("image_embed", "modality"));
+            }
+            if req.prompt_name.is_some() {
+                return Err(ApiError::invalid(
+                    "prompt_name",
+                    "prompt_name applies to text inputs, not images",
+                ));
             }
             // Queue places first, so that no pixels are computed for items the queue refuses;
             // images count no tokens.

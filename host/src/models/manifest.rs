@@ -14,6 +14,7 @@ use crate::images::Preprocessor;
 use abi_stable::std_types::{RNone, RSome, RString};
 use ember_plugin_api::{ImageSpec, ModelKind, ModelManifest, Pooling};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A manifest plus facts the host keeps for itself.
@@ -25,6 +26,10 @@ pub struct Manifest {
     pub normalized_by_model: bool,
     /// The pipeline's Dense modules, applied by the host to the pooled vectors.
     pub head: Head,
+    /// sentence-transformers' prompts, by name (`config_sentence_transformers.json`).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none.
+    pub default_prompt_name: Option<String>,
     /// Image preprocessing of CLIP-like models.
     pub preprocessor: Option<Preprocessor>,
 }
@@ -139,6 +144,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut pooling = Pooling::Mean;
     let mut normalized_by_model = false;
     let mut dense = Vec::new();
+    let mut pooling_file_without_prompt = None;
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
         ModelKind::Rerank => None,
@@ -169,6 +175,9 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                     let pool = read_json(name, dir, &file)?
                         .ok_or_else(|| err(&file, "missing (named by modules.json)".into()))?;
                     pooling = pooling_of(&pool).map_err(|r| err(&file, r))?;
+                    if pool.get("include_prompt").and_then(Value::as_bool) == Some(false) {
+                        pooling_file_without_prompt = Some(file);
+                    }
                 }
                 "Dense" => dense.push(Dense::read(name, dir, path)?),
                 "Normalize" => normalized_by_model = true,
@@ -183,6 +192,45 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                     ))
                 }
             }
+        }
+    }
+
+    // Prompts prepended to the texts, as SentenceTransformer.encode(prompt_name=...) does.
+    let st_config = read_json(name, dir, "config_sentence_transformers.json")?;
+    let prompts: BTreeMap<String, String> = st_config
+        .as_ref()
+        .and_then(|c| c.get("prompts"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let default_prompt_name = st_config
+        .as_ref()
+        .and_then(|c| c.get("default_prompt_name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let file = "config_sentence_transformers.json";
+    if let Some(d) = &default_prompt_name {
+        if !prompts.contains_key(d) {
+            return Err(err(
+                file,
+                format!("default_prompt_name {d:?} is not among its prompts"),
+            ));
+        }
+    }
+    // Pooling that leaves the prompt's tokens out needs a pooling mask apart from the
+    // attention mask, which plugins do not take yet: refused rather than pooled wrongly.
+    if let Some(pool_file) = pooling_file_without_prompt {
+        if prompts.values().any(|p| !p.is_empty()) {
+            return Err(err(
+                &pool_file,
+                "include_prompt is false (the prompt's tokens are left out of pooling), \
+                 which ember does not implement yet"
+                    .into(),
+            ));
         }
     }
 
@@ -259,6 +307,8 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         },
         normalized_by_model,
         head: Head(dense),
+        prompts,
+        default_prompt_name,
         preprocessor,
     })
 }
