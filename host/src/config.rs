@@ -58,6 +58,8 @@ pub struct RawSettings {
     #[serde(deserialize_with = "stringly")]
     pub dtypes: String,
     #[serde(deserialize_with = "stringly")]
+    pub prompt_names: String,
+    #[serde(deserialize_with = "stringly")]
     pub backend: String,
     #[serde(deserialize_with = "stringly")]
     pub device: String,
@@ -135,6 +137,7 @@ impl Default for RawSettings {
             model_names: String::new(),
             batch_sizes: String::new(),
             dtypes: String::new(),
+            prompt_names: String::new(),
             backend: "torch".into(),
             device: "auto".into(),
             infinity_queue_size: "48000".into(),
@@ -177,6 +180,7 @@ const ENV_KEYS: &[&str] = &[
     "MODEL_NAMES",
     "BATCH_SIZES",
     "DTYPES",
+    "PROMPT_NAMES",
     "BACKEND",
     "DEVICE",
     "INFINITY_QUEUE_SIZE",
@@ -278,6 +282,9 @@ pub struct ModelSettings {
     pub batch_size: u32,
     /// Precision asked for.
     pub dtype: DType,
+    /// The prompt applied when a request names none, in place of the model's own
+    /// `default_prompt_name` (`PROMPT_NAMES`; `-` keeps the model's).
+    pub prompt_name: Option<String>,
 }
 
 /// Validated settings.
@@ -464,8 +471,11 @@ impl RawSettings {
         let n = names.len();
         let batch_sizes = per_model("BATCH_SIZES", &self.batch_sizes, n, "32")?;
         let dtypes = per_model("DTYPES", &self.dtypes, n, "auto")?;
+        let prompts = per_model("PROMPT_NAMES", &self.prompt_names, n, "-")?;
         let mut models = Vec::with_capacity(n);
-        for ((name, bs), dt) in names.into_iter().zip(batch_sizes).zip(dtypes) {
+        for (((name, bs), dt), prompt) in
+            names.into_iter().zip(batch_sizes).zip(dtypes).zip(prompts)
+        {
             let batch_size = match bs.parse::<u32>() {
                 Ok(v) if (1..=4096).contains(&v) => v,
                 _ => {
@@ -488,6 +498,7 @@ impl RawSettings {
                 name,
                 batch_size,
                 dtype,
+                prompt_name: (prompt != "-").then_some(prompt),
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -650,6 +661,22 @@ mod tests {
         assert_eq!(s.models[0].batch_size, 32);
         assert_eq!(s.models[0].dtype, DType::Auto);
         assert_eq!(s.device.kind, DeviceKind::Auto);
+    }
+
+    #[test]
+    fn prompt_names_are_per_model_with_a_dash_for_the_models_own() {
+        let mut r = raw("a;b");
+        assert_eq!(r.validate().unwrap().models[0].prompt_name, None);
+        r.prompt_names = "query;-".into();
+        let s = r.validate().unwrap();
+        assert_eq!(s.models[0].prompt_name.as_deref(), Some("query"));
+        assert_eq!(s.models[1].prompt_name, None);
+        r.prompt_names = "query".into();
+        let e = r.validate().unwrap_err().0;
+        assert!(
+            e.contains("PROMPT_NAMES") && e.contains("MODEL_NAMES (2)"),
+            "{e}"
+        );
     }
 
     #[test]

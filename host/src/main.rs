@@ -24,6 +24,7 @@ Configuration comes from environment variables (and config/default.toml or EMBER
   BACKEND          plugin to use: torch (default), optimum, ctranslate2
   BATCH_SIZES      per-model batch sizes (default 32)
   DTYPES           per-model precision: auto, fp32, fp16, bf16, fp8, int8 (default auto)
+  PROMPT_NAMES     per-model default prompt name (default -: the model's own)
   DEVICE           auto, cpu, cuda or cuda:N (default auto)
   HOST, PORT       listen address (default 0.0.0.0:8000)
   PLUGIN_DIR       where libember_<backend>.so plugins are (default: next to the binary,

@@ -53,7 +53,23 @@ pub async fn prepare_reporting(
     // Everything below reads files or calls into the plugin: blocking threads do it, never
     // the runtime's workers (which keep answering /health and the loading progress).
     let (name, dir) = (m.name.clone(), local.dir.clone());
-    let manifest = tokio::task::spawn_blocking(move || manifest::read(&name, &dir)).await??;
+    let mut manifest = tokio::task::spawn_blocking(move || manifest::read(&name, &dir)).await??;
+    if let Some(p) = &m.prompt_name {
+        if !manifest.prompts.contains_key(p) {
+            let known: Vec<&str> = manifest.prompts.keys().map(String::as_str).collect();
+            return Err(anyhow!(
+                "model {}: PROMPT_NAMES names prompt {p:?}, which the model does not define \
+                 (its prompts: {})",
+                m.name,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        manifest.default_prompt_name = Some(p.clone());
+    }
     let kind = manifest.abi.kind;
     if !plugin.info.kinds.contains(&kind) {
         let kinds: Vec<&str> = plugin.info.kinds.iter().map(|k| k.as_str()).collect();

@@ -197,6 +197,35 @@ fn prompts_are_applied_as_sentence_transformers_applies_them() {
     );
     drop(server);
 
+    // A deployment may choose the default (PROMPT_NAMES), over the model's own.
+    let dense = fixture(DENSE).display().to_string();
+    let server = Server::start(&[
+        ("MODEL_NAMES", dense.as_str()),
+        ("BACKEND", "optimum"),
+        ("PROMPT_NAMES", "document"),
+    ]);
+    let (status, body) = server.post("/v1/embeddings", &serde_json::json!({"input": texts}));
+    assert_eq!(status, 200, "{body}");
+    assert_close(
+        &vectors(&body),
+        &prompt_reference("document"),
+        "PROMPT_NAMES",
+    );
+    drop(server);
+    let unknown = [
+        ("MODEL_NAMES", dense.as_str()),
+        ("BACKEND", "optimum"),
+        ("PROMPT_NAMES", "search"),
+    ];
+    match Server::try_start(&unknown) {
+        Ok(_) => panic!("PROMPT_NAMES=search must be refused"),
+        Err(f) => assert!(
+            f.stderr.contains("PROMPT_NAMES") && f.stderr.contains("document, query"),
+            "{}",
+            f.stderr
+        ),
+    }
+
     // A default that names no prompt is a start-up error.
     let bad_default = edited_copy("bad-default-prompt", |dir| {
         edit_json(&dir.join("config_sentence_transformers.json"), |c| {
