@@ -249,11 +249,10 @@ impl ModelRunner {
         if self.head.is_empty() || dim == 0 || out.values.len() != out.rows as usize * dim {
             return out;
         }
-        let values: Vec<f32> = out
-            .values
-            .chunks_exact(dim)
-            .flat_map(|row| self.head.apply(row.to_vec()))
-            .collect();
+        let mut values = Vec::with_capacity(out.rows as usize * self.head.output_dim(dim));
+        for row in out.values.chunks_exact(dim) {
+            values.extend(self.head.apply(row));
+        }
         EmbeddingBatch {
             rows: out.rows,
             dim: self.described.embedding_dim,

@@ -139,6 +139,24 @@ impl Server {
         Self::start_until(env, &[], "ready")
     }
 
+    /// Starts `ember`, which must refuse to start: it exits with `code` and its stderr
+    /// contains each of `needles`.
+    pub fn assert_refused(env: &[(&str, &str)], code: i32, needles: &[&str]) {
+        match Self::try_start(env) {
+            Ok(_) => panic!("ember started but must have been refused"),
+            Err(f) => {
+                assert_eq!(f.code, Some(code), "{}", f.stderr);
+                for n in needles {
+                    assert!(
+                        f.stderr.contains(n),
+                        "stderr should contain {n:?}:\n{}",
+                        f.stderr
+                    );
+                }
+            }
+        }
+    }
+
     /// Starts `ember` with command-line arguments and waits until it is ready.
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Server {
         match Self::start_until(env, args, "ready") {

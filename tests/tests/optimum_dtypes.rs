@@ -86,42 +86,40 @@ fn fp32_runs_model_onnx_even_beside_other_precisions() {
     assert!(worst >= 0.9999, "fp32 worst cosine {worst}");
 }
 
-#[test]
-fn fp16_runs_model_fp16_onnx_within_fp16_tolerance() {
+/// Serves the fixture in `dtype`, asserts that `file` ran and that its vectors measurably differ
+/// from the fp32 file's, and returns the vectors' cosines against sentence-transformers.
+fn cosines_of_other_file(dtype: &str, file: &str) -> Vec<f64> {
     let reference = reference("all-MiniLM-L6-v2");
-    let (server, ready) = serve("fp16");
-    assert_loaded(&server, &ready, "onnx/model_fp16.onnx", "fp16");
+    let (server, ready) = serve(dtype);
+    assert_loaded(&server, &ready, file, dtype);
     let got = embed(&server, &reference);
-    let c = cosines(&got, &reference);
-    let worst = c.iter().copied().fold(1.0, f64::min);
-    assert!(worst >= 0.999, "fp16 cosines {c:?}");
     let moved = largest_difference(&got, fp32());
     assert!(
         moved >= OTHER_FILE,
-        "fp16 vectors within {moved:e} of fp32's: the fp16 file did not run"
+        "{dtype} vectors within {moved:e} of fp32's: {file} did not run"
     );
-    eprintln!("fp16: worst cosine {worst:.6}; largest difference to fp32 {moved:.2e}");
+    let c = cosines(&got, &reference);
+    eprintln!("{dtype}: cosines {c:.4?}; largest difference to fp32 {moved:.2e}");
+    c
+}
+
+#[test]
+fn fp16_runs_model_fp16_onnx_within_fp16_tolerance() {
+    let c = cosines_of_other_file("fp16", "onnx/model_fp16.onnx");
+    let worst = c.iter().copied().fold(1.0, f64::min);
+    assert!(worst >= 0.999, "fp16 cosines {c:?}");
 }
 
 #[test]
 fn int8_runs_the_quantized_export_within_int8_tolerance() {
-    let reference = reference("all-MiniLM-L6-v2");
-    let (server, ready) = serve("int8");
-    assert_loaded(&server, &ready, "onnx/model_qint8_avx512_vnni.onnx", "int8");
-    let got = embed(&server, &reference);
-    let c = cosines(&got, &reference);
+    let c = cosines_of_other_file("int8", "onnx/model_qint8_avx512_vnni.onnx");
     // Dynamic quantisation scales each batch's activations together, so a text's vector depends
     // a little on its batch; sentences hold to 0.98, a lone token or punctuation ("a", "?!")
     // drifts most (measured: sentences 0.985 to 0.993, "?!" 0.966).
+    let reference = reference("all-MiniLM-L6-v2");
     for (i, text) in reference["texts"].as_array().unwrap().iter().enumerate() {
         let words = text.as_str().unwrap().split_whitespace().count();
         let min = if words >= 2 { 0.98 } else { 0.95 };
         assert!(c[i] >= min, "int8 text {i} ({words} words): cosines {c:?}");
     }
-    let moved = largest_difference(&got, fp32());
-    assert!(
-        moved >= OTHER_FILE,
-        "int8 vectors within {moved:e} of fp32's: the quantized file did not run"
-    );
-    eprintln!("int8: cosines {c:.4?}; largest difference to fp32 {moved:.2e}");
 }

@@ -66,20 +66,7 @@ fn edit_json(path: &Path, edit: impl Fn(&mut Value)) {
 }
 
 fn refused(model: &Path, needles: &[&str]) {
-    let env = optimum_env(model);
-    match Server::try_start(&env_refs(&env)) {
-        Ok(_) => panic!("{} started; it must be refused", model.display()),
-        Err(f) => {
-            assert_eq!(f.code, Some(1), "{}", f.stderr);
-            for n in needles {
-                assert!(
-                    f.stderr.contains(n),
-                    "the refusal lacks {n:?}:\n{}",
-                    f.stderr
-                );
-            }
-        }
-    }
+    Server::assert_refused(&env_refs(&optimum_env(model)), 1, needles)
 }
 
 #[test]

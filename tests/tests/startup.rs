@@ -6,19 +6,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn fails_with(env: &[(&str, &str)], code: i32, contains: &[&str]) {
-    match Server::try_start(env) {
-        Ok(_) => panic!("ember started but should have failed"),
-        Err(f) => {
-            assert_eq!(f.code, Some(code), "{}", f.stderr);
-            for c in contains {
-                assert!(
-                    f.stderr.contains(c),
-                    "stderr should contain {c:?}:\n{}",
-                    f.stderr
-                );
-            }
-        }
-    }
+    Server::assert_refused(env, code, contains)
 }
 
 #[test]

@@ -218,8 +218,8 @@ impl Fetcher {
         let mut hop = reqwest::Url::parse(url)
             .map_err(|e| ImageError(format!("invalid URL '{url}': {e}")))?;
         let refused = |r: Refused| ImageError(format!("cannot download {url}: {r}"));
-        let first_proxied = self.is_proxied(&hop);
-        self.admit(&hop, first_proxied).await.map_err(refused)?;
+        let mut proxied = self.is_proxied(&hop);
+        self.admit(&hop, proxied).await.map_err(refused)?;
         let closed = |_| ImageError("the image downloader is shutting down".into());
         // The request's own slot first, so that one request never holds more than its share
         // of the process's slots, however many URLs it sends.
@@ -228,8 +228,8 @@ impl Fetcher {
         let max_redirects = self.settings.max_redirects;
         let mut redirects = 0;
         let mut response = loop {
-            let proxied = self.is_proxied(&hop);
             if redirects > 0 {
+                proxied = self.is_proxied(&hop);
                 self.admit(&hop, proxied).await.map_err(refused)?;
             }
             let client = if proxied { &self.proxied } else { &self.direct };

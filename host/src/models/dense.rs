@@ -3,7 +3,7 @@
 //! them to whatever the plugin returns, so every backend gets them, once.
 
 use super::ModelError;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::Path;
 
@@ -78,40 +78,16 @@ fn erf(x: f64) -> f64 {
     }
 }
 
-/// A weight matrix (`rows` x `cols`, row-major) or vector read from safetensors as float32.
-struct Tensor {
-    shape: Vec<usize>,
-    values: Vec<f32>,
-}
-
-fn tensor(tensors: &SafeTensors, name: &str) -> Result<Tensor, String> {
+/// A float tensor of `shape` read from a Dense module's safetensors as float32, or why not.
+fn tensor(tensors: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
     let t = tensors
         .tensor(name)
         .map_err(|_| format!("has no tensor {name:?}"))?;
-    let data = t.data();
-    let values: Vec<f32> = match t.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "tensor {name:?} is {other:?}; expected a float type"
-            ))
-        }
-    };
-    Ok(Tensor {
-        shape: t.shape().to_vec(),
-        values,
-    })
+    if t.shape() != shape {
+        return Err(format!("{name} is {:?}; expected {shape:?}", t.shape()));
+    }
+    ember_plugin_api::safetensors::floats(t.dtype(), t.data())
+        .map_err(|e| format!("tensor {name:?}: {e}"))
 }
 
 /// One Dense module.
@@ -211,51 +187,25 @@ impl Dense {
         })?;
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| err(file, format!("is not a safetensors file: {e}")))?;
-        let weight = tensor(&tensors, "linear.weight").map_err(|r| err(file, r))?;
-        if weight.shape != [out_features, in_features] {
-            return Err(err(
-                file,
-                format!(
-                    "linear.weight is {:?}; the config says [{out_features}, {in_features}]",
-                    weight.shape
-                ),
-            ));
-        }
+        let read =
+            |name: &str, shape: &[usize]| tensor(&tensors, name, shape).map_err(|r| err(file, r));
+        let weight = read("linear.weight", &[out_features, in_features])?;
         let bias = match has_bias {
-            true => {
-                let b = tensor(&tensors, "linear.bias").map_err(|r| err(file, r))?;
-                if b.shape != [out_features] {
-                    return Err(err(
-                        file,
-                        format!("linear.bias is {:?}; expected [{out_features}]", b.shape),
-                    ));
-                }
-                Some(b.values)
-            }
+            true => Some(read("linear.bias", &[out_features])?),
             false => None,
         };
         let residual = match (residual, in_features == out_features) {
             (false, _) => Residual::None,
             (true, true) => Residual::Input,
             (true, false) => {
-                let r = tensor(&tensors, "residual.weight").map_err(|r| err(file, r))?;
-                if r.shape != [out_features, in_features] {
-                    return Err(err(
-                        file,
-                        format!(
-                            "residual.weight is {:?}; expected [{out_features}, {in_features}]",
-                            r.shape
-                        ),
-                    ));
-                }
-                Residual::Projected(r.values)
+                Residual::Projected(read("residual.weight", &[out_features, in_features])?)
             }
         };
         Ok(Dense {
             path: path.to_string(),
             in_features,
             out_features,
-            weight: weight.values,
+            weight,
             bias,
             activation,
             residual,
@@ -308,8 +258,12 @@ impl Head {
     }
 
     /// Applies every module in turn.
-    pub fn apply(&self, v: Vec<f32>) -> Vec<f32> {
-        self.0.iter().fold(v, |x, d| d.apply(&x))
+    pub fn apply(&self, v: &[f32]) -> Vec<f32> {
+        let mut modules = self.0.iter();
+        match modules.next() {
+            Some(first) => modules.fold(first.apply(v), |x, d| d.apply(&x)),
+            None => v.to_vec(),
+        }
     }
 
     /// Whether there is nothing to apply.

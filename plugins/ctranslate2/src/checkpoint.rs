@@ -29,22 +29,7 @@ pub struct Tensor<'a> {
 impl Tensor<'_> {
     /// The values as f32 (from f32, f16 or bf16).
     pub fn to_f32(&self) -> Result<Vec<f32>, String> {
-        let b = self.bytes;
-        Ok(match self.dtype {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => return Err(format!("{other:?} is not a floating-point type")),
-        })
+        ember_plugin_api::safetensors::floats(self.dtype, self.bytes)
     }
 }
 
