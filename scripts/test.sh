@@ -21,7 +21,11 @@ for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip
              torch:tiny-rerank-xlmr torch:tiny-clip torch:tiny-bert-dense optimum:tiny-bert-dense \
              ctranslate2:all-MiniLM-L6-v2:fp32 ctranslate2:all-MiniLM-L6-v2:int8 \
              ctranslate2:tiny-bert-lasttoken:fp32 ctranslate2:tiny-rerank-bert:fp32 \
-             ctranslate2:tiny-rerank-xlmr:fp32 ctranslate2:ct2-all-MiniLM-L6-v2:int8; do
+             ctranslate2:tiny-rerank-xlmr:fp32 ctranslate2:ct2-all-MiniLM-L6-v2:int8 \
+             torch:tiny-distilbert torch:tiny-mpnet torch:tiny-qwen3 torch:tiny-rerank-distilbert \
+             torch:tiny-rerank-mpnet torch:tiny-rerank-qwen3 ctranslate2:tiny-distilbert:fp32 \
+             ctranslate2:tiny-rerank-distilbert:fp32 torch:tiny-qwen2 torch:tiny-mistral \
+             torch:tiny-llama; do
   IFS=: read -r plugin model dtype <<<"$check"
   HF_HOME=$CHECK_HOME "$BIN/ember" plugin check "$BIN/libember_$plugin.so" --model "fixtures/$model" \
     --dtype "${dtype:-auto}" 2>/dev/null | tee -a "$LOG" | tail -n 1

@@ -237,8 +237,11 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     // Longest input: sentence-transformers' max_seq_length, else the tokenizer's
     // model_max_length, capped by the position embeddings.
     let positions = uint(text_config, "max_position_embeddings").map(|p| {
-        // RoBERTa-family models reserve two positions for the padding offset.
-        if matches!(model_type.as_str(), "roberta" | "xlm-roberta" | "camembert") {
+        // RoBERTa-family models (and MPNet) reserve two positions for the padding offset.
+        if matches!(
+            model_type.as_str(),
+            "roberta" | "xlm-roberta" | "camembert" | "mpnet"
+        ) {
             p.saturating_sub(2)
         } else {
             p
@@ -257,6 +260,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
 
     let hidden_size = uint(text_config, "hidden_size")
         .or_else(|| uint(text_config, "d_model"))
+        .or_else(|| uint(text_config, "dim"))
         .unwrap_or(0);
     let num_labels = match kind {
         ModelKind::Rerank => 1,

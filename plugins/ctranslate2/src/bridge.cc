@@ -15,7 +15,9 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
                                rust::Slice<const uint32_t> lengths,
                                size_t seq) const {
   const size_t rows = lengths.size();
-  if (ids.size() != rows * seq || type_ids.size() != rows * seq)
+  // No type ids: the model has one embedding table (DistilBERT) and takes ids alone.
+  const bool typed = !type_ids.empty();
+  if (ids.size() != rows * seq || (typed && type_ids.size() != rows * seq))
     throw std::invalid_argument("ids and type ids must hold rows * seq values");
   std::vector<std::vector<size_t>> batch(rows), types(rows);
   for (size_t r = 0; r < rows; ++r) {
@@ -25,8 +27,11 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
                                   + std::to_string(len) + " (sequence length "
                                   + std::to_string(seq) + ")");
     batch[r].assign(ids.begin() + r * seq, ids.begin() + r * seq + len);
-    types[r].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
+    if (typed)
+      types[r].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
   }
+  if (!typed)
+    types.clear();
   // The pool runs the batch on its worker thread; get() rethrows its exception, if any.
   ctranslate2::EncoderForwardOutput out =
       _pool->forward_batch_async(std::move(batch), std::move(types)).get();

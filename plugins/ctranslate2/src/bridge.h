@@ -15,7 +15,8 @@ class Encoder {
 public:
   Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type);
 
-  // Runs one batch of right-padded rows: `ids` and `type_ids` are `rows * seq`, `lengths` `rows`.
+  // Runs one batch of right-padded rows: `ids` and `type_ids` are `rows * seq` (`type_ids`
+  // empty for a model without segment embeddings), `lengths` `rows`.
   EncoderOutput forward(rust::Slice<const uint32_t> ids,
                         rust::Slice<const uint32_t> type_ids,
                         rust::Slice<const uint32_t> lengths,

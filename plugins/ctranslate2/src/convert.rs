@@ -1,7 +1,8 @@
-//! Conversion of a Hugging Face BERT or RoBERTa-family checkpoint into a CTranslate2 model
-//! directory (`model.bin`, `config.json`, `vocabulary.json`), variable for variable as
-//! CTranslate2's `TransformersConverter` writes a `TransformerEncoderSpec`: post-norm layers,
-//! word + token-type embeddings added, absolute positions, fused QKV projections. Weights keep
+//! Conversion of a Hugging Face BERT, RoBERTa-family or DistilBERT checkpoint into a
+//! CTranslate2 model directory (`model.bin`, `config.json`, `vocabulary.json`), variable for
+//! variable as CTranslate2's `TransformersConverter` writes a `TransformerEncoderSpec`:
+//! post-norm layers, word (+ token-type) embeddings added, absolute positions, fused QKV
+//! projections. Weights keep
 //! their precision (f32, f16 or bf16); CTranslate2 converts them to the compute type on load.
 
 use crate::checkpoint::{Checkpoint, Tensor};
@@ -19,7 +20,31 @@ pub enum Family {
     Bert,
     /// RoBERTa, XLM-RoBERTa and CamemBERT (positions offset by the padding index).
     Roberta,
+    /// DistilBERT: BERT's layout under other names, no segment embeddings.
+    DistilBert,
 }
+
+/// The model types CTranslate2's own converter reads as decoders (generators), which this
+/// backend's encoder runtime cannot serve.
+const DECODERS: &[&str] = &[
+    "qwen2",
+    "qwen3",
+    "llama",
+    "mistral",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "falcon",
+    "gpt2",
+    "gpt_neox",
+    "gpt_bigcode",
+    "mixtral",
+    "olmo",
+    "cohere",
+];
 
 impl Family {
     /// The family of a `config.json` `model_type`.
@@ -27,10 +52,16 @@ impl Family {
         match model_type {
             "bert" => Ok(Family::Bert),
             "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
+            "distilbert" => Ok(Family::DistilBert),
+            decoder if DECODERS.contains(&decoder) => Err(PluginError::unsupported(format!(
+                "model_type \"{decoder}\" is a decoder; the ctranslate2 backend runs encoders \
+                 (BERT, RoBERTa / XLM-RoBERTa, DistilBERT). Serve it with BACKEND=torch or \
+                 BACKEND=optimum (an ONNX export)"
+            ))),
             other => Err(PluginError::unsupported(format!(
-                "the ctranslate2 backend converts BERT and RoBERTa / XLM-RoBERTa checkpoints; \
-                 model_type \"{other}\" is not one of them (use the torch or optimum backend, or \
-                 a repository already converted to CTranslate2)"
+                "the ctranslate2 backend converts BERT, RoBERTa / XLM-RoBERTa and DistilBERT \
+                 checkpoints; model_type \"{other}\" is not one of them (use the torch or \
+                 optimum backend, or a repository already converted to CTranslate2)"
             ))),
         }
     }
@@ -40,6 +71,7 @@ impl Family {
         match self {
             Family::Bert => "bert.",
             Family::Roberta => "roberta.",
+            Family::DistilBert => "distilbert.",
         }
     }
 
@@ -115,12 +147,13 @@ impl<'a> Builder<'a> {
         self.copy(&format!("{to}/beta"), &format!("{from}.bias"))
     }
 
-    /// Concatenates the query, key and value projections along their output dimension.
-    fn fused(&mut self, to: &str, layer: &str) -> Result<(), PluginError> {
+    /// Concatenates the query, key and value projections (`{layer}.{q,k,v}`) along their
+    /// output dimension.
+    fn fused(&mut self, to: &str, layer: &str, [q, k, v]: [&str; 3]) -> Result<(), PluginError> {
         for part in ["weight", "bias"] {
-            let parts: Vec<Tensor> = ["query", "key", "value"]
+            let parts: Vec<Tensor> = [q, k, v]
                 .iter()
-                .map(|p| self.tensor(&format!("{layer}.attention.self.{p}.{part}")))
+                .map(|p| self.tensor(&format!("{layer}.{p}.{part}")))
                 .collect::<Result<_, _>>()?;
             let dtype = parts[0].dtype;
             if parts
@@ -201,11 +234,17 @@ pub fn convert(
         }
     }
     let uint = |key: &str| config[key].as_u64().map(|v| v as usize);
-    let layers = uint("num_hidden_layers")
-        .ok_or_else(|| PluginError::invalid_input("config.json: no num_hidden_layers"))?;
-    let heads = uint("num_attention_heads")
-        .ok_or_else(|| PluginError::invalid_input("config.json: no num_attention_heads"))?;
-    let act = activation(config["hidden_act"].as_str().unwrap_or("gelu"))?;
+    let distil = family == Family::DistilBert;
+    // DistilBERT's config names its sizes and activation differently.
+    let (layers_key, heads_key, act_key) = match distil {
+        true => ("n_layers", "n_heads", "activation"),
+        false => ("num_hidden_layers", "num_attention_heads", "hidden_act"),
+    };
+    let layers = uint(layers_key)
+        .ok_or_else(|| PluginError::invalid_input(format!("config.json: no {layers_key}")))?;
+    let heads = uint(heads_key)
+        .ok_or_else(|| PluginError::invalid_input(format!("config.json: no {heads_key}")))?;
+    let act = activation(config[act_key].as_str().unwrap_or("gelu"))?;
     let mut b = Builder {
         ckpt,
         prefix: family.prefix_in(ckpt),
@@ -215,15 +254,17 @@ pub fn convert(
         "encoder/embeddings_0/weight",
         "embeddings.word_embeddings.weight",
     )?;
-    b.copy(
-        "encoder/embeddings_1/weight",
-        "embeddings.token_type_embeddings.weight",
-    )?;
+    if !distil {
+        b.copy(
+            "encoder/embeddings_1/weight",
+            "embeddings.token_type_embeddings.weight",
+        )?;
+    }
     b.layer_norm("encoder/layernorm_embedding", "embeddings.LayerNorm")?;
     let positions = b.tensor("embeddings.position_embeddings.weight")?;
     // RoBERTa numbers positions from padding_idx + 1; CTranslate2 from 0.
     let offset = match family {
-        Family::Bert => 0,
+        Family::Bert | Family::DistilBert => 0,
         Family::Roberta => uint("pad_token_id").unwrap_or(1) + 1,
     };
     let row = positions.bytes.len() / positions.shape[0].max(1);
@@ -238,28 +279,52 @@ pub fn convert(
         dtype: data_type(positions.dtype, "position embeddings")?,
         bytes: Cow::Borrowed(&positions.bytes[offset * row..]),
     });
+    // Each layer's weights: query, key, value, attention output, attention norm, feed-forward
+    // in and out, output norm.
+    let names: [&str; 8] = match distil {
+        true => [
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "sa_layer_norm",
+            "ffn.lin1",
+            "ffn.lin2",
+            "output_layer_norm",
+        ],
+        false => [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
+        ],
+    };
+    let [q, k, v, attn_out, attn_norm, ffn_in, ffn_out, out_norm] = names;
+    let stack = if distil {
+        "transformer.layer"
+    } else {
+        "encoder.layer"
+    };
     for i in 0..layers {
-        let (to, from) = (format!("encoder/layer_{i}"), format!("encoder.layer.{i}"));
-        b.fused(&format!("{to}/self_attention/linear_0"), &from)?;
+        let (to, from) = (format!("encoder/layer_{i}"), format!("{stack}.{i}"));
+        b.fused(&format!("{to}/self_attention/linear_0"), &from, [q, k, v])?;
         b.linear(
             &format!("{to}/self_attention/linear_1"),
-            &format!("{from}.attention.output.dense"),
+            &format!("{from}.{attn_out}"),
         )?;
         b.layer_norm(
             &format!("{to}/self_attention/layer_norm"),
-            &format!("{from}.attention.output.LayerNorm"),
+            &format!("{from}.{attn_norm}"),
         )?;
-        b.linear(
-            &format!("{to}/ffn/linear_0"),
-            &format!("{from}.intermediate.dense"),
-        )?;
-        b.linear(
-            &format!("{to}/ffn/linear_1"),
-            &format!("{from}.output.dense"),
-        )?;
+        b.linear(&format!("{to}/ffn/linear_0"), &format!("{from}.{ffn_in}"))?;
+        b.linear(&format!("{to}/ffn/linear_1"), &format!("{from}.{ffn_out}"))?;
         b.layer_norm(
             &format!("{to}/ffn/layer_norm"),
-            &format!("{from}.output.LayerNorm"),
+            &format!("{from}.{out_norm}"),
         )?;
     }
     let vocab_rows = b.tensor("embeddings.word_embeddings.weight")?.shape[0];
@@ -290,6 +355,7 @@ pub fn convert(
     let ct2_config = json!({
         "bos_token": "<s>",
         "eos_token": "</s>",
+        // DistilBERT's norms are fixed at 1e-12.
         "layer_norm_epsilon": config["layer_norm_eps"].as_f64().unwrap_or(1e-12),
         "multi_query_attention": false,
         "unk_token": unk,

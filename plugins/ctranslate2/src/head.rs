@@ -1,6 +1,7 @@
 //! The classification head of a cross-encoder, applied in the plugin to the first token's
 //! state from CTranslate2 (whose encoder spec has no classifier): a dense layer with tanh
-//! (BERT's pooler, RoBERTa's `classifier.dense`), then the projection to the labels.
+//! (BERT's pooler, RoBERTa's `classifier.dense`) or ReLU (DistilBERT's `pre_classifier`),
+//! then the projection to the labels.
 
 use crate::checkpoint::Checkpoint;
 use crate::convert::Family;
@@ -51,6 +52,8 @@ impl Linear {
 /// A sequence-classification head.
 pub struct Head {
     dense: Linear,
+    /// ReLU after the dense layer (DistilBERT); tanh otherwise.
+    relu: bool,
     out: Linear,
 }
 
@@ -60,9 +63,11 @@ impl Head {
         let (dense, out) = match family {
             Family::Bert => ("bert.pooler.dense", "classifier"),
             Family::Roberta => ("classifier.dense", "classifier.out_proj"),
+            Family::DistilBert => ("pre_classifier", "classifier"),
         };
         let head = Head {
             dense: Linear::load(ckpt, dense)?,
+            relu: family == Family::DistilBert,
             out: Linear::load(ckpt, out)?,
         };
         if head.out.inputs != head.dense.bias.len() {
@@ -80,7 +85,8 @@ impl Head {
 
     /// The first label's logit for the first token's state `cls`.
     pub fn logit(&self, cls: &[f32]) -> f32 {
-        let pooled: Vec<f32> = self.dense.forward(cls).iter().map(|v| v.tanh()).collect();
+        let act = |v: &f32| if self.relu { v.max(0.0) } else { v.tanh() };
+        let pooled: Vec<f32> = self.dense.forward(cls).iter().map(act).collect();
         self.out.forward(&pooled)[0]
     }
 }

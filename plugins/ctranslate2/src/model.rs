@@ -25,7 +25,8 @@ pub struct Ct2Model {
     pooling: Pooling,
     hidden: usize,
     vocab: usize,
-    type_vocab: usize,
+    /// Rows of the segment embedding table; `None` when the model has none.
+    type_vocab: Option<usize>,
     max_positions: usize,
     device: Device,
     dtype: DType,
@@ -117,9 +118,8 @@ impl Ct2Model {
             ))
         })?;
         let (vocab, hidden) = (embeddings[0], embeddings[1]);
-        let type_vocab = shapes
-            .get("encoder/embeddings_1/weight")
-            .map_or(1, |s| s[0]);
+        // Segment embeddings: none in DistilBERT (its encoder takes ids alone).
+        let type_vocab = shapes.get("encoder/embeddings_1/weight").map(|s| s[0]);
         let max_positions = shapes
             .get("encoder/position_encodings/encodings")
             .map_or(usize::MAX, |s| s[0]);
@@ -195,7 +195,12 @@ impl Ct2Model {
             )));
         }
         let ids = to_u32(&batch.input_ids, self.vocab, "token id", seq)?;
-        let types = to_u32(&batch.token_type_ids, self.type_vocab, "token type id", seq)?;
+        // A model without segment embeddings reads no type ids (a pair's second segment is
+        // then just more tokens, as in transformers).
+        let types = match self.type_vocab {
+            Some(limit) => to_u32(&batch.token_type_ids, limit, "token type id", seq)?,
+            None => Vec::new(),
+        };
         let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
         let out = self
             .encoder

@@ -1,5 +1,6 @@
-//! BERT and RoBERTa / XLM-RoBERTa encoders on libtorch, attention through
-//! `scaled_dot_product_attention` (fused kernels on GPU), padding masked.
+//! Post-norm transformer encoders on libtorch: BERT, RoBERTa / XLM-RoBERTa, DistilBERT and
+//! MPNet (relative position buckets). Attention goes through `scaled_dot_product_attention`
+//! (fused kernels on GPU) with the padding mask.
 
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
@@ -13,10 +14,14 @@ pub enum Family {
     Bert,
     /// roberta, xlm-roberta, camembert: position ids count from the padding index.
     Roberta,
+    /// distilbert: BERT with other parameter names, no segments.
+    DistilBert,
+    /// mpnet: RoBERTa-style positions plus a relative position bias on every attention.
+    MPNet,
 }
 
 /// Model types read, for messages.
-pub const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert";
+pub const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, mpnet";
 
 impl Family {
     /// The family of a `config.json`'s `model_type`.
@@ -24,6 +29,8 @@ impl Family {
         match model_type {
             "bert" => Ok(Family::Bert),
             "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
+            "distilbert" => Ok(Family::DistilBert),
+            "mpnet" => Ok(Family::MPNet),
             other => Err(PluginError::unsupported(format!(
                 "the torch backend does not implement model_type {other:?}; supported: {SUPPORTED}"
             ))),
@@ -35,7 +42,56 @@ impl Family {
         match self {
             Family::Bert => "bert.",
             Family::Roberta => "roberta.",
+            Family::DistilBert => "distilbert.",
+            Family::MPNet => "mpnet.",
         }
+    }
+
+    /// Whether position ids count from the padding index (RoBERTa's scheme).
+    fn offset_positions(self) -> bool {
+        matches!(self, Family::Roberta | Family::MPNet)
+    }
+
+    /// The weight names of layer `i`: query, key, value, attention output, attention norm,
+    /// feed-forward up and down, output norm.
+    fn layer_names(self, i: i64) -> [String; 8] {
+        let names: [&str; 8] = match self {
+            Family::Bert | Family::Roberta => [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ],
+            Family::DistilBert => [
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ],
+            Family::MPNet => [
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+                "attention.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ],
+        };
+        let stack = match self {
+            Family::DistilBert => "transformer.layer",
+            _ => "encoder.layer",
+        };
+        names.map(|n| format!("{stack}.{i}.{n}"))
     }
 }
 
@@ -118,9 +174,12 @@ pub struct Encoder {
     family: Family,
     words: Tensor,
     positions: Tensor,
-    types: Tensor,
+    /// Segment embeddings; DistilBERT and MPNet have none.
+    types: Option<Tensor>,
     embed_norm: Norm,
     layers: Vec<Layer>,
+    /// MPNet's relative attention bias table `[buckets, heads]`.
+    relative_bias: Option<Tensor>,
     heads: i64,
     /// Hidden size.
     pub hidden: i64,
@@ -130,58 +189,101 @@ pub struct Encoder {
     pub max_positions: i64,
 }
 
-fn num(cfg: &Value, key: &str) -> Result<i64, PluginError> {
-    cfg[key]
-        .as_i64()
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {key}")))
+/// The first of `keys` that `cfg` has as an integer (DistilBERT names its sizes differently).
+fn num(cfg: &Value, keys: &[&str]) -> Result<i64, PluginError> {
+    keys.iter()
+        .find_map(|k| cfg[k].as_i64())
+        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {}", keys[0])))
+}
+
+/// MPNet's (and T5's) bucket of each relative position `memory - context`: exact below 8 in
+/// either direction, logarithmic up to 128, 32 buckets in all.
+fn relative_buckets(relative: &Tensor) -> Result<Tensor, TchError> {
+    const BUCKETS: i64 = 16; // half of 32: one half per direction
+    const EXACT: i64 = BUCKETS / 2;
+    const MAX_DISTANCE: f64 = 128.0;
+    let n = relative.f_neg()?;
+    let ret = n.f_lt(0)?.f_to_kind(Kind::Int64)?.f_mul_scalar(BUCKETS)?;
+    let n = n.f_abs()?;
+    let small = n.f_lt(EXACT)?;
+    let large = n
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(EXACT as f64)?
+        .f_log()?
+        .f_div_scalar((MAX_DISTANCE / EXACT as f64).ln())?
+        .f_mul_scalar((BUCKETS - EXACT) as f64)?
+        .f_to_kind(Kind::Int64)?
+        .f_add_scalar(EXACT)?
+        .f_clamp_max(BUCKETS - 1)?;
+    ret.f_add(&n.f_where_self(&small, &large)?)
 }
 
 impl Encoder {
     /// Builds the encoder of `family` from its weights (prefix already set) and config.
     pub fn load(family: Family, w: &Weights, cfg: &Value) -> Result<Encoder, PluginError> {
-        let eps = cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12);
-        let act = match cfg["hidden_act"].as_str().unwrap_or("gelu") {
+        // DistilBERT's norms are fixed at 1e-12; the others read layer_norm_eps.
+        let eps = match family {
+            Family::DistilBert => 1e-12,
+            _ => cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+        };
+        let act_key = match family {
+            Family::DistilBert => "activation",
+            _ => "hidden_act",
+        };
+        let act = match cfg[act_key].as_str().unwrap_or("gelu") {
             "gelu" => Act::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
             "relu" => Act::Relu,
             other => {
                 return Err(PluginError::unsupported(format!(
-                    "hidden_act {other:?} is not supported (gelu, gelu_new, relu are)"
+                    "{act_key} {other:?} is not supported (gelu, gelu_new, relu are)"
                 )))
             }
         };
-        let layers = (0..num(cfg, "num_hidden_layers")?)
+        let layers = (0..num(cfg, &["num_hidden_layers", "n_layers"])?)
             .map(|i| {
-                let p = |s: &str| format!("encoder.layer.{i}.{s}");
+                let [q, k, v, o, attn_norm, up, down, out_norm] = family.layer_names(i);
                 Ok(Layer {
-                    query: Linear::load(w, &p("attention.self.query"))?,
-                    key: Linear::load(w, &p("attention.self.key"))?,
-                    value: Linear::load(w, &p("attention.self.value"))?,
-                    attn_out: Linear::load(w, &p("attention.output.dense"))?,
-                    attn_norm: Norm::load(w, &p("attention.output.LayerNorm"), eps)?,
-                    up: Linear::load(w, &p("intermediate.dense"))?,
-                    down: Linear::load(w, &p("output.dense"))?,
-                    out_norm: Norm::load(w, &p("output.LayerNorm"), eps)?,
+                    query: Linear::load(w, &q)?,
+                    key: Linear::load(w, &k)?,
+                    value: Linear::load(w, &v)?,
+                    attn_out: Linear::load(w, &o)?,
+                    attn_norm: Norm::load(w, &attn_norm, eps)?,
+                    up: Linear::load(w, &up)?,
+                    down: Linear::load(w, &down)?,
+                    out_norm: Norm::load(w, &out_norm, eps)?,
                 })
             })
             .collect::<Result<Vec<_>, PluginError>>()?;
         let positions = w.get("embeddings.position_embeddings.weight")?;
         let pad_id = cfg["pad_token_id"].as_i64().unwrap_or(1);
         let table = positions.size()[0];
+        let types = match family {
+            Family::Bert | Family::Roberta => {
+                Some(w.get("embeddings.token_type_embeddings.weight")?)
+            }
+            Family::DistilBert | Family::MPNet => None,
+        };
+        let relative_bias = match family {
+            Family::MPNet => Some(w.get("encoder.relative_attention_bias.weight")?),
+            _ => None,
+        };
         Ok(Encoder {
             family,
             words: w.get("embeddings.word_embeddings.weight")?,
             positions,
-            types: w.get("embeddings.token_type_embeddings.weight")?,
+            types,
             embed_norm: Norm::load(w, "embeddings.LayerNorm", eps)?,
             layers,
-            heads: num(cfg, "num_attention_heads")?,
-            hidden: num(cfg, "hidden_size")?,
+            relative_bias,
+            heads: num(cfg, &["num_attention_heads", "n_heads"])?,
+            hidden: num(cfg, &["hidden_size", "dim"])?,
             act,
             pad_id,
-            max_positions: match family {
-                Family::Bert => table,
-                Family::Roberta => table - pad_id - 1,
+            max_positions: if family.offset_positions() {
+                table - pad_id - 1
+            } else {
+                table
             },
         })
     }
@@ -193,39 +295,49 @@ impl Encoder {
 
     /// Segments the model distinguishes; with one, segment ids are ignored (all read as 0).
     pub fn segments(&self) -> i64 {
-        self.types.size()[0]
+        self.types.as_ref().map_or(1, |t| t.size()[0])
     }
 
     /// Token states `[rows, seq, hidden]` for ids, segment ids and mask `[rows, seq]`.
     pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
         let (rows, seq) = ids.size2()?;
         let device = ids.device();
-        let positions = match self.family {
-            Family::Bert => Tensor::f_arange(seq, (Kind::Int64, device))?.f_unsqueeze(0)?,
-            Family::Roberta => {
-                let live = ids.f_ne(self.pad_id)?.f_to_kind(Kind::Int64)?;
-                live.f_cumsum(1, Kind::Int64)?
-                    .f_mul(&live)?
-                    .f_add_scalar(self.pad_id)?
-            }
-        };
-        // RoBERTa-family checkpoints have one segment: every token is segment 0.
-        let types = if self.segments() == 1 {
-            types.f_zeros_like()?
+        let positions = if self.family.offset_positions() {
+            let live = ids.f_ne(self.pad_id)?.f_to_kind(Kind::Int64)?;
+            live.f_cumsum(1, Kind::Int64)?
+                .f_mul(&live)?
+                .f_add_scalar(self.pad_id)?
         } else {
-            types.shallow_clone()
+            Tensor::f_arange(seq, (Kind::Int64, device))?.f_unsqueeze(0)?
         };
-        let x = Tensor::f_embedding(&self.words, ids, -1, false, false)?
-            .f_add(&Tensor::f_embedding(
-                &self.positions,
-                &positions,
-                -1,
-                false,
-                false,
-            )?)?
-            .f_add(&Tensor::f_embedding(&self.types, &types, -1, false, false)?)?;
+        let mut x = Tensor::f_embedding(&self.words, ids, -1, false, false)?.f_add(
+            &Tensor::f_embedding(&self.positions, &positions, -1, false, false)?,
+        )?;
+        // Models with one segment (RoBERTa-family checkpoints) read every token as segment 0.
+        if let Some(table) = &self.types {
+            let types = if self.segments() == 1 {
+                types.f_zeros_like()?
+            } else {
+                types.shallow_clone()
+            };
+            x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
+        }
         let mut x = self.embed_norm.forward(&x)?;
         let attend = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
+        // MPNet adds a bias per head and relative position to every layer's scores: with it
+        // the mask becomes additive (bias where attended, -inf on padding).
+        let attend = match &self.relative_bias {
+            None => attend,
+            Some(table) => {
+                let at = Tensor::f_arange(seq, (Kind::Int64, device))?;
+                let relative = at.f_unsqueeze(0)?.f_sub(&at.f_unsqueeze(1)?)?;
+                let bias =
+                    Tensor::f_embedding(table, &relative_buckets(&relative)?, -1, false, false)?
+                        .f_permute([2, 0, 1])?
+                        .f_unsqueeze(0)?;
+                bias.f_masked_fill(&attend.f_logical_not()?, f64::NEG_INFINITY)?
+            }
+        };
         let head = self.hidden / self.heads;
         let split = |t: Tensor| t.f_view([rows, seq, self.heads, head])?.f_transpose(1, 2);
         for l in &self.layers {

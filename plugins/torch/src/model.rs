@@ -2,6 +2,7 @@
 //! rerankers, on its device and precision.
 
 use crate::clip::Clip;
+use crate::decoder::{self, Decoder};
 use crate::device;
 use crate::encoder::{Encoder, Family, Linear};
 use crate::error::{self, from_tch};
@@ -18,8 +19,10 @@ use tch::{Device, Kind, TchError, Tensor};
 enum Head {
     /// BERT: tanh pooler on the first token, then the classifier.
     Bert { pooler: Linear, classifier: Linear },
-    /// RoBERTa: dense + tanh on the first token, then the output projection.
+    /// RoBERTa and MPNet: dense + tanh on the first token, then the output projection.
     Roberta { dense: Linear, out: Linear },
+    /// DistilBERT: pre-classifier + ReLU on the first token, then the classifier.
+    DistilBert { pre: Linear, classifier: Linear },
 }
 
 impl Head {
@@ -30,7 +33,37 @@ impl Head {
                 classifier.forward(&pooler.forward(&first)?.f_tanh()?)
             }
             Head::Roberta { dense, out } => out.forward(&dense.forward(&first)?.f_tanh()?),
+            Head::DistilBert { pre, classifier } => {
+                classifier.forward(&pre.forward(&first)?.f_relu()?)
+            }
         }
+    }
+}
+
+/// How a decoder reranker (`*ForSequenceClassification`) scores: its `score` projection of
+/// the last token that is not padding, as transformers picks it.
+struct ScoreHead {
+    score: Linear,
+    /// `pad_token_id` of the config: tokens equal to it are not "last" (transformers' rule).
+    pad_id: Option<i64>,
+}
+
+impl ScoreHead {
+    fn logits(&self, states: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        let (rows, seq) = ids.size2()?;
+        let mut real = mask.f_ne(0)?;
+        if let Some(pad) = self.pad_id {
+            real = real.f_logical_and(&ids.f_ne(pad)?)?;
+        }
+        let at = Tensor::f_arange(seq, (Kind::Int64, ids.device()))?.f_unsqueeze(0)?;
+        let last = at
+            .f_mul(&real.f_to_kind(Kind::Int64)?)?
+            .f_argmax(-1, false)?;
+        let picked = states.f_index(&[
+            Some(Tensor::f_arange(rows, (Kind::Int64, ids.device()))?),
+            Some(last),
+        ])?;
+        self.score.forward(&picked)
     }
 }
 
@@ -40,6 +73,11 @@ enum Inner {
     Encoder {
         encoder: Encoder,
         head: Option<Head>,
+    },
+    /// A decoder embedder (no head) or reranker.
+    Decoder {
+        decoder: Decoder,
+        head: Option<ScoreHead>,
     },
     /// Text and vision towers.
     Clip(Clip),
@@ -143,7 +181,18 @@ impl TorchModel {
                 dtype,
             });
         }
-        let family = Family::of(cfg["model_type"].as_str().unwrap_or_default())?;
+        let model_type = cfg["model_type"].as_str().unwrap_or_default();
+        if decoder::implements(model_type) {
+            return Self::load_decoder(request, &cfg, weights, device, kind, dtype);
+        }
+        let family = Family::of(model_type).map_err(|_| {
+            PluginError::unsupported(format!(
+                "the torch backend does not implement model_type {model_type:?}; supported: {}, \
+                 {}, clip",
+                crate::encoder::SUPPORTED,
+                decoder::SUPPORTED
+            ))
+        })?;
         let prefixed = weights.has(&format!(
             "{}embeddings.word_embeddings.weight",
             family.head_prefix()
@@ -161,9 +210,13 @@ impl TorchModel {
                     pooler: Linear::load(&plain, "bert.pooler.dense")?,
                     classifier: Linear::load(&plain, "classifier")?,
                 },
-                Family::Roberta => Head::Roberta {
+                Family::Roberta | Family::MPNet => Head::Roberta {
                     dense: Linear::load(&plain, "classifier.dense")?,
                     out: Linear::load(&plain, "classifier.out_proj")?,
+                },
+                Family::DistilBert => Head::DistilBert {
+                    pre: Linear::load(&plain, "pre_classifier")?,
+                    classifier: Linear::load(&plain, "classifier")?,
                 },
             })
         } else {
@@ -190,6 +243,68 @@ impl TorchModel {
             vocab: encoder.vocab_size(),
             segments: encoder.segments(),
             inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
+            pooling: manifest.pooling,
+            device,
+            kind,
+            dtype,
+        })
+    }
+
+    /// Loads a decoder embedder, or a reranker with its `score` head.
+    fn load_decoder(
+        request: &LoadRequest,
+        cfg: &Value,
+        weights: Weights,
+        device: Device,
+        kind: Kind,
+        dtype: DType,
+    ) -> Result<TorchModel, PluginError> {
+        let manifest = &request.manifest;
+        // Bare models (Qwen3Model, as embedders are saved) have no prefix; task models "model.".
+        let weights = if weights.has("model.embed_tokens.weight") {
+            weights.with_prefix("model.")
+        } else {
+            weights
+        };
+        let decoder = tch::no_grad(|| Decoder::load(&weights, cfg))?;
+        let head = if manifest.kind == ModelKind::Rerank {
+            let plain = weights.with_prefix("");
+            if !plain.has("score.weight") {
+                return Err(PluginError::unsupported(format!(
+                    "{} decoder checkpoint has no score.weight: a decoder reranker must be a \
+                     *ForSequenceClassification checkpoint (one label)",
+                    cfg["model_type"].as_str().unwrap_or_default()
+                )));
+            }
+            let score = Linear::load(&plain, "score")?;
+            Some(ScoreHead {
+                score,
+                pad_id: cfg["pad_token_id"].as_i64(),
+            })
+        } else {
+            None
+        };
+        plugin_info!(
+            "torch",
+            "loaded {} ({}, hidden {}, {}) on {} in {}",
+            request.model_dir.as_str(),
+            cfg["model_type"].as_str().unwrap_or_default(),
+            decoder.hidden,
+            if head.is_some() {
+                "score head"
+            } else {
+                manifest.pooling.as_str()
+            },
+            device::name(device),
+            dtype.as_str()
+        );
+        Ok(TorchModel {
+            hidden: decoder.hidden,
+            reranker: head.is_some(),
+            max_positions: decoder.max_positions,
+            vocab: decoder.vocab_size(),
+            segments: 1,
+            inner: std::sync::Mutex::new(Inner::Decoder { decoder, head }),
             pooling: manifest.pooling,
             device,
             kind,
@@ -278,6 +393,10 @@ impl Model for TorchModel {
                     let states = encoder.forward(&ids, &types, &mask)?;
                     to_vec(&pool(self.pooling, &states, &mask)?)
                 }
+                Inner::Decoder { decoder, .. } => {
+                    let states = decoder.forward(&ids, &mask)?;
+                    to_vec(&pool(self.pooling, &states, &mask)?)
+                }
                 Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
             }
         })
@@ -302,17 +421,20 @@ impl Model for TorchModel {
         }
         self.check(&batch.tokens)?;
         let inner = error::lock(&self.inner);
-        let Inner::Encoder {
-            encoder,
-            head: Some(head),
-        } = &*inner
-        else {
-            return Err(PluginError::internal("reranker without a head"));
-        };
         let scores = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
             let (ids, types, mask) = self.inputs(&batch.tokens)?;
-            let states = encoder.forward(&ids, &types, &mask)?;
-            to_vec(&head.logits(&states)?.f_select(1, 0)?)
+            let logits = match &*inner {
+                Inner::Encoder {
+                    encoder,
+                    head: Some(head),
+                } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
+                Inner::Decoder {
+                    decoder,
+                    head: Some(head),
+                } => head.logits(&decoder.forward(&ids, &mask)?, &ids, &mask)?,
+                _ => return Err(TchError::Kind("reranker without a head".into())),
+            };
+            to_vec(&logits.f_select(1, 0)?)
         })
         .map_err(|e| from_tch("scoring pairs", e))?;
         Ok(ScoreBatch {

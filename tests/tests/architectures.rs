@@ -1,0 +1,124 @@
+//! The architectures beyond BERT and RoBERTa, each against its reference implementation
+//! (sentence-transformers for embedders, transformers for cross-encoders), on single inputs
+//! and on batches that mix short texts with one truncated at the model's maximum (padding
+//! must not change a vector). Fixtures: scripts/make_fixtures.py.
+
+use ember_e2e::*;
+use serde_json::json;
+
+/// Embedders served by the torch backend.
+const TORCH_EMBEDDERS: &[&str] = &[
+    "tiny-distilbert",
+    "tiny-mpnet",
+    "tiny-qwen3",
+    "tiny-qwen2",
+    "tiny-mistral",
+    "tiny-llama",
+];
+/// Cross-encoders served by the torch backend.
+const TORCH_RERANKERS: &[&str] = &[
+    "tiny-rerank-distilbert",
+    "tiny-rerank-mpnet",
+    "tiny-rerank-qwen3",
+];
+
+fn serve(backend: &str, fixture_name: &str) -> Server {
+    Server::start(&env_refs(&env(backend, fixture_name)))
+}
+
+/// The environment of `backend` serving the fixture in fp32, with a fresh HF_HOME (where the
+/// ctranslate2 backend caches its conversions).
+fn env(backend: &str, fixture_name: &str) -> Vec<(String, String)> {
+    let home = std::env::temp_dir().join(format!(
+        "ember-arch-{backend}-{fixture_name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&home);
+    let mut env = backend_env(backend, &fixture(fixture_name));
+    env.push(("HF_HOME".into(), home.display().to_string()));
+    // Parity is judged in fp32 (ctranslate2's `auto` is int8 on the CPU).
+    env.push(("DTYPES".into(), "fp32".into()));
+    env
+}
+
+/// The reference texts in one mixed-length request, then each alone.
+fn assert_embeds_alone_and_batched(server: &Server, fixture_name: &str, min_cosine: f64) {
+    server.assert_embeds_reference(fixture_name, min_cosine);
+    let n = reference(fixture_name)["texts"].as_array().unwrap().len();
+    for i in 0..n {
+        server.assert_embeds_reference_of(fixture_name, &[i], min_cosine);
+    }
+}
+
+/// The reference documents scored together, then each alone.
+fn assert_scores_alone_and_batched(server: &Server, fixture_name: &str) {
+    assert_rerank_matches_reference(server, fixture_name, 1e-4);
+    let reference = reference(fixture_name);
+    for case in ["short", "long_query"] {
+        let c = &reference[case];
+        for (i, document) in c["documents"].as_array().unwrap().iter().enumerate() {
+            let (status, body) = server.post(
+                "/v1/rerank",
+                &json!({"query": c["query"], "documents": [document]}),
+            );
+            assert_eq!(status, 200, "{body}");
+            let got = body["results"][0]["relevance_score"].as_f64().unwrap();
+            let want = c["scores"][i].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{fixture_name} {case} document {i} alone: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn torch_embedders_match_sentence_transformers_alone_and_in_mixed_batches() {
+    for name in TORCH_EMBEDDERS {
+        let server = serve("torch", name);
+        assert_embeds_alone_and_batched(&server, name, 0.9999);
+    }
+}
+
+#[test]
+fn torch_cross_encoders_match_transformers_alone_and_in_batches() {
+    for name in TORCH_RERANKERS {
+        let server = serve("torch", name);
+        assert_scores_alone_and_batched(&server, name);
+    }
+}
+
+#[test]
+fn torch_qwen3_embedder_applies_its_query_prompt() {
+    let name = "tiny-qwen3";
+    let reference = reference(name);
+    let server = serve("torch", name);
+    for (prompt, min) in [("query", 0.9999), ("document", 0.9999)] {
+        let (status, body) = server.post(
+            "/v1/embeddings",
+            &json!({"input": reference["texts"], "prompt_name": prompt}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let want: Vec<Vec<f32>> =
+            serde_json::from_value(reference["prompts"][prompt].clone()).unwrap();
+        for (i, (g, w)) in vectors(&body).iter().zip(&want).enumerate() {
+            let c = cosine(g, w);
+            assert!(c >= min, "{name} prompt {prompt} text {i}: cosine {c}");
+        }
+    }
+}
+
+#[test]
+fn ctranslate2_serves_distilbert_and_refuses_decoders_naming_who_serves_them() {
+    let server = serve("ctranslate2", "tiny-distilbert");
+    assert_embeds_alone_and_batched(&server, "tiny-distilbert", 0.9999);
+    drop(server);
+    let server = serve("ctranslate2", "tiny-rerank-distilbert");
+    assert_scores_alone_and_batched(&server, "tiny-rerank-distilbert");
+    drop(server);
+    Server::assert_refused(
+        &env_refs(&env("ctranslate2", "tiny-qwen3")),
+        1,
+        &["\"qwen3\" is a decoder", "BACKEND=torch", "BACKEND=optimum"],
+    );
+}
