@@ -40,7 +40,9 @@ Models:
                      apart from hidden/heads and a sliding second layer; Mistral sliding on every
                      layer) packaged as Qwen3-Embedding is: last-token pooling, Normalize, a
                      byte-level BPE trained here that appends <|endoftext|> and pads on the left,
-                     the query instruction prompt (reference.json `prompts`).
+                     the query instruction prompt (reference.json `prompts`). tiny-qwen3 also
+                     has onnx/model.onnx in the published decoder layout (position_ids and
+                     past_key_values.* inputs).
   tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
@@ -845,6 +847,52 @@ def without_sliding_window(st: SentenceTransformer) -> SentenceTransformer:
     return st
 
 
+def export_decoder_onnx(model_dir: Path) -> None:
+    """Export a decoder to onnx/model.onnx as decoder embedders are published (optimum's
+    feature-extraction-with-past layout, also transformers.js's): inputs input_ids,
+    attention_mask, position_ids and past_key_values.N.key / .value; outputs last_hidden_state
+    and present.N.key / .value. Served with an empty cache, it must equal the model."""
+    from transformers.cache_utils import DynamicCache
+
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    cfg = model.config
+    layers, kv_heads = cfg.num_hidden_layers, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    class WithPast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, past_key_values=cache, use_cache=True)
+            presents = []
+            for layer in out.past_key_values.layers[:layers]:
+                presents += [layer.keys, layer.values]
+            return (out.last_hidden_state, *presents)
+
+    rows, seq, past_len = 2, 3, 2
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.ones(rows, past_len + seq, dtype=torch.int64)
+    pos = torch.arange(past_len, past_len + seq).unsqueeze(0).expand(rows, seq)
+    past = [torch.randn(rows, kv_heads, past_len, head_dim) for _ in range(2 * layers)]
+    cache_names = [f"past_key_values.{i}.{t}" for i in range(layers) for t in ("key", "value")]
+    present_names = [f"present.{i}.{t}" for i in range(layers) for t in ("key", "value")]
+    dyn = {"input_ids": {0: "batch", 1: "sequence"},
+           "attention_mask": {0: "batch", 1: "total_sequence"},
+           "position_ids": {0: "batch", 1: "sequence"},
+           "last_hidden_state": {0: "batch", 1: "sequence"}}
+    dyn.update({n: {0: "batch", 2: "past_sequence"} for n in cache_names})
+    dyn.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
+    export(WithPast(model), (ids, mask, pos, *past), model_dir / "onnx" / "model.onnx",
+           ["input_ids", "attention_mask", "position_ids"] + cache_names,
+           ["last_hidden_state"] + present_names, dyn)
+
+
 def tiny_decoder(out: Path, family: str) -> None:
     """tiny-<family>: a random <Family>Model as decoder embedders are packaged (last-token
     pooling, Normalize, a left-padding tokenizer that appends <|endoftext|>, Qwen3-Embedding's
@@ -861,6 +909,8 @@ def tiny_decoder(out: Path, family: str) -> None:
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
     check_tiny_bert(dst)
     write_prompt_reference(dst)
+    if family == "qwen3":
+        export_decoder_onnx(dst)
     if family in ("qwen3", "mistral"):
         full = without_sliding_window(SentenceTransformer(str(dst), device="cpu"))
         long = long_text_index(full)

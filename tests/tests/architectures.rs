@@ -122,3 +122,10 @@ fn ctranslate2_serves_distilbert_and_refuses_decoders_naming_who_serves_them() {
         &["\"qwen3\" is a decoder", "BACKEND=torch", "BACKEND=optimum"],
     );
 }
+
+#[test]
+fn optimum_serves_a_decoder_export_with_position_ids_and_an_empty_cache() {
+    // tiny-qwen3's onnx/model.onnx takes position_ids and past_key_values.N.key/value.
+    let server = serve("optimum", "tiny-qwen3");
+    assert_embeds_alone_and_batched(&server, "tiny-qwen3", 0.9999);
+}

@@ -44,6 +44,9 @@ pub struct Graph {
     // `Session::run` needs `&mut`; the host serialises calls, the mutex makes that sound.
     session: Mutex<Session>,
     inputs: Vec<(String, Option<TensorElementType>)>,
+    /// The key/value cache inputs of a decoder export (`past_key_values.N.key` / `.value`)
+    /// with their declared dimensions (negative where symbolic).
+    cache_inputs: Vec<(String, Vec<i64>)>,
     outputs: Vec<(String, Option<i64>)>,
     /// Where the graph was read from (for messages).
     pub path: String,
@@ -117,6 +120,17 @@ impl Graph {
                 (i.name().to_string(), ty)
             })
             .collect();
+        let cache_inputs = session
+            .inputs()
+            .iter()
+            .filter(|i| i.name().starts_with("past_key_values."))
+            .filter_map(|i| match i.dtype() {
+                ValueType::Tensor { shape, .. } => {
+                    Some((i.name().to_string(), shape.iter().copied().collect()))
+                }
+                _ => None,
+            })
+            .collect();
         let outputs = session
             .outputs()
             .iter()
@@ -136,6 +150,7 @@ impl Graph {
         Ok(Graph {
             session: Mutex::new(session),
             inputs,
+            cache_inputs,
             outputs,
             path: path.display().to_string(),
             device,
@@ -145,6 +160,26 @@ impl Graph {
     /// Whether the graph takes an input of this name.
     pub fn takes(&self, name: &str) -> bool {
         self.inputs.iter().any(|(n, _)| n == name)
+    }
+
+    /// The shapes of an empty key/value cache for `rows` rows, one per cache input of a decoder
+    /// export: the batch dimension `rows`, every other symbolic dimension (the past length) 0.
+    pub fn empty_cache(&self, rows: usize) -> Vec<(&str, Vec<i64>)> {
+        self.cache_inputs
+            .iter()
+            .map(|(name, dims)| {
+                let shape = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| match (i, d) {
+                        (0, _) => rows as i64,
+                        (_, d) if d < 0 => 0,
+                        (_, d) => d,
+                    })
+                    .collect();
+                (name.as_str(), shape)
+            })
+            .collect()
     }
 
     /// Fails unless the graph takes every input in `names`.

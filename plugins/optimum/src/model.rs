@@ -57,6 +57,29 @@ fn token_feeds(batch: &TokenBatch) -> Vec<(&'static str, Feed<'_>)> {
     ]
 }
 
+/// Position ids `0..seq` for every row (rows are right-padded, so each real token's position
+/// is its index), for decoder exports that take `position_ids`.
+fn positions(batch: &TokenBatch) -> Vec<i64> {
+    let seq = batch.seq_len as i64;
+    (0..batch.rows).flat_map(|_| 0..seq).collect()
+}
+
+/// The inputs of `graph` for a token batch: the token inputs, and for decoder exports the
+/// position ids and an empty key/value cache (`past_key_values.*` with a past length of 0).
+fn feeds_for<'a>(
+    graph: &'a Graph,
+    batch: &'a TokenBatch,
+    positions: &'a [i64],
+) -> Vec<(&'a str, Feed<'a>)> {
+    let mut feeds = token_feeds(batch);
+    let shape = vec![batch.rows as i64, batch.seq_len as i64];
+    feeds.push(("position_ids", Feed::Int(shape, positions)));
+    for (name, shape) in graph.empty_cache(batch.rows as usize) {
+        feeds.push((name, Feed::Float(shape, &[])));
+    }
+    feeds
+}
+
 /// One-token text fed to a combined CLIP graph when only images are embedded.
 const DUMMY_IDS: [i64; 1] = [0];
 const DUMMY_MASK: [i64; 1] = [1];
@@ -88,6 +111,16 @@ impl OnnxModel {
             ModelKind::Embed => {
                 let graph = Graph::open(request, single()?)?;
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
+                let names = graph.output_names();
+                if !names.contains(&"last_hidden_state") && names.contains(&"logits") {
+                    // A text-generation export: its states never leave the graph.
+                    return Err(PluginError::unsupported(format!(
+                        "{} is a text-generation export (a `logits` output, no \
+                         `last_hidden_state`); export the model with optimum's \
+                         feature-extraction task for embeddings",
+                        graph.path
+                    )));
+                }
                 let (output, declared) = graph.pick_output(&["last_hidden_state"])?;
                 let dim = declared.map_or(manifest.hidden_size as usize, |d| d as usize);
                 let device = graph.device.clone();
@@ -240,7 +273,8 @@ impl Model for OnnxModel {
                 output,
                 pooling,
             } => {
-                let out = graph.run(token_feeds(batch), output)?;
+                let positions = positions(batch);
+                let out = graph.run(feeds_for(graph, batch, &positions), output)?;
                 match out.shape.as_slice() {
                     // Token states: pool them here.
                     [r, s, h] if *r as usize == rows && *s as usize == seq => {
@@ -302,7 +336,8 @@ impl Model for OnnxModel {
                 scores: Vec::new().into(),
             });
         }
-        let out = graph.run(token_feeds(&batch.tokens), output)?;
+        let positions = positions(&batch.tokens);
+        let out = graph.run(feeds_for(graph, &batch.tokens, &positions), output)?;
         let per_row = match out.shape.as_slice() {
             [r] if *r as usize == rows => 1,
             [r, k] if *r as usize == rows && *k >= 1 => *k as usize,
