@@ -43,6 +43,11 @@ Models:
                      the query instruction prompt (reference.json `prompts`). tiny-qwen3 also
                      has onnx/model.onnx in the published decoder layout (position_ids and
                      past_key_values.* inputs).
+  tiny-modernbert    random ModernBertModel (global and local layers, an 8-token local window the
+                     longer texts exceed) packaged as modernbert-embed (mean pooling, Normalize,
+                     search_query / search_document prompts), with onnx/model.onnx.
+  tiny-rerank-modernbert
+                     random ModernBertForSequenceClassification (one label, mean pooling).
   tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
@@ -139,8 +144,9 @@ def check_caught(name: str, what: str, got, want) -> None:
     print(f"{name}: {what}: cosine {c:.4f}")
 
 
-def export_onnx(model_dir: Path) -> None:
-    """Export the transformer of model_dir to onnx/model.onnx (last_hidden_state output)."""
+def export_onnx(model_dir: Path, with_token_types: bool = True) -> None:
+    """Export the transformer of model_dir to onnx/model.onnx (last_hidden_state output); its
+    inputs are input_ids, attention_mask and (with_token_types) token_type_ids."""
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
 
     class LastHiddenState(torch.nn.Module):
@@ -148,32 +154,18 @@ def export_onnx(model_dir: Path) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+        def forward(self, input_ids, attention_mask, *types):
+            kw = {"token_type_ids": types[0]} if types else {}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              **kw).last_hidden_state
 
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
-    types = torch.zeros_like(ids)
-    out = model_dir / "onnx" / "model.onnx"
-    out.parent.mkdir(exist_ok=True)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_token_types else [])
+    args = (ids, mask) + ((torch.zeros_like(ids),) if with_token_types else ())
     dyn = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        LastHiddenState(model),
-        (ids, mask, types),
-        str(out),
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["last_hidden_state"],
-        dynamic_axes={
-            "input_ids": dyn,
-            "attention_mask": dyn,
-            "token_type_ids": dyn,
-            "last_hidden_state": dyn,
-        },
-        opset_version=17,
-        dynamo=False,
-    )
+    export(LastHiddenState(model), args, model_dir / "onnx" / "model.onnx", names,
+           ["last_hidden_state"], {n: dyn for n in names + ["last_hidden_state"]})
 
 
 def write_reference(model_dir: Path, st: SentenceTransformer) -> None:
@@ -932,6 +924,78 @@ def tiny_rerank_qwen3(out: Path) -> None:
     rerank_reference(dst)
 
 
+def modernbert_config(num_labels: int = 1):
+    """A tiny ModernBERT: three layers (global, local, local as global_attn_every_n_layers=3
+    makes them), a local window of 8 tokens either side that the longer texts exceed,
+    GeGLU, no biases; BERT's WordPiece ids for its specials."""
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=3, num_attention_heads=4,
+                            max_position_embeddings=128, local_attention=16,
+                            global_attn_every_n_layers=3, pad_token_id=0, cls_token_id=101,
+                            sep_token_id=102, bos_token_id=101, eos_token_id=102,
+                            initializer_range=SPREAD, num_labels=num_labels,
+                            classifier_pooling="mean")
+
+
+def save_modernbert_tokenizer(dst: Path) -> None:
+    """BERT's uncased WordPiece without segment ids (ModernBERT takes none)."""
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast.from_pretrained(minilm_tokenizer_dir(),
+                                            model_input_names=["input_ids", "attention_mask"])
+    tok.save_pretrained(dst)
+
+
+# nomic-ai/modernbert-embed-base's prompts.
+MODERNBERT_PROMPTS = {"query": "search_query: ", "document": "search_document: "}
+
+
+def tiny_modernbert(out: Path) -> None:
+    """tiny-modernbert: a random ModernBertModel packaged as modernbert-embed is (mean pooling,
+    Normalize, search_query / search_document prompts), with an ONNX export."""
+    from transformers import ModernBertModel
+
+    dst = out / "tiny-modernbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    save_modernbert_tokenizer(dst)
+    ModernBertModel(modernbert_config()).eval().save_pretrained(dst)
+    word = models.Transformer(str(dst), max_seq_length=64)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu",
+                        prompts=MODERNBERT_PROMPTS).save(str(dst))
+    export_onnx(dst, with_token_types=False)
+    write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
+    write_prompt_reference(dst)
+    # The longer texts pass the local window: attending globally everywhere must be caught.
+    full = SentenceTransformer(str(dst), device="cpu")
+    inner = full[0].auto_model
+    inner.config.layer_types = ["full_attention"] * inner.config.num_hidden_layers
+    for layer in inner.layers:
+        layer.attention_type = "full_attention"
+        layer.attn.sliding_window = None
+    long = long_text_index(full)
+    want = json.loads((dst / "reference.json").read_text())["embeddings"][long]
+    got = full.encode([TEXTS[long]])[0]
+    check_caught(dst.name, "ignoring the local attention window", got, want)
+
+
+def tiny_rerank_modernbert(out: Path) -> None:
+    """tiny-rerank-modernbert: a random ModernBertForSequenceClassification (one label, mean
+    pooling), the layout of gte-reranker-modernbert."""
+    from transformers import ModernBertForSequenceClassification
+
+    dst = out / "tiny-rerank-modernbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    save_modernbert_tokenizer(dst)
+    ModernBertForSequenceClassification(modernbert_config()).eval().save_pretrained(dst)
+    rerank_reference(dst)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -967,6 +1031,10 @@ def main() -> None:
     tiny_decoder(out, "mistral")
     torch.manual_seed(10)
     tiny_decoder(out, "llama")
+    torch.manual_seed(11)
+    tiny_modernbert(out)
+    torch.manual_seed(13)
+    tiny_rerank_modernbert(out)
     print(f"fixtures written to {out}")
 
 

@@ -14,12 +14,14 @@ const TORCH_EMBEDDERS: &[&str] = &[
     "tiny-qwen2",
     "tiny-mistral",
     "tiny-llama",
+    "tiny-modernbert",
 ];
 /// Cross-encoders served by the torch backend.
 const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-distilbert",
     "tiny-rerank-mpnet",
     "tiny-rerank-qwen3",
+    "tiny-rerank-modernbert",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {
@@ -88,12 +90,10 @@ fn torch_cross_encoders_match_transformers_alone_and_in_batches() {
     }
 }
 
-#[test]
-fn torch_qwen3_embedder_applies_its_query_prompt() {
-    let name = "tiny-qwen3";
+/// Each of the fixture's prompts, chosen by `prompt_name`, against sentence-transformers.
+fn assert_prompts_match(server: &Server, name: &str) {
     let reference = reference(name);
-    let server = serve("torch", name);
-    for (prompt, min) in [("query", 0.9999), ("document", 0.9999)] {
+    for prompt in ["query", "document"] {
         let (status, body) = server.post(
             "/v1/embeddings",
             &json!({"input": reference["texts"], "prompt_name": prompt}),
@@ -103,8 +103,15 @@ fn torch_qwen3_embedder_applies_its_query_prompt() {
             serde_json::from_value(reference["prompts"][prompt].clone()).unwrap();
         for (i, (g, w)) in vectors(&body).iter().zip(&want).enumerate() {
             let c = cosine(g, w);
-            assert!(c >= min, "{name} prompt {prompt} text {i}: cosine {c}");
+            assert!(c >= 0.9999, "{name} prompt {prompt} text {i}: cosine {c}");
         }
+    }
+}
+
+#[test]
+fn torch_embedders_apply_their_prompts() {
+    for name in ["tiny-qwen3", "tiny-modernbert"] {
+        assert_prompts_match(&serve("torch", name), name);
     }
 }
 
@@ -128,4 +135,11 @@ fn optimum_serves_a_decoder_export_with_position_ids_and_an_empty_cache() {
     // tiny-qwen3's onnx/model.onnx takes position_ids and past_key_values.N.key/value.
     let server = serve("optimum", "tiny-qwen3");
     assert_embeds_alone_and_batched(&server, "tiny-qwen3", 0.9999);
+    assert_prompts_match(&server, "tiny-qwen3");
+}
+
+#[test]
+fn optimum_serves_a_modernbert_export() {
+    let server = serve("optimum", "tiny-modernbert");
+    assert_embeds_alone_and_batched(&server, "tiny-modernbert", 0.9999);
 }

@@ -8,6 +8,7 @@
 //! real tokens equal those of the left-padded batch transformers runs.
 
 use crate::encoder::Linear;
+use crate::rotary::Rotary;
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
@@ -71,8 +72,7 @@ pub struct Decoder {
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
-    /// Rotary inverse frequencies `[head_dim / 2]`, float32.
-    inv_freq: Tensor,
+    rotary: Rotary,
     /// Hidden size.
     pub hidden: i64,
     /// Positions the model was trained for.
@@ -181,15 +181,7 @@ impl Decoder {
             .collect::<Result<Vec<_>, PluginError>>()?;
         let embed = w.get("embed_tokens.weight")?;
         let theta = rope_theta(cfg)?;
-        let inv_freq = tch::no_grad(|| -> Result<Tensor, TchError> {
-            let exponents =
-                Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Float, embed.device()))?
-                    .f_div_scalar(head_dim as f64)?;
-            Tensor::f_full([1], theta, (Kind::Float, embed.device()))?
-                .f_pow(&exponents)?
-                .f_reciprocal()
-        })
-        .map_err(|e| crate::error::from_tch("computing rotary frequencies", e))?;
+        let rotary = Rotary::new(head_dim, theta, embed.device())?;
         Ok(Decoder {
             embed,
             layers,
@@ -197,7 +189,7 @@ impl Decoder {
             heads,
             kv_heads,
             head_dim,
-            inv_freq,
+            rotary,
             hidden,
             max_positions: cfg["max_position_embeddings"].as_i64().unwrap_or(i64::MAX),
         })
@@ -214,27 +206,7 @@ impl Decoder {
         let (rows, seq) = ids.size2()?;
         let device = ids.device();
         let kind = self.embed.kind();
-        // Rotary tables for positions 0..seq, computed in float32 and cast as transformers does.
-        let positions = Tensor::f_arange(seq, (Kind::Float, device))?;
-        let freqs = positions
-            .f_unsqueeze(1)?
-            .f_mul(&self.inv_freq.f_unsqueeze(0)?)?;
-        let angles = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        let (cos, sin) = (
-            angles.f_cos()?.f_to_kind(kind)?,
-            angles.f_sin()?.f_to_kind(kind)?,
-        );
-        let rotate = |x: &Tensor| -> Result<Tensor, TchError> {
-            let half = self.head_dim / 2;
-            let rotated = Tensor::f_cat(
-                &[
-                    &x.f_narrow(-1, half, half)?.f_neg()?,
-                    &x.f_narrow(-1, 0, half)?,
-                ],
-                -1,
-            )?;
-            x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)
-        };
+        let tables = self.rotary.tables(seq, kind)?;
         // Query i attends key j when j <= i, j is a real token, and (sliding) i - j < window.
         let at = Tensor::f_arange(seq, (Kind::Int64, device))?;
         let distance = at.f_unsqueeze(1)?.f_sub(&at.f_unsqueeze(0)?)?;
@@ -252,8 +224,8 @@ impl Decoder {
                 q = qn.forward(&q)?;
                 k = kn.forward(&k)?;
             }
-            let q = rotate(&q.f_transpose(1, 2)?)?;
-            let k = rotate(&k.f_transpose(1, 2)?)?;
+            let q = self.rotary.apply(&q.f_transpose(1, 2)?, &tables)?;
+            let k = self.rotary.apply(&k.f_transpose(1, 2)?, &tables)?;
             let v = split(l.v.forward(&h)?, self.kv_heads)?.f_transpose(1, 2)?;
             let (k, v) = if groups > 1 {
                 (

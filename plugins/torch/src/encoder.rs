@@ -124,7 +124,7 @@ impl Linear {
 /// A layer norm.
 pub struct Norm {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
     eps: f64,
 }
 
@@ -139,7 +139,22 @@ impl Norm {
         };
         Ok(Norm {
             weight: w.get(&format!("{name}.{a}"))?,
-            bias: w.get(&format!("{name}.{b}"))?,
+            bias: Some(w.get(&format!("{name}.{b}"))?),
+            eps,
+        })
+    }
+
+    /// Reads `{name}.weight`, and `{name}.bias` when the checkpoint has one (ModernBERT's
+    /// norms have none).
+    pub fn load_bias_optional(w: &Weights, name: &str, eps: f64) -> Result<Norm, PluginError> {
+        let bias = format!("{name}.bias");
+        Ok(Norm {
+            weight: w.get(&format!("{name}.weight"))?,
+            bias: if w.has(&bias) {
+                Some(w.get(&bias)?)
+            } else {
+                None
+            },
             eps,
         })
     }
@@ -147,7 +162,7 @@ impl Norm {
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let h = self.weight.size()[0];
-        x.f_layer_norm([h], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.f_layer_norm([h], Some(&self.weight), self.bias.as_ref(), self.eps, true)
     }
 }
 

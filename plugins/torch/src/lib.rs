@@ -1,7 +1,7 @@
 //! ember's `torch` backend: Hugging Face checkpoints (safetensors, sharded or not) run on
 //! libtorch through tch, on CUDA when there is a GPU and on the CPU otherwise, with no
 //! conversion step. Encoders: BERT (bert, MiniLM, bge, e5, gte v1), RoBERTa / XLM-RoBERTa
-//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT and MPNet, with their
+//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet and ModernBERT, with their
 //! sequence-classification heads; decoders used as embedders and rerankers: Qwen2, Qwen3,
 //! Llama, Mistral (last-token states, score heads); CLIP (text and vision towers with their
 //! projections).
@@ -12,6 +12,8 @@ mod device;
 mod encoder;
 pub mod error;
 mod model;
+mod modernbert;
+mod rotary;
 mod weights;
 
 use ember_plugin_api::{

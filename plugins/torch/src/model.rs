@@ -6,6 +6,7 @@ use crate::decoder::{self, Decoder};
 use crate::device;
 use crate::encoder::{Encoder, Family, Linear};
 use crate::error::{self, from_tch};
+use crate::modernbert::{self, ModernBert};
 use crate::weights::Weights;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
@@ -73,6 +74,11 @@ enum Inner {
     Encoder {
         encoder: Encoder,
         head: Option<Head>,
+    },
+    /// A ModernBERT embedder (no head) or reranker.
+    Modern {
+        model: ModernBert,
+        head: Option<modernbert::Head>,
     },
     /// A decoder embedder (no head) or reranker.
     Decoder {
@@ -185,10 +191,13 @@ impl TorchModel {
         if decoder::implements(model_type) {
             return Self::load_decoder(request, &cfg, weights, device, kind, dtype);
         }
+        if model_type == "modernbert" {
+            return Self::load_modernbert(request, &cfg, weights, device, kind, dtype);
+        }
         let family = Family::of(model_type).map_err(|_| {
             PluginError::unsupported(format!(
                 "the torch backend does not implement model_type {model_type:?}; supported: {}, \
-                 {}, clip",
+                 modernbert, {}, clip",
                 crate::encoder::SUPPORTED,
                 decoder::SUPPORTED
             ))
@@ -243,6 +252,55 @@ impl TorchModel {
             vocab: encoder.vocab_size(),
             segments: encoder.segments(),
             inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
+            pooling: manifest.pooling,
+            device,
+            kind,
+            dtype,
+        })
+    }
+
+    /// Loads a ModernBERT embedder, or a reranker with its classification head.
+    fn load_modernbert(
+        request: &LoadRequest,
+        cfg: &Value,
+        weights: Weights,
+        device: Device,
+        kind: Kind,
+        dtype: DType,
+    ) -> Result<TorchModel, PluginError> {
+        let manifest = &request.manifest;
+        // Bare models have no prefix; task models "model.".
+        let weights = if weights.has("model.embeddings.tok_embeddings.weight") {
+            weights.with_prefix("model.")
+        } else {
+            weights
+        };
+        let model = tch::no_grad(|| ModernBert::load(&weights, cfg))?;
+        let head = if manifest.kind == ModelKind::Rerank {
+            Some(modernbert::Head::load(&weights.with_prefix(""), cfg)?)
+        } else {
+            None
+        };
+        plugin_info!(
+            "torch",
+            "loaded {} (modernbert, hidden {}, {}) on {} in {}",
+            request.model_dir.as_str(),
+            model.hidden,
+            if head.is_some() {
+                "classification head"
+            } else {
+                manifest.pooling.as_str()
+            },
+            device::name(device),
+            dtype.as_str()
+        );
+        Ok(TorchModel {
+            hidden: model.hidden,
+            reranker: head.is_some(),
+            max_positions: model.max_positions,
+            vocab: model.vocab_size(),
+            segments: 1,
+            inner: std::sync::Mutex::new(Inner::Modern { model, head }),
             pooling: manifest.pooling,
             device,
             kind,
@@ -397,6 +455,10 @@ impl Model for TorchModel {
                     let states = decoder.forward(&ids, &mask)?;
                     to_vec(&pool(self.pooling, &states, &mask)?)
                 }
+                Inner::Modern { model, .. } => {
+                    let states = model.forward(&ids, &mask)?;
+                    to_vec(&pool(self.pooling, &states, &mask)?)
+                }
                 Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
             }
         })
@@ -432,6 +494,10 @@ impl Model for TorchModel {
                     decoder,
                     head: Some(head),
                 } => head.logits(&decoder.forward(&ids, &mask)?, &ids, &mask)?,
+                Inner::Modern {
+                    model,
+                    head: Some(head),
+                } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
                 _ => return Err(TchError::Kind("reranker without a head".into())),
             };
             to_vec(&logits.f_select(1, 0)?)
