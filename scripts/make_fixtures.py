@@ -48,6 +48,8 @@ Models:
                      search_query / search_document prompts), with onnx/model.onnx.
   tiny-rerank-modernbert
                      random ModernBertForSequenceClassification (one label, mean pooling).
+  tiny-gemma3        random Gemma3TextModel packaged as EmbeddingGemma (bidirectional, sliding and
+                     global layers, mean pooling, two Dense modules, Normalize, its prompts).
   tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
@@ -765,10 +767,11 @@ def tiny_rerank(out: Path, family: str) -> None:
     rerank_reference(dst)
 
 
-def qwen_tokenizer(dst: Path) -> int:
+def qwen_tokenizer(dst: Path, gemma: bool = False) -> int:
     """Train a small byte-level BPE tokenizer in Qwen's pipeline and save it: <|endoftext|>
     appended to every sequence (as Qwen3-Embedding's tokenizer does) and used for padding, on
-    the left. Returns its vocabulary size."""
+    the left. With `gemma`, EmbeddingGemma's framing instead: <bos> A <eos>, <pad> (id 0) on
+    the right. Returns its vocabulary size."""
     import transformers
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
     from tokenizers import models as tmodels
@@ -780,10 +783,19 @@ def qwen_tokenizer(dst: Path) -> int:
     tok = Tokenizer(tmodels.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = (["<pad>", "<eos>", "<bos>"] if gemma
+                else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
+    if gemma:
+        bos, eos = tok.token_to_id("<bos>"), tok.token_to_id("<eos>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos>:0 $A:0 <eos>:0", pair="<bos>:0 $A:0 <eos>:0 $B:1 <eos>:1",
+            special_tokens=[("<bos>", bos), ("<eos>", eos)])
+        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                pad_token="<pad>", padding_side="right").save_pretrained(dst)
+        return tok.get_vocab_size()
     eos = tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A:0 <|endoftext|>:0", pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
@@ -996,6 +1008,46 @@ def tiny_rerank_modernbert(out: Path) -> None:
     rerank_reference(dst)
 
 
+# EmbeddingGemma's retrieval prompts.
+GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
+
+
+def tiny_gemma3(out: Path) -> None:
+    """tiny-gemma3: a random Gemma3TextModel packaged as EmbeddingGemma is: bidirectional
+    attention, sliding layers (window 16: 8 tokens either side) around a global one, mean
+    pooling, two Dense modules (32 -> 64 -> 32, Identity, no bias), Normalize, its prompts."""
+    from transformers import Gemma3TextConfig
+
+    dst = out / "tiny-gemma3"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = qwen_tokenizer(dst, gemma=True)
+    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128,
+                           sliding_window=16, use_bidirectional_attention=True,
+                           layer_types=["sliding_attention", "full_attention",
+                                        "sliding_attention"],
+                           initializer_range=SPREAD, pad_token_id=0, eos_token_id=1,
+                           bos_token_id=2)
+    AutoModel.from_config(cfg).eval().save_pretrained(dst)
+    word = models.Transformer(str(dst), max_seq_length=64)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    identity = torch.nn.Identity()
+    mods = [word, pool,
+            models.Dense(32, 64, bias=False, activation_function=identity),
+            models.Dense(64, 32, bias=False, activation_function=identity),
+            models.Normalize()]
+    SentenceTransformer(modules=mods, device="cpu", prompts=GEMMA_PROMPTS).save(str(dst))
+    write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
+    write_prompt_reference(dst)
+    full = without_sliding_window(SentenceTransformer(str(dst), device="cpu"))
+    long = long_text_index(full)
+    want = json.loads((dst / "reference.json").read_text())["embeddings"][long]
+    check_caught(dst.name, "ignoring the sliding window", full.encode([TEXTS[long]])[0], want)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1035,6 +1087,8 @@ def main() -> None:
     tiny_modernbert(out)
     torch.manual_seed(13)
     tiny_rerank_modernbert(out)
+    torch.manual_seed(15)
+    tiny_gemma3(out)
     print(f"fixtures written to {out}")
 
 

@@ -15,6 +15,7 @@ const TORCH_EMBEDDERS: &[&str] = &[
     "tiny-mistral",
     "tiny-llama",
     "tiny-modernbert",
+    "tiny-gemma3",
 ];
 /// Cross-encoders served by the torch backend.
 const TORCH_RERANKERS: &[&str] = &[
@@ -110,7 +111,7 @@ fn assert_prompts_match(server: &Server, name: &str) {
 
 #[test]
 fn torch_embedders_apply_their_prompts() {
-    for name in ["tiny-qwen3", "tiny-modernbert"] {
+    for name in ["tiny-qwen3", "tiny-modernbert", "tiny-gemma3"] {
         assert_prompts_match(&serve("torch", name), name);
     }
 }
