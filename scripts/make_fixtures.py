@@ -50,6 +50,12 @@ Models:
                      random ModernBertForSequenceClassification (one label, mean pooling).
   tiny-gemma3        random Gemma3TextModel packaged as EmbeddingGemma (bidirectional, sliding and
                      global layers, mean pooling, two Dense modules, Normalize, its prompts).
+  tiny-deberta       random DeBERTa-v2 (separate position projections, absolute positions,
+                     relative distances clipped at 16) embedder: mean pooling, Normalize.
+  tiny-rerank-deberta
+                     random DeBERTa-v3 DebertaV2ForSequenceClassification (log-bucketed relative
+                     positions, shared keys, no absolute positions), mxbai-rerank v1's layout.
+                     Both with a BPE tokenizer trained here in DeBERTa-v3's framing.
   tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
@@ -1048,6 +1054,88 @@ def tiny_gemma3(out: Path) -> None:
     check_caught(dst.name, "ignoring the sliding window", full.encode([TEXTS[long]])[0], want)
 
 
+def deberta_tokenizer(dst: Path) -> int:
+    """Train a small SentencePiece-style tokenizer in DeBERTa-v3's framing (Metaspace pieces,
+    [CLS] A [SEP] B [SEP] with segment 1 for B) and save it; returns its vocabulary size.
+    BPE rather than DeBERTa's Unigram: the tokenizers library's Unigram trainer is not
+    deterministic, and a fixture must come out the same on every machine."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import models as tmodels
+    from transformers import PreTrainedTokenizerFast
+
+    src = Path(transformers.__file__).parent / "models" / "bert" / "modeling_bert.py"
+    corpus = [line.strip() for line in src.read_text().splitlines() if line.strip()]
+    corpus += TEXTS + DOCUMENTS + [QUERY, LONG_QUERY]
+    tok = Tokenizer(tmodels.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=specials)
+    tok.train_from_iterator(corpus, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", unk_token="[UNK]",
+                            mask_token="[MASK]").save_pretrained(dst)
+    return tok.get_vocab_size()
+
+
+def deberta_config(vocab: int, v3: bool, num_labels: int = 1):
+    """A tiny DeBERTa. v3 (mxbai-rerank v1's layout): relative positions in 8 log buckets
+    (the longer inputs pass them), shared attention keys, normalised relative embeddings, no
+    absolute positions, no segments. v2: separate position projections, absolute positions
+    added to the input, two segments, plain relative distances."""
+    from transformers import DebertaV2Config
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128, relative_attention=True,
+                  pos_att_type=["p2c", "c2p"], layer_norm_eps=1e-7, pooler_hidden_size=32,
+                  pooler_hidden_act="gelu", pad_token_id=0, initializer_range=SPREAD,
+                  num_labels=num_labels)
+    if v3:
+        return DebertaV2Config(position_buckets=8, max_relative_positions=-1,
+                               share_att_key=True, norm_rel_ebd="layer_norm",
+                               position_biased_input=False, type_vocab_size=0, **common)
+    return DebertaV2Config(position_buckets=-1, max_relative_positions=16, share_att_key=False,
+                           norm_rel_ebd="none", position_biased_input=True, type_vocab_size=2,
+                           **common)
+
+
+def tiny_deberta(out: Path) -> None:
+    """tiny-deberta: a random DeBERTa-v2 (separate position projections, absolute positions,
+    relative distances clipped at 16) as an embedder: mean pooling, Normalize, max_seq_length
+    120 (so that shorter texts batched with the long one are padded far)."""
+    from transformers import DebertaV2Model
+
+    dst = out / "tiny-deberta"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = deberta_tokenizer(dst)
+    DebertaV2Model(deberta_config(vocab, v3=False)).eval().save_pretrained(dst)
+    word = models.Transformer(str(dst), max_seq_length=120)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(dst))
+    write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
+    check_tiny_bert(dst)
+
+
+def tiny_rerank_deberta(out: Path) -> None:
+    """tiny-rerank-deberta: a random DeBERTa-v3 DebertaV2ForSequenceClassification (one
+    label), the layout of mxbai-rerank-*-v1."""
+    from transformers import DebertaV2ForSequenceClassification
+
+    dst = out / "tiny-rerank-deberta"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = deberta_tokenizer(dst)
+    DebertaV2ForSequenceClassification(deberta_config(vocab, v3=True)).eval().save_pretrained(dst)
+    rerank_reference(dst)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1089,6 +1177,10 @@ def main() -> None:
     tiny_rerank_modernbert(out)
     torch.manual_seed(15)
     tiny_gemma3(out)
+    torch.manual_seed(17)
+    tiny_deberta(out)
+    torch.manual_seed(18)
+    tiny_rerank_deberta(out)
     print(f"fixtures written to {out}")
 
 

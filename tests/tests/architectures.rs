@@ -16,6 +16,7 @@ const TORCH_EMBEDDERS: &[&str] = &[
     "tiny-llama",
     "tiny-modernbert",
     "tiny-gemma3",
+    "tiny-deberta",
 ];
 /// Cross-encoders served by the torch backend.
 const TORCH_RERANKERS: &[&str] = &[
@@ -23,6 +24,7 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-mpnet",
     "tiny-rerank-qwen3",
     "tiny-rerank-modernbert",
+    "tiny-rerank-deberta",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {

@@ -1,12 +1,14 @@
 //! ember's `torch` backend: Hugging Face checkpoints (safetensors, sharded or not) run on
 //! libtorch through tch, on CUDA when there is a GPU and on the CPU otherwise, with no
 //! conversion step. Encoders: BERT (bert, MiniLM, bge, e5, gte v1), RoBERTa / XLM-RoBERTa
-//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet and ModernBERT, with their
+//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet, ModernBERT and DeBERTa-v2/v3,
+//! with their
 //! sequence-classification heads; decoders used as embedders and rerankers: Qwen2, Qwen3,
 //! Llama, Mistral (last-token states, score heads); CLIP (text and vision towers with their
 //! projections).
 
 mod clip;
+mod deberta;
 mod decoder;
 mod device;
 mod encoder;

@@ -2,6 +2,7 @@
 //! rerankers, on its device and precision.
 
 use crate::clip::Clip;
+use crate::deberta::{self, Deberta};
 use crate::decoder::{self, Decoder};
 use crate::device;
 use crate::encoder::{Encoder, Family, Linear};
@@ -74,6 +75,11 @@ enum Inner {
     Encoder {
         encoder: Encoder,
         head: Option<Head>,
+    },
+    /// A DeBERTa-v2/v3 embedder (no head) or reranker.
+    Deberta {
+        model: Deberta,
+        head: Option<deberta::Head>,
     },
     /// A ModernBERT embedder (no head) or reranker.
     Modern {
@@ -194,10 +200,13 @@ impl TorchModel {
         if model_type == "modernbert" {
             return Self::load_modernbert(request, &cfg, weights, device, kind, dtype);
         }
+        if model_type == "deberta-v2" {
+            return Self::load_deberta(request, &cfg, weights, device, kind, dtype);
+        }
         let family = Family::of(model_type).map_err(|_| {
             PluginError::unsupported(format!(
                 "the torch backend does not implement model_type {model_type:?}; supported: {}, \
-                 modernbert, {}, clip",
+                 modernbert, deberta-v2, {}, clip",
                 crate::encoder::SUPPORTED,
                 decoder::SUPPORTED
             ))
@@ -252,6 +261,54 @@ impl TorchModel {
             vocab: encoder.vocab_size(),
             segments: encoder.segments(),
             inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
+            pooling: manifest.pooling,
+            device,
+            kind,
+            dtype,
+        })
+    }
+
+    /// Loads a DeBERTa-v2/v3 embedder, or a reranker with its classification head.
+    fn load_deberta(
+        request: &LoadRequest,
+        cfg: &Value,
+        weights: Weights,
+        device: Device,
+        kind: Kind,
+        dtype: DType,
+    ) -> Result<TorchModel, PluginError> {
+        let manifest = &request.manifest;
+        let weights = if weights.has("deberta.embeddings.word_embeddings.weight") {
+            weights.with_prefix("deberta.")
+        } else {
+            weights
+        };
+        let model = tch::no_grad(|| Deberta::load(&weights, cfg))?;
+        let head = if manifest.kind == ModelKind::Rerank {
+            Some(deberta::Head::load(&weights.with_prefix(""), cfg)?)
+        } else {
+            None
+        };
+        plugin_info!(
+            "torch",
+            "loaded {} (deberta-v2, hidden {}, {}) on {} in {}",
+            request.model_dir.as_str(),
+            model.hidden,
+            if head.is_some() {
+                "classification head"
+            } else {
+                manifest.pooling.as_str()
+            },
+            device::name(device),
+            dtype.as_str()
+        );
+        Ok(TorchModel {
+            hidden: model.hidden,
+            reranker: head.is_some(),
+            max_positions: model.max_positions,
+            vocab: model.vocab_size(),
+            segments: model.segments(),
+            inner: std::sync::Mutex::new(Inner::Deberta { model, head }),
             pooling: manifest.pooling,
             device,
             kind,
@@ -459,6 +516,10 @@ impl Model for TorchModel {
                     let states = model.forward(&ids, &mask)?;
                     to_vec(&pool(self.pooling, &states, &mask)?)
                 }
+                Inner::Deberta { model, .. } => {
+                    let states = model.forward(&ids, &types, &mask)?;
+                    to_vec(&pool(self.pooling, &states, &mask)?)
+                }
                 Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
             }
         })
@@ -498,6 +559,10 @@ impl Model for TorchModel {
                     model,
                     head: Some(head),
                 } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
+                Inner::Deberta {
+                    model,
+                    head: Some(head),
+                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
                 _ => return Err(TchError::Kind("reranker without a head".into())),
             };
             to_vec(&logits.f_select(1, 0)?)
