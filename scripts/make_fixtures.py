@@ -56,6 +56,10 @@ Models:
                      random DeBERTa-v3 DebertaV2ForSequenceClassification (log-bucketed relative
                      positions, shared keys, no absolute positions), mxbai-rerank v1's layout.
                      Both with a BPE tokenizer trained here in DeBERTa-v3's framing.
+  tiny-rerank-qwen3-lm
+                     random Qwen3ForCausalLM published as Qwen3-Reranker is (no
+                     sentence-transformers files), scored as its model card does (template, "yes"
+                     / "no" logits of the last token).
   tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
@@ -773,11 +777,12 @@ def tiny_rerank(out: Path, family: str) -> None:
     rerank_reference(dst)
 
 
-def qwen_tokenizer(dst: Path, gemma: bool = False) -> int:
+def qwen_tokenizer(dst: Path, gemma: bool = False, lm: bool = False) -> int:
     """Train a small byte-level BPE tokenizer in Qwen's pipeline and save it: <|endoftext|>
     appended to every sequence (as Qwen3-Embedding's tokenizer does) and used for padding, on
     the left. With `gemma`, EmbeddingGemma's framing instead: <bos> A <eos>, <pad> (id 0) on
-    the right. Returns its vocabulary size."""
+    the right. With `lm`, the base Qwen3 tokenizer's (nothing appended), trained to have the
+    words "yes" and "no" as tokens. Returns its vocabulary size."""
     import transformers
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
     from tokenizers import models as tmodels
@@ -786,6 +791,7 @@ def qwen_tokenizer(dst: Path, gemma: bool = False) -> int:
     src = Path(transformers.__file__).parent / "models" / "bert" / "modeling_bert.py"
     corpus = [line.strip() for line in src.read_text().splitlines() if line.strip()]
     corpus += TEXTS + DOCUMENTS + [QUERY, LONG_QUERY]
+    corpus += ["yes", "no"] * 50 if lm else []
     tok = Tokenizer(tmodels.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -801,6 +807,11 @@ def qwen_tokenizer(dst: Path, gemma: bool = False) -> int:
             special_tokens=[("<bos>", bos), ("<eos>", eos)])
         PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                 pad_token="<pad>", padding_side="right").save_pretrained(dst)
+        return tok.get_vocab_size()
+    if lm:
+        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                pad_token="<|endoftext|>",
+                                padding_side="left").save_pretrained(dst)
         return tok.get_vocab_size()
     eos = tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
@@ -1136,6 +1147,58 @@ def tiny_rerank_deberta(out: Path) -> None:
     rerank_reference(dst)
 
 
+# Qwen3-Reranker's model card: the chat template around each formatted pair.
+QWEN3_RERANK_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements "
+                       "based on the Query and the Instruct provided. Note that the answer can "
+                       "only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
+QWEN3_RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_RERANK_INSTRUCTION = ("Given a web search query, retrieve relevant passages that answer "
+                            "the query")
+
+
+def tiny_rerank_qwen3_lm(out: Path) -> None:
+    """tiny-rerank-qwen3-lm: a random Qwen3ForCausalLM as Qwen3-Reranker is published (no
+    sentence-transformers files); its reference scores are the model card's: the pair in the
+    card's template, left-padded, P("yes") from the last token's "yes" / "no" logits."""
+    from transformers import Qwen3ForCausalLM
+
+    dst = out / "tiny-rerank-qwen3-lm"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = qwen_tokenizer(dst, lm=True)
+    cfg = decoder_config("qwen3", vocab)
+    cfg.max_position_embeddings = 512
+    model = Qwen3ForCausalLM(cfg).eval()
+    model.save_pretrained(dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    assert tok.unk_token_id not in (yes, no) and yes is not None and no is not None
+    prefix = tok.encode(QWEN3_RERANK_PREFIX, add_special_tokens=False)
+    suffix = tok.encode(QWEN3_RERANK_SUFFIX, add_special_tokens=False)
+    max_len = cfg.max_position_embeddings
+
+    def score(query: str) -> dict:
+        pairs = [f"<Instruct>: {QWEN3_RERANK_INSTRUCTION}\n<Query>: {query}\n<Document>: {d}"
+                 for d in DOCUMENTS]
+        enc = tok(pairs, padding=False, truncation="longest_first",
+                  return_attention_mask=False, max_length=max_len - len(prefix) - len(suffix))
+        enc["input_ids"] = [prefix + ids + suffix for ids in enc["input_ids"]]
+        batch = tok.pad(enc, padding=True, return_tensors="pt", max_length=max_len)
+        with torch.no_grad():
+            logits = model(**batch).logits[:, -1, :]
+        pair = torch.stack([logits[:, no], logits[:, yes]], dim=1).log_softmax(dim=1)
+        return {"query": query, "documents": DOCUMENTS,
+                "logits": (logits[:, yes] - logits[:, no]).tolist(),
+                "scores": pair[:, 1].exp().tolist(),
+                "token_counts": batch["attention_mask"].sum(dim=1).tolist()}
+
+    ref = {"max_length": max_len, "short": score(QUERY), "long_query": score(LONG_QUERY)}
+    (dst / "reference.json").write_text(json.dumps(ref))
+    for case in ("short", "long_query"):
+        check_scores(f"{dst.name} {case}", ref[case]["scores"])
+    assert max(ref["short"]["token_counts"]) == max_len, "the long document must be truncated"
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1181,6 +1244,8 @@ def main() -> None:
     tiny_deberta(out)
     torch.manual_seed(18)
     tiny_rerank_deberta(out)
+    torch.manual_seed(19)
+    tiny_rerank_qwen3_lm(out)
     print(f"fixtures written to {out}")
 
 

@@ -83,7 +83,8 @@ pub async fn prepare_reporting(
     }
     let dir = local.dir.clone();
     let max_len = manifest.abi.max_input_tokens as usize;
-    let encoder = tokio::task::spawn_blocking(move || TextEncoder::load(&dir, max_len))
+    let template = manifest.pair_template.clone();
+    let encoder = tokio::task::spawn_blocking(move || TextEncoder::load(&dir, max_len, template))
         .await?
         .with_context(|| format!("model {}", m.name))?;
     let request = LoadRequest {

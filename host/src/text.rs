@@ -44,6 +44,50 @@ impl From<&tokenizers::Encoding> for Tokens {
     }
 }
 
+/// How a reranker that scores one formatted sequence (not a tokenizer pair) reads a query and
+/// a document: Qwen3-Reranker's chat template around `<Instruct>: … <Query>: … <Document>: …`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairTemplate {
+    /// Tokens before the formatted pair (added as they are, never truncated).
+    pub prefix: String,
+    /// Tokens after it.
+    pub suffix: String,
+    /// The task instruction written into every pair.
+    pub instruction: String,
+}
+
+impl PairTemplate {
+    /// The template of the Qwen3-Reranker model card, with its default instruction.
+    pub fn qwen3_reranker() -> PairTemplate {
+        PairTemplate {
+            prefix: "<|im_start|>system\nJudge whether the Document meets the requirements based \
+                     on the Query and the Instruct provided. Note that the answer can only be \
+                     \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
+                .into(),
+            suffix: "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n".into(),
+            instruction: "Given a web search query, retrieve relevant passages that answer the \
+                          query"
+                .into(),
+        }
+    }
+
+    fn body(&self, query: &str, document: &str) -> String {
+        format!(
+            "<Instruct>: {}\n<Query>: {query}\n<Document>: {document}",
+            self.instruction
+        )
+    }
+}
+
+/// A template with its prefix and suffix tokenized once.
+struct Framed {
+    template: PairTemplate,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+    /// The tokenizer truncating the formatted pair to what the prefix and suffix leave.
+    body: Tokenizer,
+}
+
 /// A model's tokenizer with truncation set to its max input length.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -53,11 +97,18 @@ pub struct TextEncoder {
     pub max_len: usize,
     /// Id of the padding token.
     pub pad_id: i64,
+    /// Pairs formatted into one sequence, when the model scores them that way.
+    framed: Option<Framed>,
 }
 
 impl TextEncoder {
     /// Loads `tokenizer.json` from `dir`; padding is removed (the engine pads per batch).
-    pub fn load(dir: &Path, max_len: usize) -> Result<Self, TextError> {
+    /// With `template`, pairs are formatted into one sequence as it says.
+    pub fn load(
+        dir: &Path,
+        max_len: usize,
+        template: Option<PairTemplate>,
+    ) -> Result<Self, TextError> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(TextError::Load(format!(
@@ -88,6 +139,39 @@ impl TextEncoder {
             .map_err(|e| TextError::Load(format!("truncation: {e}")))
         };
         let mut pair_tokenizer = tokenizer.clone();
+        let framed = match template {
+            Some(template) => {
+                let ids = |text: &str| {
+                    tokenizer
+                        .encode_fast(text, false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| TextError::Load(format!("pair template: {e}")))
+                };
+                let (prefix, suffix) = (ids(&template.prefix)?, ids(&template.suffix)?);
+                let room = max_len.saturating_sub(prefix.len() + suffix.len());
+                if room == 0 {
+                    return Err(TextError::Load(format!(
+                        "the pair template takes {} tokens, all of the {max_len} the model reads",
+                        prefix.len() + suffix.len()
+                    )));
+                }
+                let mut body = tokenizer.clone();
+                body.with_truncation(Some(TruncationParams {
+                    max_length: room,
+                    strategy: TruncationStrategy::LongestFirst,
+                    direction: TruncationDirection::Right,
+                    stride: 0,
+                }))
+                .map_err(|e| TextError::Load(format!("truncation: {e}")))?;
+                Some(Framed {
+                    template,
+                    prefix,
+                    suffix,
+                    body,
+                })
+            }
+            None => None,
+        };
         truncate(&mut tokenizer, TruncationStrategy::LongestFirst)?;
         truncate(&mut pair_tokenizer, TruncationStrategy::OnlySecond)?;
         Ok(TextEncoder {
@@ -95,6 +179,7 @@ impl TextEncoder {
             pair_tokenizer,
             max_len,
             pad_id,
+            framed,
         })
     }
 
@@ -106,6 +191,34 @@ impl TextEncoder {
         query: &str,
         documents: &[String],
     ) -> Result<Vec<Tokens>, TextError> {
+        if let Some(f) = &self.framed {
+            // As the model card does: the formatted pair tokenized (and truncated) alone,
+            // between the template's prefix and suffix.
+            return documents
+                .iter()
+                .enumerate()
+                .map(|(index, doc)| {
+                    let body = f
+                        .body
+                        .encode_fast(f.template.body(query, doc), true)
+                        .map_err(|e| TextError::Encode {
+                            index,
+                            reason: e.to_string(),
+                        })?;
+                    let ids: Vec<i64> = f
+                        .prefix
+                        .iter()
+                        .chain(body.get_ids())
+                        .chain(&f.suffix)
+                        .map(|&i| i as i64)
+                        .collect();
+                    Ok(Tokens {
+                        type_ids: vec![0; ids.len()],
+                        ids,
+                    })
+                })
+                .collect();
+        }
         documents
             .iter()
             .enumerate()

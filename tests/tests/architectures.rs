@@ -25,6 +25,7 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-qwen3",
     "tiny-rerank-modernbert",
     "tiny-rerank-deberta",
+    "tiny-rerank-qwen3-lm",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {

@@ -11,6 +11,7 @@
 use super::dense::{Dense, Head};
 use super::ModelError;
 use crate::images::Preprocessor;
+use crate::text::PairTemplate;
 use abi_stable::std_types::{RNone, RSome, RString};
 use ember_plugin_api::{ImageSpec, ModelKind, ModelManifest, Pooling};
 use serde_json::Value;
@@ -32,6 +33,8 @@ pub struct Manifest {
     pub default_prompt_name: Option<String>,
     /// Image preprocessing of CLIP-like models.
     pub preprocessor: Option<Preprocessor>,
+    /// How a reranker scoring one formatted sequence reads its pairs (Qwen3-Reranker).
+    pub pair_template: Option<PairTemplate>,
 }
 
 fn read_json(name: &str, dir: &Path, file: &str) -> Result<Option<Value>, ModelError> {
@@ -57,14 +60,19 @@ fn uint(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
 }
 
-/// Decides the model kind the way Infinity does: a sequence classifier with one label is a
-/// reranker, a config with a vision tower is CLIP-like, anything else an embedder.
-pub fn kind_of(config: &Value) -> ModelKind {
-    let archs: Vec<&str> = config
+/// The `architectures` a config lists.
+fn architectures_of(config: &Value) -> Vec<&str> {
+    config
         .get("architectures")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Decides the model kind the way Infinity does: a sequence classifier with one label is a
+/// reranker, a config with a vision tower is CLIP-like, anything else an embedder.
+pub fn kind_of(config: &Value) -> ModelKind {
+    let archs = architectures_of(config);
     let labels = config
         .get("id2label")
         .and_then(Value::as_object)
@@ -131,7 +139,17 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     };
     let config = read_json(name, dir, "config.json")?
         .ok_or_else(|| err("config.json", "missing (every model needs one)".into()))?;
-    let kind = kind_of(&config);
+    // Qwen3-Reranker is published as a causal language model that answers "yes" or "no":
+    // without a sentence-transformers pipeline (which makes Qwen3-Embedding an embedder),
+    // it is a reranker scored on those two tokens, its pairs in the model card's template.
+    let lm_reranker = architectures_of(&config).contains(&"Qwen3ForCausalLM")
+        && !dir.join("modules.json").is_file();
+    let kind = if lm_reranker {
+        ModelKind::Rerank
+    } else {
+        kind_of(&config)
+    };
+    let pair_template = lm_reranker.then(PairTemplate::qwen3_reranker);
     let text_config = config.get("text_config").unwrap_or(&config);
     let model_type = config
         .get("model_type")
@@ -313,6 +331,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         head: Head(dense),
         prompts,
         default_prompt_name,
+        pair_template,
         preprocessor,
     })
 }
@@ -390,6 +409,38 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("config.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_causal_qwen3_is_a_yes_no_reranker_unless_it_has_a_pipeline() {
+        let dir = std::env::temp_dir().join(format!("ember-manifest-lm-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        let w = |f: &str, v: Value| std::fs::write(dir.join(f), v.to_string()).unwrap();
+        w(
+            "config.json",
+            json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "hidden_size": 8, "max_position_embeddings": 512}),
+        );
+        // Qwen3-Reranker: no sentence-transformers files.
+        let m = read("x", &dir).unwrap();
+        assert_eq!(m.abi.kind, ModelKind::Rerank);
+        assert_eq!(m.pair_template, Some(PairTemplate::qwen3_reranker()));
+        // Qwen3-Embedding: the same architecture with a pipeline.
+        w(
+            "modules.json",
+            json!([
+            {"path": "", "type": "sentence_transformers.models.Transformer"},
+            {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]),
+        );
+        w(
+            "1_Pooling/config.json",
+            json!({"pooling_mode": "lasttoken"}),
+        );
+        let m = read("x", &dir).unwrap();
+        assert_eq!(m.abi.kind, ModelKind::Embed);
+        assert_eq!(m.abi.pooling, Pooling::LastToken);
+        assert_eq!(m.pair_template, None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

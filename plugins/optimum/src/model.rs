@@ -136,6 +136,15 @@ impl OnnxModel {
                 )
             }
             ModelKind::Rerank => {
+                if manifest.architecture.ends_with("ForCausalLM") {
+                    return Err(PluginError::unsupported(format!(
+                        "{} is a causal language model scored by its \"yes\" / \"no\" logits \
+                         (Qwen3-Reranker); the optimum backend runs rerankers exported as \
+                         sequence classifiers. Serve it with BACKEND=torch, or export its \
+                         Qwen3ForSequenceClassification conversion",
+                        manifest.architecture
+                    )));
+                }
                 let graph = Graph::open(request, single()?)?;
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
                 let (output, _) = graph.pick_output(&["logits"])?;

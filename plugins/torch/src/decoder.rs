@@ -327,6 +327,11 @@ impl Decoder {
         self.embed.size()[0]
     }
 
+    /// The token embedding table (the output projection of models that tie them).
+    pub fn embeddings(&self) -> &Tensor {
+        &self.embed
+    }
+
     /// Token states `[rows, seq, hidden]` (after the final norm) for right-padded ids and
     /// their mask `[rows, seq]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {

@@ -69,6 +69,70 @@ impl ScoreHead {
     }
 }
 
+/// How a causal language model answering "yes" or "no" scores a formatted pair
+/// (Qwen3-Reranker): the last token's logit of "yes" minus that of "no", whose sigmoid is the
+/// model card's softmax probability of "yes".
+struct YesNoHead {
+    /// The output projection's "yes" row minus its "no" row, `[hidden, 1]`.
+    direction: Tensor,
+}
+
+impl YesNoHead {
+    /// Reads the ids of "yes" and "no" from the model's `tokenizer.json` and their rows of the
+    /// output projection (`lm_head.weight`, or the embeddings when they are tied).
+    fn load(dir: &Path, plain: &Weights, decoder: &Decoder) -> Result<YesNoHead, PluginError> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+        let tokenizer: Value = serde_json::from_str(&text)
+            .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
+        let id = |token: &str| -> Result<i64, PluginError> {
+            tokenizer["model"]["vocab"][token]
+                .as_i64()
+                .or_else(|| {
+                    tokenizer["added_tokens"]
+                        .as_array()?
+                        .iter()
+                        .find(|t| t["content"] == token)?["id"]
+                        .as_i64()
+                })
+                .ok_or_else(|| {
+                    PluginError::unsupported(format!(
+                        "{} has no token {token:?}: a causal language model reranks by the \
+                         logits of \"yes\" and \"no\" (Qwen3-Reranker)",
+                        path.display()
+                    ))
+                })
+        };
+        let (yes, no) = (id("yes")?, id("no")?);
+        let projection = if plain.has("lm_head.weight") {
+            plain.get("lm_head.weight")?
+        } else {
+            decoder.embeddings().shallow_clone()
+        };
+        let direction = tch::no_grad(|| -> Result<Tensor, TchError> {
+            projection
+                .f_get(yes)?
+                .f_sub(&projection.f_get(no)?)?
+                .f_unsqueeze(1)
+        })
+        .map_err(|e| from_tch("reading the yes/no rows", e))?;
+        Ok(YesNoHead { direction })
+    }
+
+    fn logits(&self, states: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        pool(Pooling::LastToken, states, mask)?.f_matmul(&self.direction)
+    }
+}
+
+/// A decoder reranker's head.
+enum DecoderHead {
+    /// `*ForSequenceClassification`.
+    Score(ScoreHead),
+    /// A causal language model's "yes" / "no" answer.
+    YesNo(YesNoHead),
+}
+
 /// The tensors of a model (tch tensors are `Send` but not `Sync`).
 enum Inner {
     /// An embedder (no head) or a reranker.
@@ -89,7 +153,7 @@ enum Inner {
     /// A decoder embedder (no head) or reranker.
     Decoder {
         decoder: Decoder,
-        head: Option<ScoreHead>,
+        head: Option<DecoderHead>,
     },
     /// Text and vision towers.
     Clip(Clip),
@@ -384,18 +448,22 @@ impl TorchModel {
         let decoder = tch::no_grad(|| Decoder::load(&weights, cfg))?;
         let head = if manifest.kind == ModelKind::Rerank {
             let plain = weights.with_prefix("");
-            if !plain.has("score.weight") {
+            if plain.has("score.weight") {
+                Some(DecoderHead::Score(ScoreHead {
+                    score: Linear::load(&plain, "score")?,
+                    pad_id: cfg["pad_token_id"].as_i64(),
+                }))
+            } else if manifest.architecture.ends_with("ForCausalLM") {
+                let dir = Path::new(request.model_dir.as_str());
+                Some(DecoderHead::YesNo(YesNoHead::load(dir, &plain, &decoder)?))
+            } else {
                 return Err(PluginError::unsupported(format!(
                     "{} decoder checkpoint has no score.weight: a decoder reranker must be a \
-                     *ForSequenceClassification checkpoint (one label)",
+                     *ForSequenceClassification checkpoint (one label) or a causal language \
+                     model answering yes / no (Qwen3-Reranker)",
                     cfg["model_type"].as_str().unwrap_or_default()
                 )));
             }
-            let score = Linear::load(&plain, "score")?;
-            Some(ScoreHead {
-                score,
-                pad_id: cfg["pad_token_id"].as_i64(),
-            })
         } else {
             None
         };
@@ -405,7 +473,9 @@ impl TorchModel {
             request.model_dir.as_str(),
             cfg["model_type"].as_str().unwrap_or_default(),
             decoder.hidden,
-            if head.is_some() {
+            if let Some(DecoderHead::YesNo(_)) = head {
+                "yes/no head"
+            } else if head.is_some() {
                 "score head"
             } else {
                 manifest.pooling.as_str()
@@ -554,7 +624,13 @@ impl Model for TorchModel {
                 Inner::Decoder {
                     decoder,
                     head: Some(head),
-                } => head.logits(&decoder.forward(&ids, &mask)?, &ids, &mask)?,
+                } => {
+                    let states = decoder.forward(&ids, &mask)?;
+                    match head {
+                        DecoderHead::Score(h) => h.logits(&states, &ids, &mask)?,
+                        DecoderHead::YesNo(h) => h.logits(&states, &mask)?,
+                    }
+                }
                 Inner::Modern {
                     model,
                     head: Some(head),
