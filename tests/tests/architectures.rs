@@ -147,3 +147,63 @@ fn optimum_serves_a_modernbert_export() {
     let server = serve("optimum", "tiny-modernbert");
     assert_embeds_alone_and_batched(&server, "tiny-modernbert", 0.9999);
 }
+
+#[test]
+fn input_type_maps_onto_the_models_prompts_on_both_routes() {
+    let name = "tiny-modernbert";
+    let reference = reference(name);
+    let texts = &reference["texts"];
+    let want = |key: &str| -> Vec<Vec<f32>> {
+        let v = match key {
+            "bare" => &reference["embeddings"],
+            prompt => &reference["prompts"][prompt],
+        };
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    let close = |got: &[Vec<f32>], key: &str, what: &str| {
+        for (i, (g, w)) in got.iter().zip(want(key)).enumerate() {
+            let c = cosine(g, &w);
+            assert!(
+                c >= 0.9999,
+                "{what}: text {i}: cosine {c} with the {key} reference"
+            );
+        }
+    };
+    let server = serve("torch", name);
+    for (input_type, key) in [
+        ("query", "query"),
+        ("search_query", "query"),
+        ("document", "document"),
+        ("search_document", "document"),
+        // The model defines no clustering prompt: the texts are embedded bare.
+        ("clustering", "bare"),
+    ] {
+        let (status, body) = server.post(
+            "/v1/embeddings",
+            &json!({"input": texts, "input_type": input_type}),
+        );
+        assert_eq!(status, 200, "{body}");
+        close(&vectors(&body), key, input_type);
+        let (status, body) = server.post(
+            "/runsync",
+            &json!({"input": {"input": texts, "input_type": input_type}}),
+        );
+        assert_eq!(status, 200, "{body}");
+        close(&vectors(&body["output"]), key, input_type);
+    }
+    // A prompt named outright wins over the input type.
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &json!({"input": texts, "input_type": "query", "prompt_name": "document"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    close(&vectors(&body), "document", "prompt_name over input_type");
+    assert_error_contains(
+        server.post(
+            "/v1/embeddings",
+            &json!({"input": "x", "input_type": "summary"}),
+        ),
+        400,
+        &["input_type 'summary'", "search_query"],
+    );
+}

@@ -33,6 +33,57 @@ pub struct EmbeddingsRequest {
     pub modality: String,
     /// The model's prompt to prepend to each text (its default when not named).
     pub prompt_name: Option<String>,
+    /// What the texts are (`input_type`), mapped onto the model's prompts.
+    pub input_type: Option<InputType>,
+}
+
+/// What the texts of a request are, as clients that do not know the model's prompt names say
+/// it (`input_type`: OpenAI-style `query` / `document`, Cohere's `search_query` /
+/// `search_document`, `classification`, `clustering`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InputType {
+    /// Queries of a search.
+    Query,
+    /// The documents searched.
+    Document,
+    /// Texts to classify.
+    Classification,
+    /// Texts to cluster.
+    Clustering,
+    /// Images (Cohere's `image`): no text prompt.
+    Image,
+}
+
+impl InputType {
+    fn parse(value: &str) -> Result<InputType, ApiError> {
+        Ok(match value {
+            "query" | "search_query" => InputType::Query,
+            "document" | "search_document" | "passage" => InputType::Document,
+            "classification" => InputType::Classification,
+            "clustering" => InputType::Clustering,
+            "image" => InputType::Image,
+            other => {
+                return Err(ApiError::invalid(
+                    "input_type",
+                    format!(
+                        "input_type '{other}' is not one of query, document, search_query, \
+                         search_document, passage, classification, clustering, image"
+                    ),
+                ))
+            }
+        })
+    }
+
+    /// The prompt names that play this role, in the order they are looked for.
+    fn prompt_names(self) -> &'static [&'static str] {
+        match self {
+            InputType::Query => &["query", "search_query"],
+            InputType::Document => &["document", "passage", "search_document", "corpus"],
+            InputType::Classification => &["classification"],
+            InputType::Clustering => &["clustering"],
+            InputType::Image => &[],
+        }
+    }
 }
 
 impl EmbeddingsRequest {
@@ -115,6 +166,9 @@ impl EmbeddingsRequest {
             dimensions,
             modality,
             prompt_name: opt_str(body, "prompt_name")?,
+            input_type: opt_str(body, "input_type")?
+                .map(|t| InputType::parse(&t))
+                .transpose()?,
         })
     }
 }
@@ -231,10 +285,22 @@ async fn load_images(
     Ok((payloads, admission))
 }
 
-/// The prompt to prepend: the one `name`d, else the model's default; a name the model does
-/// not define is refused, listing the ones it does.
-fn prompt<'m>(model: &'m DeployedModel, name: Option<&str>) -> Result<Option<&'m str>, ApiError> {
+/// The prompt to prepend: the one `name`d; else the one the model defines for `input_type`
+/// (none when it defines none for it: its default is not meant for that kind of text); else
+/// the model's default. A name the model does not define is refused, listing the ones it does.
+fn prompt<'m>(
+    model: &'m DeployedModel,
+    name: Option<&str>,
+    input_type: Option<InputType>,
+) -> Result<Option<&'m str>, ApiError> {
     let manifest = &model.manifest;
+    if let (None, Some(t)) = (name, input_type) {
+        return Ok(t
+            .prompt_names()
+            .iter()
+            .find_map(|n| manifest.prompts.get(*n))
+            .map(String::as_str));
+    }
     let Some(name) = name.or(manifest.default_prompt_name.as_deref()) else {
         return Ok(None);
     };
@@ -287,7 +353,7 @@ pub async fn embeddings(
                 return Err(model.lacks("embed", "model"));
             }
             let encoder = model.encoder.clone();
-            let texts = match prompt(model, req.prompt_name.as_deref())? {
+            let texts = match prompt(model, req.prompt_name.as_deref(), req.input_type)? {
                 Some(p) => req.input.into_iter().map(|t| format!("{p}{t}")).collect(),
                 None => req.input,
             };
@@ -383,6 +449,25 @@ mod tests {
         assert_eq!(r.input.len(), 2);
         assert_eq!(r.encoding_format, EncodingFormat::Base64);
         assert_eq!(r.dimensions, Some(8));
+    }
+
+    #[test]
+    fn input_types_of_openai_and_cohere_clients_are_read() {
+        for (given, want) in [
+            ("query", InputType::Query),
+            ("search_query", InputType::Query),
+            ("document", InputType::Document),
+            ("search_document", InputType::Document),
+            ("clustering", InputType::Clustering),
+            ("image", InputType::Image),
+        ] {
+            let r = parse(json!({"input": "a", "input_type": given})).unwrap();
+            assert_eq!(r.input_type, Some(want), "{given}");
+        }
+        assert_eq!(parse(json!({"input": "a"})).unwrap().input_type, None);
+        let e = parse(json!({"input": "a", "input_type": "summary"})).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("input_type")));
+        assert!(e.message.contains("'summary'"), "{}", e.message);
     }
 
     #[test]
