@@ -33,6 +33,7 @@ Models:
                      segment ids), mean pooling, Normalize (msmarco-distilbert-* layout).
   tiny-mpnet         random MPNetModel (relative position buckets) with MPNet's tokenizer, mean
                      pooling, Normalize, max_seq_length 64 (all-mpnet-base-v2 layout).
+                     Both with onnx/model.onnx (input_ids, attention_mask).
   tiny-rerank-distilbert, tiny-rerank-mpnet
                      random *ForSequenceClassification (one label) of those families.
   tiny-qwen3, tiny-qwen2, tiny-mistral, tiny-llama
@@ -51,7 +52,8 @@ Models:
   tiny-gemma3        random Gemma3TextModel packaged as EmbeddingGemma (bidirectional, sliding and
                      global layers, mean pooling, two Dense modules, Normalize, its prompts).
   tiny-deberta       random DeBERTa-v2 (separate position projections, absolute positions,
-                     relative distances clipped at 16) embedder: mean pooling, Normalize.
+                     relative distances clipped at 16) embedder: mean pooling, Normalize;
+                     onnx/model.onnx (with token_type_ids).
   tiny-rerank-deberta
                      random DeBERTa-v3 DebertaV2ForSequenceClassification (log-bucketed relative
                      positions, shared keys, no absolute positions), mxbai-rerank v1's layout.
@@ -171,7 +173,8 @@ def export_onnx(model_dir: Path, with_token_types: bool = True) -> None:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask,
                               **kw).last_hidden_state
 
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    # Example ids within every fixture's vocabulary (the smallest has 1351 tokens).
+    ids = torch.tensor([[1, 7, 8, 2], [1, 7, 2, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_token_types else [])
     args = (ids, mask) + ((torch.zeros_like(ids),) if with_token_types else ())
@@ -761,6 +764,7 @@ def tiny_encoder(out: Path, family: str, pooling: str, max_len: int) -> None:
     word = models.Transformer(str(dst), max_seq_length=max_len)
     pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
     SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(dst))
+    export_onnx(dst, with_token_types=False)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
     check_tiny_bert(dst)
 
@@ -1130,6 +1134,7 @@ def tiny_deberta(out: Path) -> None:
     word = models.Transformer(str(dst), max_seq_length=120)
     pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(dst))
+    export_onnx(dst, with_token_types=True)
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
     check_tiny_bert(dst)
 
