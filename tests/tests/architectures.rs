@@ -144,7 +144,12 @@ fn optimum_serves_a_decoder_export_with_position_ids_and_an_empty_cache() {
 
 #[test]
 fn optimum_serves_encoder_exports_of_each_architecture() {
-    for name in ["tiny-modernbert", "tiny-distilbert", "tiny-mpnet", "tiny-deberta"] {
+    for name in [
+        "tiny-modernbert",
+        "tiny-distilbert",
+        "tiny-mpnet",
+        "tiny-deberta",
+    ] {
         let server = serve("optimum", name);
         assert_embeds_alone_and_batched(&server, name, 0.9999);
     }

@@ -1,7 +1,7 @@
 //! CLIP: the text tower (causal, pooled at the end-of-text token) and the vision tower
 //! (patch convolution, class token), each with its projection into the shared space.
 
-use crate::encoder::{Linear, Norm};
+use crate::nn::{int, Linear, Norm};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
@@ -32,12 +32,6 @@ struct Tower {
     act: Act,
 }
 
-fn num(cfg: &Value, key: &str) -> Result<i64, PluginError> {
-    cfg[key]
-        .as_i64()
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {key}")))
-}
-
 impl Tower {
     fn load(w: &Weights, prefix: &str, cfg: &Value, eps: f64) -> Result<Tower, PluginError> {
         let act = match cfg["hidden_act"].as_str().unwrap_or("quick_gelu") {
@@ -49,7 +43,7 @@ impl Tower {
                 )))
             }
         };
-        let layers = (0..num(cfg, "num_hidden_layers")?)
+        let layers = (0..int(cfg, &["num_hidden_layers"])?)
             .map(|i| {
                 let p = |s: &str| format!("{prefix}encoder.layers.{i}.{s}");
                 Ok(Layer {
@@ -66,8 +60,8 @@ impl Tower {
             .collect::<Result<Vec<_>, PluginError>>()?;
         Ok(Tower {
             layers,
-            heads: num(cfg, "num_attention_heads")?,
-            hidden: num(cfg, "hidden_size")?,
+            heads: int(cfg, &["num_attention_heads"])?,
+            hidden: int(cfg, &["hidden_size"])?,
             act,
         })
     }
@@ -144,7 +138,7 @@ impl Clip {
             text_projection,
             eos_id: t["eos_token_id"].as_i64().unwrap_or(2),
             patch: w.get("vision_model.embeddings.patch_embedding.weight")?,
-            patch_size: num(v, "patch_size")?,
+            patch_size: int(v, &["patch_size"])?,
             class_embedding: w.get("vision_model.embeddings.class_embedding")?,
             vision_positions: w.get("vision_model.embeddings.position_embedding.weight")?,
             pre_norm: Norm::load(w, "vision_model.pre_layrnorm", eps(v))?,

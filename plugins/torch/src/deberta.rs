@@ -4,11 +4,14 @@
 //! relative distances, all scaled by sqrt(head size x the number of terms), as transformers
 //! computes them. The mxbai-rerank v1 cross-encoders and many others are DeBERTa-v3.
 
-use crate::encoder::{Linear, Norm};
+use crate::nn::{int, Activation, Linear, Norm};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
 use tch::{Kind, TchError, Tensor};
+
+/// The activations DeBERTa configs may name.
+const GELUS: &[Activation] = &[Activation::Gelu, Activation::GeluTanh];
 
 struct Layer {
     query: Linear,
@@ -42,17 +45,11 @@ pub struct Deberta {
     c2p: bool,
     p2c: bool,
     heads: i64,
-    act_tanh: bool,
+    act: Activation,
     /// Hidden size.
     pub hidden: i64,
     /// Positions the model was trained for.
     pub max_positions: i64,
-}
-
-fn num(cfg: &Value, key: &str) -> Result<i64, PluginError> {
-    cfg[key]
-        .as_i64()
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {key}")))
 }
 
 /// transformers' `make_log_bucket_position`: distances within `buckets / 2` as they are,
@@ -94,15 +91,11 @@ impl Deberta {
             ));
         }
         let eps = cfg["layer_norm_eps"].as_f64().unwrap_or(1e-7);
-        let act_tanh = match cfg["hidden_act"].as_str().unwrap_or("gelu") {
-            "gelu" => false,
-            "gelu_new" | "gelu_pytorch_tanh" => true,
-            other => {
-                return Err(PluginError::unsupported(format!(
-                    "hidden_act {other:?} is not supported (gelu, gelu_new are)"
-                )))
-            }
-        };
+        let act = Activation::parse(
+            "hidden_act",
+            cfg["hidden_act"].as_str().unwrap_or("gelu"),
+            GELUS,
+        )?;
         let att_types: Vec<String> = match &cfg["pos_att_type"] {
             Value::Array(a) => a
                 .iter()
@@ -117,14 +110,14 @@ impl Deberta {
             att_types.iter().any(|t| t == "p2c"),
         );
         let share_att_key = cfg["share_att_key"].as_bool().unwrap_or(false);
-        let max_positions = num(cfg, "max_position_embeddings")?;
+        let max_positions = int(cfg, &["max_position_embeddings"])?;
         let max_relative = match cfg["max_relative_positions"].as_i64().unwrap_or(-1) {
             m if m < 1 => max_positions,
             m => m,
         };
         let buckets = cfg["position_buckets"].as_i64().unwrap_or(-1);
         let span = if buckets > 0 { buckets } else { max_relative };
-        let layers = (0..num(cfg, "num_hidden_layers")?)
+        let layers = (0..int(cfg, &["num_hidden_layers"])?)
             .map(|i| {
                 let p = |s: &str| format!("encoder.layer.{i}.{s}");
                 let optional = |name: &str, wanted: bool| -> Result<Option<Linear>, PluginError> {
@@ -189,9 +182,9 @@ impl Deberta {
             max_relative,
             c2p,
             p2c,
-            heads: num(cfg, "num_attention_heads")?,
-            act_tanh,
-            hidden: num(cfg, "hidden_size")?,
+            heads: int(cfg, &["num_attention_heads"])?,
+            act,
+            hidden: int(cfg, &["hidden_size"])?,
             max_positions,
         })
     }
@@ -289,11 +282,7 @@ impl Deberta {
                 .f_transpose(1, 2)?
                 .f_reshape([rows, seq, self.hidden])?;
             let attended = l.attn_norm.forward(&l.attn_out.forward(&ctx)?.f_add(&x)?)?;
-            let inner = l.up.forward(&attended)?;
-            let inner = match self.act_tanh {
-                true => inner.f_gelu("tanh")?,
-                false => inner.f_gelu("none")?,
-            };
+            let inner = self.act.apply(&l.up.forward(&attended)?)?;
             x = l
                 .out_norm
                 .forward(&l.down.forward(&inner)?.f_add(&attended)?)?;
@@ -306,36 +295,30 @@ impl Deberta {
 /// the first token), then the classifier.
 pub struct Head {
     dense: Linear,
-    act_tanh: bool,
+    act: Activation,
     classifier: Linear,
 }
 
 impl Head {
     /// Reads `pooler.dense` and `classifier` (no prefix).
     pub fn load(w: &Weights, cfg: &Value) -> Result<Head, PluginError> {
-        let act_tanh = match cfg["pooler_hidden_act"].as_str().unwrap_or("gelu") {
-            "gelu" => false,
-            "gelu_new" | "gelu_pytorch_tanh" => true,
-            other => {
-                return Err(PluginError::unsupported(format!(
-                    "pooler_hidden_act {other:?} is not supported (gelu, gelu_new are)"
-                )))
-            }
-        };
+        let act = Activation::parse(
+            "pooler_hidden_act",
+            cfg["pooler_hidden_act"].as_str().unwrap_or("gelu"),
+            GELUS,
+        )?;
         Ok(Head {
             dense: Linear::load(w, "pooler.dense")?,
-            act_tanh,
+            act,
             classifier: Linear::load(w, "classifier")?,
         })
     }
 
     /// The logits `[rows, labels]` of token states.
     pub fn logits(&self, states: &Tensor) -> Result<Tensor, TchError> {
-        let pooled = self.dense.forward(&states.f_select(1, 0)?)?;
-        let pooled = match self.act_tanh {
-            true => pooled.f_gelu("tanh")?,
-            false => pooled.f_gelu("none")?,
-        };
+        let pooled = self
+            .act
+            .apply(&self.dense.forward(&states.f_select(1, 0)?)?)?;
         self.classifier.forward(&pooled)
     }
 }

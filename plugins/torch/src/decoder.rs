@@ -11,7 +11,7 @@
 //! token never sees the padding after it, and rotary positions are relative, so the states of
 //! real tokens equal those of the left-padded batch transformers runs.
 
-use crate::encoder::Linear;
+use crate::nn::{attend, int, Activation, Linear};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
@@ -93,13 +93,6 @@ struct Layer {
     window: Option<i64>,
 }
 
-/// The feed-forward gate's activation.
-#[derive(Clone, Copy)]
-enum Act {
-    Silu,
-    GeluTanh,
-}
-
 /// A loaded decoder.
 pub struct Decoder {
     embed: Tensor,
@@ -117,17 +110,11 @@ pub struct Decoder {
     scale: Option<f64>,
     /// Attention both ways (EmbeddingGemma) instead of causal.
     bidirectional: bool,
-    act: Act,
+    act: Activation,
     /// Hidden size.
     pub hidden: i64,
     /// Positions the model was trained for.
     pub max_positions: i64,
-}
-
-fn num(cfg: &Value, key: &str) -> Result<i64, PluginError> {
-    cfg[key]
-        .as_i64()
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {key}")))
 }
 
 /// The rotary base: `rope_parameters.rope_theta` (transformers 5; per layer type for Gemma 3)
@@ -204,20 +191,12 @@ impl Decoder {
         } else {
             "hidden_act"
         };
-        let act =
-            match cfg[act_key]
-                .as_str()
-                .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" })
-            {
-                "silu" | "swish" => Act::Silu,
-                "gelu_pytorch_tanh" | "gelu_new" => Act::GeluTanh,
-                other => {
-                    return Err(PluginError::unsupported(format!(
-                        "{act_key} {other:?} in a {model_type} decoder is not supported (silu, \
-                     gelu_pytorch_tanh are)"
-                    )))
-                }
-            };
+        let default_act = if gemma { "gelu_pytorch_tanh" } else { "silu" };
+        let act = Activation::parse(
+            act_key,
+            cfg[act_key].as_str().unwrap_or(default_act),
+            &[Activation::Silu, Activation::GeluTanh],
+        )?;
         if let Some(cap) = cfg["attn_logit_softcapping"].as_f64() {
             return Err(PluginError::unsupported(format!(
                 "attn_logit_softcapping {cap} (soft-capped attention scores) is not implemented \
@@ -225,8 +204,8 @@ impl Decoder {
             )));
         }
         let eps = cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6);
-        let hidden = num(cfg, "hidden_size")?;
-        let heads = num(cfg, "num_attention_heads")?;
+        let hidden = int(cfg, &["hidden_size"])?;
+        let heads = int(cfg, &["num_attention_heads"])?;
         let kv_heads = cfg["num_key_value_heads"].as_i64().unwrap_or(heads);
         let head_dim = cfg["head_dim"].as_i64().unwrap_or(hidden / heads);
         if kv_heads == 0 || heads % kv_heads != 0 {
@@ -234,7 +213,7 @@ impl Decoder {
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
             )));
         }
-        let layer_count = num(cfg, "num_hidden_layers")?;
+        let layer_count = int(cfg, &["num_hidden_layers"])?;
         let windows = windows(model_type, cfg, layer_count);
         let layers = (0..layer_count)
             .map(|i| {
@@ -390,29 +369,14 @@ impl Decoder {
             } else {
                 (k, v)
             };
-            let attend = match l.window {
+            let attend_mask = match l.window {
                 Some(window) => sliding(window)?,
                 None => full.shallow_clone(),
             };
-            let ctx = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&attend),
-                0.0,
-                false,
-                self.scale,
-                false,
-            )?
-            .f_transpose(1, 2)?
-            .f_reshape([rows, seq, self.heads * self.head_dim])?;
+            let ctx = attend(&q, &k, &v, &attend_mask, self.scale)?;
             let attended = l.o.forward(&ctx)?;
             let gate = |h: &Tensor| -> Result<Tensor, TchError> {
-                let g = l.gate.forward(h)?;
-                let g = match self.act {
-                    Act::Silu => g.f_silu()?,
-                    Act::GeluTanh => g.f_gelu("tanh")?,
-                };
+                let g = self.act.apply(&l.gate.forward(h)?)?;
                 l.down.forward(&g.f_mul(&l.up.forward(h)?)?)
             };
             match &l.norms {

@@ -2,6 +2,7 @@
 //! MPNet (relative position buckets). Attention goes through `scaled_dot_product_attention`
 //! (fused kernels on GPU) with the padding mask.
 
+use crate::nn::{attend, int, Activation, Linear, Norm};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
@@ -95,84 +96,6 @@ impl Family {
     }
 }
 
-/// A dense layer.
-pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// Reads `{name}.weight` and `{name}.bias`.
-    pub fn load(w: &Weights, name: &str) -> Result<Linear, PluginError> {
-        let bias = format!("{name}.bias");
-        Ok(Linear {
-            weight: w.get(&format!("{name}.weight"))?,
-            bias: if w.has(&bias) {
-                Some(w.get(&bias)?)
-            } else {
-                None
-            },
-        })
-    }
-
-    /// `x W^T + b`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, self.bias.as_ref())
-    }
-}
-
-/// A layer norm.
-pub struct Norm {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    eps: f64,
-}
-
-impl Norm {
-    /// Reads `{name}.weight` and `{name}.bias` (or gamma and beta).
-    pub fn load(w: &Weights, name: &str, eps: f64) -> Result<Norm, PluginError> {
-        // Old checkpoints name the parameters gamma and beta.
-        let (a, b) = if w.has(&format!("{name}.weight")) {
-            ("weight", "bias")
-        } else {
-            ("gamma", "beta")
-        };
-        Ok(Norm {
-            weight: w.get(&format!("{name}.{a}"))?,
-            bias: Some(w.get(&format!("{name}.{b}"))?),
-            eps,
-        })
-    }
-
-    /// Reads `{name}.weight`, and `{name}.bias` when the checkpoint has one (ModernBERT's
-    /// norms have none).
-    pub fn load_bias_optional(w: &Weights, name: &str, eps: f64) -> Result<Norm, PluginError> {
-        let bias = format!("{name}.bias");
-        Ok(Norm {
-            weight: w.get(&format!("{name}.weight"))?,
-            bias: if w.has(&bias) {
-                Some(w.get(&bias)?)
-            } else {
-                None
-            },
-            eps,
-        })
-    }
-
-    /// Normalises the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let h = self.weight.size()[0];
-        x.f_layer_norm([h], Some(&self.weight), self.bias.as_ref(), self.eps, true)
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Act {
-    Gelu,
-    GeluTanh,
-    Relu,
-}
-
 struct Layer {
     query: Linear,
     key: Linear,
@@ -198,17 +121,10 @@ pub struct Encoder {
     heads: i64,
     /// Hidden size.
     pub hidden: i64,
-    act: Act,
+    act: Activation,
     pad_id: i64,
     /// Position embeddings available (longest input, counting RoBERTa's offset).
     pub max_positions: i64,
-}
-
-/// The first of `keys` that `cfg` has as an integer (DistilBERT names its sizes differently).
-fn num(cfg: &Value, keys: &[&str]) -> Result<i64, PluginError> {
-    keys.iter()
-        .find_map(|k| cfg[k].as_i64())
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {}", keys[0])))
 }
 
 /// MPNet's (and T5's) bucket of each relative position `memory - context`: exact below 8 in
@@ -245,17 +161,12 @@ impl Encoder {
             Family::DistilBert => "activation",
             _ => "hidden_act",
         };
-        let act = match cfg[act_key].as_str().unwrap_or("gelu") {
-            "gelu" => Act::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
-            "relu" => Act::Relu,
-            other => {
-                return Err(PluginError::unsupported(format!(
-                    "{act_key} {other:?} is not supported (gelu, gelu_new, relu are)"
-                )))
-            }
-        };
-        let layers = (0..num(cfg, &["num_hidden_layers", "n_layers"])?)
+        let act = Activation::parse(
+            act_key,
+            cfg[act_key].as_str().unwrap_or("gelu"),
+            &[Activation::Gelu, Activation::GeluTanh, Activation::Relu],
+        )?;
+        let layers = (0..int(cfg, &["num_hidden_layers", "n_layers"])?)
             .map(|i| {
                 let [q, k, v, o, attn_norm, up, down, out_norm] = family.layer_names(i);
                 Ok(Layer {
@@ -291,8 +202,8 @@ impl Encoder {
             embed_norm: Norm::load(w, "embeddings.LayerNorm", eps)?,
             layers,
             relative_bias,
-            heads: num(cfg, &["num_attention_heads", "n_heads"])?,
-            hidden: num(cfg, &["hidden_size", "dim"])?,
+            heads: int(cfg, &["num_attention_heads", "n_heads"])?,
+            hidden: int(cfg, &["hidden_size", "dim"])?,
             act,
             pad_id,
             max_positions: if family.offset_positions() {
@@ -338,11 +249,11 @@ impl Encoder {
             x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
         }
         let mut x = self.embed_norm.forward(&x)?;
-        let attend = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
+        let live = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
         // MPNet adds a bias per head and relative position to every layer's scores: with it
         // the mask becomes additive (bias where attended, -inf on padding).
-        let attend = match &self.relative_bias {
-            None => attend,
+        let mask_or_bias = match &self.relative_bias {
+            None => live,
             Some(table) => {
                 let at = Tensor::f_arange(seq, (Kind::Int64, device))?;
                 let relative = at.f_unsqueeze(0)?.f_sub(&at.f_unsqueeze(1)?)?;
@@ -350,7 +261,7 @@ impl Encoder {
                     Tensor::f_embedding(table, &relative_buckets(&relative)?, -1, false, false)?
                         .f_permute([2, 0, 1])?
                         .f_unsqueeze(0)?;
-                bias.f_masked_fill(&attend.f_logical_not()?, f64::NEG_INFINITY)?
+                bias.f_masked_fill(&live.f_logical_not()?, f64::NEG_INFINITY)?
             }
         };
         let head = self.hidden / self.heads;
@@ -359,25 +270,9 @@ impl Encoder {
             let q = split(l.query.forward(&x)?)?;
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
-            let ctx = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&attend),
-                0.0,
-                false,
-                None,
-                false,
-            )?
-            .f_transpose(1, 2)?
-            .f_reshape([rows, seq, self.hidden])?;
+            let ctx = attend(&q, &k, &v, &mask_or_bias, None)?;
             let attended = l.attn_norm.forward(&l.attn_out.forward(&ctx)?.f_add(&x)?)?;
-            let inner = l.up.forward(&attended)?;
-            let inner = match self.act {
-                Act::Gelu => inner.f_gelu("none")?,
-                Act::GeluTanh => inner.f_gelu("tanh")?,
-                Act::Relu => inner.f_relu()?,
-            };
+            let inner = self.act.apply(&l.up.forward(&attended)?)?;
             x = l
                 .out_norm
                 .forward(&l.down.forward(&inner)?.f_add(&attended)?)?;

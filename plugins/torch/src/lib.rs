@@ -15,6 +15,7 @@ mod encoder;
 pub mod error;
 mod model;
 mod modernbert;
+mod nn;
 mod rotary;
 mod weights;
 

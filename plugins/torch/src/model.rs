@@ -5,9 +5,10 @@ use crate::clip::Clip;
 use crate::deberta::{self, Deberta};
 use crate::decoder::{self, Decoder};
 use crate::device;
-use crate::encoder::{Encoder, Family, Linear};
+use crate::encoder::{Encoder, Family};
 use crate::error::{self, from_tch};
 use crate::modernbert::{self, ModernBert};
+use crate::nn::Linear;
 use crate::weights::Weights;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
@@ -221,6 +222,171 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, TchError> {
     )
 }
 
+/// What an architecture's loader builds: the tensors, and the facts requests are checked
+/// against.
+struct Built {
+    inner: Inner,
+    /// Width of the vectors (or of the states a reranker's head reads).
+    width: i64,
+    max_positions: i64,
+    vocab: i64,
+    segments: i64,
+    /// The architecture, for the log.
+    what: String,
+    /// The reranker's head, for the log; `None` for embedders.
+    head: Option<&'static str>,
+}
+
+/// `weights` under `prefix` when the checkpoint is a task model (its encoder's tensors start
+/// with it, `probe` being one of them), else as they are.
+fn unprefixed(weights: Weights, prefix: &str, probe: &str) -> Weights {
+    if weights.has(&format!("{prefix}{probe}")) {
+        weights.with_prefix(prefix)
+    } else {
+        weights
+    }
+}
+
+fn build_clip(weights: &Weights, cfg: &Value) -> Result<Built, PluginError> {
+    let clip = tch::no_grad(|| Clip::load(weights, cfg))?;
+    Ok(Built {
+        width: clip.dim,
+        max_positions: clip.max_positions,
+        vocab: clip.vocab_size(),
+        segments: 1,
+        what: "CLIP".into(),
+        head: None,
+        inner: Inner::Clip(clip),
+    })
+}
+
+/// BERT, RoBERTa-family, DistilBERT and MPNet, with their classification heads.
+fn build_encoder(
+    family: Family,
+    weights: Weights,
+    cfg: &Value,
+    rerank: bool,
+) -> Result<Built, PluginError> {
+    let weights = unprefixed(
+        weights,
+        family.head_prefix(),
+        "embeddings.word_embeddings.weight",
+    );
+    let encoder = tch::no_grad(|| Encoder::load(family, &weights, cfg))?;
+    let head = if rerank {
+        let plain = weights.with_prefix("");
+        Some(match family {
+            Family::Bert => Head::Bert {
+                pooler: Linear::load(&plain, "bert.pooler.dense")?,
+                classifier: Linear::load(&plain, "classifier")?,
+            },
+            Family::Roberta | Family::MPNet => Head::Roberta {
+                dense: Linear::load(&plain, "classifier.dense")?,
+                out: Linear::load(&plain, "classifier.out_proj")?,
+            },
+            Family::DistilBert => Head::DistilBert {
+                pre: Linear::load(&plain, "pre_classifier")?,
+                classifier: Linear::load(&plain, "classifier")?,
+            },
+        })
+    } else {
+        None
+    };
+    Ok(Built {
+        width: encoder.hidden,
+        max_positions: encoder.max_positions,
+        vocab: encoder.vocab_size(),
+        segments: encoder.segments(),
+        what: format!("{family:?}"),
+        head: head.as_ref().map(|_| "classification head"),
+        inner: Inner::Encoder { encoder, head },
+    })
+}
+
+/// DeBERTa-v2/v3, with its classification head.
+fn build_deberta(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
+    let weights = unprefixed(weights, "deberta.", "embeddings.word_embeddings.weight");
+    let model = tch::no_grad(|| Deberta::load(&weights, cfg))?;
+    let head = match rerank {
+        true => Some(deberta::Head::load(&weights.with_prefix(""), cfg)?),
+        false => None,
+    };
+    Ok(Built {
+        width: model.hidden,
+        max_positions: model.max_positions,
+        vocab: model.vocab_size(),
+        segments: model.segments(),
+        what: "deberta-v2".into(),
+        head: head.as_ref().map(|_| "classification head"),
+        inner: Inner::Deberta { model, head },
+    })
+}
+
+/// ModernBERT, with its classification head.
+fn build_modernbert(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
+    let weights = unprefixed(weights, "model.", "embeddings.tok_embeddings.weight");
+    let model = tch::no_grad(|| ModernBert::load(&weights, cfg))?;
+    let head = match rerank {
+        true => Some(modernbert::Head::load(&weights.with_prefix(""), cfg)?),
+        false => None,
+    };
+    Ok(Built {
+        width: model.hidden,
+        max_positions: model.max_positions,
+        vocab: model.vocab_size(),
+        segments: 1,
+        what: "modernbert".into(),
+        head: head.as_ref().map(|_| "classification head"),
+        inner: Inner::Modern { model, head },
+    })
+}
+
+/// A decoder, with a `score` head (`*ForSequenceClassification`) or, for a causal language
+/// model, the yes / no head.
+fn build_decoder(
+    request: &LoadRequest,
+    weights: Weights,
+    cfg: &Value,
+) -> Result<Built, PluginError> {
+    let manifest = &request.manifest;
+    // Bare models (Qwen3Model, as embedders are saved) have no prefix; task models "model.".
+    let weights = unprefixed(weights, "model.", "embed_tokens.weight");
+    let decoder = tch::no_grad(|| Decoder::load(&weights, cfg))?;
+    let model_type = cfg["model_type"].as_str().unwrap_or_default();
+    let head = if manifest.kind == ModelKind::Rerank {
+        let plain = weights.with_prefix("");
+        if plain.has("score.weight") {
+            Some(DecoderHead::Score(ScoreHead {
+                score: Linear::load(&plain, "score")?,
+                pad_id: cfg["pad_token_id"].as_i64(),
+            }))
+        } else if manifest.architecture.ends_with("ForCausalLM") {
+            let dir = Path::new(request.model_dir.as_str());
+            Some(DecoderHead::YesNo(YesNoHead::load(dir, &plain, &decoder)?))
+        } else {
+            return Err(PluginError::unsupported(format!(
+                "{model_type} decoder checkpoint has no score.weight: a decoder reranker must be \
+                 a *ForSequenceClassification checkpoint (one label) or a causal language \
+                 model answering yes / no (Qwen3-Reranker)"
+            )));
+        }
+    } else {
+        None
+    };
+    Ok(Built {
+        width: decoder.hidden,
+        max_positions: decoder.max_positions,
+        vocab: decoder.vocab_size(),
+        segments: 1,
+        what: model_type.into(),
+        head: head.as_ref().map(|h| match h {
+            DecoderHead::Score(_) => "score head",
+            DecoderHead::YesNo(_) => "yes/no head",
+        }),
+        inner: Inner::Decoder { decoder, head },
+    })
+}
+
 impl TorchModel {
     /// Loads the request's model on its device.
     pub fn load(request: &LoadRequest) -> Result<TorchModel, PluginError> {
@@ -234,262 +400,44 @@ impl TorchModel {
         }
         let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
         let weights = Weights::read(dir, &files, device, kind)?;
-        if manifest.kind == ModelKind::Clip {
-            let clip = tch::no_grad(|| Clip::load(&weights, &cfg))?;
-            plugin_info!(
-                "torch",
-                "loaded {} (CLIP, projection {}) on {} in {}",
-                dir.display(),
-                clip.dim,
-                device::name(device),
-                dtype.as_str()
-            );
-            return Ok(TorchModel {
-                hidden: clip.dim,
-                reranker: false,
-                max_positions: clip.max_positions,
-                vocab: clip.vocab_size(),
-                segments: 1,
-                inner: std::sync::Mutex::new(Inner::Clip(clip)),
-                pooling: manifest.pooling,
-                device,
-                kind,
-                dtype,
-            });
-        }
+        let rerank = manifest.kind == ModelKind::Rerank;
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
-        if decoder::implements(model_type) {
-            return Self::load_decoder(request, &cfg, weights, device, kind, dtype);
-        }
-        if model_type == "modernbert" {
-            return Self::load_modernbert(request, &cfg, weights, device, kind, dtype);
-        }
-        if model_type == "deberta-v2" {
-            return Self::load_deberta(request, &cfg, weights, device, kind, dtype);
-        }
-        let family = Family::of(model_type).map_err(|_| {
-            PluginError::unsupported(format!(
-                "the torch backend does not implement model_type {model_type:?}; supported: {}, \
-                 modernbert, deberta-v2, {}, clip",
-                crate::encoder::SUPPORTED,
-                decoder::SUPPORTED
-            ))
-        })?;
-        let prefixed = weights.has(&format!(
-            "{}embeddings.word_embeddings.weight",
-            family.head_prefix()
-        ));
-        let weights = if prefixed {
-            weights.with_prefix(family.head_prefix())
+        let built = if manifest.kind == ModelKind::Clip {
+            build_clip(&weights, &cfg)?
+        } else if decoder::implements(model_type) {
+            build_decoder(request, weights, &cfg)?
+        } else if model_type == "modernbert" {
+            build_modernbert(weights, &cfg, rerank)?
+        } else if model_type == "deberta-v2" {
+            build_deberta(weights, &cfg, rerank)?
         } else {
-            weights
-        };
-        let encoder = tch::no_grad(|| Encoder::load(family, &weights, &cfg))?;
-        let head = if manifest.kind == ModelKind::Rerank {
-            let plain = weights.with_prefix("");
-            Some(match family {
-                Family::Bert => Head::Bert {
-                    pooler: Linear::load(&plain, "bert.pooler.dense")?,
-                    classifier: Linear::load(&plain, "classifier")?,
-                },
-                Family::Roberta | Family::MPNet => Head::Roberta {
-                    dense: Linear::load(&plain, "classifier.dense")?,
-                    out: Linear::load(&plain, "classifier.out_proj")?,
-                },
-                Family::DistilBert => Head::DistilBert {
-                    pre: Linear::load(&plain, "pre_classifier")?,
-                    classifier: Linear::load(&plain, "classifier")?,
-                },
-            })
-        } else {
-            None
+            let family = Family::of(model_type).map_err(|_| {
+                PluginError::unsupported(format!(
+                    "the torch backend does not implement model_type {model_type:?}; \
+                     supported: {}, modernbert, deberta-v2, {}, clip",
+                    crate::encoder::SUPPORTED,
+                    decoder::SUPPORTED
+                ))
+            })?;
+            build_encoder(family, weights, &cfg, rerank)?
         };
         plugin_info!(
             "torch",
-            "loaded {} ({:?}, hidden {}, {}) on {} in {}",
+            "loaded {} ({}, width {}, {}) on {} in {}",
             dir.display(),
-            family,
-            encoder.hidden,
-            if head.is_some() {
-                "classification head"
-            } else {
-                manifest.pooling.as_str()
-            },
+            built.what,
+            built.width,
+            built.head.unwrap_or(manifest.pooling.as_str()),
             device::name(device),
             dtype.as_str()
         );
         Ok(TorchModel {
-            hidden: encoder.hidden,
-            reranker: head.is_some(),
-            max_positions: encoder.max_positions,
-            vocab: encoder.vocab_size(),
-            segments: encoder.segments(),
-            inner: std::sync::Mutex::new(Inner::Encoder { encoder, head }),
-            pooling: manifest.pooling,
-            device,
-            kind,
-            dtype,
-        })
-    }
-
-    /// Loads a DeBERTa-v2/v3 embedder, or a reranker with its classification head.
-    fn load_deberta(
-        request: &LoadRequest,
-        cfg: &Value,
-        weights: Weights,
-        device: Device,
-        kind: Kind,
-        dtype: DType,
-    ) -> Result<TorchModel, PluginError> {
-        let manifest = &request.manifest;
-        let weights = if weights.has("deberta.embeddings.word_embeddings.weight") {
-            weights.with_prefix("deberta.")
-        } else {
-            weights
-        };
-        let model = tch::no_grad(|| Deberta::load(&weights, cfg))?;
-        let head = if manifest.kind == ModelKind::Rerank {
-            Some(deberta::Head::load(&weights.with_prefix(""), cfg)?)
-        } else {
-            None
-        };
-        plugin_info!(
-            "torch",
-            "loaded {} (deberta-v2, hidden {}, {}) on {} in {}",
-            request.model_dir.as_str(),
-            model.hidden,
-            if head.is_some() {
-                "classification head"
-            } else {
-                manifest.pooling.as_str()
-            },
-            device::name(device),
-            dtype.as_str()
-        );
-        Ok(TorchModel {
-            hidden: model.hidden,
-            reranker: head.is_some(),
-            max_positions: model.max_positions,
-            vocab: model.vocab_size(),
-            segments: model.segments(),
-            inner: std::sync::Mutex::new(Inner::Deberta { model, head }),
-            pooling: manifest.pooling,
-            device,
-            kind,
-            dtype,
-        })
-    }
-
-    /// Loads a ModernBERT embedder, or a reranker with its classification head.
-    fn load_modernbert(
-        request: &LoadRequest,
-        cfg: &Value,
-        weights: Weights,
-        device: Device,
-        kind: Kind,
-        dtype: DType,
-    ) -> Result<TorchModel, PluginError> {
-        let manifest = &request.manifest;
-        // Bare models have no prefix; task models "model.".
-        let weights = if weights.has("model.embeddings.tok_embeddings.weight") {
-            weights.with_prefix("model.")
-        } else {
-            weights
-        };
-        let model = tch::no_grad(|| ModernBert::load(&weights, cfg))?;
-        let head = if manifest.kind == ModelKind::Rerank {
-            Some(modernbert::Head::load(&weights.with_prefix(""), cfg)?)
-        } else {
-            None
-        };
-        plugin_info!(
-            "torch",
-            "loaded {} (modernbert, hidden {}, {}) on {} in {}",
-            request.model_dir.as_str(),
-            model.hidden,
-            if head.is_some() {
-                "classification head"
-            } else {
-                manifest.pooling.as_str()
-            },
-            device::name(device),
-            dtype.as_str()
-        );
-        Ok(TorchModel {
-            hidden: model.hidden,
-            reranker: head.is_some(),
-            max_positions: model.max_positions,
-            vocab: model.vocab_size(),
-            segments: 1,
-            inner: std::sync::Mutex::new(Inner::Modern { model, head }),
-            pooling: manifest.pooling,
-            device,
-            kind,
-            dtype,
-        })
-    }
-
-    /// Loads a decoder embedder, or a reranker with its `score` head.
-    fn load_decoder(
-        request: &LoadRequest,
-        cfg: &Value,
-        weights: Weights,
-        device: Device,
-        kind: Kind,
-        dtype: DType,
-    ) -> Result<TorchModel, PluginError> {
-        let manifest = &request.manifest;
-        // Bare models (Qwen3Model, as embedders are saved) have no prefix; task models "model.".
-        let weights = if weights.has("model.embed_tokens.weight") {
-            weights.with_prefix("model.")
-        } else {
-            weights
-        };
-        let decoder = tch::no_grad(|| Decoder::load(&weights, cfg))?;
-        let head = if manifest.kind == ModelKind::Rerank {
-            let plain = weights.with_prefix("");
-            if plain.has("score.weight") {
-                Some(DecoderHead::Score(ScoreHead {
-                    score: Linear::load(&plain, "score")?,
-                    pad_id: cfg["pad_token_id"].as_i64(),
-                }))
-            } else if manifest.architecture.ends_with("ForCausalLM") {
-                let dir = Path::new(request.model_dir.as_str());
-                Some(DecoderHead::YesNo(YesNoHead::load(dir, &plain, &decoder)?))
-            } else {
-                return Err(PluginError::unsupported(format!(
-                    "{} decoder checkpoint has no score.weight: a decoder reranker must be a \
-                     *ForSequenceClassification checkpoint (one label) or a causal language \
-                     model answering yes / no (Qwen3-Reranker)",
-                    cfg["model_type"].as_str().unwrap_or_default()
-                )));
-            }
-        } else {
-            None
-        };
-        plugin_info!(
-            "torch",
-            "loaded {} ({}, hidden {}, {}) on {} in {}",
-            request.model_dir.as_str(),
-            cfg["model_type"].as_str().unwrap_or_default(),
-            decoder.hidden,
-            if let Some(DecoderHead::YesNo(_)) = head {
-                "yes/no head"
-            } else if head.is_some() {
-                "score head"
-            } else {
-                manifest.pooling.as_str()
-            },
-            device::name(device),
-            dtype.as_str()
-        );
-        Ok(TorchModel {
-            hidden: decoder.hidden,
-            reranker: head.is_some(),
-            max_positions: decoder.max_positions,
-            vocab: decoder.vocab_size(),
-            segments: 1,
-            inner: std::sync::Mutex::new(Inner::Decoder { decoder, head }),
+            hidden: built.width,
+            reranker: built.head.is_some(),
+            max_positions: built.max_positions,
+            vocab: built.vocab,
+            segments: built.segments,
+            inner: std::sync::Mutex::new(built.inner),
             pooling: manifest.pooling,
             device,
             kind,

@@ -5,46 +5,20 @@
 //! `global_rope_theta`, `local_rope_theta`, `local_attention`) and 5.x ones (`layer_types`,
 //! `rope_parameters`).
 
-use crate::encoder::{Linear, Norm};
+use crate::nn::{attend, int, Activation, Linear, Norm};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
 use tch::{Kind, TchError, Tensor};
 
-/// The activations ModernBERT configs name (`hidden_activation`, `classifier_activation`).
-#[derive(Clone, Copy)]
-enum Act {
-    Gelu,
-    GeluTanh,
-    Silu,
-    Relu,
-}
-
-impl Act {
-    fn parse(key: &str, name: &str) -> Result<Act, PluginError> {
-        Ok(match name {
-            "gelu" => Act::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
-            "silu" | "swish" => Act::Silu,
-            "relu" => Act::Relu,
-            other => {
-                return Err(PluginError::unsupported(format!(
-                    "{key} {other:?} is not supported (gelu, gelu_pytorch_tanh, silu, relu are)"
-                )))
-            }
-        })
-    }
-
-    fn apply(self, x: &Tensor) -> Result<Tensor, TchError> {
-        match self {
-            Act::Gelu => x.f_gelu("none"),
-            Act::GeluTanh => x.f_gelu("tanh"),
-            Act::Silu => x.f_silu(),
-            Act::Relu => x.f_relu(),
-        }
-    }
-}
+/// The activations ModernBERT configs may name.
+const ACTIVATIONS: &[Activation] = &[
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Silu,
+    Activation::Relu,
+];
 
 struct Layer {
     /// None on the first layer (its input is the normalised embeddings).
@@ -67,17 +41,11 @@ pub struct ModernBert {
     global_rope: Rotary,
     local_rope: Rotary,
     heads: i64,
-    act: Act,
+    act: Activation,
     /// Hidden size.
     pub hidden: i64,
     /// Positions the model was trained for.
     pub max_positions: i64,
-}
-
-fn num(cfg: &Value, key: &str) -> Result<i64, PluginError> {
-    cfg[key]
-        .as_i64()
-        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {key}")))
 }
 
 /// The rotary base of `layer_type` (`full_attention` / `sliding_attention`).
@@ -104,9 +72,9 @@ impl ModernBert {
     /// Builds the encoder from its weights (prefix already set) and config.
     pub fn load(w: &Weights, cfg: &Value) -> Result<ModernBert, PluginError> {
         let eps = cfg["norm_eps"].as_f64().unwrap_or(1e-5);
-        let hidden = num(cfg, "hidden_size")?;
-        let heads = num(cfg, "num_attention_heads")?;
-        let count = num(cfg, "num_hidden_layers")?;
+        let hidden = int(cfg, &["hidden_size"])?;
+        let heads = int(cfg, &["num_attention_heads"])?;
+        let count = int(cfg, &["num_hidden_layers"])?;
         let every = cfg["global_attn_every_n_layers"]
             .as_i64()
             .unwrap_or(3)
@@ -114,9 +82,10 @@ impl ModernBert {
         let half_window = cfg["sliding_window"]
             .as_i64()
             .unwrap_or_else(|| cfg["local_attention"].as_i64().unwrap_or(128) / 2);
-        let act = Act::parse(
+        let act = Activation::parse(
             "hidden_activation",
             cfg["hidden_activation"].as_str().unwrap_or("gelu"),
+            ACTIVATIONS,
         )?;
         let layers = (0..count)
             .map(|i| {
@@ -187,7 +156,7 @@ impl ModernBert {
                 .forward(&h)?
                 .f_view([rows, seq, 3, self.heads, head_dim])?;
             let part = |i: i64| qkv.f_select(2, i)?.f_transpose(1, 2);
-            let (rope, tables, attend) = match l.window {
+            let (rope, tables, mask) = match l.window {
                 Some(w) => (
                     &self.local_rope,
                     &local,
@@ -197,18 +166,7 @@ impl ModernBert {
             };
             let q = rope.apply(&part(0)?, tables)?;
             let k = rope.apply(&part(1)?, tables)?;
-            let ctx = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &part(2)?,
-                Some(&attend),
-                0.0,
-                false,
-                None,
-                false,
-            )?
-            .f_transpose(1, 2)?
-            .f_reshape([rows, seq, self.hidden])?;
+            let ctx = attend(&q, &k, &part(2)?, &mask, None)?;
             x = x.f_add(&l.out.forward(&ctx)?)?;
             let inner = l.wi.forward(&l.mlp_norm.forward(&x)?)?;
             let half = inner.size()[2] / 2;
@@ -227,7 +185,7 @@ impl ModernBert {
 pub struct Head {
     mean: bool,
     dense: Linear,
-    act: Act,
+    act: Activation,
     norm: Norm,
     classifier: Linear,
 }
@@ -248,9 +206,10 @@ impl Head {
         Ok(Head {
             mean,
             dense: Linear::load(w, "head.dense")?,
-            act: Act::parse(
+            act: Activation::parse(
                 "classifier_activation",
                 cfg["classifier_activation"].as_str().unwrap_or("gelu"),
+                ACTIVATIONS,
             )?,
             norm: Norm::load_bias_optional(w, "head.norm", eps)?,
             classifier: Linear::load(w, "classifier")?,

@@ -1,0 +1,157 @@
+//! The layers every architecture is built from: dense layers, layer norms, activations,
+//! attention through `scaled_dot_product_attention`, and integers read from `config.json`.
+
+use crate::weights::Weights;
+use ember_plugin_api::PluginError;
+use serde_json::Value;
+use tch::{TchError, Tensor};
+
+/// The first of `keys` that `cfg` has as an integer (families name their sizes differently:
+/// DistilBERT's `dim` is everyone else's `hidden_size`).
+pub fn int(cfg: &Value, keys: &[&str]) -> Result<i64, PluginError> {
+    keys.iter()
+        .find_map(|k| cfg[k].as_i64())
+        .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {}", keys[0])))
+}
+
+/// A dense layer.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Reads `{name}.weight` and `{name}.bias`.
+    pub fn load(w: &Weights, name: &str) -> Result<Linear, PluginError> {
+        let bias = format!("{name}.bias");
+        Ok(Linear {
+            weight: w.get(&format!("{name}.weight"))?,
+            bias: if w.has(&bias) {
+                Some(w.get(&bias)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// `x W^T + b`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// A layer norm.
+pub struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl Norm {
+    /// Reads `{name}.weight` and `{name}.bias` (or gamma and beta).
+    pub fn load(w: &Weights, name: &str, eps: f64) -> Result<Norm, PluginError> {
+        // Old checkpoints name the parameters gamma and beta.
+        let (a, b) = if w.has(&format!("{name}.weight")) {
+            ("weight", "bias")
+        } else {
+            ("gamma", "beta")
+        };
+        Ok(Norm {
+            weight: w.get(&format!("{name}.{a}"))?,
+            bias: Some(w.get(&format!("{name}.{b}"))?),
+            eps,
+        })
+    }
+
+    /// Reads `{name}.weight`, and `{name}.bias` when the checkpoint has one (ModernBERT's
+    /// norms have none).
+    pub fn load_bias_optional(w: &Weights, name: &str, eps: f64) -> Result<Norm, PluginError> {
+        let bias = format!("{name}.bias");
+        Ok(Norm {
+            weight: w.get(&format!("{name}.weight"))?,
+            bias: if w.has(&bias) {
+                Some(w.get(&bias)?)
+            } else {
+                None
+            },
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let h = self.weight.size()[0];
+        x.f_layer_norm([h], Some(&self.weight), self.bias.as_ref(), self.eps, true)
+    }
+}
+
+/// An activation as transformers names it in a config (`hidden_act` and its kin).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// Exact (erf) GELU: `gelu`.
+    Gelu,
+    /// tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// The activation `name` of config key `key`, among those `allowed`.
+    pub fn parse(key: &str, name: &str, allowed: &[Activation]) -> Result<Activation, PluginError> {
+        let act = match name {
+            "gelu" => Some(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            "silu" | "swish" => Some(Activation::Silu),
+            _ => None,
+        };
+        match act {
+            Some(a) if allowed.contains(&a) => Ok(a),
+            _ => {
+                let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+                Err(PluginError::unsupported(format!(
+                    "{key} {name:?} is not supported here ({} are)",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+
+    /// Applies the activation.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor, TchError> {
+        match self {
+            Activation::Gelu => x.f_gelu("none"),
+            Activation::GeluTanh => x.f_gelu("tanh"),
+            Activation::Relu => x.f_relu(),
+            Activation::Silu => x.f_silu(),
+        }
+    }
+}
+
+/// Attention of `q`, `k`, `v` (`[rows, heads, seq, head_dim]`) under a boolean or additive
+/// `mask` broadcastable to `[rows, heads, seq, seq]`, scaled by `scale` (1/sqrt(head_dim)
+/// when `None`), as `[rows, seq, heads * head_dim]`.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: Option<f64>,
+) -> Result<Tensor, TchError> {
+    let (rows, heads, seq, head_dim) = q.size4()?;
+    Tensor::f_scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, scale, false)?
+        .f_transpose(1, 2)?
+        .f_reshape([rows, seq, heads * head_dim])
+}
