@@ -19,7 +19,8 @@ Models:
   tiny-rerank-bert   random BertForSequenceClassification (one label), MiniLM's WordPiece
                      tokenizer; onnx/model.onnx with a `logits` output.
   tiny-rerank-xlmr   random XLMRobertaForSequenceClassification (one label) with a Unigram
-                     tokenizer trained here in XLM-R's pipeline (Metaspace, <s> A </s></s> B </s>);
+                     tokenizer made here in XLM-R's pipeline (Metaspace, <s> A </s></s> B </s>;
+                     pieces learnt by the deterministic BPE trainer, scored for Unigram);
                      its export takes no token_type_ids, like optimum's.
   tiny-clip          random CLIPModel with the real CLIP BPE (from open-clip-torch) and a CLIP
                      image processor config (32x32); onnx/model.onnx is the combined export
@@ -62,7 +63,8 @@ Models:
                      random Qwen3ForCausalLM published as Qwen3-Reranker is (no
                      sentence-transformers files), scored as its model card does (template, "yes"
                      / "no" logits of the last token).
-  tiny-rerank-qwen3  random Qwen3ForSequenceClassification (one label): Qwen3-Reranker as
+  tiny-rerank-qwen3, tiny-rerank-qwen2, tiny-rerank-mistral, tiny-rerank-llama
+                     random <Family>ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
@@ -483,7 +485,13 @@ def rerank_bert(out: Path) -> None:
 
 
 def xlmr_tokenizer(dst: Path) -> int:
-    """Train a small Unigram tokenizer in XLM-R's pipeline and save it; returns its vocab size."""
+    """A small Unigram tokenizer in XLM-R's pipeline (Nmt + NFKC normalizer, Metaspace pieces,
+    <s> A </s></s> B </s>), saved in dst; returns its vocab size.
+
+    The tokenizers library's Unigram trainer is not deterministic (two runs give different
+    pieces), and a fixture must come out the same on every machine: its pieces are learnt by
+    the (deterministic) BPE trainer instead, and given Unigram scores that fall with the order
+    BPE learnt them, so that the Unigram model's Viterbi segmentation is what gets served."""
     import transformers
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers import models as tmodels, trainers
@@ -493,14 +501,21 @@ def xlmr_tokenizer(dst: Path) -> int:
     src = Path(transformers.__file__).parent / "models" / "bert" / "modeling_bert.py"
     corpus = [line.strip() for line in src.read_text().splitlines() if line.strip()]
     corpus += TEXTS + DOCUMENTS + [QUERY, LONG_QUERY]
-    tok = Tokenizer(tmodels.Unigram())
-    tok.normalizer = normalizers.Sequence(
+    normalizer = normalizers.Sequence(
         [normalizers.Nmt(), normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    trainer = trainers.UnigramTrainer(vocab_size=1500, special_tokens=specials, unk_token="<unk>")
-    tok.train_from_iterator(corpus, trainer)
+    learner = Tokenizer(tmodels.BPE(unk_token="<unk>"))
+    learner.normalizer = normalizer
+    learner.pre_tokenizer = metaspace
+    learner.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1500,
+                                                            special_tokens=specials))
+    pieces = sorted(learner.get_vocab().items(), key=lambda kv: kv[1])
+    scored = [(p, 0.0 if p in specials else -1.0 - 0.001 * i) for p, i in pieces]
+    tok = Tokenizer(tmodels.Unigram(scored, unk_id=specials.index("<unk>")))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = metaspace
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.add_special_tokens(["<mask>"])
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     fast = XLMRobertaTokenizer(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
@@ -944,16 +959,16 @@ def tiny_decoder(out: Path, family: str) -> None:
         check_caught(dst.name, "ignoring the sliding window", got, want)
 
 
-def tiny_rerank_qwen3(out: Path) -> None:
-    """tiny-rerank-qwen3: a random Qwen3ForSequenceClassification (one label), the layout of
-    Qwen3-Reranker converted to a sequence classifier; scored on the last non-padding token."""
-    from transformers import Qwen3ForSequenceClassification
-
-    dst = out / "tiny-rerank-qwen3"
+def tiny_rerank_decoder(out: Path, family: str) -> None:
+    """tiny-rerank-<family>: a random <Family>ForSequenceClassification (one label), the layout
+    of decoder rerankers (Qwen3-Reranker converted to a sequence classifier); scored on the
+    last non-padding token."""
+    dst = out / f"tiny-rerank-{family}"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     vocab = qwen_tokenizer(dst)
-    Qwen3ForSequenceClassification(decoder_config("qwen3", vocab)).eval().save_pretrained(dst)
+    AutoModelForSequenceClassification.from_config(
+        decoder_config(family, vocab)).eval().save_pretrained(dst)
     rerank_reference(dst)
 
 
@@ -1212,9 +1227,13 @@ def main() -> None:
     tiny_bert(out, "tiny-bert-cls", "cls", 32, normalize=False)
     tiny_bert(out, "tiny-bert-lasttoken", "lasttoken", 24, normalize=True)
     rerank_bert(out)
+    # Seeded apart since its tokenizer became deterministic (its vocabulary size, and so the
+    # draws after it, changed); tiny-clip likewise, so that neither depends on the other.
+    torch.manual_seed(30)
     rerank_xlmr(out)
     ct2_minilm(out)
     images = make_images(out / "images")
+    torch.manual_seed(40)
     tiny_clip(out, images)
     # New fixtures go last, each with its own seed: weights come from one seeded generator, so
     # a fixture made earlier would change the weights of every fixture after it.
@@ -1232,7 +1251,7 @@ def main() -> None:
     torch.manual_seed(6)
     tiny_decoder(out, "qwen3")
     torch.manual_seed(7)
-    tiny_rerank_qwen3(out)
+    tiny_rerank_decoder(out, "qwen3")
     torch.manual_seed(8)
     tiny_decoder(out, "qwen2")
     torch.manual_seed(9)
@@ -1251,6 +1270,9 @@ def main() -> None:
     tiny_rerank_deberta(out)
     torch.manual_seed(19)
     tiny_rerank_qwen3_lm(out)
+    for seed, family in [(23, "qwen2"), (21, "mistral"), (22, "llama")]:
+        torch.manual_seed(seed)
+        tiny_rerank_decoder(out, family)
     print(f"fixtures written to {out}")
 
 

@@ -26,6 +26,9 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-modernbert",
     "tiny-rerank-deberta",
     "tiny-rerank-qwen3-lm",
+    "tiny-rerank-qwen2",
+    "tiny-rerank-mistral",
+    "tiny-rerank-llama",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {
