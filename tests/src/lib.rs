@@ -294,6 +294,15 @@ impl Server {
         }
     }
 
+    /// The fields of the server's first "model ready" log line (files, dtype, device, ...).
+    pub fn ready_line(&self) -> Value {
+        self.log
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "model ready")
+            .expect("a model ready line")
+    }
+
     /// GETs `path`; returns status and parsed body.
     pub fn get(&self, path: &str) -> (u16, Value) {
         read(client().get(format!("{}{path}", self.url)).send().unwrap())

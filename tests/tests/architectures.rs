@@ -231,12 +231,7 @@ fn torch_runs_every_embedder_in_fp16_and_bf16_close_to_fp32() {
             env.retain(|(k, _)| k != "DTYPES");
             env.push(("DTYPES".into(), dtype.into()));
             let server = Server::start(&env_refs(&env));
-            let ready = server
-                .log
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| v["message"] == "model ready")
-                .expect("a model ready line");
+            let ready = server.ready_line();
             assert_eq!(ready["dtype"], dtype, "{name}: {ready}");
             let (status, body) =
                 server.post("/v1/embeddings", &json!({"input": reference["texts"]}));

@@ -20,12 +20,7 @@ fn serve(dtype: &str) -> (Server, Value) {
     let mut env = optimum_env(&fixture("all-MiniLM-L6-v2"));
     env.push(("DTYPES".into(), dtype.into()));
     let server = Server::start(&env_refs(&env));
-    let ready = server
-        .log
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "model ready")
-        .expect("a model ready line");
+    let ready = server.ready_line();
     (server, ready)
 }
 

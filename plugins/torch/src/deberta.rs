@@ -17,9 +17,10 @@ struct Layer {
     query: Linear,
     key: Linear,
     value: Linear,
-    /// Separate projections of the relative embeddings (when `share_att_key` is false).
-    pos_key: Option<Linear>,
-    pos_query: Option<Linear>,
+    /// The relative embeddings projected as keys (c2p) and as queries (p2c), `[heads,
+    /// 2 * span, head_dim]`: fixed by the weights, so projected once at load.
+    pos_key: Option<Tensor>,
+    pos_query: Option<Tensor>,
     attn_out: Linear,
     attn_norm: Norm,
     up: Linear,
@@ -37,8 +38,6 @@ pub struct Deberta {
     embed_proj: Option<Linear>,
     embed_norm: Norm,
     layers: Vec<Layer>,
-    /// The relative embeddings `[2 * span, hidden]`, normalised when the config says so.
-    relative: Tensor,
     span: i64,
     buckets: i64,
     max_relative: i64,
@@ -117,29 +116,6 @@ impl Deberta {
         };
         let buckets = cfg["position_buckets"].as_i64().unwrap_or(-1);
         let span = if buckets > 0 { buckets } else { max_relative };
-        let layers = (0..int(cfg, &["num_hidden_layers"])?)
-            .map(|i| {
-                let p = |s: &str| format!("encoder.layer.{i}.{s}");
-                let optional = |name: &str, wanted: bool| -> Result<Option<Linear>, PluginError> {
-                    match wanted && !share_att_key {
-                        true => Ok(Some(Linear::load(w, &p(name))?)),
-                        false => Ok(None),
-                    }
-                };
-                Ok(Layer {
-                    query: Linear::load(w, &p("attention.self.query_proj"))?,
-                    key: Linear::load(w, &p("attention.self.key_proj"))?,
-                    value: Linear::load(w, &p("attention.self.value_proj"))?,
-                    pos_key: optional("attention.self.pos_key_proj", c2p)?,
-                    pos_query: optional("attention.self.pos_query_proj", p2c)?,
-                    attn_out: Linear::load(w, &p("attention.output.dense"))?,
-                    attn_norm: Norm::load(w, &p("attention.output.LayerNorm"), eps)?,
-                    up: Linear::load(w, &p("intermediate.dense"))?,
-                    down: Linear::load(w, &p("output.dense"))?,
-                    out_norm: Norm::load(w, &p("output.LayerNorm"), eps)?,
-                })
-            })
-            .collect::<Result<Vec<_>, PluginError>>()?;
         let relative = w.get("encoder.rel_embeddings.weight")?;
         let norm_rel = cfg["norm_rel_ebd"]
             .as_str()
@@ -155,6 +131,43 @@ impl Deberta {
             relative
         };
         let relative = relative.narrow(0, 0, (2 * span).min(relative.size()[0]));
+        let heads = int(cfg, &["num_attention_heads"])?;
+        let hidden = int(cfg, &["hidden_size"])?;
+        // [2 * span, hidden] -> [heads, 2 * span, head_dim]
+        let project = |proj: &Linear| -> Result<Tensor, PluginError> {
+            tch::no_grad(|| {
+                proj.forward(&relative)?
+                    .f_view([-1, heads, hidden / heads])?
+                    .f_transpose(0, 1)
+            })
+            .map_err(|e| crate::error::from_tch("projecting relative embeddings", e))
+        };
+        let layers = (0..int(cfg, &["num_hidden_layers"])?)
+            .map(|i| {
+                let p = |s: &str| format!("encoder.layer.{i}.{s}");
+                let query = Linear::load(w, &p("attention.self.query_proj"))?;
+                let key = Linear::load(w, &p("attention.self.key_proj"))?;
+                // Shared keys project the relative embeddings with the content projections.
+                let positional = |wanted: bool, own: &str, shared: &Linear| match wanted {
+                    false => Ok(None),
+                    true if share_att_key => project(shared).map(Some),
+                    true => project(&Linear::load(w, &p(own))?).map(Some),
+                };
+                Ok(Layer {
+                    pos_key: positional(c2p, "attention.self.pos_key_proj", &key)?,
+                    pos_query: positional(p2c, "attention.self.pos_query_proj", &query)?,
+                    query,
+                    key,
+                    value: Linear::load(w, &p("attention.self.value_proj"))?,
+                    attn_out: Linear::load(w, &p("attention.output.dense"))?,
+                    attn_norm: Norm::load(w, &p("attention.output.LayerNorm"), eps)?,
+                    up: Linear::load(w, &p("intermediate.dense"))?,
+                    down: Linear::load(w, &p("output.dense"))?,
+                    out_norm: Norm::load(w, &p("output.LayerNorm"), eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>, PluginError>>()?;
+
         let optional = |name: &str| -> Result<Option<Tensor>, PluginError> {
             if w.has(name) {
                 Ok(Some(w.get(name)?))
@@ -176,15 +189,14 @@ impl Deberta {
             },
             embed_norm: Norm::load(w, "embeddings.LayerNorm", eps)?,
             layers,
-            relative,
             span,
             buckets,
             max_relative,
             c2p,
             p2c,
-            heads: int(cfg, &["num_attention_heads"])?,
+            heads,
             act,
-            hidden: int(cfg, &["hidden_size"])?,
+            hidden,
             max_positions,
         })
     }
@@ -250,24 +262,19 @@ impl Deberta {
         let terms = 1 + i64::from(self.c2p) + i64::from(self.p2c);
         let scale = ((head * terms) as f32).sqrt() as f64;
         let split = |t: Tensor| t.f_view([rows, seq, self.heads, head])?.f_transpose(1, 2);
-        let split_rel = |t: Tensor| t.f_view([-1, self.heads, head])?.f_transpose(0, 1);
         let padding = live.f_logical_not()?.f_view([rows, 1, 1, seq])?;
         for l in &self.layers {
             let q = split(l.query.forward(&x)?)?;
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
             let mut scores = q.f_matmul(&k.f_transpose(-1, -2)?.f_div_scalar(scale)?)?;
-            if self.c2p {
-                let proj = l.pos_key.as_ref().unwrap_or(&l.key);
-                let pos_key = split_rel(proj.forward(&self.relative)?)?;
+            if let Some(pos_key) = &l.pos_key {
                 let c2p = q
                     .f_matmul(&pos_key.f_transpose(-1, -2)?)?
                     .f_gather(-1, &c2p_index, false)?;
                 scores = scores.f_add(&c2p.f_div_scalar(scale)?)?;
             }
-            if self.p2c {
-                let proj = l.pos_query.as_ref().unwrap_or(&l.query);
-                let pos_query = split_rel(proj.forward(&self.relative)?)?;
+            if let Some(pos_query) = &l.pos_query {
                 let p2c = k
                     .f_matmul(&pos_query.f_transpose(-1, -2)?)?
                     .f_gather(-1, &p2c_index, false)?

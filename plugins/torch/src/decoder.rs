@@ -89,8 +89,8 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    /// Keys this far from the query or further are not attended (sliding-window layers).
-    window: Option<i64>,
+    /// A sliding-window layer (it attends within the decoder's `window`).
+    slides: bool,
 }
 
 /// A loaded decoder.
@@ -110,6 +110,8 @@ pub struct Decoder {
     scale: Option<f64>,
     /// Attention both ways (EmbeddingGemma) instead of causal.
     bidirectional: bool,
+    /// The sliding layers' window (see `windows`).
+    window: Option<i64>,
     act: Activation,
     /// Hidden size.
     pub hidden: i64,
@@ -140,12 +142,13 @@ fn rope_theta(cfg: &Value, layer_type: Option<&str>) -> Result<f64, PluginError>
         .unwrap_or(10_000.0))
 }
 
-/// The sliding window of each layer, as the distance from the query from which keys are no
-/// longer attended: Qwen2/Qwen3 name their sliding layers in `layer_types` (when
-/// `use_sliding_window`), Mistral slides on every layer when `sliding_window` is set, Gemma 3
-/// on the layers `layer_types` (or every layer but each `sliding_window_pattern`th) names; a
-/// bidirectional Gemma 3 attends `sliding_window / 2` tokens either side.
-fn windows(model_type: &str, cfg: &Value, layers: i64) -> Vec<Option<i64>> {
+/// The sliding window, as the distance from the query from which keys are no longer
+/// attended, and which layers slide: Qwen2/Qwen3 name their sliding layers in `layer_types`
+/// (when `use_sliding_window`), Mistral slides on every layer when `sliding_window` is set,
+/// Gemma 3 on the layers `layer_types` (or every layer but each `sliding_window_pattern`th)
+/// names; a bidirectional Gemma 3 attends `sliding_window / 2` tokens either side. No window
+/// when no layer slides.
+fn windows(model_type: &str, cfg: &Value, layers: i64) -> (Option<i64>, Vec<bool>) {
     let window = cfg["sliding_window"].as_i64();
     let sliding = match model_type {
         "mistral" | "gemma3_text" => window.is_some(),
@@ -158,20 +161,17 @@ fn windows(model_type: &str, cfg: &Value, layers: i64) -> Vec<Option<i64>> {
         (true, true, Some(w)) => Some(w / 2 + 1),
         (_, _, w) => w,
     };
-    (0..layers)
+    let slides: Vec<bool> = (0..layers)
         .map(|i| {
             let slides = match cfg["layer_types"][i as usize].as_str() {
                 Some(t) => t == "sliding_attention",
                 None if gemma => (i + 1) % pattern != 0,
                 None => sliding,
             };
-            if sliding && slides {
-                window
-            } else {
-                None
-            }
+            sliding && slides && window.is_some()
         })
-        .collect()
+        .collect();
+    (window.filter(|_| slides.contains(&true)), slides)
 }
 
 /// Whether the model attends both ways (EmbeddingGemma's `use_bidirectional_attention`).
@@ -214,7 +214,7 @@ impl Decoder {
             )));
         }
         let layer_count = int(cfg, &["num_hidden_layers"])?;
-        let windows = windows(model_type, cfg, layer_count);
+        let (window, slides) = windows(model_type, cfg, layer_count);
         let layers = (0..layer_count)
             .map(|i| {
                 let p = |s: &str| format!("layers.{i}.{s}");
@@ -247,7 +247,7 @@ impl Decoder {
                     gate: Linear::load(w, &p("mlp.gate_proj"))?,
                     up: Linear::load(w, &p("mlp.up_proj"))?,
                     down: Linear::load(w, &p("mlp.down_proj"))?,
-                    window: windows[i as usize],
+                    slides: slides[i as usize],
                 })
             })
             .collect::<Result<Vec<_>, PluginError>>()?;
@@ -295,6 +295,7 @@ impl Decoder {
             local_rotary,
             scale,
             bidirectional: gemma && bidirectional(cfg),
+            window,
             act,
             hidden,
             max_positions: cfg["max_position_embeddings"].as_i64().unwrap_or(i64::MAX),
@@ -332,7 +333,10 @@ impl Decoder {
         } else {
             distance.f_ge(0)?.f_logical_and(&live)?
         };
-        let sliding = |window: i64| distance.f_abs()?.f_lt(window)?.f_logical_and(&full);
+        let sliding = match self.window {
+            Some(w) => Some(distance.f_abs()?.f_lt(w)?.f_logical_and(&full)?),
+            None => None,
+        };
         let groups = self.heads / self.kv_heads;
         let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
         if let Some(s) = self.embed_scale {
@@ -347,8 +351,8 @@ impl Decoder {
                     before_attention, ..
                 } => before_attention.forward(&x)?,
             };
-            let (rotary, tables) = match (&self.local_rotary, &local_tables, l.window) {
-                (Some(r), Some(t), Some(_)) => (r, t),
+            let (rotary, tables) = match (&self.local_rotary, &local_tables, l.slides) {
+                (Some(r), Some(t), true) => (r, t),
                 _ => (&self.rotary, &tables),
             };
             let split = |t: Tensor, heads: i64| t.f_view([rows, seq, heads, self.head_dim]);
@@ -369,11 +373,11 @@ impl Decoder {
             } else {
                 (k, v)
             };
-            let attend_mask = match l.window {
-                Some(window) => sliding(window)?,
-                None => full.shallow_clone(),
+            let attend_mask = match (&sliding, l.slides) {
+                (Some(m), true) => m,
+                _ => &full,
             };
-            let ctx = attend(&q, &k, &v, &attend_mask, self.scale)?;
+            let ctx = attend(&q, &k, &v, attend_mask, self.scale)?;
             let attended = l.o.forward(&ctx)?;
             let gate = |h: &Tensor| -> Result<Tensor, TchError> {
                 let g = self.act.apply(&l.gate.forward(h)?)?;
