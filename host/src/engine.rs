@@ -876,7 +876,8 @@ fn vectors(
         .collect())
 }
 
-/// Right-pads token sequences into one batch.
+/// Right-pads token sequences into one batch, with a pooling mask when a row leaves tokens
+/// out of pooling.
 pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
     let seq = rows.iter().map(|t| t.len()).max().unwrap_or(0);
     let n = rows.len() * seq;
@@ -892,12 +893,20 @@ pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
         types.extend_from_slice(&t.type_ids);
         types.extend(std::iter::repeat_n(0i64, padding));
     }
+    let mut pooling = Vec::new();
+    if rows.iter().any(|t| t.unpooled > 0) {
+        pooling = mask.clone();
+        for (r, t) in rows.iter().enumerate() {
+            pooling[r * seq..r * seq + t.unpooled.min(seq)].fill(0);
+        }
+    }
     TokenBatch {
         rows: rows.len() as u32,
         seq_len: seq as u32,
         input_ids: ids.into(),
         attention_mask: mask.into(),
         token_type_ids: types.into(),
+        pooling_mask: pooling.into(),
     }
 }
 
@@ -986,6 +995,7 @@ mod tests {
         Payload::Tokens(Tokens {
             type_ids: vec![0; len],
             ids,
+            unpooled: 0,
         })
     }
 
@@ -1542,15 +1552,37 @@ mod tests {
         let a = Tokens {
             ids: vec![1, 2, 3],
             type_ids: vec![0, 0, 0],
+            unpooled: 0,
         };
         let b = Tokens {
             ids: vec![4],
             type_ids: vec![0],
+            unpooled: 0,
         };
         let batch = pad(&[&a, &b], 9);
         assert_eq!(batch.seq_len, 3);
         assert_eq!(batch.input_ids.as_slice(), &[1, 2, 3, 4, 9, 9]);
         assert_eq!(batch.attention_mask.as_slice(), &[1, 1, 1, 1, 0, 0]);
         assert_eq!(batch.row_lengths(), vec![3, 1]);
+        assert!(batch.pooling_mask.is_empty(), "no row leaves tokens out");
+        assert_eq!(batch.pooling_mask(), batch.attention_mask.as_slice());
+    }
+
+    #[test]
+    fn pad_masks_the_prompt_out_of_pooling_per_row() {
+        let prompted = Tokens {
+            ids: vec![1, 2, 3, 4],
+            type_ids: vec![0; 4],
+            unpooled: 2,
+        };
+        let bare = Tokens {
+            ids: vec![5, 6],
+            type_ids: vec![0; 2],
+            unpooled: 0,
+        };
+        let batch = pad(&[&prompted, &bare], 0);
+        assert_eq!(batch.attention_mask.as_slice(), &[1, 1, 1, 1, 1, 1, 0, 0]);
+        assert_eq!(batch.pooling_mask.as_slice(), &[0, 0, 1, 1, 1, 1, 0, 0]);
+        batch.validate().unwrap();
     }
 }

@@ -266,6 +266,11 @@ impl ModelRunner {
         Ok(self.through_head(out))
     }
 
+    /// The plugin's pooled vectors of a token batch, before the Dense modules.
+    pub fn embed_tokens_pooled(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        self.handle.embed_tokens(batch).into_result()
+    }
+
     /// Scores query–document pairs.
     pub fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
         self.handle.score_pairs(batch).into_result()

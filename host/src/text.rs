@@ -21,6 +21,9 @@ pub struct Tokens {
     pub ids: Vec<i64>,
     /// Segment ids.
     pub type_ids: Vec<i64>,
+    /// Leading tokens pooling leaves out: the prompt's (and the special token before it) when
+    /// the model's pooling excludes the prompt, else 0.
+    pub unpooled: usize,
 }
 
 impl Tokens {
@@ -40,6 +43,7 @@ impl From<&tokenizers::Encoding> for Tokens {
         Tokens {
             ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
             type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+            unpooled: 0,
         }
     }
 }
@@ -215,6 +219,7 @@ impl TextEncoder {
                     Ok(Tokens {
                         type_ids: vec![0; ids.len()],
                         ids,
+                        unpooled: 0,
                     })
                 })
                 .collect();
@@ -234,6 +239,44 @@ impl TextEncoder {
                 Ok(Tokens::from(&enc))
             })
             .collect()
+    }
+
+    /// Tokenizes texts with `prompt` in front of each, as sentence-transformers does; unless
+    /// `pool_prompt`, the prompt's tokens are marked to be left out of pooling (blocking).
+    pub fn encode_prompted(
+        &self,
+        prompt: &str,
+        texts: &[String],
+        pool_prompt: bool,
+    ) -> Result<Vec<Tokens>, TextError> {
+        let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        let mut tokens = self.encode(&prompted)?;
+        if !pool_prompt && !prompt.is_empty() {
+            let n = self.prompt_length(prompt)?;
+            for t in &mut tokens {
+                t.unpooled = n.min(t.len());
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// How many leading tokens a prompt takes, as sentence-transformers counts them: the
+    /// prompt tokenized alone with special tokens, less a trailing special token (so `[CLS]`
+    /// and the prompt of `[CLS] prompt text [SEP]`).
+    pub fn prompt_length(&self, prompt: &str) -> Result<usize, TextError> {
+        let enc = self
+            .tokenizer
+            .encode_fast(prompt, true)
+            .map_err(|e| TextError::Encode {
+                index: 0,
+                reason: format!("the prompt: {e}"),
+            })?;
+        let n = enc.len();
+        let added = self.tokenizer.get_added_tokens_decoder();
+        let trailing_special = n > 0
+            && (enc.get_special_tokens_mask()[n - 1] == 1
+                || added.get(&enc.get_ids()[n - 1]).is_some_and(|t| t.special));
+        Ok(n - usize::from(trailing_special))
     }
 
     /// Tokenizes texts (blocking; call from a blocking thread for large batches).

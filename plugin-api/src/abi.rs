@@ -16,7 +16,7 @@ use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// Major version of the ABI this crate defines; a host loads only plugins of its own major.
-pub const ABI_MAJOR: u32 = 1;
+pub const ABI_MAJOR: u32 = 2;
 /// Minor version of the ABI this crate defines; new minors only append optional functions.
 pub const ABI_MINOR: u32 = 0;
 /// This crate's ABI version.
@@ -88,7 +88,7 @@ impl RootModule for PluginModRef {
     const BASE_NAME: &'static str = "ember_plugin";
     const NAME: &'static str = "ember_plugin";
     // abi_stable compares these at load: the major must match. They follow ABI_MAJOR/MINOR.
-    const VERSION_STRINGS: VersionStrings = VersionStrings::new("1.0.0");
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("2.0.0");
 }
 
 #[cfg(test)]

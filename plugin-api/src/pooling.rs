@@ -3,7 +3,10 @@
 
 use crate::Pooling;
 
-/// Pools `states` (`[rows, seq, hidden]`, row-major) under `mask` (`[rows, seq]`).
+/// Pools `states` (`[rows, seq, hidden]`, row-major) under `mask` (`[rows, seq]`, the batch's
+/// [`TokenBatch::pooling_mask`](crate::TokenBatch::pooling_mask)). A row with no pooled token
+/// gives the state at position 0 (`Cls`) or zeros, as sentence-transformers does (its `max`
+/// gives -inf there; zeros keep the vector finite).
 pub fn pool(
     mode: Pooling,
     states: &[f32],
@@ -18,10 +21,11 @@ pub fn pool(
         let token = |t: usize| &states[(r * seq + t) * hidden..(r * seq + t + 1) * hidden];
         let live: Vec<usize> = (0..seq).filter(|&t| mask[r * seq + t] != 0).collect();
         match mode {
-            Pooling::Cls => dst.copy_from_slice(token(0)),
+            Pooling::Cls => dst.copy_from_slice(token(live.first().copied().unwrap_or(0))),
             Pooling::LastToken => {
-                // Rows are right-padded: the last live token is the last position with mask 1.
-                dst.copy_from_slice(token(live.last().copied().unwrap_or(0)))
+                if let Some(&t) = live.last() {
+                    dst.copy_from_slice(token(t))
+                }
             }
             Pooling::Max => {
                 dst.fill(f32::NEG_INFINITY);
@@ -85,5 +89,27 @@ mod tests {
         let v = pool(Pooling::MeanSqrtLen, &STATES, &MASK, 2, 3, 2);
         assert!((v[0] - 9.0 / 3f32.sqrt()).abs() < 1e-6);
         assert!((v[2] - 40.0 / 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_pooling_mask_without_the_prompt_moves_every_mode() {
+        // Row 0 leaves its first token (a prompt) out; row 1 pools nothing.
+        let mask = [0, 1, 1, 0, 0, 0];
+        assert_eq!(
+            pool(Pooling::Cls, &STATES, &mask, 2, 3, 2),
+            vec![3., 4., 10., 20.]
+        );
+        assert_eq!(
+            pool(Pooling::Mean, &STATES, &mask, 2, 3, 2),
+            vec![4., 5., 0., 0.]
+        );
+        assert_eq!(
+            pool(Pooling::Max, &STATES, &mask, 2, 3, 2),
+            vec![5., 6., 0., 0.]
+        );
+        assert_eq!(
+            pool(Pooling::LastToken, &STATES, &mask, 2, 3, 2),
+            vec![5., 6., 0., 0.]
+        );
     }
 }

@@ -269,11 +269,24 @@ mod tests {
             input_ids: RVec::from(vec![1, 2, 3]),
             attention_mask: RVec::from(vec![1; 6]),
             token_type_ids: RVec::from(vec![0; 6]),
+            pooling_mask: RVec::new(),
         };
         let e = m.embed_tokens(&bad).into_result().unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidInput);
         assert!(
             e.message.contains("input_ids has 3 values"),
+            "{}",
+            e.message
+        );
+        let short_pooling = TokenBatch {
+            input_ids: RVec::from(vec![1; 6]),
+            pooling_mask: RVec::from(vec![1; 5]),
+            ..bad.clone()
+        };
+        let e = m.embed_tokens(&short_pooling).into_result().unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        assert!(
+            e.message.contains("pooling_mask has 5 values"),
             "{}",
             e.message
         );

@@ -50,15 +50,16 @@ impl ModelKind {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
-    /// The first token's state (`[CLS]`).
+    /// The state of the first pooled token: `[CLS]`, or the first token after the prompt when
+    /// the pooling mask leaves the prompt out.
     Cls,
-    /// Mean of the states of the tokens whose attention mask is 1.
+    /// Mean of the states of the pooled tokens (pooling mask 1).
     Mean,
-    /// Element-wise max over the unmasked tokens.
+    /// Element-wise max over the pooled tokens.
     Max,
-    /// Sum of the unmasked states divided by the square root of their count.
+    /// Sum of the pooled states divided by the square root of their count.
     MeanSqrtLen,
-    /// The state of the last unmasked token (rows are right-padded).
+    /// The state of the last pooled token.
     LastToken,
 }
 
@@ -194,6 +195,10 @@ pub struct ModelManifest {
     pub hidden_size: u32,
     /// Number of classifier outputs (rerankers: 1).
     pub num_labels: u32,
+    /// Whether pooling reads the prompt's tokens (sentence-transformers' `include_prompt`).
+    /// When false the host sends a [`TokenBatch::pooling_mask`] that leaves them out; a plugin
+    /// that cannot pool under such a mask refuses the model at load.
+    pub include_prompt: bool,
     /// Vision input geometry for CLIP-like models.
     pub image: ROption<ImageSpec>,
 }
@@ -253,7 +258,8 @@ pub struct LoadedModel {
 /// A right-padded batch of token sequences, row-major `[rows, seq_len]`.
 ///
 /// Row `r`'s real tokens are `input_ids[r*seq_len .. r*seq_len + len_r]` where
-/// `len_r` is the sum of its attention mask; padding positions have mask 0.
+/// `len_r` is the sum of its attention mask; padding positions have mask 0. Attention reads
+/// `attention_mask`; pooling reads [`TokenBatch::pooling_mask`].
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub struct TokenBatch {
@@ -267,18 +273,23 @@ pub struct TokenBatch {
     pub attention_mask: RVec<i64>,
     /// Segment ids (0 for the first text, 1 for the second of a pair), `rows * seq_len`.
     pub token_type_ids: RVec<i64>,
+    /// The positions pooling reads, 1 or 0, `rows * seq_len` values; empty means the attention
+    /// mask. The host sends one when a model's pooling leaves the prompt's tokens out
+    /// (`include_prompt: false`): it is the attention mask with each row's prompt zeroed.
+    pub pooling_mask: RVec<i64>,
 }
 
 impl TokenBatch {
-    /// Checks that the three arrays have `rows * seq_len` values each.
+    /// Checks that the arrays have `rows * seq_len` values each (the pooling mask: or none).
     pub fn validate(&self) -> Result<(), PluginError> {
         let n = self.rows as usize * self.seq_len as usize;
         for (name, len) in [
             ("input_ids", self.input_ids.len()),
             ("attention_mask", self.attention_mask.len()),
             ("token_type_ids", self.token_type_ids.len()),
+            ("pooling_mask", self.pooling_mask.len()),
         ] {
-            if len != n {
+            if len != n && !(name == "pooling_mask" && len == 0) {
                 return Err(PluginError::invalid_input(format!(
                     "token batch {name} has {len} values, expected rows*seq_len = {}*{} = {n}",
                     self.rows, self.seq_len
@@ -286,6 +297,20 @@ impl TokenBatch {
             }
         }
         Ok(())
+    }
+
+    /// The mask pooling reads: `pooling_mask` when the host sent one, else `attention_mask`.
+    pub fn pooling_mask(&self) -> &[i64] {
+        if self.pooling_mask.is_empty() {
+            &self.attention_mask
+        } else {
+            &self.pooling_mask
+        }
+    }
+
+    /// Whether pooling reads other positions than attention does (a pooling mask was sent).
+    pub fn has_pooling_mask(&self) -> bool {
+        !self.pooling_mask.is_empty()
     }
 
     /// Number of real tokens of each row (the sum of its attention mask).

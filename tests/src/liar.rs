@@ -48,10 +48,16 @@ impl LiarModel {
             "tokenizer.json",
             "tokenizer_config.json",
             "vocab.txt",
-            "1_Pooling/config.json",
         ] {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();
         }
+        // What the liar computes: mean pooling (tiny-bert-cls's own pooling is CLS).
+        std::fs::write(
+            dir.join("1_Pooling/config.json"),
+            json!({"word_embedding_dimension": LIAR_DIM, "pooling_mode_mean_tokens": true})
+                .to_string(),
+        )
+        .unwrap();
         let vocab: Vec<String> = std::fs::read_to_string(src.join("vocab.txt"))
             .unwrap()
             .lines()

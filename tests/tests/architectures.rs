@@ -123,6 +123,41 @@ fn torch_embedders_apply_their_prompts() {
 }
 
 #[test]
+fn pooling_leaves_the_prompt_out_on_every_backend_when_the_model_says_so() {
+    // tiny-bert-instruct: mean pooling with include_prompt: false, an instruction query
+    // prompt and an empty document prompt. Pooling the prompt's tokens too moves every query
+    // vector below cosine 0.999 (most below 0.99), so each assertion here catches that.
+    let name = "tiny-bert-instruct";
+    let reference = reference(name);
+    let texts = reference["texts"].as_array().unwrap().clone();
+    let queries: Vec<Vec<f32>> =
+        serde_json::from_value(reference["prompts"]["query"].clone()).unwrap();
+    for backend in ["torch", "optimum", "ctranslate2", "candle"] {
+        let server = serve(backend, name);
+        assert_prompts_match(&server, name);
+        // Each text alone (no padding) and in a RunPod job named by input_type.
+        for (i, text) in texts.iter().enumerate() {
+            let (status, body) = server.post(
+                "/v1/embeddings",
+                &json!({"input": [text], "prompt_name": "query"}),
+            );
+            assert_eq!(status, 200, "{body}");
+            let c = cosine(&vectors(&body)[0], &queries[i]);
+            assert!(c >= 0.9999, "{backend}: query {i} alone: cosine {c}");
+        }
+        let (status, body) = server.post(
+            "/runsync",
+            &json!({"input": {"input": texts, "input_type": "query"}}),
+        );
+        assert_eq!(status, 200, "{body}");
+        for (i, (g, w)) in vectors(&body["output"]).iter().zip(&queries).enumerate() {
+            let c = cosine(g, w);
+            assert!(c >= 0.9999, "{backend}: RunPod query {i}: cosine {c}");
+        }
+    }
+}
+
+#[test]
 fn ctranslate2_serves_distilbert_and_refuses_decoders_naming_who_serves_them() {
     let server = serve("ctranslate2", "tiny-distilbert");
     assert_embeds_alone_and_batched(&server, "tiny-distilbert", 0.9999);

@@ -63,7 +63,7 @@ fn broken_plugins_fail_the_checker_with_messages_naming_the_problem() {
     let (code, report) = check(&mismatch, None, &[]);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains("ABI 2.0") && report.contains("expects ABI 1.0"),
+        report.contains("ABI 3.0") && report.contains("expects ABI 2.0"),
         "{report}"
     );
 
@@ -144,10 +144,15 @@ fn a_plugin_written_from_the_guide_builds_loads_and_serves() {
             std::fs::copy(f.path(), model.join(&name)).unwrap();
         }
     }
+    // The guide's plugin mean-pools, and refuses the CLS pooling of tiny-bert-cls at load.
+    let (code, report) = check(&plugin, Some(&fixture("tiny-bert-cls")), &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_outcome(&report, "load model", "FAIL", "guide plugin on a CLS model");
+    assert!(report.contains("this model's pooling is cls"), "{report}");
     std::fs::create_dir_all(model.join("1_Pooling")).unwrap();
-    std::fs::copy(
-        fixture("tiny-bert-cls").join("1_Pooling/config.json"),
+    std::fs::write(
         model.join("1_Pooling/config.json"),
+        json!({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": true}).to_string(),
     )
     .unwrap();
     let (code, report) = check(&plugin, Some(&model), &[]);
@@ -222,6 +227,7 @@ fn the_honest_liar_passes_every_check_including_parity() {
         "determinism",
         "distinct inputs",
         "padding",
+        "pooling mask",
         "threads",
         "parity",
     ]) {
@@ -240,7 +246,7 @@ fn each_lie_fails_the_check_it_breaks() {
     let liar_model = LiarModel::create("lies", true);
     let model = liar_model.dir.clone();
     // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 7] = [
         (
             "constant",
             "distinct inputs",
@@ -250,6 +256,18 @@ fn each_lie_fails_the_check_it_breaks() {
             "unmasked",
             "padding",
             &["output shape", "determinism", "distinct inputs", "threads"],
+        ),
+        (
+            "promptful",
+            "pooling mask",
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "threads",
+                "parity",
+            ],
         ),
         ("nan", "output shape", &[]),
         (

@@ -353,14 +353,17 @@ pub async fn embeddings(
                 return Err(model.lacks("embed", "model"));
             }
             let encoder = model.encoder.clone();
-            let texts = match prompt(model, req.prompt_name.as_deref(), req.input_type)? {
-                Some(p) => req.input.into_iter().map(|t| format!("{p}{t}")).collect(),
-                None => req.input,
-            };
+            let prompt =
+                prompt(model, req.prompt_name.as_deref(), req.input_type)?.map(str::to_string);
+            let pool_prompt = model.manifest.abi.include_prompt;
+            let texts = req.input;
             let id = model.id.clone();
             let tokens = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                let tokens = encoder.encode(&texts);
+                let tokens = match &prompt {
+                    Some(p) => encoder.encode_prompted(p, &texts, pool_prompt),
+                    None => encoder.encode(&texts),
+                };
                 crate::metrics::global()
                     .tokenize_seconds
                     .with_label_values(&[&id])

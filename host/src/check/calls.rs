@@ -7,7 +7,9 @@ use crate::engine::pad;
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::Prepared;
 use crate::text::Tokens;
-use ember_plugin_api::{ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, TokenBatch};
+use ember_plugin_api::{
+    ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, Pooling, TokenBatch,
+};
 use std::sync::Mutex;
 
 /// What the plugin reports about itself.
@@ -45,6 +47,9 @@ pub struct Suite<'a> {
     rows: Vec<Tokens>,
     image: Option<(u32, u32)>,
     tolerance: Tolerance,
+    pooling: Pooling,
+    /// Whether the model's pooling reads the prompt (if not, pooling masks must be honoured).
+    include_prompt: bool,
 }
 
 /// Why a call gave no usable answer.
@@ -133,6 +138,8 @@ impl<'a> Suite<'a> {
                 .as_ref()
                 .map(|p| p.output_size()),
             tolerance,
+            pooling: prepared.manifest.abi.pooling,
+            include_prompt: prepared.manifest.abi.include_prompt,
         }
     }
 
@@ -146,6 +153,7 @@ impl<'a> Suite<'a> {
             ("determinism", Suite::determinism),
             ("distinct inputs", Suite::distinct),
             ("padding", Suite::padding),
+            ("pooling mask", Suite::pooling_mask),
             ("threads", Suite::threads),
         ];
         if self.kind == ModelKind::Clip {
@@ -257,6 +265,7 @@ impl<'a> Suite<'a> {
         let long = Tokens {
             type_ids: vec![0; n],
             ids,
+            unpooled: 0,
         };
         match self.run(&[&long]) {
             Ok(_) => Outcome::Pass(format!("{n} tokens answered")),
@@ -378,6 +387,117 @@ impl<'a> Suite<'a> {
             Outcome::Fail(format!(
                 "a row's result changes when the batch is padded (agreement {worst:.6} < \
                  {min}): is the attention mask applied?"
+            ))
+        }
+    }
+
+    /// A text embedder must pool under the pooling mask the host sends (models whose pooling
+    /// leaves the prompt out), or refuse it as unsupported when the model does not need one.
+    /// The longest sample row goes in three times: pooled whole, over its first half only
+    /// and over its second half only. The plugin's pooled outputs (before any Dense module)
+    /// must then fit together as the pooling mode says (the two means weighted by their
+    /// token counts make the whole one; the two maxima's maximum is the whole one; CLS is
+    /// the first half's, last-token the second half's), and the masked-out half must show.
+    fn pooling_mask(&self) -> Outcome {
+        if self.kind != ModelKind::Embed {
+            return Outcome::Skip(format!(
+                "{} models pool their own way (no pooling mask is sent to them)",
+                self.kind.as_str()
+            ));
+        }
+        let Some(row) = self.rows.iter().max_by_key(|r| r.len()) else {
+            return Outcome::Fail("the model's tokenizer could not encode the samples".into());
+        };
+        let n = row.len();
+        if n < 4 {
+            return Outcome::Skip(format!("the longest sample has {n} tokens, too few"));
+        }
+        let k = n / 2;
+        let mut batch = pad(&[row, row, row], self.pad_id);
+        let mut mask = vec![1i64; n];
+        mask.extend((0..n).map(|t| i64::from(t < k)));
+        mask.extend((0..n).map(|t| i64::from(t >= k)));
+        batch.pooling_mask = mask.into();
+        let out = match self.runner.embed_tokens_pooled(&batch) {
+            Ok(e) if e.rows == 3 && e.dim > 0 && e.values.len() == 3 * e.dim as usize => e,
+            Ok(e) => {
+                return Outcome::Fail(format!(
+                    "wrong output shape: {} rows of {} values for 3 inputs",
+                    e.rows, e.dim
+                ))
+            }
+            Err(e) => {
+                return match refused(&e) {
+                    Err(o) => o,
+                    Ok(d) if e.code == ErrorCode::Unsupported && self.include_prompt => {
+                        Outcome::Pass(format!(
+                            "refused as unsupported ({d}); fine for this model, which pools \
+                             its prompt, but models that leave it out must be refused at load"
+                        ))
+                    }
+                    Ok(d) => Outcome::Fail(format!("a batch with a pooling mask failed: {d}")),
+                };
+            }
+        };
+        let v: Vec<Vec<f32>> = out
+            .values
+            .chunks(out.dim as usize)
+            .map(<[f32]>::to_vec)
+            .collect();
+        if let Some(m) = non_finite(&v) {
+            return Outcome::Fail(format!("non-finite output: {m}"));
+        }
+        let (whole, head, tail) = (&v[0], &v[1], &v[2]);
+        let (kf, nf) = (k as f32, n as f32);
+        let weighted = |w: fn(f32) -> f32| -> Vec<f32> {
+            head.iter()
+                .zip(tail)
+                .map(|(h, t)| (w(kf) * h + w(nf - kf) * t) / w(nf))
+                .collect()
+        };
+        // What the whole row's vector must equal, and which half must differ from it.
+        let (expected, what, moved) = match self.pooling {
+            Pooling::Mean => (
+                weighted(|c| c),
+                "the halves' means weighted by length",
+                head,
+            ),
+            Pooling::MeanSqrtLen => (
+                weighted(f32::sqrt),
+                "the halves' sums over sqrt(length), recombined",
+                head,
+            ),
+            Pooling::Max => (
+                head.iter().zip(tail).map(|(h, t)| h.max(*t)).collect(),
+                "the larger of the halves' maxima",
+                if cosine(head, whole) < SAME_VECTOR {
+                    head
+                } else {
+                    tail
+                },
+            ),
+            Pooling::Cls => (head.clone(), "the first half's first token", tail),
+            Pooling::LastToken => (tail.clone(), "the second half's last token", head),
+        };
+        let fit = cosine(&expected, whole);
+        let min = self.tolerance.padding;
+        let apart = cosine(moved, whole);
+        if fit.is_nan() || fit < min {
+            Outcome::Fail(format!(
+                "{} pooling of a row split in two by the pooling mask: the whole row's vector \
+                 is not {what} (cosine {fit:.6} < {min})",
+                self.pooling.as_str()
+            ))
+        } else if apart >= SAME_VECTOR {
+            Outcome::Fail(format!(
+                "a pooling mask that leaves half of the row out gave the whole row's vector \
+                 (cosine {apart:.6}): is pooling_mask ignored?"
+            ))
+        } else {
+            Outcome::Pass(format!(
+                "{} pooling under masks that split a {n}-token row: whole = {what} (cosine \
+                 {fit:.6}), a masked half moves it (cosine {apart:.4})",
+                self.pooling.as_str()
             ))
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Files read: `config.json` (architecture, sizes, labels, vision config), `modules.json`
 //! (the sentence-transformers pipeline: where the Pooling module lives, its Dense modules,
-//! whether a Normalize module follows; any other module is refused), the Pooling module's `config.json` (both the classic
-//! `pooling_mode_*_token(s)` flags and the newer `pooling_mode` string),
+//! whether a Normalize module follows; any other module is refused), the Pooling module's
+//! `config.json` (both the classic `pooling_mode_*_token(s)` flags and the newer
+//! `pooling_mode` string, and `include_prompt`), `config_sentence_transformers.json` (prompts),
 //! `sentence_bert_config.json` (`max_seq_length`) and `tokenizer_config.json`
 //! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`), and for
 //! CLIP-like models `preprocessor_config.json` (the image preprocessing).
@@ -162,7 +163,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut pooling = Pooling::Mean;
     let mut normalized_by_model = false;
     let mut dense = Vec::new();
-    let mut pooling_file_without_prompt = None;
+    let mut pooling_reads_prompt = true;
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
         ModelKind::Rerank => None,
@@ -193,9 +194,10 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                     let pool = read_json(name, dir, &file)?
                         .ok_or_else(|| err(&file, "missing (named by modules.json)".into()))?;
                     pooling = pooling_of(&pool).map_err(|r| err(&file, r))?;
-                    if pool.get("include_prompt").and_then(Value::as_bool) == Some(false) {
-                        pooling_file_without_prompt = Some(file);
-                    }
+                    pooling_reads_prompt = pool
+                        .get("include_prompt")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
                 }
                 "Dense" => dense.push(Dense::read(name, dir, path)?),
                 "Normalize" => normalized_by_model = true,
@@ -239,18 +241,9 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             ));
         }
     }
-    // Pooling that leaves the prompt's tokens out needs a pooling mask apart from the
-    // attention mask, which plugins do not take yet: refused rather than pooled wrongly.
-    if let Some(pool_file) = pooling_file_without_prompt {
-        if prompts.values().any(|p| !p.is_empty()) {
-            return Err(err(
-                &pool_file,
-                "include_prompt is false (the prompt's tokens are left out of pooling), \
-                 which ember does not implement yet"
-                    .into(),
-            ));
-        }
-    }
+    // Pooling that leaves the prompt's tokens out (include_prompt: false) matters only when
+    // there is a prompt to leave out; plugins are told so only then.
+    let include_prompt = pooling_reads_prompt || prompts.values().all(|p| p.is_empty());
 
     // Longest input: sentence-transformers' max_seq_length, else the tokenizer's
     // model_max_length, capped by the position embeddings.
@@ -325,6 +318,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             max_input_tokens: max_input_tokens as u32,
             hidden_size: hidden_size as u32,
             num_labels,
+            include_prompt,
             image,
         },
         normalized_by_model,
@@ -404,6 +398,20 @@ mod tests {
         assert!(m.normalized_by_model);
         w("sentence_bert_config.json", json!({"max_seq_length": 128}));
         assert_eq!(read("x", &dir).unwrap().abi.max_input_tokens, 128);
+        // include_prompt: false reaches the plugin only when there is a prompt to leave out.
+        assert!(m.abi.include_prompt);
+        w(
+            "1_Pooling/config.json",
+            json!({"pooling_mode": "mean", "include_prompt": false}),
+        );
+        assert!(read("x", &dir).unwrap().abi.include_prompt, "no prompts");
+        w(
+            "config_sentence_transformers.json",
+            json!({"prompts": {"query": "Represent: ", "document": ""}}),
+        );
+        let m = read("x", &dir).unwrap();
+        assert_eq!(m.abi.pooling, Pooling::Mean);
+        assert!(!m.abi.include_prompt);
         std::fs::remove_file(dir.join("config.json")).unwrap();
         assert!(read("x", &dir)
             .unwrap_err()

@@ -254,7 +254,7 @@ impl Model for Bert {
         let values = pool(
             self.pooling,
             &states,
-            &batch.attention_mask,
+            batch.pooling_mask(),
             rows,
             seq,
             self.hidden,

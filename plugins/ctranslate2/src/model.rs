@@ -266,10 +266,15 @@ impl Model for Ct2Model {
             return Ok(EmbeddingBatch::empty(dim));
         }
         let s = self.states(batch)?;
+        // The pooling mask laid out on the states' sequence length (the longest row).
+        let (pooled, seq) = (batch.pooling_mask(), batch.seq_len as usize);
         let mask: Vec<i64> = s
             .lengths
             .iter()
-            .flat_map(|&l| (0..s.seq).map(move |t| i64::from(t < l)))
+            .enumerate()
+            .flat_map(|(r, &l)| {
+                (0..s.seq).map(move |t| i64::from(t < l && pooled[r * seq + t] != 0))
+            })
             .collect();
         let values = pool(
             self.pooling,

@@ -122,6 +122,16 @@ impl OnnxModel {
                     )));
                 }
                 let (output, declared) = graph.pick_output(&["last_hidden_state"])?;
+                if !manifest.include_prompt
+                    && !matches!(output.as_str(), "last_hidden_state" | "token_embeddings")
+                {
+                    return Err(PluginError::unsupported(format!(
+                        "the model's pooling leaves the prompt's tokens out \
+                         (include_prompt: false), which needs token states, but {} returns \
+                         `{output}`; export it with a `last_hidden_state` output",
+                        graph.path
+                    )));
+                }
                 let dim = declared.map_or(manifest.hidden_size as usize, |d| d as usize);
                 let device = graph.device.clone();
                 let pooling = manifest.pooling;
@@ -167,6 +177,7 @@ impl OnnxModel {
                 input_ids: DUMMY_IDS.to_vec().into(),
                 attention_mask: DUMMY_MASK.to_vec().into(),
                 token_type_ids: vec![0i64].into(),
+                pooling_mask: Default::default(),
             };
             let text_dim = model.embed_tokens(&probe)?.dim as usize;
             return Ok(OnnxModel {
@@ -290,7 +301,7 @@ impl Model for OnnxModel {
                         let values = pooling::pool(
                             *pooling,
                             &out.data,
-                            &batch.attention_mask,
+                            batch.pooling_mask(),
                             rows,
                             seq,
                             *h as usize,
@@ -298,6 +309,11 @@ impl Model for OnnxModel {
                         rows_of(&[rows as i64, *h], values, rows)
                     }
                     // Already pooled (exports with a sentence_embedding output).
+                    _ if batch.has_pooling_mask() => Err(PluginError::unsupported(format!(
+                        "{} pools inside the graph, so it cannot leave the prompt's tokens \
+                         out of pooling",
+                        graph.path
+                    ))),
                     _ => rows_of(&out.shape, out.data, rows),
                 }
             }
@@ -307,6 +323,11 @@ impl Model for OnnxModel {
                 image,
                 ..
             } => {
+                if batch.has_pooling_mask() {
+                    return Err(PluginError::unsupported(
+                        "a CLIP text tower pools its own way; it takes no pooling mask",
+                    ));
+                }
                 let mut feeds = token_feeds(batch);
                 let graph = match graphs {
                     ClipGraphs::Split { text, .. } => text,

@@ -190,24 +190,38 @@ fn read_config(dir: &Path) -> Result<Value, PluginError> {
 /// Pools token states `[rows, seq, hidden]` under `mask` on their device.
 fn pool(mode: Pooling, states: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
     let kind = states.kind();
-    let m = mask.f_ne(0)?.f_unsqueeze(-1)?.f_to_kind(kind)?;
+    let live = mask.f_ne(0)?;
+    let m = live.f_unsqueeze(-1)?.f_to_kind(kind)?;
     let lengths = || m.f_sum_dim_intlist(1, false, kind)?.f_clamp_min(1.0);
     let sum = || states.f_mul(&m)?.f_sum_dim_intlist(1, false, kind);
+    // Rows that pool no token (possible only under a pooling mask) give zeros.
+    let any = || live.f_any_dim(1, true);
+    let rows = || Tensor::f_arange(states.size()[0], (Kind::Int64, states.device()));
     match mode {
-        Pooling::Cls => states.f_select(1, 0),
+        Pooling::Cls => {
+            // The first pooled position (argmax returns the first of equal maxima).
+            let first = live.f_to_kind(Kind::Int64)?.f_argmax(1, false)?;
+            states.f_index(&[Some(rows()?), Some(first)])
+        }
         Pooling::Mean => sum()?.f_div(&lengths()?),
         Pooling::MeanSqrtLen => sum()?.f_div(&lengths()?.f_sqrt()?),
         Pooling::Max => states
             .f_masked_fill(&m.f_eq(0.0)?, f64::NEG_INFINITY)?
-            .f_amax(1, false),
+            .f_amax(1, false)?
+            .f_where_self(&any()?, &states.f_zeros_like()?.f_select(1, 0)?),
         Pooling::LastToken => {
-            // Rows are right-padded: the last live token is at length - 1.
-            let last = mask
-                .f_ne(0)?
-                .f_sum_dim_intlist(1, false, Kind::Int64)?
-                .f_sub_scalar(1)?;
-            let rows = Tensor::f_arange(states.size()[0], (Kind::Int64, states.device()))?;
-            states.f_index(&[Some(rows), Some(last)])
+            // The last pooled position: the largest (position + 1) among pooled ones, less 1.
+            let seq = states.size()[1];
+            let positions = Tensor::f_arange_start(1, seq + 1, (Kind::Int64, states.device()))?;
+            let last = live
+                .f_to_kind(Kind::Int64)?
+                .f_mul(&positions)?
+                .f_amax(1, false)?
+                .f_sub_scalar(1)?
+                .f_clamp_min(0)?;
+            states
+                .f_index(&[Some(rows()?), Some(last)])?
+                .f_mul(&any()?.f_to_kind(kind)?)
         }
     }
 }
@@ -481,18 +495,25 @@ impl TorchModel {
         Ok(())
     }
 
-    /// Ids, segment ids and mask of a batch on the device.
-    fn inputs(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor, Tensor), TchError> {
+    /// Ids, segment ids, attention mask and pooling mask of a batch on the device.
+    fn inputs(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor, Tensor, Tensor), TchError> {
         let (rows, seq) = (batch.rows as i64, batch.seq_len as i64);
         let t = |v: &[i64]| {
             Tensor::f_from_slice(v)?
                 .f_view([rows, seq])?
                 .f_to_device(self.device)
         };
+        let mask = t(&batch.attention_mask)?;
+        let pooled = if batch.has_pooling_mask() {
+            t(&batch.pooling_mask)?
+        } else {
+            mask.shallow_clone()
+        };
         Ok((
             t(&batch.input_ids)?,
             t(&batch.token_type_ids)?,
-            t(&batch.attention_mask)?,
+            mask,
+            pooled,
         ))
     }
 }
@@ -519,24 +540,29 @@ impl Model for TorchModel {
         }
         self.check(batch)?;
         let inner = error::lock(&self.inner);
+        if matches!(&*inner, Inner::Clip(_)) && batch.has_pooling_mask() {
+            return Err(PluginError::unsupported(
+                "a CLIP text tower pools its own way; it takes no pooling mask",
+            ));
+        }
         let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask) = self.inputs(batch)?;
+            let (ids, types, mask, pooled) = self.inputs(batch)?;
             match &*inner {
                 Inner::Encoder { encoder, .. } => {
                     let states = encoder.forward(&ids, &types, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &mask)?)
+                    to_vec(&pool(self.pooling, &states, &pooled)?)
                 }
                 Inner::Decoder { decoder, .. } => {
                     let states = decoder.forward(&ids, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &mask)?)
+                    to_vec(&pool(self.pooling, &states, &pooled)?)
                 }
                 Inner::Modern { model, .. } => {
                     let states = model.forward(&ids, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &mask)?)
+                    to_vec(&pool(self.pooling, &states, &pooled)?)
                 }
                 Inner::Deberta { model, .. } => {
                     let states = model.forward(&ids, &types, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &mask)?)
+                    to_vec(&pool(self.pooling, &states, &pooled)?)
                 }
                 Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
             }
@@ -563,7 +589,7 @@ impl Model for TorchModel {
         self.check(&batch.tokens)?;
         let inner = error::lock(&self.inner);
         let scores = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask) = self.inputs(&batch.tokens)?;
+            let (ids, types, mask, _) = self.inputs(&batch.tokens)?;
             let logits = match &*inner {
                 Inner::Encoder {
                     encoder,

@@ -45,6 +45,7 @@ pub fn load(name: &str, kind: ModelKind, pooling: Pooling) -> ModelBox {
             max_input_tokens: 0,
             hidden_size: 0,
             num_labels: 1,
+            include_prompt: true,
             image: None.into(),
         },
         dtype: DType::Fp32,
@@ -80,5 +81,6 @@ pub fn tokens(seq_len: u32, lengths: &[u32]) -> TokenBatch {
         token_type_ids: vec![0; input_ids.len()].into(),
         input_ids: input_ids.into(),
         attention_mask: attention_mask.into(),
+        pooling_mask: Default::default(),
     }
 }

@@ -2,7 +2,7 @@
 //! contract in one quiet way, so that tests can check that `ember plugin check` catches each lie
 //! and names the check it breaks.
 //!
-//! Honest mode computes a static embedding: the mean, over the tokens the attention mask keeps,
+//! Honest mode computes a static embedding: the mean, over the tokens the pooling mask keeps,
 //! of the rows of the float32 table `embeddings.word_embeddings.weight` in the model directory's
 //! `model.safetensors` (a test writes the table and computes the reference from the same
 //! numbers). `EMBER_LIAR`, read when a model loads, picks the lie:
@@ -10,9 +10,11 @@
 //! - `honest` (default): the above;
 //! - `constant`: the same vector for every input;
 //! - `unmasked`: averages every position, padding included (ignores the attention mask);
+//! - `promptful`: pools under the attention mask even when the host sends a pooling mask that
+//!   leaves the prompt out (ignores `pooling_mask`);
 //! - `nan`: the last value of the last row of every batch is NaN;
-//! - `int8`: claims int8 in `describe()` and perturbs every vector (cosine about 0.98 to the
-//!   honest one), as if quantisation error excused it;
+//! - `int8`: claims int8 in `describe()` and perturbs its weights (vectors at cosine about
+//!   0.98 to the honest ones), as if quantisation error excused it;
 //! - `noisy`: adds a little noise that changes from call to call (not deterministic);
 //! - `racy`: allows concurrent calls, but a call that overlaps another returns garbage (as a
 //!   plugin sharing a scratch buffer between calls would).
@@ -39,6 +41,7 @@ enum Lie {
     Honest,
     Constant,
     Unmasked,
+    Promptful,
     Nan,
     Int8,
     Noisy,
@@ -51,14 +54,15 @@ impl Lie {
             "honest" => Lie::Honest,
             "constant" => Lie::Constant,
             "unmasked" => Lie::Unmasked,
+            "promptful" => Lie::Promptful,
             "nan" => Lie::Nan,
             "int8" => Lie::Int8,
             "noisy" => Lie::Noisy,
             "racy" => Lie::Racy,
             other => {
                 return Err(PluginError::invalid_input(format!(
-                    "EMBER_LIAR={other:?}: expected honest, constant, unmasked, nan, int8, \
-                     noisy or racy"
+                    "EMBER_LIAR={other:?}: expected honest, constant, unmasked, promptful, nan, \
+                     int8, noisy or racy"
                 )))
             }
         })
@@ -77,13 +81,18 @@ pub struct LiarModel {
 }
 
 impl LiarModel {
-    /// The honest static embedding of row `r` (all positions when `masked` is false).
-    fn mean(&self, batch: &TokenBatch, r: usize, masked: bool) -> Result<Vec<f32>, PluginError> {
+    /// The static embedding of row `r` over the positions `mask` keeps (all when `None`).
+    fn mean(
+        &self,
+        batch: &TokenBatch,
+        r: usize,
+        mask: Option<&[i64]>,
+    ) -> Result<Vec<f32>, PluginError> {
         let seq = batch.seq_len as usize;
         let mut out = vec![0f32; self.dim];
         let mut count = 0f32;
         for t in 0..seq {
-            if masked && batch.attention_mask[r * seq + t] == 0 {
+            if mask.is_some_and(|m| m[r * seq + t] == 0) {
                 continue;
             }
             let id = batch.input_ids[r * seq + t];
@@ -149,15 +158,12 @@ impl Model for LiarModel {
         for r in 0..rows {
             let mut v = match self.lie {
                 Lie::Constant => (0..self.dim).map(|i| 1.0 + i as f32).collect(),
-                Lie::Unmasked => self.mean(batch, r, false)?,
-                _ => self.mean(batch, r, true)?,
+                Lie::Unmasked => self.mean(batch, r, None)?,
+                Lie::Promptful => self.mean(batch, r, Some(&batch.attention_mask))?,
+                _ => self.mean(batch, r, Some(batch.pooling_mask()))?,
             };
             let rms = (v.iter().map(|x| x * x).sum::<f32>() / self.dim.max(1) as f32).sqrt();
             match self.lie {
-                Lie::Int8 => v
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(i, x)| *x += 0.3 * rms * ((i * 7919 % 13) as f32 - 6.0) / 6.0),
                 Lie::Noisy => v
                     .iter_mut()
                     .enumerate()
@@ -220,11 +226,20 @@ impl Backend for Liar {
             ));
         }
         let (vocab, dim) = (t.shape()[0], t.shape()[1]);
-        let table = t
+        let mut table: Vec<f32> = t
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        if lie == Lie::Int8 {
+            // Error in the weights, as quantisation makes it (pooling stays exact).
+            for row in table.chunks_mut(dim.max(1)) {
+                let rms = (row.iter().map(|x| x * x).sum::<f32>() / dim.max(1) as f32).sqrt();
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x += 0.08 * rms * ((i * 7919 % 13) as f32 - 6.0) / 6.0);
+            }
+        }
         let record = match std::env::var("EMBER_LIAR_RECORD") {
             Ok(path) => Some(Mutex::new(
                 std::fs::OpenOptions::new()
