@@ -63,7 +63,8 @@ fn broken_plugins_fail_the_checker_with_messages_naming_the_problem() {
     let (code, report) = check(&mismatch, None, &[]);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains("ABI 3.0") && report.contains("expects ABI 2.0"),
+        report.contains(&format!("ABI {}.0", ember_plugin_api::ABI_MAJOR + 1))
+            && report.contains(&format!("expects ABI {}.0", ember_plugin_api::ABI_MAJOR)),
         "{report}"
     );
 
