@@ -66,9 +66,10 @@ Models:
                      random Qwen3ForCausalLM published as Qwen3-Reranker is (no
                      sentence-transformers files), scored as its model card does (template, "yes"
                      / "no" logits of the last token).
-  tiny-rerank-qwen3, tiny-rerank-qwen2, tiny-rerank-mistral, tiny-rerank-llama
-                     random <Family>ForSequenceClassification (one label): Qwen3-Reranker as
-                     converted to a sequence classifier, scored on the last non-padding token.
+  tiny-rerank-qwen3, tiny-rerank-qwen2, tiny-rerank-mistral, tiny-rerank-llama,
+  tiny-rerank-gemma3 random <Family>ForSequenceClassification (one label): Qwen3-Reranker as
+                     converted to a sequence classifier, scored on the last non-padding token
+                     (Gemma 3: causal, sliding layers, EmbeddingGemma's tokenizer framing).
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -215,6 +216,20 @@ def write_prompt_reference(model_dir: Path) -> None:
             if st.prompts[name]:  # an empty prompt (Qwen3-Embedding's documents) changes nothing
                 check_caught(model_dir.name, f"ignoring prompt {name!r} on text {i}", got, bare)
         ref["prompts"][name] = np.asarray(emb, dtype=np.float32).tolist()
+    (model_dir / "reference.json").write_text(json.dumps(ref))
+
+
+def write_left_truncation_reference(model_dir: Path) -> None:
+    """Add sentence-transformers' embeddings of TEXTS with the tokenizer truncating on the left
+    (key `left_truncated`), checked to differ from the right-truncated ones where truncated."""
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st.tokenizer.truncation_side = "left"
+    ref = json.loads((model_dir / "reference.json").read_text())
+    emb = st.encode(TEXTS, batch_size=4, convert_to_numpy=True)
+    for i, (got, right) in enumerate(zip(emb, ref["embeddings"])):
+        if ref["token_counts"][i] == st.max_seq_length:
+            check_caught(model_dir.name, f"truncating text {i} on the right", right, got)
+    ref["left_truncated"] = np.asarray(emb, dtype=np.float32).tolist()
     (model_dir / "reference.json").write_text(json.dumps(ref))
 
 
@@ -379,6 +394,8 @@ def tiny_bert(out: Path, name: str, pooling: str, max_len: int, normalize: bool,
     check_tiny_bert(dst)
     if prompts:
         write_prompt_reference(dst)
+    if dense:
+        write_left_truncation_reference(dst)
     if instruct:
         check_prompt_left_out(dst)
 
@@ -902,6 +919,15 @@ def decoder_config(family: str, vocab: int, num_labels: int = 1):
         return MistralConfig(sliding_window=40, **{**common, "num_hidden_layers": 3})
     if family == "llama":
         return LlamaConfig(**common)
+    if family == "gemma3":
+        # Causal (as transformers' Gemma3TextForSequenceClassification runs it), with a
+        # 16-token sliding window on two of its three layers; EmbeddingGemma's token ids.
+        from transformers import Gemma3TextConfig
+        return Gemma3TextConfig(**{**common, "num_hidden_layers": 3, "pad_token_id": 0,
+                                   "eos_token_id": 1, "bos_token_id": 2},
+                                head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                                layer_types=["sliding_attention", "full_attention",
+                                             "sliding_attention"])
     raise ValueError(family)
 
 
@@ -1005,7 +1031,7 @@ def tiny_rerank_decoder(out: Path, family: str) -> None:
     dst = out / f"tiny-rerank-{family}"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    vocab = qwen_tokenizer(dst)
+    vocab = qwen_tokenizer(dst, gemma=family == "gemma3")
     AutoModelForSequenceClassification.from_config(
         decoder_config(family, vocab)).eval().save_pretrained(dst)
     rerank_reference(dst)
@@ -1314,6 +1340,8 @@ def main() -> None:
         tiny_rerank_decoder(out, family)
     torch.manual_seed(40)
     tiny_bert(out, "tiny-bert-instruct", "mean", 32, normalize=True, instruct=True)
+    torch.manual_seed(41)
+    tiny_rerank_decoder(out, "gemma3")
     print(f"fixtures written to {out}")
 
 

@@ -5,6 +5,7 @@
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::local_api::{self, Shared};
+use crate::tei;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, State};
@@ -181,6 +182,13 @@ async fn rerank(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let value = json_body(&headers, body, state.max_request_bytes)?;
+    // TEI's shape (`texts`, answered as a bare list in TEI's error shape).
+    if value.get("texts").is_some() && value.get("documents").is_none() {
+        return match crate::tei::rerank_value(&state, &value).await {
+            Ok(answer) => Ok(answer.into_response()),
+            Err(e) => Ok(crate::tei::TeiError(e).into_response()),
+        };
+    }
     let req = RerankRequest::parse(&value, state.max_items)?;
     let items = req.documents.len();
     let r = api::rerank(&state, req).await?;
@@ -304,7 +312,7 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
     }
 }
 
-/// Builds the router: OpenAI routes, the local RunPod API, `/health`, `/metrics`; behind
+/// Builds the router: OpenAI routes, TEI's routes, the local RunPod API, `/health`, `/metrics`; behind
 /// `api_key` when set; every request logged and counted.
 pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) -> Router {
     let limit = state.max_request_bytes;
@@ -320,6 +328,12 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .merge(local_api::routes())
         .route("/health", get(local_api::health))
         .route("/metrics", get(metrics))
+        // Hugging Face TEI's routes (its `/rerank` shape is told apart by `texts`).
+        .route("/", post(tei::root).get(local_api::health))
+        .route("/embed", post(tei::embed))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/decode", post(tei::decode))
+        .route("/info", get(tei::info))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

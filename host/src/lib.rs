@@ -15,4 +15,5 @@ pub mod readiness;
 pub mod runpod;
 pub mod server;
 pub mod startup;
+pub mod tei;
 pub mod text;

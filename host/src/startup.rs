@@ -9,7 +9,7 @@ use crate::readiness::{Gate, Phase, Progress};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::router::{self, JobResult};
 use crate::runpod::worker;
-use crate::text::TextEncoder;
+use crate::text::{TextEncoder, Truncation};
 use anyhow::{anyhow, Context};
 use ember_plugin_api::LoadRequest;
 use serde_json::Value;
@@ -137,7 +137,7 @@ fn warm_up(
     let text = "ember warms up the model with one batch of the configured size.".to_string();
     let texts = vec![text.clone(); batch_size.max(1)];
     let tokens = match kind {
-        ModelKind::Rerank => encoder.encode_pairs(&text, &texts)?,
+        ModelKind::Rerank => encoder.encode_pairs(&text, &texts, Truncation::Right)?,
         _ => encoder.encode(&texts)?,
     };
     let batch = crate::engine::pad(&tokens.iter().collect::<Vec<_>>(), encoder.pad_id);

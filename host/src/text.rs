@@ -12,6 +12,24 @@ pub enum TextError {
     /// The tokenizer failed on an input.
     #[error("item {index}: cannot tokenize: {reason}")]
     Encode { index: usize, reason: String },
+    /// An input is longer than the model reads, and truncation was turned off.
+    #[error(
+        "item {index} is longer than the model's maximum of {max} tokens (truncation is \
+         turned off: shorten it, or allow truncation)"
+    )]
+    TooLong { index: usize, max: usize },
+}
+
+/// What happens to an input longer than the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// Its end is cut off (the default, as sentence-transformers does).
+    #[default]
+    Right,
+    /// Its beginning is cut off (special tokens kept).
+    Left,
+    /// It is refused with an error naming it.
+    Refuse,
 }
 
 /// One tokenized input, special tokens included.
@@ -103,6 +121,8 @@ pub struct TextEncoder {
     pub pad_id: i64,
     /// Pairs formatted into one sequence, when the model scores them that way.
     framed: Option<Framed>,
+    /// The tokenizer truncating on the left, made on first use.
+    left: std::sync::OnceLock<Tokenizer>,
 }
 
 impl TextEncoder {
@@ -184,16 +204,19 @@ impl TextEncoder {
             max_len,
             pad_id,
             framed,
+            left: std::sync::OnceLock::new(),
         })
     }
 
     /// Tokenizes `query` with each document as the model's tokenizer pairs them, truncating
     /// the document; when the query alone is too long, both sides are truncated
-    /// (longest first). Blocking.
+    /// (longest first); with `Truncation::Refuse`, a pair that would be truncated is an
+    /// error (`Left` truncates as `Right` does: pairs are cut at the document's end). Blocking.
     pub fn encode_pairs(
         &self,
         query: &str,
         documents: &[String],
+        truncation: Truncation,
     ) -> Result<Vec<Tokens>, TextError> {
         if let Some(f) = &self.framed {
             // As the model card does: the formatted pair tokenized (and truncated) alone,
@@ -209,6 +232,7 @@ impl TextEncoder {
                             index,
                             reason: e.to_string(),
                         })?;
+                    refuse_truncated(&body, truncation, index, self.max_len)?;
                     let ids: Vec<i64> = f
                         .prefix
                         .iter()
@@ -236,6 +260,7 @@ impl TextEncoder {
                         index,
                         reason: e.to_string(),
                     })?;
+                refuse_truncated(&enc, truncation, index, self.max_len)?;
                 Ok(Tokens::from(&enc))
             })
             .collect()
@@ -248,9 +273,10 @@ impl TextEncoder {
         prompt: &str,
         texts: &[String],
         pool_prompt: bool,
+        truncation: Truncation,
     ) -> Result<Vec<Tokens>, TextError> {
         let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-        let mut tokens = self.encode(&prompted)?;
+        let mut tokens = self.encode_with(&prompted, truncation)?;
         if !pool_prompt && !prompt.is_empty() {
             let n = self.prompt_length(prompt)?;
             for t in &mut tokens {
@@ -281,18 +307,120 @@ impl TextEncoder {
 
     /// Tokenizes texts (blocking; call from a blocking thread for large batches).
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Tokens>, TextError> {
+        self.encode_with(texts, Truncation::Right)
+    }
+
+    /// Tokenizes texts, truncating over-long ones as `truncation` says (blocking).
+    pub fn encode_with(
+        &self,
+        texts: &[String],
+        truncation: Truncation,
+    ) -> Result<Vec<Tokens>, TextError> {
+        let tokenizer = match truncation {
+            Truncation::Left => self.left.get_or_init(|| {
+                let mut t = self.tokenizer.clone();
+                let mut params = t.get_truncation().cloned().unwrap_or_default();
+                params.direction = TruncationDirection::Left;
+                // The parameters were accepted once with the other direction.
+                let _ = t.with_truncation(Some(params));
+                t
+            }),
+            _ => &self.tokenizer,
+        };
         texts
             .iter()
             .enumerate()
             .map(|(index, t)| {
-                let enc = self.tokenizer.encode_fast(t.as_str(), true).map_err(|e| {
-                    TextError::Encode {
-                        index,
-                        reason: e.to_string(),
-                    }
-                })?;
+                let enc =
+                    tokenizer
+                        .encode_fast(t.as_str(), true)
+                        .map_err(|e| TextError::Encode {
+                            index,
+                            reason: e.to_string(),
+                        })?;
+                refuse_truncated(&enc, truncation, index, self.max_len)?;
                 Ok(Tokens::from(&enc))
             })
             .collect()
     }
+
+    /// The tokens of `text` as the model's tokenizer splits it, with their byte offsets
+    /// (none for special tokens), truncated to the model's maximum.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenInfo>, TextError> {
+        // `encode` tracks byte offsets (`encode_fast` does not).
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| TextError::Encode {
+                index: 0,
+                reason: e.to_string(),
+            })?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .zip(enc.get_special_tokens_mask())
+            .zip(enc.get_tokens())
+            .map(|(((&id, &(start, stop)), &special), token)| {
+                if special == 1 {
+                    TokenInfo {
+                        id,
+                        text: token.clone(),
+                        special: true,
+                        span: None,
+                    }
+                } else {
+                    let bytes = text.as_bytes().get(start..stop).unwrap_or_default();
+                    TokenInfo {
+                        id,
+                        text: String::from_utf8_lossy(bytes).into_owned(),
+                        special: false,
+                        span: Some((start, stop)),
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// The text of token ids (blocking).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TextError::Encode {
+                index: 0,
+                reason: e.to_string(),
+            })
+    }
 }
+
+/// One token of a tokenized text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: u32,
+    /// Its text: the slice of the input it covers, or the special token itself.
+    pub text: String,
+    /// Whether the tokenizer added it (`[CLS]`, `</s>`, ...).
+    pub special: bool,
+    /// Byte offsets of the text it covers (none for added special tokens).
+    pub span: Option<(usize, usize)>,
+}
+
+/// Refuses an encoding the tokenizer had to truncate when `truncation` is `Refuse`.
+fn refuse_truncated(
+    enc: &tokenizers::Encoding,
+    truncation: Truncation,
+    index: usize,
+    max: usize,
+) -> Result<(), TextError> {
+    if truncation == Truncation::Refuse && !enc.get_overflowing().is_empty() {
+        return Err(TextError::TooLong { index, max });
+    }
+    Ok(())
+}
+
+impl TextEncoder {}

@@ -29,6 +29,7 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-qwen2",
     "tiny-rerank-mistral",
     "tiny-rerank-llama",
+    "tiny-rerank-gemma3",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {

@@ -1,9 +1,10 @@
 //! `/v1/embeddings`: text and image inputs, float or base64 vectors, `dimensions`.
 
-use super::fields::{object, opt_str, too_many, type_name};
+use super::fields::{object, opt_str, texts, truncation};
 use super::{ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
+use crate::text::{TextError, Truncation};
 use base64::Engine as _;
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
@@ -35,6 +36,10 @@ pub struct EmbeddingsRequest {
     pub prompt_name: Option<String>,
     /// What the texts are (`input_type`), mapped onto the model's prompts.
     pub input_type: Option<InputType>,
+    /// Whether vectors come out with unit length (TEI's `normalize: false` leaves them raw).
+    pub normalize: bool,
+    /// What happens to texts longer than the model reads.
+    pub truncation: Truncation,
 }
 
 /// What the texts of a request are, as clients that do not know the model's prompt names say
@@ -90,52 +95,7 @@ impl EmbeddingsRequest {
     /// Validates a JSON body, naming the field (and item index) of the first problem.
     pub fn parse(body: &Value, max_items: usize) -> Result<Self, ApiError> {
         let body = object(body)?;
-        let input = match body.get("input") {
-            None | Some(Value::Null) => {
-                return Err(ApiError::invalid(
-                    "input",
-                    "input is required: a string or a list of strings",
-                ))
-            }
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => {
-                if items.is_empty() {
-                    return Err(ApiError::invalid(
-                        "input",
-                        "input must not be an empty list",
-                    ));
-                }
-                if items.len() > max_items {
-                    return Err(too_many("input", items.len(), max_items));
-                }
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        other => {
-                            return Err(ApiError::invalid(
-                                "input",
-                                format!(
-                                    "input[{i}] must be a string, got {} (token-id arrays are \
-                                     not accepted)",
-                                    type_name(other)
-                                ),
-                            ))
-                        }
-                    }
-                }
-                out
-            }
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "input",
-                    format!(
-                        "input must be a string or a list of strings, got {}",
-                        type_name(other)
-                    ),
-                ))
-            }
-        };
+        let input = texts(body, "input", max_items)?;
         let encoding_format = match opt_str(body, "encoding_format")?.as_deref() {
             None | Some("float") => EncodingFormat::Float,
             Some("base64") => EncodingFormat::Base64,
@@ -169,6 +129,8 @@ impl EmbeddingsRequest {
             input_type: opt_str(body, "input_type")?
                 .map(|t| InputType::parse(&t))
                 .transpose()?,
+            normalize: true,
+            truncation: truncation(body)?,
         })
     }
 }
@@ -329,6 +291,20 @@ fn prompt<'m>(
     }
 }
 
+/// The API error for a tokenization failure of the inputs under `param`: 413 for an input
+/// too long to take untruncated, else 400.
+pub fn text_error(param: &str, e: TextError) -> ApiError {
+    let status = if matches!(e, TextError::TooLong { .. }) {
+        413
+    } else {
+        400
+    };
+    ApiError {
+        status,
+        ..ApiError::invalid(param, e.to_string())
+    }
+}
+
 /// Computes embeddings for a validated request.
 pub async fn embeddings(
     state: &AppState,
@@ -357,12 +333,13 @@ pub async fn embeddings(
                 prompt(model, req.prompt_name.as_deref(), req.input_type)?.map(str::to_string);
             let pool_prompt = model.manifest.abi.include_prompt;
             let texts = req.input;
+            let how = req.truncation;
             let id = model.id.clone();
             let tokens = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let tokens = match &prompt {
-                    Some(p) => encoder.encode_prompted(p, &texts, pool_prompt),
-                    None => encoder.encode(&texts),
+                    Some(p) => encoder.encode_prompted(p, &texts, pool_prompt, how),
+                    None => encoder.encode_with(&texts, how),
                 };
                 crate::metrics::global()
                     .tokenize_seconds
@@ -372,7 +349,7 @@ pub async fn embeddings(
             })
             .await
             .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
-            .map_err(|e| ApiError::invalid("input", e.to_string()))?;
+            .map_err(|e| text_error("input", e))?;
             let count: usize = tokens.iter().map(|t| t.len()).sum();
             (
                 tokens.into_iter().map(Payload::Tokens).collect(),
@@ -414,10 +391,14 @@ pub async fn embeddings(
                 "the model returned a score where a vector was expected",
             ));
         };
-        normalize(&mut v);
+        if req.normalize {
+            normalize(&mut v);
+        }
         if let Some(d) = req.dimensions {
             v.truncate(d);
-            normalize(&mut v);
+            if req.normalize {
+                normalize(&mut v);
+            }
         }
         data.push(EmbeddingData {
             object: "embedding",

@@ -1,6 +1,7 @@
 //! Reading typed fields of a JSON request body, with errors that name the field.
 
 use super::ApiError;
+use crate::text::Truncation;
 use serde_json::{Map, Value};
 
 pub fn type_name(v: &Value) -> &'static str {
@@ -74,5 +75,142 @@ pub fn too_many(key: &str, n: usize, max_items: usize) -> ApiError {
              (MAX_ITEMS_PER_REQUEST)"
         ),
         param: Some(key.into()),
+    }
+}
+
+/// A required list of texts (or one text) under `key`, naming the item at fault.
+pub fn texts(
+    body: &Map<String, Value>,
+    key: &str,
+    max_items: usize,
+) -> Result<Vec<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            key,
+            format!("{key} is required: a string or a list of strings"),
+        )),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(ApiError::invalid(
+                    key,
+                    format!("{key} must not be an empty list"),
+                ));
+            }
+            if items.len() > max_items {
+                return Err(too_many(key, items.len(), max_items));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(ApiError::invalid(
+                        key,
+                        format!(
+                            "{key}[{i}] must be a string, got {} (token-id arrays are not \
+                             accepted)",
+                            type_name(other)
+                        ),
+                    )),
+                })
+                .collect()
+        }
+        Some(other) => Err(ApiError::invalid(
+            key,
+            format!(
+                "{key} must be a string or a list of strings, got {}",
+                type_name(other)
+            ),
+        )),
+    }
+}
+
+/// What to do with over-long inputs: `truncate` (TEI's boolean, or Cohere's `NONE` / `START`
+/// / `END`) and `truncation_direction` (`left` / `right`); by default the end is cut off.
+pub fn truncation(body: &Map<String, Value>) -> Result<Truncation, ApiError> {
+    let direction = match opt_str(body, "truncation_direction")? {
+        None => None,
+        Some(d) => match d.to_ascii_lowercase().as_str() {
+            "right" => Some(Truncation::Right),
+            "left" => Some(Truncation::Left),
+            _ => {
+                return Err(ApiError::invalid(
+                    "truncation_direction",
+                    format!("truncation_direction must be 'left' or 'right', got '{d}'"),
+                ))
+            }
+        },
+    };
+    let side = direction.unwrap_or_default();
+    match body.get("truncate") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(side),
+        Some(Value::Bool(false)) => Ok(Truncation::Refuse),
+        Some(Value::String(s)) => match s.to_ascii_uppercase().as_str() {
+            "NONE" => Ok(Truncation::Refuse),
+            "END" => Ok(Truncation::Right),
+            "START" => Ok(Truncation::Left),
+            _ => Err(ApiError::invalid(
+                "truncate",
+                format!("truncate must be a boolean or one of NONE, START, END; got '{s}'"),
+            )),
+        },
+        Some(other) => Err(ApiError::invalid(
+            "truncate",
+            format!(
+                "truncate must be a boolean or one of NONE, START, END; got {}",
+                type_name(other)
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn how(v: Value) -> Result<Truncation, ApiError> {
+        truncation(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn truncation_reads_teis_and_coheres_spellings() {
+        assert_eq!(how(json!({})).unwrap(), Truncation::Right);
+        assert_eq!(how(json!({"truncate": true})).unwrap(), Truncation::Right);
+        assert_eq!(how(json!({"truncate": false})).unwrap(), Truncation::Refuse);
+        let left = json!({"truncate": true, "truncation_direction": "Left"});
+        assert_eq!(how(left).unwrap(), Truncation::Left);
+        assert_eq!(
+            how(json!({"truncate": "NONE"})).unwrap(),
+            Truncation::Refuse
+        );
+        assert_eq!(how(json!({"truncate": "start"})).unwrap(), Truncation::Left);
+        assert_eq!(how(json!({"truncate": "END"})).unwrap(), Truncation::Right);
+        let e = how(json!({"truncate": "MIDDLE"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("truncate"));
+        let e = how(json!({"truncate": 1})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("truncate"));
+        let e = how(json!({"truncation_direction": "up"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("truncation_direction"));
+    }
+
+    #[test]
+    fn texts_name_the_key_and_item() {
+        let body = json!({"inputs": ["a", 2]});
+        let e = texts(body.as_object().unwrap(), "inputs", 4).unwrap_err();
+        assert!(e.message.contains("inputs[1]"), "{}", e.message);
+        let body = json!({"inputs": ["a", "b", "c"]});
+        assert_eq!(
+            texts(body.as_object().unwrap(), "inputs", 2)
+                .unwrap_err()
+                .status,
+            413
+        );
+        let body = json!({"inputs": "one"});
+        assert_eq!(
+            texts(body.as_object().unwrap(), "inputs", 2).unwrap(),
+            ["one"]
+        );
     }
 }

@@ -2,12 +2,12 @@
 //! the model list, with one error type that transports turn into their own shapes.
 
 mod embeddings;
-mod fields;
+pub(crate) mod fields;
 mod rerank;
 
 pub use embeddings::{
-    embeddings, normalize, Embedding, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse,
-    EncodingFormat,
+    embeddings, normalize, text_error, Embedding, EmbeddingData, EmbeddingsRequest,
+    EmbeddingsResponse, EncodingFormat,
 };
 pub use rerank::{rerank, RerankRequest, RerankResponse, RerankResult};
 

@@ -1,8 +1,10 @@
 //! `/v1/rerank`: scores of documents against a query, in the Cohere / Infinity shape.
 
-use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, type_name};
+use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, truncation, type_name};
+use super::text_error;
 use super::{ApiError, AppState, Usage};
 use crate::engine::{Output, Payload};
+use crate::text::Truncation;
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,6 +24,8 @@ pub struct RerankRequest {
     pub return_documents: bool,
     /// Report logits instead of their sigmoid.
     pub raw_scores: bool,
+    /// What happens to pairs longer than the model reads.
+    pub truncation: Truncation,
 }
 
 /// The first of `names` present in `body` (they are synonyms; giving two is an error).
@@ -116,6 +120,7 @@ impl RerankRequest {
             top_n: opt_positive(body, "top_n")?,
             return_documents,
             raw_scores: opt_bool(body, "raw_scores")?.unwrap_or(false),
+            truncation: truncation(body)?,
         })
     }
 }
@@ -158,10 +163,11 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     let encoder = model.encoder.clone();
     let query = req.query;
     let documents = req.documents;
+    let how = req.truncation;
     let id = model.id.clone();
     let (tokens, documents) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let tokens = encoder.encode_pairs(&query, &documents);
+        let tokens = encoder.encode_pairs(&query, &documents, how);
         crate::metrics::global()
             .tokenize_seconds
             .with_label_values(&[&id])
@@ -170,7 +176,7 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     })
     .await
     .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
-    .map_err(|e| ApiError::invalid("documents", e.to_string()))?;
+    .map_err(|e| text_error("documents", e))?;
     let prompt_tokens: usize = tokens.iter().map(|t| t.len()).sum();
     let outputs = model
         .engine

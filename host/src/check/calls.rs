@@ -6,7 +6,7 @@ use super::{cosine, describe, is_panic, non_finite, Outcome, Tolerance};
 use crate::engine::pad;
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::Prepared;
-use crate::text::Tokens;
+use crate::text::{Tokens, Truncation};
 use ember_plugin_api::{
     ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, Pooling, TokenBatch,
 };
@@ -119,9 +119,11 @@ impl<'a> Suite<'a> {
         .map(|s| s.to_string())
         .collect();
         let rows = match kind {
-            ModelKind::Rerank => prepared
-                .encoder
-                .encode_pairs("what does the fox do?", &texts),
+            ModelKind::Rerank => {
+                prepared
+                    .encoder
+                    .encode_pairs("what does the fox do?", &texts, Truncation::Right)
+            }
             _ => prepared.encoder.encode(&texts),
         }
         .unwrap_or_default();

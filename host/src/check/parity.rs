@@ -9,6 +9,7 @@ use crate::engine::pad;
 use crate::images::preprocess::{probe, ImageLimits};
 use crate::plugin::ModelRunner;
 use crate::startup::Prepared;
+use crate::text::Truncation;
 use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};
 use serde_json::Value;
 use std::path::Path;
@@ -103,7 +104,7 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result
             serde_json::from_value(c["scores"].clone()).map_err(|e| e.to_string())?;
         let tokens = p
             .encoder
-            .encode_pairs(query, &docs)
+            .encode_pairs(query, &docs, Truncation::Right)
             .map_err(|e| e.to_string())?;
         let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
         let got = runner

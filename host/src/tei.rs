@@ -1,0 +1,340 @@
+//! Hugging Face text-embeddings-inference (TEI) routes, with TEI's request and response shapes
+//! and error shape (`{"error", "error_type"}`, 422 for invalid input): `POST /embed`,
+//! `POST /rerank` with `texts`, `POST /tokenize`, `POST /decode`, `GET /info`, and `POST /`,
+//! which answers as `/embed` or `/rerank` by the model's kind, as TEI does (it is where
+//! `huggingface_hub`'s `InferenceClient` posts). Each route takes an optional `model` (an
+//! extension); without it the route uses the only model, or the first that can answer it.
+
+use crate::api::fields::{object, opt_bool, opt_str, texts, truncation, type_name};
+use crate::api::{self, ApiError, AppState, DeployedModel, Embedding, EncodingFormat};
+use crate::api::{EmbeddingsRequest, RerankRequest};
+use crate::http::json_body;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ember_plugin_api::ModelKind;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// An error answered in TEI's shape and with TEI's status codes.
+pub struct TeiError(pub ApiError);
+
+impl From<ApiError> for TeiError {
+    fn from(e: ApiError) -> Self {
+        TeiError(e)
+    }
+}
+
+impl IntoResponse for TeiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        // TEI: Validation and Tokenizer 422, Empty 400, Overloaded 429, Unhealthy 503,
+        // Backend 424; an input too long stays 413 as ember answers it elsewhere.
+        let (status, kind) = match e.status {
+            400 | 404 | 415 => (422, "Validation"),
+            408 | 413 => (e.status, "Validation"),
+            429 => (429, "Overloaded"),
+            503 => (503, "Unhealthy"),
+            401 => (401, "Validation"),
+            _ => (424, "Backend"),
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(json!({"error": e.message, "error_type": kind})),
+        )
+            .into_response()
+    }
+}
+
+/// The model a TEI request addresses: the one it names, else the only one, else the first
+/// that `can` serve the route.
+fn model_for<'a>(
+    state: &'a AppState,
+    body: &Map<String, Value>,
+    can: fn(ModelKind) -> bool,
+) -> Result<&'a DeployedModel, ApiError> {
+    let name = opt_str(body, "model")?;
+    if name.is_some() || state.models.len() == 1 {
+        return state.model(name.as_deref());
+    }
+    state
+        .models
+        .iter()
+        .find(|m| can(m.manifest.abi.kind))
+        .ok_or_else(|| ApiError::invalid("model", "no deployed model can answer this route"))
+}
+
+fn embeds(kind: ModelKind) -> bool {
+    kind != ModelKind::Rerank
+}
+
+fn reranks(kind: ModelKind) -> bool {
+    kind == ModelKind::Rerank
+}
+
+/// `POST /embed`: `inputs` (a string or a list), `normalize`, `truncate`,
+/// `truncation_direction`, `prompt_name`, `dimensions`; answers a list of vectors.
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    Ok(embed_value(&state, &value).await?.into_response())
+}
+
+async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, embeds)?;
+    let dimensions = match body.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(d) if d >= 1 => Some(d as usize),
+            _ => {
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    format!("dimensions must be a positive integer, got {v}"),
+                ))
+            }
+        },
+    };
+    let req = EmbeddingsRequest {
+        model: Some(model.id.clone()),
+        input: texts(body, "inputs", state.max_items)?,
+        encoding_format: EncodingFormat::Float,
+        dimensions,
+        modality: "text".into(),
+        prompt_name: opt_str(body, "prompt_name")?,
+        input_type: None,
+        normalize: opt_bool(body, "normalize")?.unwrap_or(true),
+        truncation: truncation(body)?,
+    };
+    let r = api::embeddings(state, req).await?;
+    let vectors: Vec<Value> = r
+        .data
+        .into_iter()
+        .map(|d| match d.embedding {
+            Embedding::Float(v) => json!(v),
+            Embedding::Base64(s) => json!(s),
+        })
+        .collect();
+    Ok(Json(Value::Array(vectors)))
+}
+
+/// `POST /rerank` in TEI's shape (`query`, `texts`, `raw_scores`, `return_text`, `truncate`):
+/// a list of `{index, score, text?}`, best first.
+pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, reranks)?;
+    let query = match body.get("query") {
+        Some(Value::String(q)) => q.clone(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("query", "query is required: a string"))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "query",
+                format!("query must be a string, got {}", type_name(other)),
+            ))
+        }
+    };
+    let documents = match body.get("texts") {
+        Some(Value::Array(_)) => texts(body, "texts", state.max_items)?,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "texts",
+                format!("texts must be a list of strings, got {}", type_name(other)),
+            ))
+        }
+        None => return Err(ApiError::invalid("texts", "texts is required")),
+    };
+    let return_text = opt_bool(body, "return_text")?.unwrap_or(false);
+    let req = RerankRequest {
+        model: Some(model.id.clone()),
+        query,
+        documents,
+        top_n: None,
+        return_documents: return_text,
+        raw_scores: opt_bool(body, "raw_scores")?.unwrap_or(false),
+        truncation: truncation(body)?,
+    };
+    let r = api::rerank(state, req).await?;
+    let ranks: Vec<Value> = r
+        .results
+        .into_iter()
+        .map(|res| {
+            let mut rank = json!({"index": res.index, "score": res.relevance_score});
+            if let Some(text) = res.document {
+                rank["text"] = json!(text);
+            }
+            rank
+        })
+        .collect();
+    Ok(Json(Value::Array(ranks)))
+}
+
+/// `POST /`: `/embed` or `/rerank` by the model's kind, as TEI's root route is.
+pub async fn root(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    let body = object(&value)?;
+    let model = model_for(&state, body, |_| true)?;
+    let answer = if model.manifest.abi.kind == ModelKind::Rerank {
+        rerank_value(&state, &value).await?
+    } else {
+        embed_value(&state, &value).await?
+    };
+    Ok(answer.into_response())
+}
+
+/// `POST /tokenize`: `inputs`, `add_special_tokens` (default true), `prompt_name`; per input
+/// the tokens with `id`, `text`, `special`, `start`, `stop` (byte offsets).
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    let body = object(&value)?;
+    let model = model_for(&state, body, |_| true)?;
+    let inputs = texts(body, "inputs", state.max_items)?;
+    let special = opt_bool(body, "add_special_tokens")?.unwrap_or(true);
+    let prompt = match opt_str(body, "prompt_name")? {
+        None => String::new(),
+        Some(name) => model.manifest.prompts.get(&name).cloned().ok_or_else(|| {
+            ApiError::invalid(
+                "prompt_name",
+                format!(
+                    "prompt_name '{name}' is not one of model '{}''s prompts: {}",
+                    model.id,
+                    model
+                        .manifest
+                        .prompts
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?,
+    };
+    let encoder = model.encoder.clone();
+    let lists = tokio::task::spawn_blocking(move || {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let text = format!("{prompt}{text}");
+                let tokens = encoder
+                    .tokenize(&text, special)
+                    .map_err(|e| ApiError::invalid("inputs", format!("inputs[{i}]: {e}")))?;
+                Ok(tokens
+                    .into_iter()
+                    .map(|t| {
+                        json!({"id": t.id, "text": t.text, "special": t.special,
+                               "start": t.span.map(|s| s.0), "stop": t.span.map(|s| s.1)})
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))??;
+    Ok(Json(lists).into_response())
+}
+
+/// `POST /decode`: `ids` (a list, or a list of lists) and `skip_special_tokens` (default
+/// true); answers one string per list.
+pub async fn decode(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    let body = object(&value)?;
+    let model = model_for(&state, body, |_| true)?;
+    let skip = opt_bool(body, "skip_special_tokens")?.unwrap_or(true);
+    let id_list = |v: &Value, what: &str| -> Result<Vec<u32>, ApiError> {
+        let items = v.as_array().ok_or_else(|| {
+            ApiError::invalid("ids", format!("{what} must be a list of token ids"))
+        })?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid("ids", format!("{what}[{i}] must be a token id, got {x}"))
+                    })
+            })
+            .collect()
+    };
+    let lists: Vec<Vec<u32>> = match body.get("ids") {
+        Some(Value::Array(items)) if items.iter().all(Value::is_array) && !items.is_empty() => {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| id_list(v, &format!("ids[{i}]")))
+                .collect::<Result<_, _>>()?
+        }
+        Some(v @ Value::Array(_)) => vec![id_list(v, "ids")?],
+        _ => {
+            return Err(ApiError::invalid(
+                "ids",
+                "ids is required: a list of token ids, or a list of such lists",
+            )
+            .into())
+        }
+    };
+    let texts = lists
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            model
+                .encoder
+                .decode(ids, skip)
+                .map_err(|e| ApiError::invalid("ids", format!("ids[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(texts).into_response())
+}
+
+/// `GET /info`: TEI's model information for the first model (`model_type` `embedding` with
+/// its pooling, or `reranker`), with ember's additions (`backend`, `prompts`, `models`).
+pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiError> {
+    let Some(model) = state.models.first() else {
+        return Err(ApiError::new(503, "server_error", "no model is deployed").into());
+    };
+    let abi = &model.manifest.abi;
+    let model_type = match abi.kind {
+        ModelKind::Rerank => json!({"reranker": {
+            "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}),
+        _ => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
+    };
+    Ok(Json(json!({
+        "model_id": model.id,
+        "model_sha": null,
+        "served_model_name": model.id,
+        "model_type": model_type,
+        "max_input_length": abi.max_input_tokens,
+        "max_client_batch_size": state.max_items,
+        "auto_truncate": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "sha": null,
+        "docker_label": null,
+        "backend": state.backend,
+        "device": model.device,
+        "dimensions": model.dim,
+        "prompts": model.manifest.prompts,
+        "models": state.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
