@@ -5,7 +5,7 @@
 //! `huggingface_hub`'s `InferenceClient` posts). Each route takes an optional `model` (an
 //! extension); without it the route uses the only model, or the first that can answer it.
 
-use crate::api::fields::{object, opt_bool, opt_str, texts, truncation, type_name};
+use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, Embedding, EncodingFormat};
 use crate::api::{EmbeddingsRequest, RerankRequest};
 use crate::http::json_body;
@@ -90,23 +90,11 @@ pub async fn embed(
 async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, embeds)?;
-    let dimensions = match body.get("dimensions") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(d) if d >= 1 => Some(d as usize),
-            _ => {
-                return Err(ApiError::invalid(
-                    "dimensions",
-                    format!("dimensions must be a positive integer, got {v}"),
-                ))
-            }
-        },
-    };
     let req = EmbeddingsRequest {
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,
         encoding_format: EncodingFormat::Float,
-        dimensions,
+        dimensions: opt_positive(body, "dimensions")?,
         modality: "text".into(),
         prompt_name: opt_str(body, "prompt_name")?,
         input_type: None,
@@ -130,18 +118,7 @@ async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, Api
 pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, reranks)?;
-    let query = match body.get("query") {
-        Some(Value::String(q)) => q.clone(),
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid("query", "query is required: a string"))
-        }
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "query",
-                format!("query must be a string, got {}", type_name(other)),
-            ))
-        }
-    };
+    let query = api::query(body)?;
     let documents = match body.get("texts") {
         Some(Value::Array(_)) => texts(body, "texts", state.max_items)?,
         Some(other) => {

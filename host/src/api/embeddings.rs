@@ -1,6 +1,6 @@
 //! `/v1/embeddings`: text and image inputs, float or base64 vectors, `dimensions`.
 
-use super::fields::{object, opt_str, texts, truncation};
+use super::fields::{object, opt_positive, opt_str, texts, truncation};
 use super::{ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
@@ -106,18 +106,7 @@ impl EmbeddingsRequest {
                 ))
             }
         };
-        let dimensions = match body.get("dimensions") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(d) if d >= 1 => Some(d as usize),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "dimensions",
-                        format!("dimensions must be a positive integer, got {v}"),
-                    ))
-                }
-            },
-        };
+        let dimensions = opt_positive(body, "dimensions")?;
         let modality = opt_str(body, "modality")?.unwrap_or_else(|| "text".into());
         Ok(EmbeddingsRequest {
             model: opt_str(body, "model")?,

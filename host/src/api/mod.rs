@@ -9,7 +9,7 @@ pub use embeddings::{
     embeddings, normalize, text_error, Embedding, EmbeddingData, EmbeddingsRequest,
     EmbeddingsResponse, EncodingFormat,
 };
-pub use rerank::{rerank, RerankRequest, RerankResponse, RerankResult};
+pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
 use crate::engine::{Engine, EngineError};
 use crate::images::Images;

@@ -47,25 +47,24 @@ fn one_of<'a>(
     }
 }
 
+/// The required, non-empty `query` string.
+pub fn query(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("query") {
+        Some(Value::String(q)) if !q.trim().is_empty() => Ok(q.clone()),
+        Some(Value::String(_)) => Err(ApiError::invalid("query", "query must not be empty")),
+        None | Some(Value::Null) => Err(ApiError::invalid("query", "query is required: a string")),
+        Some(other) => Err(ApiError::invalid(
+            "query",
+            format!("query must be a string, got {}", type_name(other)),
+        )),
+    }
+}
+
 impl RerankRequest {
     /// Validates a JSON body, naming the field (and item index) of the first problem.
     pub fn parse(body: &Value, max_items: usize) -> Result<Self, ApiError> {
         let body = object(body)?;
-        let query = match body.get("query") {
-            Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
-            Some(Value::String(_)) => {
-                return Err(ApiError::invalid("query", "query must not be empty"))
-            }
-            None | Some(Value::Null) => {
-                return Err(ApiError::invalid("query", "query is required: a string"))
-            }
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "query",
-                    format!("query must be a string, got {}", type_name(other)),
-                ))
-            }
-        };
+        let query = query(body)?;
         let (key, docs) = one_of(body, &["documents", "docs"])?.ok_or_else(|| {
             ApiError::invalid(
                 "documents",
