@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything ember needs on a fresh machine, idempotently:
 #   1. a Python virtual environment with the pinned wheels (runtimes, and the reference
-#      implementation used to build test models), cached outside the clone by content hash;
+#      implementation used to build test models), cached outside the clone by content hash,
+#      with the real clients the tests run (scripts/requirements-clients.txt) on top;
 #   2. the test models and their reference outputs (scripts/make_fixtures.py), cached the same way;
 #   3. a release build of the host and the plugins;
 #   4. the native runtimes from the wheels linked next to the plugins, so no LD_LIBRARY_PATH
@@ -30,6 +31,14 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-fixtures.txt
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r scripts/requirements-nodeps.txt
   touch "$VENV/.complete"
+fi
+# The test clients, on top: a marker per version of their list.
+CLIENTS_HASH=$(hash_of scripts/requirements-clients.txt)
+if [ ! -f "$VENV/.clients-$CLIENTS_HASH" ]; then
+  echo "setup: installing the test clients into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-clients.txt
+  rm -f "$VENV"/.clients-*
+  touch "$VENV/.clients-$CLIENTS_HASH"
 fi
 ln -sfn "$VENV" "$CACHE/venv"
 # libtorch of the torch wheel, for tch's build script (.cargo/config.toml reads ./.libtorch).

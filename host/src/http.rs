@@ -5,7 +5,7 @@
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::local_api::{self, Shared};
-use crate::tei;
+use crate::{cohere, tei};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, State};
@@ -312,7 +312,7 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
     }
 }
 
-/// Builds the router: OpenAI routes, TEI's routes, the local RunPod API, `/health`, `/metrics`; behind
+/// Builds the router: OpenAI routes, TEI's and Cohere's routes, the local RunPod API, `/health`, `/metrics`; behind
 /// `api_key` when set; every request logged and counted.
 pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) -> Router {
     let limit = state.max_request_bytes;
@@ -334,6 +334,9 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .route("/tokenize", post(tei::tokenize))
         .route("/decode", post(tei::decode))
         .route("/info", get(tei::info))
+        // Cohere's v2 routes, one segment shorter than the RunPod API's `/v2/{endpoint_id}/...`.
+        .route("/v2/embed", post(cohere::embed))
+        .route("/v2/rerank", post(cohere::rerank))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -390,6 +393,8 @@ mod tests {
             "/v2//run",
             "/v2/run",
             "/v2/ep/v1/embeddings",
+            "/v2/embed",
+            "/v2/rerank",
             "/health/x",
             "run",
             "",

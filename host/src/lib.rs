@@ -4,6 +4,7 @@
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod cohere;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -237,6 +237,7 @@ async fn deploy(
         engine,
         dim: described.embedding_dim as usize,
         device: described.device.to_string(),
+        calibration: tokio::sync::OnceCell::new(),
     })
 }
 

@@ -6,7 +6,7 @@
 //! extension); without it the route uses the only model, or the first that can answer it.
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
-use crate::api::{self, ApiError, AppState, DeployedModel, Embedding, EncodingFormat};
+use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat};
 use crate::api::{EmbeddingsRequest, RerankRequest};
 use crate::http::json_body;
 use axum::body::Bytes;
@@ -100,17 +100,12 @@ async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, Api
         input_type: None,
         normalize: opt_bool(body, "normalize")?.unwrap_or(true),
         truncation: truncation(body)?,
+        max_tokens: None,
     };
-    let r = api::embeddings(state, req).await?;
-    let vectors: Vec<Value> = r
-        .data
-        .into_iter()
-        .map(|d| match d.embedding {
-            Embedding::Float(v) => json!(v),
-            Embedding::Base64(s) => json!(s),
-        })
-        .collect();
-    Ok(Json(Value::Array(vectors)))
+    let done = api::vectors(state, req)
+        .await
+        .map_err(|e| e.renamed("input", "inputs"))?;
+    Ok(Json(json!(done.vectors)))
 }
 
 /// `POST /rerank` in TEI's shape (`query`, `texts`, `raw_scores`, `return_text`, `truncate`):
@@ -138,8 +133,11 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Json<Value>
         return_documents: return_text,
         raw_scores: opt_bool(body, "raw_scores")?.unwrap_or(false),
         truncation: truncation(body)?,
+        max_tokens_per_doc: None,
     };
-    let r = api::rerank(state, req).await?;
+    let r = api::rerank(state, req)
+        .await
+        .map_err(|e| e.renamed("documents", "texts"))?;
     let ranks: Vec<Value> = r
         .results
         .into_iter()

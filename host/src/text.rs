@@ -386,6 +386,34 @@ impl TextEncoder {
             .collect())
     }
 
+    /// Each text cut after its first `n` tokens, special tokens not counted (Cohere's
+    /// `max_tokens` and `max_tokens_per_doc`); shorter texts are kept whole (blocking).
+    pub fn heads(&self, texts: Vec<String>, n: usize) -> Result<Vec<String>, TextError> {
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let enc =
+                    self.tokenizer
+                        .encode(text.as_str(), false)
+                        .map_err(|e| TextError::Encode {
+                            index,
+                            reason: e.to_string(),
+                        })?;
+                let Some(&(start, _)) = enc.get_offsets().get(n) else {
+                    return Ok(text); // n tokens or fewer
+                };
+                // Where token n+1 starts, backed off to a character boundary (a byte-level
+                // token may start inside a character).
+                let cut = (0..=start.min(text.len()))
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                Ok(text[..cut].trim_end().to_string())
+            })
+            .collect()
+    }
+
     /// The text of token ids (blocking).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
         self.tokenizer

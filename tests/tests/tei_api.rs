@@ -124,7 +124,7 @@ fn tei_routes_answer_in_teis_shapes() {
         server.post("/embed", &json!({"inputs": texts, "truncate": false})),
         413,
         "Validation",
-        &["item 3", "32 tokens"],
+        &["inputs[3]", "32 tokens"],
     );
     let (status, body) = server.post(
         "/embed",
@@ -275,7 +275,7 @@ fn tei_rerank_scores_as_transformers_and_the_root_route_follows_the_model() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains(&format!("item {long}")),
+            .contains(&format!("texts[{long}]")),
         "{body}"
     );
     assert_tei_error(

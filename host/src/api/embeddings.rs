@@ -1,5 +1,6 @@
-//! `/v1/embeddings`: text and image inputs, float or base64 vectors, `dimensions`.
+//! `/v1/embeddings`: text and image inputs, float, base64 or compact vectors, `dimensions`.
 
+use super::compact::{Precision, Quantizer};
 use super::fields::{object, opt_positive, opt_str, texts, truncation};
 use super::{ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
@@ -17,6 +18,44 @@ pub enum EncodingFormat {
     Float,
     /// Little-endian float32 bytes, base64-encoded.
     Base64,
+    /// Quantised codes, as JSON integers.
+    Compact(Precision),
+}
+
+impl EncodingFormat {
+    /// The format called `name`: `float`, `base64`, or a compact precision.
+    pub fn parse(name: &str) -> Option<EncodingFormat> {
+        match name {
+            "float" => Some(EncodingFormat::Float),
+            "base64" => Some(EncodingFormat::Base64),
+            other => Precision::parse(other).map(EncodingFormat::Compact),
+        }
+    }
+}
+
+/// What happens to a model's raw vector before it is answered: unit length (unless
+/// `normalize` is off), then truncation to `dimensions` and unit length again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finish {
+    /// Whether vectors come out with unit length.
+    pub normalize: bool,
+    /// Keep only the first this many dimensions.
+    pub dimensions: Option<usize>,
+}
+
+impl Finish {
+    /// Applies the post-processing to `v`.
+    pub fn apply(&self, v: &mut Vec<f32>) {
+        if self.normalize {
+            normalize(v);
+        }
+        if let Some(d) = self.dimensions {
+            v.truncate(d);
+            if self.normalize {
+                normalize(v);
+            }
+        }
+    }
 }
 
 /// A validated embeddings request.
@@ -40,6 +79,8 @@ pub struct EmbeddingsRequest {
     pub normalize: bool,
     /// What happens to texts longer than the model reads.
     pub truncation: Truncation,
+    /// Embed only each text's first this many tokens (Cohere's `max_tokens`).
+    pub max_tokens: Option<usize>,
 }
 
 /// What the texts of a request are, as clients that do not know the model's prompt names say
@@ -60,7 +101,8 @@ pub enum InputType {
 }
 
 impl InputType {
-    fn parse(value: &str) -> Result<InputType, ApiError> {
+    /// The type called `value`, or a 400 listing the accepted names.
+    pub fn parse(value: &str) -> Result<InputType, ApiError> {
         Ok(match value {
             "query" | "search_query" => InputType::Query,
             "document" | "search_document" | "passage" => InputType::Document,
@@ -96,15 +138,17 @@ impl EmbeddingsRequest {
     pub fn parse(body: &Value, max_items: usize) -> Result<Self, ApiError> {
         let body = object(body)?;
         let input = texts(body, "input", max_items)?;
-        let encoding_format = match opt_str(body, "encoding_format")?.as_deref() {
-            None | Some("float") => EncodingFormat::Float,
-            Some("base64") => EncodingFormat::Base64,
-            Some(other) => {
-                return Err(ApiError::invalid(
+        let encoding_format = match opt_str(body, "encoding_format")? {
+            None => EncodingFormat::Float,
+            Some(name) => EncodingFormat::parse(&name).ok_or_else(|| {
+                ApiError::invalid(
                     "encoding_format",
-                    format!("encoding_format must be 'float' or 'base64', got '{other}'"),
-                ))
-            }
+                    format!(
+                        "encoding_format must be one of float, base64, int8, uint8, binary, \
+                         ubinary; got '{name}'"
+                    ),
+                )
+            })?,
         };
         let dimensions = opt_positive(body, "dimensions")?;
         let modality = opt_str(body, "modality")?.unwrap_or_else(|| "text".into());
@@ -120,7 +164,16 @@ impl EmbeddingsRequest {
                 .transpose()?,
             normalize: true,
             truncation: truncation(body)?,
+            max_tokens: None,
         })
+    }
+
+    /// The post-processing its vectors get.
+    pub fn finish(&self) -> Finish {
+        Finish {
+            normalize: self.normalize,
+            dimensions: self.dimensions,
+        }
     }
 }
 
@@ -132,6 +185,8 @@ pub enum Embedding {
     Float(Vec<f32>),
     /// Little-endian float32 bytes, base64-encoded.
     Base64(String),
+    /// Quantised codes (`int8`, `uint8`, `binary`, `ubinary`).
+    Codes(Vec<i16>),
 }
 
 /// One embedding in a response.
@@ -166,12 +221,42 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
-fn encode(v: Vec<f32>, format: EncodingFormat) -> Embedding {
-    match format {
-        EncodingFormat::Float => Embedding::Float(v),
-        EncodingFormat::Base64 => {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+/// How finished vectors are written into a response.
+pub enum Writer {
+    /// JSON numbers.
+    Float,
+    /// Little-endian float32 bytes, base64-encoded.
+    Base64,
+    /// Quantised codes.
+    Codes(Quantizer),
+}
+
+impl Writer {
+    /// The writer of `format` for `model`'s vectors finished by `finish` (calibrating the
+    /// model's int8/uint8 ranges on first use).
+    pub async fn new(
+        model: &DeployedModel,
+        format: EncodingFormat,
+        finish: Finish,
+    ) -> Result<Writer, ApiError> {
+        Ok(match format {
+            EncodingFormat::Float => Writer::Float,
+            EncodingFormat::Base64 => Writer::Base64,
+            EncodingFormat::Compact(p) => {
+                Writer::Codes(Quantizer::calibrated(model, p, |v| finish.apply(v)).await?)
+            }
+        })
+    }
+
+    /// `v` as the response carries it.
+    pub fn write(&self, v: Vec<f32>) -> Embedding {
+        match self {
+            Writer::Float => Embedding::Float(v),
+            Writer::Base64 => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            Writer::Codes(q) => Embedding::Codes(q.codes(&v)),
         }
     }
 }
@@ -280,18 +365,36 @@ fn prompt<'m>(
     }
 }
 
-/// The API error for a tokenization failure of the inputs under `param`: 413 for an input
-/// too long to take untruncated, else 400.
+/// The API error for a tokenization failure of the inputs under `param`, naming the item
+/// (`input[3]`): 413 for an input too long to take untruncated, else 400.
 pub fn text_error(param: &str, e: TextError) -> ApiError {
-    let status = if matches!(e, TextError::TooLong { .. }) {
-        413
-    } else {
-        400
-    };
-    ApiError {
-        status,
-        ..ApiError::invalid(param, e.to_string())
+    match e {
+        TextError::TooLong { index, max } => ApiError {
+            status: 413,
+            ..ApiError::invalid(
+                param,
+                format!(
+                    "{param}[{index}] is longer than the model's maximum of {max} tokens \
+                     (truncation is turned off: shorten it, or allow truncation)"
+                ),
+            )
+        },
+        TextError::Encode { index, reason } => ApiError::invalid(
+            param,
+            format!("{param}[{index}]: cannot tokenize: {reason}"),
+        ),
+        TextError::Load(_) => ApiError::invalid(param, e.to_string()),
     }
+}
+
+/// A request's finished vectors, in input order.
+pub struct Vectors<'a> {
+    /// The model that computed them.
+    pub model: &'a DeployedModel,
+    /// One per input, after the request's post-processing.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read (zero for images).
+    pub tokens: usize,
 }
 
 /// Computes embeddings for a validated request.
@@ -300,6 +403,30 @@ pub async fn embeddings(
     req: EmbeddingsRequest,
 ) -> Result<EmbeddingsResponse, ApiError> {
     let model = state.model(req.model.as_deref())?;
+    // Refused before the writer calibrates anything for it.
+    check(model, &req)?;
+    let writer = Writer::new(model, req.encoding_format, req.finish()).await?;
+    let done = vectors(state, req).await?;
+    let data = done
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingData {
+            object: "embedding",
+            embedding: writer.write(v),
+            index,
+        })
+        .collect();
+    Ok(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: done.model.id.clone(),
+        usage: Usage::of(done.tokens),
+    })
+}
+
+/// The modality of `req` once `model` is known to be able to answer it as asked.
+fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<Modality, ApiError> {
     let modality = modality(&req.modality)?;
     if let Some(d) = req.dimensions {
         if d > model.dim {
@@ -312,20 +439,42 @@ pub async fn embeddings(
             ));
         }
     }
+    match modality {
+        Modality::Text if model.manifest.abi.kind == ModelKind::Rerank => {
+            Err(model.lacks("embed", "model"))
+        }
+        Modality::Image if model.manifest.abi.kind != ModelKind::Clip => {
+            Err(model.lacks("image_embed", "modality"))
+        }
+        Modality::Image if req.prompt_name.is_some() => Err(ApiError::invalid(
+            "prompt_name",
+            "prompt_name applies to text inputs, not images",
+        )),
+        _ => Ok(modality),
+    }
+}
+
+/// Computes the finished vectors of a validated request (its `encoding_format` aside).
+pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors<'_>, ApiError> {
+    let model = state.model(req.model.as_deref())?;
+    let modality = check(model, &req)?;
+    let finish = req.finish();
     let (payloads, prompt_tokens, images_admitted) = match modality {
         Modality::Text => {
-            if model.manifest.abi.kind == ModelKind::Rerank {
-                return Err(model.lacks("embed", "model"));
-            }
             let encoder = model.encoder.clone();
             let prompt =
                 prompt(model, req.prompt_name.as_deref(), req.input_type)?.map(str::to_string);
             let pool_prompt = model.manifest.abi.include_prompt;
             let texts = req.input;
             let how = req.truncation;
+            let max_tokens = req.max_tokens;
             let id = model.id.clone();
             let tokens = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
+                let texts = match max_tokens {
+                    Some(n) => encoder.heads(texts, n)?,
+                    None => texts,
+                };
                 let tokens = match &prompt {
                     Some(p) => encoder.encode_prompted(p, &texts, pool_prompt, how),
                     None => encoder.encode_with(&texts, how),
@@ -347,15 +496,6 @@ pub async fn embeddings(
             )
         }
         Modality::Image => {
-            if model.manifest.abi.kind != ModelKind::Clip {
-                return Err(model.lacks("image_embed", "modality"));
-            }
-            if req.prompt_name.is_some() {
-                return Err(ApiError::invalid(
-                    "prompt_name",
-                    "prompt_name applies to text inputs, not images",
-                ));
-            }
             // Queue places first, so that no pixels are computed for items the queue refuses;
             // images count no tokens.
             let places = model.engine.reserve(req.input.len())?;
@@ -371,8 +511,8 @@ pub async fn embeddings(
         }
         None => model.engine.run(payloads).await?,
     };
-    let mut data = Vec::with_capacity(outputs.len());
-    for (index, out) in outputs.into_iter().enumerate() {
+    let mut vectors = Vec::with_capacity(outputs.len());
+    for out in outputs {
         let Output::Vector(mut v) = out else {
             return Err(ApiError::new(
                 500,
@@ -380,26 +520,13 @@ pub async fn embeddings(
                 "the model returned a score where a vector was expected",
             ));
         };
-        if req.normalize {
-            normalize(&mut v);
-        }
-        if let Some(d) = req.dimensions {
-            v.truncate(d);
-            if req.normalize {
-                normalize(&mut v);
-            }
-        }
-        data.push(EmbeddingData {
-            object: "embedding",
-            embedding: encode(v, req.encoding_format),
-            index,
-        });
+        finish.apply(&mut v);
+        vectors.push(v);
     }
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.id.clone(),
-        usage: Usage::of(prompt_tokens),
+    Ok(Vectors {
+        model,
+        vectors,
+        tokens: prompt_tokens,
     })
 }
 
@@ -464,7 +591,7 @@ mod tests {
 
     #[test]
     fn base64_is_little_endian_float32() {
-        let Embedding::Base64(v) = encode(vec![1.0, -2.5], EncodingFormat::Base64) else {
+        let Embedding::Base64(v) = Writer::Base64.write(vec![1.0, -2.5]) else {
             panic!("expected base64")
         };
         let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();

@@ -1,13 +1,14 @@
 //! The operations every transport shares: request validation, model lookup, embeddings and
 //! the model list, with one error type that transports turn into their own shapes.
 
+pub mod compact;
 mod embeddings;
 pub(crate) mod fields;
 mod rerank;
 
 pub use embeddings::{
-    embeddings, normalize, text_error, Embedding, EmbeddingData, EmbeddingsRequest,
-    EmbeddingsResponse, EncodingFormat,
+    embeddings, normalize, text_error, vectors, Embedding, EmbeddingData, EmbeddingsRequest,
+    EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
 };
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
@@ -42,6 +43,16 @@ impl ApiError {
             message: message.into(),
             param: Some(param.to_string()),
         }
+    }
+
+    /// The same error told in a route's own name for the field (`input` is `texts` on
+    /// Cohere's route): the parameter and its first mention in the message.
+    pub fn renamed(mut self, from: &str, to: &str) -> Self {
+        if self.param.as_deref() == Some(from) {
+            self.param = Some(to.to_string());
+            self.message = self.message.replacen(from, to, 1);
+        }
+        self
     }
 
     /// A status with a type and message and no parameter.
@@ -97,6 +108,8 @@ pub struct DeployedModel {
     pub dim: usize,
     /// Device it runs on.
     pub device: String,
+    /// Its raw vectors of the int8/uint8 calibration corpus, once a request needed them.
+    pub calibration: tokio::sync::OnceCell<Arc<Vec<Vec<f32>>>>,
 }
 
 impl DeployedModel {

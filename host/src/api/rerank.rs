@@ -26,6 +26,8 @@ pub struct RerankRequest {
     pub raw_scores: bool,
     /// What happens to pairs longer than the model reads.
     pub truncation: Truncation,
+    /// Score only each document's first this many tokens (Cohere's `max_tokens_per_doc`).
+    pub max_tokens_per_doc: Option<usize>,
 }
 
 /// The first of `names` present in `body` (they are synonyms; giving two is an error).
@@ -120,6 +122,7 @@ impl RerankRequest {
             return_documents,
             raw_scores: opt_bool(body, "raw_scores")?.unwrap_or(false),
             truncation: truncation(body)?,
+            max_tokens_per_doc: opt_positive(body, "max_tokens_per_doc")?,
         })
     }
 }
@@ -163,10 +166,16 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     let query = req.query;
     let documents = req.documents;
     let how = req.truncation;
+    let per_doc = req.max_tokens_per_doc;
     let id = model.id.clone();
     let (tokens, documents) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let tokens = encoder.encode_pairs(&query, &documents, how);
+        let tokens = match per_doc {
+            Some(n) => encoder
+                .heads(documents.clone(), n)
+                .and_then(|heads| encoder.encode_pairs(&query, &heads, how)),
+            None => encoder.encode_pairs(&query, &documents, how),
+        };
         crate::metrics::global()
             .tokenize_seconds
             .with_label_values(&[&id])

@@ -1,0 +1,226 @@
+//! Cohere's v2 API: `POST /v2/embed` and `POST /v2/rerank` with Cohere's request and response
+//! shapes and its error shape (`{"message": ...}`), as `cohere.ClientV2(base_url=...)` calls
+//! them. The local RunPod API lives one segment deeper (`/v2/{endpoint_id}/...`), so the two
+//! never collide.
+
+use crate::api::fields::{object, opt_positive, opt_str, texts, truncation, type_name};
+use crate::api::{self, ApiError, AppState, EmbeddingsRequest, EncodingFormat, RerankRequest};
+use crate::api::{InputType, Writer};
+use crate::http::json_body;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// An error answered in Cohere's shape: the status as ember gives it, and `{"message"}`.
+pub struct CohereError(pub ApiError);
+
+impl From<ApiError> for CohereError {
+    fn from(e: ApiError) -> Self {
+        CohereError(e)
+    }
+}
+
+impl IntoResponse for CohereError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(json!({"message": self.0.message}))).into_response()
+    }
+}
+
+/// The `meta` of a Cohere answer: API version 2 and the tokens read.
+fn meta(tokens: usize) -> Value {
+    json!({
+        "api_version": {"version": "2"},
+        "billed_units": {"input_tokens": tokens},
+    })
+}
+
+/// The requested `embedding_types`, in order and without repeats; `float` when absent.
+fn embedding_types(body: &Map<String, Value>) -> Result<Vec<(String, EncodingFormat)>, ApiError> {
+    let key = "embedding_types";
+    let items = match body.get(key) {
+        None | Some(Value::Null) => return Ok(vec![("float".into(), EncodingFormat::Float)]),
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(key, format!("{key} must not be empty")))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                key,
+                format!("{key} must be a list of strings, got {}", type_name(other)),
+            ))
+        }
+    };
+    let mut types: Vec<(String, EncodingFormat)> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let format = item
+            .as_str()
+            .and_then(EncodingFormat::parse)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    key,
+                    format!(
+                        "{key}[{i}] must be one of float, int8, uint8, binary, ubinary, base64; \
+                     got {item}"
+                    ),
+                )
+            })?;
+        let name = item.as_str().unwrap_or_default().to_string();
+        if !types.iter().any(|(n, _)| *n == name) {
+            types.push((name, format));
+        }
+    }
+    Ok(types)
+}
+
+/// `POST /v2/embed`: `texts` or `images`, `model`, `input_type`, `embedding_types`,
+/// `output_dimension`, `max_tokens`, `truncate`; answers `embeddings_by_type`.
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CohereError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    Ok(Json(embed_value(&state, &value).await?).into_response())
+}
+
+async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let body = object(value)?;
+    if body.get("inputs").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(
+            "inputs",
+            "inputs (mixed text and image content) is not supported; send texts or images",
+        ));
+    }
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    let (key, modality) = match (present("texts"), present("images")) {
+        (true, true) => {
+            return Err(ApiError::invalid(
+                "images",
+                "give texts or images, not both",
+            ))
+        }
+        (true, false) => ("texts", "text"),
+        (false, true) => ("images", "image"),
+        (false, false) => {
+            return Err(ApiError::invalid(
+                "texts",
+                "texts (a list of strings) or images (a list of data URIs) is required",
+            ))
+        }
+    };
+    let input = texts(body, key, state.max_items)?;
+    let input_type = match opt_str(body, "input_type")? {
+        // Images take no text prompt, whatever the client calls them.
+        Some(_) if modality == "image" => None,
+        Some(t) => Some(InputType::parse(&t)?),
+        None => None,
+    };
+    let types = embedding_types(body)?;
+    let req = EmbeddingsRequest {
+        model: opt_str(body, "model")?,
+        input,
+        encoding_format: EncodingFormat::Float,
+        dimensions: opt_positive(body, "output_dimension")?,
+        modality: modality.into(),
+        prompt_name: None,
+        input_type,
+        normalize: true,
+        truncation: truncation(body)?,
+        max_tokens: opt_positive(body, "max_tokens")?,
+    };
+    let finish = req.finish();
+    let echoed = (modality == "text").then(|| req.input.clone());
+    let done = api::vectors(state, req).await.map_err(|e| {
+        e.renamed("input", key)
+            .renamed("dimensions", "output_dimension")
+    })?;
+    let mut embeddings = Map::new();
+    for (name, format) in types {
+        let writer = Writer::new(done.model, format, finish).await?;
+        let written: Vec<Value> = done
+            .vectors
+            .iter()
+            .map(|v| json!(writer.write(v.clone())))
+            .collect();
+        embeddings.insert(name, Value::Array(written));
+    }
+    let mut answer = json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "response_type": "embeddings_by_type",
+        "embeddings": embeddings,
+        "meta": meta(done.tokens),
+    });
+    if let Some(texts) = echoed {
+        answer["texts"] = json!(texts);
+    }
+    Ok(answer)
+}
+
+/// `POST /v2/rerank`: `query`, `documents`, `model`, `top_n`, `max_tokens_per_doc`; answers
+/// `results` of `{index, relevance_score}`, best first.
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CohereError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    let req = RerankRequest::parse(&value, state.max_items)?;
+    let r = api::rerank(&state, req).await?;
+    let results: Vec<Value> = r
+        .results
+        .iter()
+        .map(|x| {
+            let mut item = json!({"index": x.index, "relevance_score": x.relevance_score});
+            if let Some(doc) = &x.document {
+                item["document"] = json!({"text": doc});
+            }
+            item
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "results": results,
+        "meta": meta(r.usage.total_tokens),
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(v: Value) -> Result<Vec<String>, ApiError> {
+        embedding_types(v.as_object().unwrap())
+            .map(|t| t.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn embedding_types_default_to_float_and_keep_order() {
+        assert_eq!(types(json!({})).unwrap(), vec!["float"]);
+        assert_eq!(
+            types(json!({"embedding_types": ["ubinary", "float", "int8", "float"]})).unwrap(),
+            vec!["ubinary", "float", "int8"]
+        );
+        let e = types(json!({"embedding_types": ["float", "int4"]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("embedding_types"));
+        assert!(e.message.contains("embedding_types[1]"), "{}", e.message);
+        let e = types(json!({"embedding_types": []})).unwrap_err();
+        assert!(e.message.contains("must not be empty"), "{}", e.message);
+        let e = types(json!({"embedding_types": "float"})).unwrap_err();
+        assert!(e.message.contains("list of strings"), "{}", e.message);
+    }
+
+    #[test]
+    fn cohere_errors_carry_the_status_and_a_message() {
+        let r =
+            CohereError(ApiError::invalid("texts", "texts[2] must be a string")).into_response();
+        assert_eq!(r.status(), 400);
+    }
+}
