@@ -1,5 +1,6 @@
 //! Hugging Face text-embeddings-inference (TEI) compatibility: `huggingface_hub`'s
-//! `InferenceClient`, unmodified, against the real binary, and TEI's routes (`/embed`,
+//! `InferenceClient` and LlamaIndex's `TextEmbeddingsInference`, unmodified, against the real
+//! binary, and TEI's routes (`/embed`,
 //! `/rerank` with `texts`, `/tokenize`, `/decode`, `/info`, `POST /`) in TEI's shapes, each
 //! against sentence-transformers / transformers references.
 
@@ -84,6 +85,47 @@ print(json.dumps(out))
         raw.iter().any(|v| (norm(v) - 1.0).abs() > 1e-3),
         "normalize=False gave unit vectors"
     );
+}
+
+#[test]
+fn llamaindex_text_embeddings_inference_embeds_through_embed() {
+    let server = serve(DENSE);
+    let reference = reference(DENSE);
+    // LlamaIndex's TEI integration posts batches to /embed; its query_instruction is a
+    // prefix joined with a space, here the model's own query prompt ("query: ").
+    let query = reference["prompts"]["query"].clone();
+    let script = format!(
+        r#"
+import json
+from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+texts = {texts}
+plain = TextEmbeddingsInference(model_name="ember", base_url={url:?}, embed_batch_size=2)
+prompted = TextEmbeddingsInference(model_name="ember", base_url={url:?}, embed_batch_size=3,
+                                   query_instruction="query:")
+print(json.dumps({{
+    "batch": plain.get_text_embedding_batch(texts),
+    "one": plain.get_text_embedding(texts[0]),
+    "query": [prompted.get_query_embedding(t) for t in texts],
+}}))
+"#,
+        url = server.url,
+        texts = reference["texts"],
+    );
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("run the setup's python");
+    assert!(
+        out.status.success(),
+        "LlamaIndex failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = floats(&reference["embeddings"]);
+    assert_close(&floats(&got["batch"]), &want, "batches of 2");
+    assert_close(&floats(&json!([got["one"]])), &want[..1], "one text");
+    assert_close(&floats(&got["query"]), &floats(&query), "query instruction");
 }
 
 #[test]
