@@ -90,7 +90,8 @@ pub async fn embed(
     Ok(Json(embed_value(&state, &value).await?).into_response())
 }
 
-async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+/// `/v2/embed` on a parsed body.
+pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
     let body = object(value)?;
     if body.get("inputs").is_some_and(|v| !v.is_null()) {
         return Err(ApiError::invalid(
@@ -171,8 +172,13 @@ pub async fn rerank(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CohereError> {
     let value = json_body(&headers, body, state.max_request_bytes)?;
-    let req = RerankRequest::parse(&value, state.max_items)?;
-    let r = api::rerank(&state, req).await?;
+    Ok(Json(rerank_value(&state, &value).await?).into_response())
+}
+
+/// `/v2/rerank` on a parsed body.
+pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let req = RerankRequest::parse(value, state.max_items)?;
+    let r = api::rerank(state, req).await?;
     let results: Vec<Value> = r
         .results
         .iter()
@@ -184,12 +190,11 @@ pub async fn rerank(
             item
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "results": results,
         "meta": meta(r.usage.total_tokens),
     }))
-    .into_response())
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ async fn rerank(
     // TEI's shape (`texts`, answered as a bare list in TEI's error shape).
     if value.get("texts").is_some() && value.get("documents").is_none() {
         return match crate::tei::rerank_value(&state, &value).await {
-            Ok(answer) => Ok(answer.into_response()),
+            Ok(answer) => Ok(Json(answer).into_response()),
             Err(e) => Ok(crate::tei::TeiError(e).into_response()),
         };
     }

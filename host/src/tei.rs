@@ -84,10 +84,11 @@ pub async fn embed(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
     let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(embed_value(&state, &value).await?.into_response())
+    Ok(Json(embed_value(&state, &value).await?).into_response())
 }
 
-async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
+/// `/embed` on a parsed body: the list of vectors.
+pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, embeds)?;
     let req = EmbeddingsRequest {
@@ -105,12 +106,12 @@ async fn embed_value(state: &AppState, value: &Value) -> Result<Json<Value>, Api
     let done = api::vectors(state, req)
         .await
         .map_err(|e| e.renamed("input", "inputs"))?;
-    Ok(Json(json!(done.vectors)))
+    Ok(json!(done.vectors))
 }
 
 /// `POST /rerank` in TEI's shape (`query`, `texts`, `raw_scores`, `return_text`, `truncate`):
 /// a list of `{index, score, text?}`, best first.
-pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Json<Value>, ApiError> {
+pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, reranks)?;
     let query = api::query(body)?;
@@ -149,7 +150,7 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Json<Value>
             rank
         })
         .collect();
-    Ok(Json(Value::Array(ranks)))
+    Ok(Value::Array(ranks))
 }
 
 /// `POST /`: `/embed` or `/rerank` by the model's kind, as TEI's root route is.
@@ -166,7 +167,7 @@ pub async fn root(
     } else {
         embed_value(&state, &value).await?
     };
-    Ok(answer.into_response())
+    Ok(Json(answer).into_response())
 }
 
 /// `POST /tokenize`: `inputs`, `add_special_tokens` (default true), `prompt_name`; per input
@@ -177,8 +178,13 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
     let value = json_body(&headers, body, state.max_request_bytes)?;
-    let body = object(&value)?;
-    let model = model_for(&state, body, |_| true)?;
+    Ok(Json(tokenize_value(&state, &value).await?).into_response())
+}
+
+/// `/tokenize` on a parsed body: per input, its tokens.
+pub async fn tokenize_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, |_| true)?;
     let inputs = texts(body, "inputs", state.max_items)?;
     let special = opt_bool(body, "add_special_tokens")?.unwrap_or(true);
     let prompt = match opt_str(body, "prompt_name")? {
@@ -222,7 +228,7 @@ pub async fn tokenize(
     })
     .await
     .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))??;
-    Ok(Json(lists).into_response())
+    Ok(json!(lists))
 }
 
 /// `POST /decode`: `ids` (a list, or a list of lists) and `skip_special_tokens` (default
@@ -233,8 +239,13 @@ pub async fn decode(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
     let value = json_body(&headers, body, state.max_request_bytes)?;
-    let body = object(&value)?;
-    let model = model_for(&state, body, |_| true)?;
+    Ok(Json(decode_value(&state, &value)?).into_response())
+}
+
+/// `/decode` on a parsed body: one text per list of ids.
+pub fn decode_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, |_| true)?;
     let skip = opt_bool(body, "skip_special_tokens")?.unwrap_or(true);
     let id_list = |v: &Value, what: &str| -> Result<Vec<u32>, ApiError> {
         let items = v.as_array().ok_or_else(|| {
@@ -265,8 +276,7 @@ pub async fn decode(
             return Err(ApiError::invalid(
                 "ids",
                 "ids is required: a list of token ids, or a list of such lists",
-            )
-            .into())
+            ))
         }
     };
     let texts = lists
@@ -279,14 +289,19 @@ pub async fn decode(
                 .map_err(|e| ApiError::invalid("ids", format!("ids[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(texts).into_response())
+    Ok(json!(texts))
 }
 
 /// `GET /info`: TEI's model information for the first model (`model_type` `embedding` with
 /// its pooling, or `reranker`), with ember's additions (`backend`, `prompts`, `models`).
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiError> {
+    Ok(Json(info_value(&state)?).into_response())
+}
+
+/// `/info`'s answer.
+pub fn info_value(state: &AppState) -> Result<Value, ApiError> {
     let Some(model) = state.models.first() else {
-        return Err(ApiError::new(503, "server_error", "no model is deployed").into());
+        return Err(ApiError::new(503, "server_error", "no model is deployed"));
     };
     let abi = &model.manifest.abi;
     let model_type = match abi.kind {
@@ -294,7 +309,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiErr
             "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}),
         _ => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
     };
-    Ok(Json(json!({
+    Ok(json!({
         "model_id": model.id,
         "model_sha": null,
         "served_model_name": model.id,
@@ -311,5 +326,4 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiErr
         "prompts": model.manifest.prompts,
         "models": state.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
     }))
-    .into_response())
 }

@@ -373,3 +373,76 @@ fn cohere_routes_refuse_bad_input_naming_the_field_in_cohere_shape() {
         &["encoding_format", "int8", "ubinary"],
     );
 }
+
+#[test]
+fn runpod_jobs_reach_the_tei_and_cohere_routes_through_openai_route() {
+    let server = serve();
+    let model = fixture(DENSE).display().to_string();
+    let reranker = fixture(RERANK).display().to_string();
+    let job = |route: &str, body: Value| -> Value {
+        let (status, job) = server.post(
+            "/runsync",
+            &json!({"input": {"openai_route": route, "openai_input": body}}),
+        );
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["status"], "COMPLETED", "{route}: {job}");
+        job["output"].clone()
+    };
+    let texts = reference(DENSE)["texts"].clone();
+    // Each route answers the job as it answers HTTP (Cohere's random id aside).
+    let body = json!({"model": model, "texts": texts, "embedding_types": ["float", "binary"]});
+    let mut http = server.post("/v2/embed", &body).1;
+    let mut out = job("/v2/embed", body);
+    for v in [&mut http, &mut out] {
+        v.as_object_mut().unwrap().remove("id");
+    }
+    assert_eq!(out["embeddings"]["binary"], http["embeddings"]["binary"]);
+    assert_close(
+        &floats(&out["embeddings"]["float"]),
+        &floats(&http["embeddings"]["float"]),
+        "/v2/embed",
+    );
+    let body = json!({"model": model, "inputs": texts});
+    assert_close(
+        &floats(&job("/embed", body.clone())),
+        &floats(&server.post("/embed", &body).1),
+        "/embed",
+    );
+    let case = &reference(RERANK)["short"];
+    let body = json!({"model": reranker, "query": case["query"], "texts": case["documents"]});
+    let out = job("/rerank", body.clone());
+    assert_eq!(
+        out.as_array().map(Vec::len),
+        case["documents"].as_array().map(Vec::len)
+    );
+    assert_eq!(
+        out[0]["index"],
+        server.post("/rerank", &body).1[0]["index"],
+        "TEI rerank"
+    );
+    let body = json!({"model": reranker, "query": case["query"], "documents": case["documents"]});
+    let out = job("/v2/rerank", body);
+    assert!(out["results"][0]["relevance_score"].is_number(), "{out}");
+    let body = json!({"model": model, "inputs": "hello world"});
+    assert_eq!(
+        job("/tokenize", body.clone()),
+        server.post("/tokenize", &body).1
+    );
+    assert_eq!(job("/info", json!({"x": 1}))["model_id"], json!(model));
+    // /v1/models tells each model's kind, prompts and output types.
+    let models = job("/v1/models", json!({"x": 1}));
+    let dense = &models["data"][0];
+    assert_eq!(dense["kind"], "embed", "{models}");
+    assert_eq!(dense["prompts"]["query"], "query: ", "{models}");
+    assert!(
+        dense["encoding_formats"].to_string().contains("ubinary"),
+        "{models}"
+    );
+    assert_eq!(models["data"][1]["kind"], "rerank", "{models}");
+    // An unknown route names the supported ones.
+    let (_, out) = server.post(
+        "/runsync",
+        &json!({"input": {"openai_route": "/v1/chat", "openai_input": {"x": 1}}}),
+    );
+    assert!(out.to_string().contains("/v2/embed"), "{out}");
+}

@@ -215,18 +215,27 @@ impl AppState {
             .models
             .iter()
             .map(|m| {
-                json!({
+                let mut entry = json!({
                     "id": m.id,
                     "object": "model",
                     "owned_by": "ember",
                     "created": self.created,
                     "backend": self.backend,
+                    "kind": m.manifest.abi.kind.as_str(),
                     "capabilities": m.capabilities(),
                     "stats": {"queued": m.engine.queued()},
                     "dimensions": m.dim,
                     "max_input_tokens": m.manifest.abi.max_input_tokens,
+                    "max_items_per_request": self.max_items,
+                    "prompts": m.manifest.prompts,
+                    "default_prompt_name": m.manifest.default_prompt_name,
                     "device": m.device,
-                })
+                });
+                if m.manifest.abi.kind != ModelKind::Rerank {
+                    entry["encoding_formats"] =
+                        json!(["float", "base64", "int8", "uint8", "binary", "ubinary"]);
+                }
+                entry
             })
             .collect();
         json!({"object": "list", "data": data})

@@ -101,7 +101,9 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The routes `openai_route` may name.
-const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank";
+const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, and the TEI and Cohere \
+                             routes /embed, /rerank, /tokenize, /decode, /info, /v2/embed, \
+                             /v2/rerank";
 
 /// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so
 /// that vectors and scores in job outputs are as short as in HTTP answers (a `Value` keeps
@@ -155,13 +157,16 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
         }
         None => unreachable!("checked by the caller"),
     };
-    if route == "/v1/models" {
-        return JobResult::Output(state.list_models());
-    }
-    if !matches!(route, "/v1/embeddings" | "/v1/rerank") {
-        return bad_input(format!(
-            "Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"
-        ));
+    match route {
+        "/v1/models" => return JobResult::Output(state.list_models()),
+        "/info" => return answered(crate::tei::info_value(state)),
+        "/v1/embeddings" | "/v1/rerank" | "/embed" | "/rerank" | "/tokenize" | "/decode"
+        | "/v2/embed" | "/v2/rerank" => {}
+        _ => {
+            return bad_input(format!(
+                "Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"
+            ))
+        }
     }
     let body = match job.get("openai_input") {
         Some(v @ Value::Object(o)) if !o.is_empty() => v,
@@ -177,17 +182,30 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
             ))
         }
     };
-    if route == "/v1/embeddings" {
+    match route {
         // The worker list-wraps embeddings on this route; the platform's gateway unwraps.
-        match embeddings(state, body).await {
-            Ok(v) => JobResult::Output(json!([v])),
-            Err(e) => e.into(),
+        "/v1/embeddings" => answered(embeddings(state, body).await.map(|v| json!([v]))),
+        "/embed" => answered(crate::tei::embed_value(state, body).await),
+        // TEI's shape has `texts`; Infinity's and Cohere's `documents`, as on the HTTP route.
+        "/rerank" if body.get("texts").is_some() && body.get("documents").is_none() => {
+            answered(crate::tei::rerank_value(state, body).await)
         }
-    } else {
-        match rerank(state, body).await {
-            Ok(v) => JobResult::Output(v),
-            Err(e) => e.into(),
+        "/tokenize" => answered(crate::tei::tokenize_value(state, body).await),
+        "/decode" => answered(crate::tei::decode_value(state, body)),
+        "/v2/embed" => answered(crate::cohere::embed_value(state, body).await),
+        "/v2/rerank" => answered(crate::cohere::rerank_value(state, body).await),
+        _ => answered(rerank(state, body).await),
+    }
+}
+
+/// A route's answer as a job's result.
+fn answered(result: Result<Value, ApiError>) -> JobResult {
+    match result {
+        Ok(mut v) => {
+            shorten_floats(&mut v);
+            JobResult::Output(v)
         }
+        Err(e) => e.into(),
     }
 }
 
