@@ -36,7 +36,10 @@ fi
 CLIENTS_HASH=$(hash_of scripts/requirements-clients.txt)
 if [ ! -f "$VENV/.clients-$CLIENTS_HASH" ]; then
   echo "setup: installing the test clients into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-clients.txt
+  # Constrained by the pinned lists, so a client can add packages but never move a pinned one.
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -c requirements.txt \
+    -c scripts/requirements-fixtures.txt -c scripts/requirements-nodeps.txt \
+    -r scripts/requirements-clients.txt
   rm -f "$VENV"/.clients-*
   touch "$VENV/.clients-$CLIENTS_HASH"
 fi

@@ -136,15 +136,23 @@ pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiEr
         truncation: truncation(body)?,
         max_tokens: opt_positive(body, "max_tokens")?,
     };
-    let finish = req.finish();
-    let echoed = (modality == "text").then(|| req.input.clone());
-    let done = api::vectors(state, req).await.map_err(|e| {
+    let cohere_names = |e: ApiError| {
         e.renamed("input", key)
             .renamed("dimensions", "output_dimension")
-    })?;
-    let mut embeddings = Map::new();
+    };
+    let model = state.model(req.model.as_deref())?;
+    // Everything refused, and every writer ready (int8/uint8 calibrated), before the vectors
+    // are computed.
+    api::check(model, &req).map_err(cohere_names)?;
+    let mut writers = Vec::with_capacity(types.len());
     for (name, format) in types {
-        let writer = Writer::new(done.model, format, finish).await?;
+        api::check_format(&req, format, "embedding_types")?;
+        writers.push((name, Writer::new(model, format, req.finish()).await?));
+    }
+    let echoed = (modality == "text").then(|| req.input.clone());
+    let done = api::vectors(state, req).await.map_err(cohere_names)?;
+    let mut embeddings = Map::new();
+    for (name, writer) in writers {
         let written: Vec<Value> = done
             .vectors
             .iter()
@@ -152,6 +160,8 @@ pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiEr
             .collect();
         embeddings.insert(name, Value::Array(written));
     }
+    let mut embeddings = Value::Object(embeddings);
+    api::shorten_floats(&mut embeddings);
     let mut answer = json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "response_type": "embeddings_by_type",
@@ -190,6 +200,8 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiE
             item
         })
         .collect();
+    let mut results = Value::Array(results);
+    api::shorten_floats(&mut results);
     Ok(json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "results": results,

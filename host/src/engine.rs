@@ -285,6 +285,11 @@ impl Engine {
         })
     }
 
+    /// Most items the queue holds (`INFINITY_QUEUE_SIZE`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Items waiting or running.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)

@@ -106,7 +106,9 @@ pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiEr
     let done = api::vectors(state, req)
         .await
         .map_err(|e| e.renamed("input", "inputs"))?;
-    Ok(json!(done.vectors))
+    let mut vectors = json!(done.vectors);
+    api::shorten_floats(&mut vectors);
+    Ok(vectors)
 }
 
 /// `POST /rerank` in TEI's shape (`query`, `texts`, `raw_scores`, `return_text`, `truncate`):
@@ -150,7 +152,9 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiE
             rank
         })
         .collect();
-    Ok(Value::Array(ranks))
+    let mut ranks = Value::Array(ranks);
+    api::shorten_floats(&mut ranks);
+    Ok(ranks)
 }
 
 /// `POST /`: `/embed` or `/rerank` by the model's kind, as TEI's root route is.

@@ -310,6 +310,18 @@ impl TextEncoder {
         self.encode_with(texts, Truncation::Right)
     }
 
+    /// The tokenizer that truncates an over-long text at its start, made on first use.
+    fn left_tokenizer(&self) -> &Tokenizer {
+        self.left.get_or_init(|| {
+            let mut t = self.tokenizer.clone();
+            let mut params = t.get_truncation().cloned().unwrap_or_default();
+            params.direction = TruncationDirection::Left;
+            // The parameters were accepted once with the other direction.
+            let _ = t.with_truncation(Some(params));
+            t
+        })
+    }
+
     /// Tokenizes texts, truncating over-long ones as `truncation` says (blocking).
     pub fn encode_with(
         &self,
@@ -317,14 +329,7 @@ impl TextEncoder {
         truncation: Truncation,
     ) -> Result<Vec<Tokens>, TextError> {
         let tokenizer = match truncation {
-            Truncation::Left => self.left.get_or_init(|| {
-                let mut t = self.tokenizer.clone();
-                let mut params = t.get_truncation().cloned().unwrap_or_default();
-                params.direction = TruncationDirection::Left;
-                // The parameters were accepted once with the other direction.
-                let _ = t.with_truncation(Some(params));
-                t
-            }),
+            Truncation::Left => self.left_tokenizer(),
             _ => &self.tokenizer,
         };
         texts
@@ -386,30 +391,56 @@ impl TextEncoder {
             .collect())
     }
 
-    /// Each text cut after its first `n` tokens, special tokens not counted (Cohere's
-    /// `max_tokens` and `max_tokens_per_doc`); shorter texts are kept whole (blocking).
-    pub fn heads(&self, texts: Vec<String>, n: usize) -> Result<Vec<String>, TextError> {
+    /// Each text cut to its first `n` tokens, or its last `n` when `from_end`, special tokens
+    /// not counted (Cohere's `max_tokens` and `max_tokens_per_doc`); shorter texts are kept
+    /// whole (blocking).
+    pub fn heads(
+        &self,
+        texts: Vec<String>,
+        n: usize,
+        from_end: bool,
+    ) -> Result<Vec<String>, TextError> {
+        // A tokenizer that truncates on the side that is kept: its offsets still cover the
+        // kept tokens when the text is longer than the model reads.
+        let tokenizer = if from_end {
+            self.left_tokenizer()
+        } else {
+            &self.tokenizer
+        };
         texts
             .into_iter()
             .enumerate()
             .map(|(index, text)| {
                 let enc =
-                    self.tokenizer
+                    tokenizer
                         .encode(text.as_str(), false)
                         .map_err(|e| TextError::Encode {
                             index,
                             reason: e.to_string(),
                         })?;
-                let Some(&(start, _)) = enc.get_offsets().get(n) else {
-                    return Ok(text); // n tokens or fewer
+                let offsets = enc.get_offsets();
+                if offsets.len() <= n {
+                    return Ok(text);
+                }
+                // Where the kept tokens begin or end, moved to a character boundary inside
+                // them (a byte-level token may begin inside a character).
+                let cut = if from_end {
+                    let at = offsets[offsets.len() - n].0.min(text.len());
+                    (at..=text.len())
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(text.len())
+                } else {
+                    let at = offsets[n].0.min(text.len());
+                    (0..=at)
+                        .rev()
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(0)
                 };
-                // Where token n+1 starts, backed off to a character boundary (a byte-level
-                // token may start inside a character).
-                let cut = (0..=start.min(text.len()))
-                    .rev()
-                    .find(|&i| text.is_char_boundary(i))
-                    .unwrap_or(0);
-                Ok(text[..cut].trim_end().to_string())
+                Ok(if from_end {
+                    text[cut..].trim_start().to_string()
+                } else {
+                    text[..cut].trim_end().to_string()
+                })
             })
             .collect()
     }

@@ -662,3 +662,19 @@ pub fn python() -> PathBuf {
         });
     cache.join("venv/bin/python")
 }
+
+/// Runs `script` with the setup's Python and parses what it prints as JSON; its stderr is
+/// shown when it fails.
+pub fn run_python(script: &str) -> Value {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run the setup's python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}

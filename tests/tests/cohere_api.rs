@@ -16,21 +16,6 @@ fn serve() -> Server {
     Server::start(&[("MODEL_NAMES", models.as_str())])
 }
 
-/// Runs `script` with the setup's Python and parses what it prints as JSON.
-fn run_python(script: &str) -> Value {
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run the setup's python");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
-}
-
 fn floats(v: &Value) -> Vec<Vec<f32>> {
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
 }
@@ -92,6 +77,10 @@ got["one_int8"], got["one_uint8"] = one.int8, one.uint8
 small = client.embed(texts=texts, model=model, input_type="search_document",
                      embedding_types=["float", "int8"], output_dimension=8).embeddings
 got["small_float"], got["small_int8"] = small.float_, small.int8
+got["head"] = client.embed(texts=texts, model=model, input_type="search_query",
+                           embedding_types=["float"], max_tokens=3).embeddings.float_
+got["tail"] = client.embed(texts=texts, model=model, input_type="search_query",
+                           embedding_types=["float"], max_tokens=3, truncate="START").embeddings.float_
 
 st = SentenceTransformer(model, device="cpu")
 corpus = open({corpus:?}).read().splitlines()
@@ -110,6 +99,14 @@ for p in ("int8", "uint8"):
     want[p] = quantize_embeddings(query, p, ranges=ranges(calib)).tolist()
 for p in ("binary", "ubinary"):
     want[p] = quantize_embeddings(query, p).tolist()
+# max_tokens: the text each one's first (last, with truncate START) 3 tokens cover, by the
+# tokenizer's own offsets; the prompt is added after.
+spans = [st.tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+         for t in texts]
+head = [t[:s[2][1]] if len(s) > 3 else t for t, s in zip(texts, spans)]
+tail = [t[s[-3][0]:] if len(s) > 3 else t for t, s in zip(texts, spans)]
+for key, cut in (("head", head), ("tail", tail)):
+    want[key] = st.encode(cut, prompt_name="query", normalize_embeddings=True).tolist()
 print(json.dumps({{"got": got, "want": want}}))
 "#,
         url = server.url,
@@ -141,6 +138,21 @@ print(json.dumps({{"got": got, "want": want}}))
         let one = codes(&got[format!("one_{p}")]);
         assert_codes(&one, &codes(&got[p])[..1], &format!("{p} alone"));
     }
+    // max_tokens keeps the first (or, truncating at the start, the last) tokens.
+    assert_close(
+        &floats(&got["head"]),
+        &floats(&want["head"]),
+        "max_tokens 3",
+    );
+    assert_close(
+        &floats(&got["tail"]),
+        &floats(&want["tail"]),
+        "max_tokens 3, START",
+    );
+    assert!(
+        floats(&got["head"]) != floats(&got["tail"]),
+        "head and tail of the texts must differ"
+    );
     // output_dimension: int8 ranges calibrated on vectors cut the same way.
     assert_close(
         &floats(&got["small_float"]),
@@ -396,12 +408,7 @@ fn runpod_jobs_reach_the_tei_and_cohere_routes_through_openai_route() {
     for v in [&mut http, &mut out] {
         v.as_object_mut().unwrap().remove("id");
     }
-    assert_eq!(out["embeddings"]["binary"], http["embeddings"]["binary"]);
-    assert_close(
-        &floats(&out["embeddings"]["float"]),
-        &floats(&http["embeddings"]["float"]),
-        "/v2/embed",
-    );
+    assert_eq!(out, http, "/v2/embed");
     let body = json!({"model": model, "inputs": texts});
     assert_close(
         &floats(&job("/embed", body.clone())),
@@ -445,4 +452,95 @@ fn runpod_jobs_reach_the_tei_and_cohere_routes_through_openai_route() {
         &json!({"input": {"openai_route": "/v1/chat", "openai_input": {"x": 1}}}),
     );
     assert!(out.to_string().contains("/v2/embed"), "{out}");
+}
+
+#[test]
+fn max_tokens_cuts_byte_level_texts_between_characters() {
+    // A byte-level BPE splits multi-byte characters across tokens; every cut must still land
+    // on a character boundary, from either end.
+    let model = fixture("tiny-qwen3").display().to_string();
+    let server = Server::start(&[("MODEL_NAMES", model.as_str())]);
+    let texts = json!([
+        "東京は日本の首都です🙂🙂 and then some words",
+        "ñandú 🦩🦩🦩 ok"
+    ]);
+    for n in 1..=8 {
+        for truncate in ["END", "START"] {
+            let (status, body) = server.post(
+                "/v2/embed",
+                &json!({"texts": texts, "max_tokens": n, "truncate": truncate}),
+            );
+            assert_eq!(status, 200, "max_tokens {n} {truncate}: {body}");
+            assert_eq!(
+                body["embeddings"]["float"].as_array().map(Vec::len),
+                Some(2)
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_and_uint8_are_refused_for_images_binary_is_served() {
+    let model = fixture("tiny-clip").display().to_string();
+    let server = Server::start(&[("MODEL_NAMES", model.as_str())]);
+    let image = data_uri("photo.png");
+    for p in ["int8", "uint8"] {
+        assert_error_contains(
+            server.post(
+                "/v1/embeddings",
+                &json!({"input": [image], "modality": "image", "encoding_format": p}),
+            ),
+            400,
+            &["encoding_format", p, "images"],
+        );
+        assert_cohere_error(
+            server.post(
+                "/v2/embed",
+                &json!({"images": [image], "embedding_types": ["float", p]}),
+            ),
+            400,
+            &["embedding_types", p],
+        );
+    }
+    let (status, body) = server.post(
+        "/v2/embed",
+        &json!({"images": [image], "embedding_types": ["float", "ubinary"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let float = floats(&body["embeddings"]["float"]);
+    let packed = codes(&body["embeddings"]["ubinary"]);
+    // ubinary is the signs of the float vector, packed.
+    let bits: Vec<i64> = float[0]
+        .chunks(8)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0, |acc, (i, x)| acc | (i64::from(*x > 0.0) << (7 - i)))
+        })
+        .collect();
+    assert_eq!(packed[0], bits);
+    // Texts on the same CLIP model take int8.
+    let (status, body) = server.post(
+        "/v2/embed",
+        &json!({"texts": ["a photo"], "embedding_types": ["int8"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn calibration_fits_a_queue_smaller_than_its_chunks() {
+    let model = fixture(DENSE).display().to_string();
+    let server = Server::start(&[
+        ("MODEL_NAMES", model.as_str()),
+        ("INFINITY_QUEUE_SIZE", "2"),
+    ]);
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &json!({"input": ["one query"], "encoding_format": "int8"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(reference(DENSE)["embeddings"][0].as_array().unwrap().len())
+    );
 }

@@ -59,17 +59,7 @@ print(json.dumps(out))
         url = server.url,
         texts = reference["texts"],
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("run the setup's python");
-    assert!(
-        out.status.success(),
-        "InferenceClient failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = run_python(&script);
     let want = floats(&reference["embeddings"]);
     assert_close(&floats(&got["bare"]), &want, "bare");
     assert_close(
@@ -111,17 +101,7 @@ print(json.dumps({{
         url = server.url,
         texts = reference["texts"],
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("run the setup's python");
-    assert!(
-        out.status.success(),
-        "LlamaIndex failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = run_python(&script);
     let want = floats(&reference["embeddings"]);
     assert_close(&floats(&got["batch"]), &want, "batches of 2");
     assert_close(&floats(&json!([got["one"]])), &want[..1], "one text");

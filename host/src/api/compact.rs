@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// The calibration corpus: 100 short texts of varied kinds, one per line.
 pub const CALIBRATION: &str = include_str!("calibration.txt");
 
-/// Items per engine call while calibrating, so that a small queue still takes them.
+/// Most items per engine call while calibrating (fewer when the queue holds fewer), so that
+/// calibrating never takes the whole queue from the requests waiting behind it.
 const CALIBRATION_CHUNK: usize = 8;
 
 /// A compact precision.
@@ -195,9 +196,21 @@ async fn calibration(model: &DeployedModel) -> Result<Arc<Vec<Vec<f32>>>, ApiErr
                     .map_err(|e| text_error("calibration", e))?;
             let mut vectors = Vec::with_capacity(tokens.len());
             let mut payloads = tokens.into_iter().map(Payload::Tokens).peekable();
+            let chunk_size = CALIBRATION_CHUNK.min(model.engine.capacity()).max(1);
             while payloads.peek().is_some() {
-                let chunk: Vec<Payload> = payloads.by_ref().take(CALIBRATION_CHUNK).collect();
-                for out in model.engine.run(chunk).await? {
+                let chunk: Vec<Payload> = payloads.by_ref().take(chunk_size).collect();
+                let outputs = model.engine.run(chunk).await.map_err(|e| {
+                    let e = ApiError::from(e);
+                    ApiError {
+                        message: format!(
+                            "cannot calibrate the int8/uint8 ranges of model '{}' (done once, \
+                             on the first int8/uint8 request): {}; retry later",
+                            model.id, e.message
+                        ),
+                        ..e
+                    }
+                })?;
+                for out in outputs {
                     let Output::Vector(v) = out else {
                         return Err(ApiError::new(
                             500,

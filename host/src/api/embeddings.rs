@@ -405,6 +405,7 @@ pub async fn embeddings(
     let model = state.model(req.model.as_deref())?;
     // Refused before the writer calibrates anything for it.
     check(model, &req)?;
+    check_format(&req, req.encoding_format, "encoding_format")?;
     let writer = Writer::new(model, req.encoding_format, req.finish()).await?;
     let done = vectors(state, req).await?;
     let data = done
@@ -425,8 +426,8 @@ pub async fn embeddings(
     })
 }
 
-/// The modality of `req` once `model` is known to be able to answer it as asked.
-fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<Modality, ApiError> {
+/// Refuses `req` unless `model` can answer it as asked (modality, `dimensions`, prompts).
+pub fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<(), ApiError> {
     let modality = modality(&req.modality)?;
     if let Some(d) = req.dimensions {
         if d > model.dim {
@@ -450,14 +451,39 @@ fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<Modality, Api
             "prompt_name",
             "prompt_name applies to text inputs, not images",
         )),
-        _ => Ok(modality),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `format` for `req`'s inputs where it cannot be computed faithfully: int8/uint8
+/// ranges are calibrated on texts, and a CLIP model's image vectors lie elsewhere in its space.
+pub fn check_format(
+    req: &EmbeddingsRequest,
+    format: EncodingFormat,
+    param: &str,
+) -> Result<(), ApiError> {
+    match format {
+        EncodingFormat::Compact(p @ (Precision::Int8 | Precision::Uint8))
+            if req.modality == "image" =>
+        {
+            Err(ApiError::invalid(
+                param,
+                format!(
+                    "{param}: {} is calibrated on texts and not offered for images; use \
+                     float, base64, binary or ubinary",
+                    p.name()
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
 /// Computes the finished vectors of a validated request (its `encoding_format` aside).
 pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors<'_>, ApiError> {
     let model = state.model(req.model.as_deref())?;
-    let modality = check(model, &req)?;
+    check(model, &req)?;
+    let modality = modality(&req.modality)?;
     let finish = req.finish();
     let (payloads, prompt_tokens, images_admitted) = match modality {
         Modality::Text => {
@@ -472,7 +498,7 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
             let tokens = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let texts = match max_tokens {
-                    Some(n) => encoder.heads(texts, n)?,
+                    Some(n) => encoder.heads(texts, n, how == Truncation::Left)?,
                     None => texts,
                 };
                 let tokens = match &prompt {

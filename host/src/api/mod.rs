@@ -7,8 +7,8 @@ pub(crate) mod fields;
 mod rerank;
 
 pub use embeddings::{
-    embeddings, normalize, text_error, vectors, Embedding, EmbeddingData, EmbeddingsRequest,
-    EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
+    check, check_format, embeddings, normalize, text_error, vectors, Embedding, EmbeddingData,
+    EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
 };
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
@@ -46,11 +46,13 @@ impl ApiError {
     }
 
     /// The same error told in a route's own name for the field (`input` is `texts` on
-    /// Cohere's route): the parameter and its first mention in the message.
+    /// Cohere's route): the parameter, and the message's first word where it names it.
     pub fn renamed(mut self, from: &str, to: &str) -> Self {
         if self.param.as_deref() == Some(from) {
             self.param = Some(to.to_string());
-            self.message = self.message.replacen(from, to, 1);
+            if let Some(rest) = self.message.strip_prefix(from) {
+                self.message = format!("{to}{rest}");
+            }
         }
         self
     }
@@ -242,6 +244,30 @@ impl AppState {
     }
 }
 
+/// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so
+/// that vectors and scores built as a `Value` print as short as typed answers (a `Value` keeps
+/// them as float64, which would print 17 digits).
+pub fn shorten_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or_default();
+            let single = x as f32;
+            if single as f64 == x {
+                if let Some(short) = format!("{single}")
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    *n = short;
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(shorten_floats),
+        Value::Object(map) => map.values_mut().for_each(shorten_floats),
+        _ => {}
+    }
+}
+
 /// Token counts.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Usage {
@@ -258,5 +284,28 @@ impl Usage {
             prompt_tokens: tokens,
             total_tokens: tokens,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float32_values_print_short() {
+        let mut v = serde_json::to_value(vec![0.1f32, 1.0, -2.5e-8]).unwrap();
+        shorten_floats(&mut v);
+        assert_eq!(v.to_string(), "[0.1,1.0,-2.5e-8]");
+    }
+
+    #[test]
+    fn renaming_touches_the_named_field_only() {
+        let e = ApiError::invalid("input", "input[3] is too long; see input_type")
+            .renamed("input", "texts");
+        assert_eq!(e.param.as_deref(), Some("texts"));
+        assert_eq!(e.message, "texts[3] is too long; see input_type");
+        let e = ApiError::invalid("model", "model input is odd").renamed("input", "texts");
+        assert_eq!(e.message, "model input is odd");
+        assert_eq!(e.param.as_deref(), Some("model"));
     }
 }

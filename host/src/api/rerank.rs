@@ -172,7 +172,7 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
         let started = std::time::Instant::now();
         let tokens = match per_doc {
             Some(n) => encoder
-                .heads(documents.clone(), n)
+                .heads(documents.clone(), n, false)
                 .and_then(|heads| encoder.encode_pairs(&query, &heads, how)),
             None => encoder.encode_pairs(&query, &documents, how),
         };

@@ -105,34 +105,10 @@ const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, and the TEI
                              routes /embed, /rerank, /tokenize, /decode, /info, /v2/embed, \
                              /v2/rerank";
 
-/// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so
-/// that vectors and scores in job outputs are as short as in HTTP answers (a `Value` keeps
-/// them as float64, which would print 17 digits).
-fn shorten_floats(v: &mut Value) {
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or_default();
-            let single = x as f32;
-            if single as f64 == x {
-                if let Some(short) = format!("{single}")
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                {
-                    *n = short;
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(shorten_floats),
-        Value::Object(map) => map.values_mut().for_each(shorten_floats),
-        _ => {}
-    }
-}
-
 fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(resp)
         .map_err(|e| ApiError::new(500, "server_error", e.to_string()))?;
-    shorten_floats(&mut v);
+    api::shorten_floats(&mut v);
     Ok(v)
 }
 
@@ -201,10 +177,7 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
 /// A route's answer as a job's result.
 fn answered(result: Result<Value, ApiError>) -> JobResult {
     match result {
-        Ok(mut v) => {
-            shorten_floats(&mut v);
-            JobResult::Output(v)
-        }
+        Ok(v) => JobResult::Output(v),
         Err(e) => e.into(),
     }
 }
@@ -264,13 +237,6 @@ mod tests {
             assert!(truthy(Some(&t)), "{t}");
         }
         assert!(!truthy(None));
-    }
-
-    #[test]
-    fn float32_values_print_short() {
-        let mut v = serde_json::to_value(vec![0.1f32, 1.0, -2.5e-8]).unwrap();
-        shorten_floats(&mut v);
-        assert_eq!(v.to_string(), "[0.1,1.0,-2.5e-8]");
     }
 
     #[test]
