@@ -70,9 +70,18 @@ Models:
   tiny-rerank-gemma3 random <Family>ForSequenceClassification (one label): Qwen3-Reranker as
                      converted to a sequence classifier, scored on the last non-padding token
                      (Gemma 3: causal, sliding layers, EmbeddingGemma's tokenizer framing).
+  tiny-classify-bert random BertForSequenceClassification with three labels (negative, neutral,
+                     positive; single-label, softmax), MiniLM's WordPiece tokenizer, with
+                     onnx/model.onnx (`logits`); references for texts and for text pairs.
+  tiny-classify-distilbert
+                     random DistilBertForSequenceClassification with four labels and
+                     problem_type multi_label_classification (sigmoid per label), with
+                     onnx/model.onnx.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
+Classifier references are transformers' text-classification pipeline scores (top_k=None, put
+back in label order) and the model's logits.
 Rerank references are transformers' logits and their sigmoid for query-document pairs
 tokenized with truncation="only_second" (longest_first when the query alone is too long);
 CLIP references are get_text_features / get_image_features (PIL image processor), normalised.
@@ -1284,6 +1293,89 @@ def tiny_rerank_qwen3_lm(out: Path) -> None:
     assert max(ref["short"]["token_counts"]) == max_len, "the long document must be truncated"
 
 
+CLASSIFY_TEXTS = [
+    "I loved this film, the acting was wonderful.",
+    "The service was slow and the food arrived cold.",
+    "The meeting is scheduled for Tuesday at noon.",
+    "Absolutely terrible, I want my money back!",
+    "a",
+]
+CLASSIFY_PAIRS = [
+    ["A man is playing a guitar on stage.", "Someone is performing music."],
+    ["A man is playing a guitar on stage.", "The stage is empty."],
+    ["The cat sleeps on the sofa.", "An animal is resting."],
+]
+
+
+def classify_reference(model_dir: Path) -> None:
+    """The text-classification pipeline's scores (and the logits) of CLASSIFY_TEXTS, in label
+    order, and the pair scores of CLASSIFY_PAIRS; fails unless every two inputs' scores are far
+    apart compared with the tests' tolerance."""
+    from transformers import pipeline
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    multi = model.config.problem_type == "multi_label_classification"
+    pipe = pipeline("text-classification", model=model, tokenizer=tok, top_k=None, device="cpu")
+
+    def in_label_order(rows: list) -> list:
+        return [[{d["label"]: d["score"] for d in row}[label] for label in labels]
+                for row in rows]
+
+    with torch.no_grad():
+        enc = tok(CLASSIFY_TEXTS, padding=True, truncation=True, return_tensors="pt")
+        logits = model(**enc).logits.tolist()
+    scores = in_label_order(pipe(CLASSIFY_TEXTS))
+    pairs = in_label_order(pipe([{"text": a, "text_pair": b} for a, b in CLASSIFY_PAIRS]))
+    ref = {"texts": CLASSIFY_TEXTS, "labels": labels, "multi_label": multi, "logits": logits,
+           "scores": scores, "pairs": CLASSIFY_PAIRS, "pair_scores": pairs}
+    (model_dir / "reference.json").write_text(json.dumps(ref))
+    for name, rows in [("texts", scores), ("pairs", pairs)]:
+        gap = min(max(abs(x - y) for x, y in zip(a, b))
+                  for i, a in enumerate(rows) for b in rows[i + 1:])
+        if gap <= 10 * RERANK_TOLERANCE:
+            sys.exit(f"{model_dir.name} {name}: two inputs' scores are {gap:.6f} apart, not "
+                     f"more than 10 times the tests' tolerance {RERANK_TOLERANCE}")
+        spread = max(max(r) - min(r) for r in rows)
+        if spread <= 100 * RERANK_TOLERANCE:
+            sys.exit(f"{model_dir.name} {name}: labels' scores spread over {spread:.6f} only")
+        print(f"{model_dir.name} {name}: closest two inputs {gap:.4f} apart")
+
+
+def classify_bert(out: Path) -> None:
+    """tiny-classify-bert: a random three-label BERT sentiment classifier."""
+    dst = out / "tiny-classify-bert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    names = ["negative", "neutral", "positive"]
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD,
+                     id2label=dict(enumerate(names)),
+                     label2id={n: i for i, n in enumerate(names)})
+    BertForSequenceClassification(cfg).eval().save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    export_classifier(dst, with_token_types=True)
+    classify_reference(dst)
+
+
+def classify_distilbert(out: Path) -> None:
+    """tiny-classify-distilbert: a random four-label multi-label DistilBERT classifier."""
+    dst = out / "tiny-classify-distilbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    names = ["toxic", "insult", "threat", "spam"]
+    cfg = encoder_config("distilbert", num_labels=len(names))
+    cfg.id2label = dict(enumerate(names))
+    cfg.label2id = {n: i for i, n in enumerate(names)}
+    cfg.problem_type = "multi_label_classification"
+    AutoModelForSequenceClassification.from_config(cfg).eval().save_pretrained(dst)
+    save_tokenizer(dst, "distilbert")
+    export_classifier(dst, with_token_types=False)
+    classify_reference(dst)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1342,6 +1434,10 @@ def main() -> None:
     tiny_bert(out, "tiny-bert-instruct", "mean", 32, normalize=True, instruct=True)
     torch.manual_seed(41)
     tiny_rerank_decoder(out, "gemma3")
+    torch.manual_seed(42)
+    classify_bert(out)
+    torch.manual_seed(43)
+    classify_distilbert(out)
     print(f"fixtures written to {out}")
 
 

@@ -39,6 +39,8 @@ pub enum Payload {
     Tokens(Tokens),
     /// A query–document pair tokenized together, to score.
     Pair(Tokens),
+    /// A tokenized text (or pair of texts) to classify.
+    Classify(Tokens),
     /// A preprocessed image (CHW float32) to embed.
     Pixels {
         /// Height in pixels.
@@ -55,6 +57,7 @@ pub enum Payload {
 enum Call {
     Embed,
     Score,
+    Classify,
     Image,
 }
 
@@ -63,6 +66,7 @@ impl Payload {
         match self {
             Payload::Tokens(_) => Call::Embed,
             Payload::Pair(_) => Call::Score,
+            Payload::Classify(_) => Call::Classify,
             Payload::Pixels { .. } => Call::Image,
         }
     }
@@ -70,7 +74,7 @@ impl Payload {
     /// Padded tokens the item costs in a batch (images count one).
     fn cost(&self) -> usize {
         match self {
-            Payload::Tokens(t) | Payload::Pair(t) => t.len().max(1),
+            Payload::Tokens(t) | Payload::Pair(t) | Payload::Classify(t) => t.len().max(1),
             Payload::Pixels { .. } => 1,
         }
     }
@@ -83,6 +87,8 @@ pub enum Output {
     Vector(Vec<f32>),
     /// A raw relevance logit.
     Score(f32),
+    /// A classifier's raw logit of each label.
+    Logits(Vec<f32>),
 }
 
 /// Why an item was not computed.
@@ -579,6 +585,7 @@ impl Worker {
         let outputs = catch_unwind(AssertUnwindSafe(|| match call {
             Call::Embed => self.embed(runner, items),
             Call::Score => self.score(runner, items),
+            Call::Classify => self.classify(runner, items),
             Call::Image => Self::embed_images(runner, items),
         }))
         .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
@@ -598,7 +605,7 @@ impl Worker {
         items
             .iter()
             .filter_map(|it| match &it.payload {
-                Payload::Tokens(t) | Payload::Pair(t) => Some(t),
+                Payload::Tokens(t) | Payload::Pair(t) | Payload::Classify(t) => Some(t),
                 Payload::Pixels { .. } => None,
             })
             .collect()
@@ -620,6 +627,25 @@ impl Worker {
             )));
         }
         Ok(result.scores.iter().map(|s| Output::Score(*s)).collect())
+    }
+
+    fn classify(&self, runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
+        let batch = pad(&Self::tokens(items), self.limits.pad_id);
+        let result = runner.classify_tokens(&batch)?;
+        let labels = result.labels as usize;
+        if result.rows as usize != items.len() || result.values.len() != items.len() * labels {
+            return Err(PluginError::internal(format!(
+                "plugin returned {} rows of {labels} logits ({} values) for {} texts",
+                result.rows,
+                result.values.len(),
+                items.len()
+            )));
+        }
+        Ok(result
+            .values
+            .chunks(labels.max(1))
+            .map(|l| Output::Logits(l.to_vec()))
+            .collect())
     }
 
     fn embed_images(runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {

@@ -2,7 +2,7 @@
 //! the `{"error": {...}}` envelope. Routes are served under `/v1`, `/openai/v1` and, as
 //! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
-use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
+use crate::api::{self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, RerankRequest};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::local_api::{self, Shared};
 use crate::{cohere, tei};
@@ -195,6 +195,18 @@ async fn rerank(
     Ok(answered(&r, &r.model, items, r.usage.total_tokens))
 }
 
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    let req = ClassifyRequest::parse(&value, state.max_items)?;
+    let items = req.inputs.len();
+    let r = api::classify(&state, req).await?;
+    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         404,
@@ -320,7 +332,8 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
     let v1 = Router::new()
         .route("/models", get(models))
         .route("/embeddings", post(embeddings))
-        .route("/rerank", post(rerank));
+        .route("/rerank", post(rerank))
+        .route("/classify", post(classify));
     let app = Router::new()
         .nest("/v1", v1.clone())
         .nest("/openai/v1", v1.clone())
@@ -331,6 +344,7 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         // Hugging Face TEI's routes (its `/rerank` shape is told apart by `texts`).
         .route("/", post(tei::root).get(local_api::health))
         .route("/embed", post(tei::embed))
+        .route("/predict", post(tei::predict))
         .route("/tokenize", post(tei::tokenize))
         .route("/decode", post(tei::decode))
         .route("/info", get(tei::info))

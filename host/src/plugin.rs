@@ -9,8 +9,8 @@ use crate::models::dense::Head;
 use abi_stable::library::{lib_header_from_raw_library, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
 use ember_plugin_api::{
-    AbiVersion, DType, EmbeddingBatch, HostContext, LoadRequest, LoadedModel, LogLevel, ModelBox,
-    PairBatch, PixelBatch, PluginError, PluginInfo, PluginModRef, ScoreBatch, TokenBatch,
+    AbiVersion, DType, EmbeddingBatch, HostContext, LoadRequest, LoadedModel, LogLevel, LogitBatch,
+    ModelBox, PairBatch, PixelBatch, PluginError, PluginInfo, PluginModRef, ScoreBatch, TokenBatch,
     ABI_VERSION, ABI_VERSION_SYMBOL,
 };
 use std::path::{Path, PathBuf};
@@ -274,6 +274,11 @@ impl ModelRunner {
     /// Scores query–document pairs.
     pub fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
         self.handle.score_pairs(batch).into_result()
+    }
+
+    /// Every label's logit for each row of a token batch (classifiers).
+    pub fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        self.handle.classify_tokens(batch).into_result()
     }
 
     /// Embeds preprocessed images.

@@ -143,7 +143,8 @@ fn warm_up(
     let batch = crate::engine::pad(&tokens.iter().collect::<Vec<_>>(), encoder.pad_id);
     let result = match kind {
         ModelKind::Rerank => runner.score_pairs(&PairBatch { tokens: batch }).map(|_| ()),
-        _ => runner.embed_tokens(&batch).map(|_| ()),
+        ModelKind::Classify => runner.classify_tokens(&batch).map(|_| ()),
+        ModelKind::Embed | ModelKind::Clip => runner.embed_tokens(&batch).map(|_| ()),
     };
     result.map_err(|e| anyhow!("warm-up batch failed: {}", e.message))?;
     Ok(started.elapsed())

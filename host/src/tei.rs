@@ -1,13 +1,14 @@
 //! Hugging Face text-embeddings-inference (TEI) routes, with TEI's request and response shapes
 //! and error shape (`{"error", "error_type"}`, 422 for invalid input): `POST /embed`,
-//! `POST /rerank` with `texts`, `POST /tokenize`, `POST /decode`, `GET /info`, and `POST /`,
-//! which answers as `/embed` or `/rerank` by the model's kind, as TEI does (it is where
-//! `huggingface_hub`'s `InferenceClient` posts). Each route takes an optional `model` (an
+//! `POST /rerank` with `texts`, `POST /predict`, `POST /tokenize`, `POST /decode`,
+//! `GET /info`, and `POST /`, which answers as `/embed`, `/rerank` or `/predict` by the
+//! model's kind, as TEI does (it is where `huggingface_hub`'s `InferenceClient` posts; its
+//! text classification, which sends `parameters`, gets the Inference API's `[[...]]`). Each route takes an optional `model` (an
 //! extension); without it the route uses the only model, or the first that can answer it.
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat};
-use crate::api::{EmbeddingsRequest, RerankRequest};
+use crate::api::{Activation, ClassifyRequest, EmbeddingsRequest, RerankRequest, Sequence};
 use crate::http::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -69,7 +70,11 @@ fn model_for<'a>(
 }
 
 fn embeds(kind: ModelKind) -> bool {
-    kind != ModelKind::Rerank
+    matches!(kind, ModelKind::Embed | ModelKind::Clip)
+}
+
+fn classifies(kind: ModelKind) -> bool {
+    kind == ModelKind::Classify
 }
 
 fn reranks(kind: ModelKind) -> bool {
@@ -157,7 +162,160 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiE
     Ok(ranks)
 }
 
-/// `POST /`: `/embed` or `/rerank` by the model's kind, as TEI's root route is.
+/// TEI's `inputs` for `/predict`: a string; a list of one string, or of two (a pair); or a
+/// batch, a list of such lists. Also whether it was a single input (answered unnested).
+fn predict_inputs(
+    body: &Map<String, Value>,
+    max_items: usize,
+) -> Result<(Vec<Sequence>, bool), ApiError> {
+    let shape = "inputs must be a string, a pair of strings [string, string], or a batch of \
+                 strings and pairs [[string], [string, string], ...]";
+    let sequence = |v: &Value, at: &str| -> Result<Sequence, ApiError> {
+        let Value::Array(parts) = v else {
+            return match v {
+                Value::String(s) => Ok(Sequence::Text(s.clone())),
+                other => Err(ApiError::invalid(
+                    "inputs",
+                    format!(
+                        "{at} must be a string or a list of strings, got {}",
+                        type_name(other)
+                    ),
+                )),
+            };
+        };
+        let strings: Option<Vec<&str>> = parts.iter().map(Value::as_str).collect();
+        match strings.as_deref() {
+            Some([one]) => Ok(Sequence::Text(one.to_string())),
+            Some([a, b]) => Ok(Sequence::Pair(a.to_string(), b.to_string())),
+            Some(more) => Err(ApiError::invalid(
+                "inputs",
+                format!(
+                    "{at} has {} strings; a sequence is one string or a pair",
+                    more.len()
+                ),
+            )),
+            None => Err(ApiError::invalid("inputs", format!("{at}: {shape}"))),
+        }
+    };
+    match body.get("inputs") {
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            "inputs",
+            format!("inputs is required: {shape}"),
+        )),
+        Some(Value::String(s)) => Ok((vec![Sequence::Text(s.clone())], true)),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok((
+            vec![sequence(&Value::Array(items.clone()), "inputs")?],
+            true,
+        )),
+        Some(Value::Array(items)) => {
+            if items.len() > max_items {
+                return Err(api::fields::too_many("inputs", items.len(), max_items));
+            }
+            let batch = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| sequence(v, &format!("inputs[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((batch, false))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "inputs",
+            format!("{shape}; got {}", type_name(other)),
+        )),
+    }
+}
+
+/// Predictions as JSON: `[{score, label}, ...]` per input, best first.
+fn predictions_json(rows: Vec<Vec<api::Prediction>>, top_k: Option<usize>) -> Vec<Value> {
+    rows.into_iter()
+        .map(|mut row| {
+            if let Some(k) = top_k {
+                row.truncate(k);
+            }
+            let mut v = json!(row
+                .iter()
+                .map(|p| json!({"score": p.score, "label": p.label}))
+                .collect::<Vec<_>>());
+            api::shorten_floats(&mut v);
+            v
+        })
+        .collect()
+}
+
+/// `POST /predict`: `inputs` (a text, a pair, or a batch of them), `raw_scores`, `truncate`,
+/// `truncation_direction`; answers `[{score, label}]` best first, or a list of them for a
+/// batch.
+pub async fn predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    Ok(Json(predict_value(&state, &value).await?).into_response())
+}
+
+/// `/predict` on a parsed body.
+pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, classifies)?;
+    let (inputs, single) = predict_inputs(body, state.max_items)?;
+    let raw = opt_bool(body, "raw_scores")?.unwrap_or(false);
+    let req = ClassifyRequest {
+        model: Some(model.id.clone()),
+        inputs,
+        activation: if raw {
+            Activation::Raw
+        } else {
+            Activation::Model
+        },
+        truncation: truncation(body)?,
+    };
+    let done = api::predictions(state, req, "inputs").await?;
+    let mut rows = predictions_json(done.predictions, None);
+    Ok(if single {
+        rows.remove(0)
+    } else {
+        Value::Array(rows)
+    })
+}
+
+/// The Inference API's text classification, as `huggingface_hub`'s `InferenceClient` asks it
+/// of `POST /`: `inputs` (a text or a list) and `parameters` (`function_to_apply`, `top_k`);
+/// answers `[[{label, score}, ...]]`, one list per input.
+async fn text_classification(
+    state: &AppState,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let model = model_for(state, body, classifies)?;
+    let parameters = match body.get("parameters") {
+        Some(Value::Object(p)) => p,
+        _ => {
+            return Err(ApiError::invalid(
+                "parameters",
+                "parameters must be an object",
+            ))
+        }
+    };
+    let activation = match opt_str(parameters, "function_to_apply")? {
+        None => Activation::Model,
+        Some(f) => Activation::parse(&f, "parameters.function_to_apply")?,
+    };
+    let top_k =
+        opt_positive(parameters, "top_k").map_err(|e| e.renamed("top_k", "parameters.top_k"))?;
+    let req = ClassifyRequest {
+        model: Some(model.id.clone()),
+        inputs: texts(body, "inputs", state.max_items)?
+            .into_iter()
+            .map(Sequence::Text)
+            .collect(),
+        activation,
+        truncation: truncation(body)?,
+    };
+    let done = api::predictions(state, req, "inputs").await?;
+    Ok(Value::Array(predictions_json(done.predictions, top_k)))
+}
+
+/// `POST /`: `/embed`, `/rerank` or `/predict` by the model's kind, as TEI's root route is.
 pub async fn root(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,10 +324,13 @@ pub async fn root(
     let value = json_body(&headers, body, state.max_request_bytes)?;
     let body = object(&value)?;
     let model = model_for(&state, body, |_| true)?;
-    let answer = if model.manifest.abi.kind == ModelKind::Rerank {
-        rerank_value(&state, &value).await?
-    } else {
-        embed_value(&state, &value).await?
+    let answer = match model.manifest.abi.kind {
+        ModelKind::Rerank => rerank_value(&state, &value).await?,
+        ModelKind::Classify if body.contains_key("parameters") => {
+            text_classification(&state, body).await?
+        }
+        ModelKind::Classify => predict_value(&state, &value).await?,
+        ModelKind::Embed | ModelKind::Clip => embed_value(&state, &value).await?,
     };
     Ok(Json(answer).into_response())
 }
@@ -297,7 +458,7 @@ pub fn decode_value(state: &AppState, value: &Value) -> Result<Value, ApiError> 
 }
 
 /// `GET /info`: TEI's model information for the first model (`model_type` `embedding` with
-/// its pooling, or `reranker`), with ember's additions (`backend`, `prompts`, `models`).
+/// its pooling, `reranker`, or `classifier` with its labels), with ember's additions (`backend`, `prompts`, `models`).
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiError> {
     Ok(Json(info_value(&state)?).into_response())
 }
@@ -308,10 +469,19 @@ pub fn info_value(state: &AppState) -> Result<Value, ApiError> {
         return Err(ApiError::new(503, "server_error", "no model is deployed"));
     };
     let abi = &model.manifest.abi;
-    let model_type = match abi.kind {
-        ModelKind::Rerank => json!({"reranker": {
+    let model_type = match (&model.manifest.classes, abi.kind) {
+        (Some(classes), _) => {
+            let id2label: Map<String, Value> = (classes.labels.iter().enumerate())
+                .map(|(i, l)| (i.to_string(), json!(l)))
+                .collect();
+            let label2id: Map<String, Value> = (classes.labels.iter().enumerate())
+                .map(|(i, l)| (l.clone(), json!(i)))
+                .collect();
+            json!({"classifier": {"id2label": id2label, "label2id": label2id}})
+        }
+        (None, ModelKind::Rerank) => json!({"reranker": {
             "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}),
-        _ => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
+        (None, _) => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
     };
     Ok(json!({
         "model_id": model.id,

@@ -123,6 +123,18 @@ pub struct TextEncoder {
     framed: Option<Framed>,
     /// The tokenizer truncating on the left, made on first use.
     left: std::sync::OnceLock<Tokenizer>,
+    /// The pair tokenizer truncating the document's beginning, made on first use.
+    left_pair: std::sync::OnceLock<Tokenizer>,
+}
+
+/// `t` truncating at the start instead of the end.
+fn leftward(t: &Tokenizer) -> Tokenizer {
+    let mut t = t.clone();
+    let mut params = t.get_truncation().cloned().unwrap_or_default();
+    params.direction = TruncationDirection::Left;
+    // The parameters were accepted once with the other direction.
+    let _ = t.with_truncation(Some(params));
+    t
 }
 
 impl TextEncoder {
@@ -205,13 +217,16 @@ impl TextEncoder {
             pad_id,
             framed,
             left: std::sync::OnceLock::new(),
+            left_pair: std::sync::OnceLock::new(),
         })
     }
 
     /// Tokenizes `query` with each document as the model's tokenizer pairs them, truncating
-    /// the document; when the query alone is too long, both sides are truncated
-    /// (longest first); with `Truncation::Refuse`, a pair that would be truncated is an
-    /// error (`Left` truncates as `Right` does: pairs are cut at the document's end). Blocking.
+    /// the document (at its end, or with `Truncation::Left` at its start, as transformers'
+    /// `truncation_side="left"` does); when the query alone is too long, both sides are
+    /// truncated (longest first); with `Truncation::Refuse`, a pair that would be truncated is
+    /// an error. Pairs formatted into one sequence by a template are always cut at the
+    /// document's end (the instruction comes first). Blocking.
     pub fn encode_pairs(
         &self,
         query: &str,
@@ -248,14 +263,21 @@ impl TextEncoder {
                 })
                 .collect();
         }
+        let (pair, whole) = match truncation {
+            Truncation::Left => (
+                self.left_pair
+                    .get_or_init(|| leftward(&self.pair_tokenizer)),
+                self.left_tokenizer(),
+            ),
+            _ => (&self.pair_tokenizer, &self.tokenizer),
+        };
         documents
             .iter()
             .enumerate()
             .map(|(index, doc)| {
-                let enc = self
-                    .pair_tokenizer
+                let enc = pair
                     .encode_fast((query, doc.as_str()), true)
-                    .or_else(|_| self.tokenizer.encode_fast((query, doc.as_str()), true))
+                    .or_else(|_| whole.encode_fast((query, doc.as_str()), true))
                     .map_err(|e| TextError::Encode {
                         index,
                         reason: e.to_string(),
@@ -312,14 +334,7 @@ impl TextEncoder {
 
     /// The tokenizer that truncates an over-long text at its start, made on first use.
     fn left_tokenizer(&self) -> &Tokenizer {
-        self.left.get_or_init(|| {
-            let mut t = self.tokenizer.clone();
-            let mut params = t.get_truncation().cloned().unwrap_or_default();
-            params.direction = TruncationDirection::Left;
-            // The parameters were accepted once with the other direction.
-            let _ = t.with_truncation(Some(params));
-            t
-        })
+        self.left.get_or_init(|| leftward(&self.tokenizer))
     }
 
     /// Tokenizes texts, truncating over-long ones as `truncation` says (blocking).
@@ -481,5 +496,3 @@ fn refuse_truncated(
     }
     Ok(())
 }
-
-impl TextEncoder {}

@@ -6,8 +6,8 @@
 #![allow(non_local_definitions)]
 
 use crate::types::{
-    AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, PairBatch, PixelBatch,
-    PluginError, PluginInfo, ScoreBatch, TokenBatch,
+    AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch,
+    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch,
 };
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
@@ -16,7 +16,7 @@ use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// Major version of the ABI this crate defines; a host loads only plugins of its own major.
-pub const ABI_MAJOR: u32 = 2;
+pub const ABI_MAJOR: u32 = 3;
 /// Minor version of the ABI this crate defines; new minors only append optional functions.
 pub const ABI_MINOR: u32 = 0;
 /// This crate's ABI version.
@@ -57,8 +57,11 @@ pub trait ModelHandle: Send + Sync {
     fn score_pairs(&self, batch: &PairBatch) -> RResult<ScoreBatch, PluginError>;
 
     /// Embeddings of preprocessed images (CLIP vision towers).
-    #[sabi(last_prefix_field)]
     fn embed_pixels(&self, batch: &PixelBatch) -> RResult<EmbeddingBatch, PluginError>;
+
+    /// Every label's raw logit for each text or pair of texts (sequence classifiers).
+    #[sabi(last_prefix_field)]
+    fn classify_tokens(&self, batch: &TokenBatch) -> RResult<LogitBatch, PluginError>;
 }
 
 /// An owned model handle as it crosses the boundary.
@@ -88,7 +91,7 @@ impl RootModule for PluginModRef {
     const BASE_NAME: &'static str = "ember_plugin";
     const NAME: &'static str = "ember_plugin";
     // abi_stable compares these at load: the major must match. They follow ABI_MAJOR/MINOR.
-    const VERSION_STRINGS: VersionStrings = VersionStrings::new("2.0.0");
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("3.0.0");
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use crate::abi::{HostContext, ModelBox, ModelHandle, ModelHandle_TO, PluginMod, PluginModRef};
 use crate::types::{
-    DType, EmbeddingBatch, ErrorCode, LoadRequest, LoadedModel, LogLevel, PairBatch, PixelBatch,
-    PluginError, PluginInfo, ScoreBatch, TokenBatch,
+    DType, EmbeddingBatch, ErrorCode, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch,
+    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
@@ -53,6 +53,12 @@ pub trait Model: Send + Sync + 'static {
         Err(PluginError::unsupported(
             "this model does not produce image embeddings",
         ))
+    }
+
+    /// Every label's raw logit for each row (a text, or a pair of texts with its segment ids).
+    fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        let _ = batch;
+        Err(PluginError::unsupported("this model is not a classifier"))
     }
 }
 
@@ -144,6 +150,13 @@ impl ModelHandle for Guarded {
         guard("embed_pixels", || {
             batch.validate()?;
             self.0.embed_pixels(batch)
+        })
+    }
+
+    fn classify_tokens(&self, batch: &TokenBatch) -> RResult<LogitBatch, PluginError> {
+        guard("classify_tokens", || {
+            batch.validate()?;
+            self.0.classify_tokens(batch)
         })
     }
 }

@@ -23,7 +23,8 @@ impl fmt::Display for AbiVersion {
     }
 }
 
-/// What a model does: text embeddings, query–document scoring, or text and image embeddings.
+/// What a model does: text embeddings, query–document scoring, text classification, or text and
+/// image embeddings.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ModelKind {
@@ -33,6 +34,8 @@ pub enum ModelKind {
     Rerank,
     /// A CLIP-like model with a text tower and a vision tower in one space.
     Clip,
+    /// A sequence classifier with one logit per label for each text (or pair of texts).
+    Classify,
 }
 
 impl ModelKind {
@@ -42,6 +45,7 @@ impl ModelKind {
             ModelKind::Embed => "embed",
             ModelKind::Rerank => "rerank",
             ModelKind::Clip => "clip",
+            ModelKind::Classify => "classify",
         }
     }
 }
@@ -193,7 +197,7 @@ pub struct ModelManifest {
     pub max_input_tokens: u32,
     /// Width of the hidden states.
     pub hidden_size: u32,
-    /// Number of classifier outputs (rerankers: 1).
+    /// Number of classifier outputs (rerankers: 1, classifiers: their labels, others: 0).
     pub num_labels: u32,
     /// Whether pooling reads the prompt's tokens (sentence-transformers' `include_prompt`).
     /// When false the host sends a [`TokenBatch::pooling_mask`] that leaves them out; a plugin
@@ -401,6 +405,18 @@ impl EmbeddingBatch {
 pub struct ScoreBatch {
     /// One value per input row.
     pub scores: RVec<f32>,
+}
+
+/// Raw logits of a classifier, row-major `[rows, labels]`, in input order.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct LogitBatch {
+    /// Number of rows (equals the input's rows).
+    pub rows: u32,
+    /// Logits per row (the model's number of labels).
+    pub labels: u32,
+    /// `rows * labels` values.
+    pub values: RVec<f32>,
 }
 
 /// Why a plugin call failed; decides the HTTP status the host answers with.

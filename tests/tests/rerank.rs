@@ -194,3 +194,71 @@ fn bad_rerank_requests_name_the_field() {
     let (status, _) = server.get("/health");
     assert_eq!(status, 200);
 }
+
+/// `truncation_direction: "left"` cuts each over-long pair's document at its start, as
+/// transformers' `truncation_side="left"` does (computed here with the fixture's own model);
+/// the default cuts its end. TEI's `/rerank` and Infinity's `/v1/rerank` both take it.
+#[test]
+fn left_truncation_cuts_the_document_start_as_transformers_does() {
+    let model = "tiny-rerank-bert";
+    let reference = reference(model);
+    let c = &reference["short"];
+    let script = format!(
+        r#"
+import json, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+path, query, docs, n = {path:?}, {query}, {docs}, {n}
+model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+out = {{}}
+for side in ("left", "right"):
+    tok = AutoTokenizer.from_pretrained(path, truncation_side=side)
+    enc = tok([query] * len(docs), docs, truncation="only_second", max_length=n, padding=True,
+              return_tensors="pt")
+    with torch.no_grad():
+        out[side] = torch.sigmoid(model(**enc).logits[:, 0]).tolist()
+print(json.dumps(out))
+"#,
+        path = fixture(model).display().to_string(),
+        query = c["query"],
+        docs = c["documents"],
+        n = reference["max_length"],
+    );
+    let want = run_python(&script);
+    let server = serve(&[model]);
+    let by_index = |results: &Value, key: &str| -> Vec<f64> {
+        let mut scores = vec![0.0; c["documents"].as_array().unwrap().len()];
+        for r in results.as_array().unwrap() {
+            scores[r["index"].as_u64().unwrap() as usize] = r[key].as_f64().unwrap();
+        }
+        scores
+    };
+    for side in ["left", "right"] {
+        let (status, body) = server.post(
+            "/v1/rerank",
+            &json!({"query": c["query"], "documents": c["documents"],
+                    "truncation_direction": side}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let got = by_index(&body["results"], "relevance_score");
+        let (status, tei) = server.post(
+            "/rerank",
+            &json!({"query": c["query"], "texts": c["documents"], "truncation_direction": side}),
+        );
+        assert_eq!(status, 200, "{tei}");
+        assert_eq!(
+            by_index(&tei, "score"),
+            got,
+            "{side}: TEI and Infinity shapes agree"
+        );
+        for (i, (g, w)) in got.iter().zip(floats(&want[side])).enumerate() {
+            assert!((g - w).abs() < 1e-4, "{side} {i}: {g} vs {w}");
+        }
+    }
+    // The long document is where the two differ: the test can tell them apart.
+    let gap = floats(&want["left"])
+        .iter()
+        .zip(floats(&want["right"]))
+        .map(|(l, r)| (l - r).abs())
+        .fold(0.0, f64::max);
+    assert!(gap > 1e-3, "left and right truncation score alike ({gap})");
+}

@@ -2,7 +2,7 @@
 
 use super::compact::{Precision, Quantizer};
 use super::fields::{object, opt_positive, opt_str, texts, truncation};
-use super::{ApiError, AppState, DeployedModel, Usage};
+use super::{tokenized, ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
 use crate::text::{TextError, Truncation};
@@ -441,7 +441,12 @@ pub fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<(), ApiEr
         }
     }
     match modality {
-        Modality::Text if model.manifest.abi.kind == ModelKind::Rerank => {
+        Modality::Text
+            if matches!(
+                model.manifest.abi.kind,
+                ModelKind::Rerank | ModelKind::Classify
+            ) =>
+        {
             Err(model.lacks("embed", "model"))
         }
         Modality::Image if model.manifest.abi.kind != ModelKind::Clip => {
@@ -494,25 +499,17 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
             let texts = req.input;
             let how = req.truncation;
             let max_tokens = req.max_tokens;
-            let id = model.id.clone();
-            let tokens = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
+            let tokens = tokenized(&model.id, move || {
                 let texts = match max_tokens {
                     Some(n) => encoder.heads(texts, n, how == Truncation::Left)?,
                     None => texts,
                 };
-                let tokens = match &prompt {
+                match &prompt {
                     Some(p) => encoder.encode_prompted(p, &texts, pool_prompt, how),
                     None => encoder.encode_with(&texts, how),
-                };
-                crate::metrics::global()
-                    .tokenize_seconds
-                    .with_label_values(&[&id])
-                    .observe(started.elapsed().as_secs_f64());
-                tokens
+                }
             })
-            .await
-            .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
+            .await?
             .map_err(|e| text_error("input", e))?;
             let count: usize = tokens.iter().map(|t| t.len()).sum();
             (

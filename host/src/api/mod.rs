@@ -1,11 +1,16 @@
 //! The operations every transport shares: request validation, model lookup, embeddings and
 //! the model list, with one error type that transports turn into their own shapes.
 
+mod classify;
 pub mod compact;
 mod embeddings;
 pub(crate) mod fields;
 mod rerank;
 
+pub use classify::{
+    classify, predictions, Activation, Classified, ClassifyRequest, ClassifyResponse, Prediction,
+    Sequence,
+};
 pub use embeddings::{
     check, check_format, embeddings, normalize, text_error, vectors, Embedding, EmbeddingData,
     EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
@@ -15,7 +20,7 @@ pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 use crate::engine::{Engine, EngineError};
 use crate::images::Images;
 use crate::models::manifest::Manifest;
-use crate::text::TextEncoder;
+use crate::text::{TextEncoder, TextError};
 use ember_plugin_api::{ErrorCode, ModelKind};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -121,6 +126,7 @@ impl DeployedModel {
             ModelKind::Embed => vec!["embed"],
             ModelKind::Rerank => vec!["rerank"],
             ModelKind::Clip => vec!["embed", "image_embed"],
+            ModelKind::Classify => vec!["classify"],
         }
     }
 
@@ -233,15 +239,39 @@ impl AppState {
                     "default_prompt_name": m.manifest.default_prompt_name,
                     "device": m.device,
                 });
-                if m.manifest.abi.kind != ModelKind::Rerank {
+                if matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip) {
                     entry["encoding_formats"] =
                         json!(["float", "base64", "int8", "uint8", "binary", "ubinary"]);
+                }
+                if let Some(classes) = &m.manifest.classes {
+                    entry["labels"] = json!(classes.labels);
+                    entry["multi_label"] = json!(classes.multi_label);
                 }
                 entry
             })
             .collect();
         json!({"object": "list", "data": data})
     }
+}
+
+/// Runs a model's tokenization on a blocking thread, timing it in the tokenize metric; the
+/// outer error is a failed task, the inner one the tokenizer's.
+pub(crate) async fn tokenized<T: Send + 'static>(
+    model: &str,
+    work: impl FnOnce() -> Result<T, TextError> + Send + 'static,
+) -> Result<Result<T, TextError>, ApiError> {
+    let id = model.to_string();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let out = work();
+        crate::metrics::global()
+            .tokenize_seconds
+            .with_label_values(&[&id])
+            .observe(started.elapsed().as_secs_f64());
+        out
+    })
+    .await
+    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))
 }
 
 /// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so

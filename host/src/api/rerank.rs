@@ -2,7 +2,7 @@
 
 use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, truncation, type_name};
 use super::text_error;
-use super::{ApiError, AppState, Usage};
+use super::{tokenized, ApiError, AppState, Usage};
 use crate::engine::{Output, Payload};
 use crate::text::Truncation;
 use ember_plugin_api::ModelKind;
@@ -167,23 +167,16 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     let documents = req.documents;
     let how = req.truncation;
     let per_doc = req.max_tokens_per_doc;
-    let id = model.id.clone();
-    let (tokens, documents) = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
+    let (tokens, documents) = tokenized(&model.id, move || {
         let tokens = match per_doc {
             Some(n) => encoder
                 .heads(documents.clone(), n, false)
                 .and_then(|heads| encoder.encode_pairs(&query, &heads, how)),
             None => encoder.encode_pairs(&query, &documents, how),
         };
-        crate::metrics::global()
-            .tokenize_seconds
-            .with_label_values(&[&id])
-            .observe(started.elapsed().as_secs_f64());
         tokens.map(|t| (t, documents))
     })
-    .await
-    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))?
+    .await?
     .map_err(|e| text_error("documents", e))?;
     let prompt_tokens: usize = tokens.iter().map(|t| t.len()).sum();
     let outputs = model

@@ -145,6 +145,12 @@ impl<'a> Suite<'a> {
         }
     }
 
+    /// Whether results are logits (rerankers, classifiers), compared by their largest
+    /// difference, rather than vectors, compared by cosine.
+    fn logits(&self) -> bool {
+        matches!(self.kind, ModelKind::Rerank | ModelKind::Classify)
+    }
+
     /// The checks that apply to this model's kind.
     pub fn checks(&self) -> Vec<Check<'a>> {
         let mut out: Vec<Check<'a>> = vec![
@@ -164,11 +170,27 @@ impl<'a> Suite<'a> {
         out
     }
 
-    /// One forward call on token rows: vectors, or one score per row for rerankers; an answer
+    /// One forward call on token rows: vectors, one score per row for rerankers, or one logit
+    /// per label for classifiers; an answer
     /// of the wrong shape or with a non-finite value is an error.
     fn call(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, CallError> {
         let rows = batch.rows as usize;
-        let out: Vec<Vec<f32>> = if self.kind == ModelKind::Rerank {
+        let out: Vec<Vec<f32>> = if self.kind == ModelKind::Classify {
+            let l = self
+                .runner
+                .classify_tokens(batch)
+                .map_err(CallError::Plugin)?;
+            let labels = l.labels as usize;
+            if l.rows as usize != rows || l.values.len() != rows * labels {
+                return Err(CallError::Broken(format!(
+                    "wrong output shape: {} rows of {} logits ({} in all) for {rows} inputs",
+                    l.rows,
+                    l.labels,
+                    l.values.len()
+                )));
+            }
+            l.values.chunks(labels.max(1)).map(|c| c.to_vec()).collect()
+        } else if self.kind == ModelKind::Rerank {
             let s = self
                 .runner
                 .score_pairs(&PairBatch {
@@ -323,12 +345,12 @@ impl<'a> Suite<'a> {
         if out.len() < 2 {
             return Outcome::Fail(format!("{} sample rows, need 2", out.len()));
         }
-        let rerank = self.kind == ModelKind::Rerank;
+        let rerank = self.logits();
         let mut closest = (f64::NEG_INFINITY, 0, 0);
         for i in 0..out.len() {
             for j in i + 1..out.len() {
                 let same = if rerank {
-                    -((out[i][0] - out[j][0]).abs() as f64)
+                    -max_diff(&out[i..=i], &out[j..=j]) as f64
                 } else {
                     cosine(&out[i], &out[j])
                 };
@@ -371,8 +393,8 @@ impl<'a> Suite<'a> {
                 Ok(v) => v,
                 Err(e) => return e.fail(&format!("row {i} alone")),
             };
-            let c = if self.kind == ModelKind::Rerank {
-                1.0 - (alone[0][0] - batched[i][0]).abs() as f64
+            let c = if self.logits() {
+                1.0 - max_diff(&alone[..1], &batched[i..=i]) as f64
             } else {
                 cosine(&alone[0], &batched[i])
             };

@@ -1,10 +1,10 @@
 //! Parity with the reference implementation's outputs recorded in the model directory's
 //! `reference.json` (the test fixtures' format): sentence-transformers embeddings, transformers
-//! rerank scores, CLIP text and image features. A model without `reference.json` fails: parity
+//! rerank scores and classifier probabilities, CLIP text and image features. A model without `reference.json` fails: parity
 //! is only left out when the user asks for it (`--skip-parity`, handled by the caller).
 
 use super::{cosine, describe, non_finite, Outcome, Tolerance};
-use crate::api::normalize;
+use crate::api::{normalize, Activation};
 use crate::engine::pad;
 use crate::images::preprocess::{probe, ImageLimits};
 use crate::plugin::ModelRunner;
@@ -135,6 +135,52 @@ fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result
     Ok(done.join("; "))
 }
 
+fn classify(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<String, String> {
+    let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
+    let want = vectors(&r["scores"]).ok_or("reference.json has no scores")?;
+    let classes = p
+        .manifest
+        .classes
+        .as_ref()
+        .ok_or("the model has no labels")?;
+    let tokens = p.encoder.encode(&texts).map_err(|e| e.to_string())?;
+    let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
+    let out = runner.classify_tokens(&batch).map_err(|e| describe(&e))?;
+    let rows: Vec<Vec<f32>> = out
+        .values
+        .chunks(out.labels.max(1) as usize)
+        .map(|l| Activation::Model.apply(l, classes.multi_label))
+        .collect();
+    if let Some(m) = non_finite(&rows) {
+        return Err(format!("non-finite output: {m}"));
+    }
+    if rows.len() != want.len() || rows.iter().zip(&want).any(|(g, w)| g.len() != w.len()) {
+        return Err(format!(
+            "{} rows of {} scores for {} references of {} labels",
+            rows.len(),
+            out.labels,
+            want.len(),
+            classes.labels.len()
+        ));
+    }
+    let worst = rows
+        .iter()
+        .zip(&want)
+        .flat_map(|(g, w)| g.iter().zip(w).map(|(a, b)| (a - b).abs()))
+        .fold(0.0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+    let max = t.score;
+    if worst.is_nan() || worst > max {
+        return Err(format!(
+            "scores differ by {worst:e} (> {max:e}) from the reference"
+        ));
+    }
+    Ok(format!(
+        "{} texts x {} labels within {worst:.1e}",
+        rows.len(),
+        classes.labels.len()
+    ))
+}
+
 fn clip(
     p: &Prepared,
     runner: &ModelRunner,
@@ -202,6 +248,7 @@ pub fn check(p: &Prepared, runner: &ModelRunner, dir: &Path, t: Tolerance) -> Ou
         ModelKind::Embed => embed(p, runner, &r, t),
         ModelKind::Rerank => rerank(p, runner, &r, t),
         ModelKind::Clip => clip(p, runner, &r, dir, t),
+        ModelKind::Classify => classify(p, runner, &r, t),
     };
     match result {
         Ok(m) => Outcome::Pass(m),

@@ -36,6 +36,56 @@ pub struct Manifest {
     pub preprocessor: Option<Preprocessor>,
     /// How a reranker scoring one formatted sequence reads its pairs (Qwen3-Reranker).
     pub pair_template: Option<PairTemplate>,
+    /// A classifier's labels and how its logits become scores.
+    pub classes: Option<Classes>,
+}
+
+/// A sequence classifier's labels (`id2label`) and its problem type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classes {
+    /// The label of each logit, by index.
+    pub labels: Vec<String>,
+    /// `problem_type: multi_label_classification`: each label scored on its own (sigmoid)
+    /// instead of all of them together (softmax).
+    pub multi_label: bool,
+}
+
+impl Classes {
+    /// Reads `id2label` (or `num_labels`, naming them `LABEL_<i>` as transformers does) and
+    /// `problem_type` from a `config.json`.
+    pub fn from_config(config: &Value) -> Result<Classes, String> {
+        let count = label_count(config) as usize;
+        let mut labels: Vec<String> = (0..count).map(|i| format!("LABEL_{i}")).collect();
+        if let Some(map) = config.get("id2label").and_then(Value::as_object) {
+            for (key, label) in map {
+                let index = key
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < count)
+                    .ok_or_else(|| format!("id2label has key {key:?}; keys must be 0..{count}"))?;
+                labels[index] = label
+                    .as_str()
+                    .ok_or_else(|| format!("id2label[{key:?}] is not a string"))?
+                    .to_string();
+            }
+        }
+        let multi_label = config.get("problem_type").and_then(Value::as_str)
+            == Some("multi_label_classification");
+        Ok(Classes {
+            labels,
+            multi_label,
+        })
+    }
+}
+
+/// Labels of a sequence classifier: `id2label`'s size, else `num_labels`, else 1.
+fn label_count(config: &Value) -> u64 {
+    config
+        .get("id2label")
+        .and_then(Value::as_object)
+        .map(|m| m.len() as u64)
+        .or_else(|| uint(config, "num_labels"))
+        .unwrap_or(1)
 }
 
 fn read_json(name: &str, dir: &Path, file: &str) -> Result<Option<Value>, ModelError> {
@@ -71,21 +121,17 @@ fn architectures_of(config: &Value) -> Vec<&str> {
 }
 
 /// Decides the model kind the way Infinity does: a sequence classifier with one label is a
-/// reranker, a config with a vision tower is CLIP-like, anything else an embedder.
+/// reranker, with more a classifier; a config with a vision tower is CLIP-like, anything
+/// else an embedder.
 pub fn kind_of(config: &Value) -> ModelKind {
     let archs = architectures_of(config);
-    let labels = config
-        .get("id2label")
-        .and_then(Value::as_object)
-        .map(|m| m.len() as u64)
-        .or_else(|| uint(config, "num_labels"))
-        .unwrap_or(1);
-    if archs
+    let classifier = archs
         .iter()
-        .any(|a| a.ends_with("ForSequenceClassification"))
-        && labels == 1
-    {
+        .any(|a| a.ends_with("ForSequenceClassification"));
+    if classifier && label_count(config) == 1 {
         ModelKind::Rerank
+    } else if classifier {
+        ModelKind::Classify
     } else if config.get("vision_config").is_some() {
         ModelKind::Clip
     } else {
@@ -166,7 +212,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut pooling_reads_prompt = true;
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
-        ModelKind::Rerank => None,
+        ModelKind::Rerank | ModelKind::Classify => None,
         _ => read_json(name, dir, "modules.json")?,
     };
     if let Some(modules) = pipeline {
@@ -273,8 +319,15 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         .or_else(|| uint(text_config, "d_model"))
         .or_else(|| uint(text_config, "dim"))
         .unwrap_or(0);
-    let num_labels = match kind {
-        ModelKind::Rerank => 1,
+    let classes = match kind {
+        ModelKind::Classify => {
+            Some(Classes::from_config(&config).map_err(|r| err("config.json", r))?)
+        }
+        _ => None,
+    };
+    let num_labels = match (kind, &classes) {
+        (ModelKind::Rerank, _) => 1,
+        (_, Some(c)) => c.labels.len() as u32,
         _ => 0,
     };
     let preprocessor = match kind {
@@ -327,6 +380,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         default_prompt_name,
         pair_template,
         preprocessor,
+        classes,
     })
 }
 
@@ -341,12 +395,27 @@ mod tests {
             json!({"architectures": ["BertForSequenceClassification"], "id2label": {"0": "L"}});
         assert_eq!(kind_of(&rr), ModelKind::Rerank);
         let cls2 = json!({"architectures": ["BertForSequenceClassification"], "num_labels": 2});
-        assert_eq!(kind_of(&cls2), ModelKind::Embed);
+        assert_eq!(kind_of(&cls2), ModelKind::Classify);
         assert_eq!(kind_of(&json!({"vision_config": {}})), ModelKind::Clip);
         assert_eq!(
             kind_of(&json!({"architectures": ["BertModel"]})),
             ModelKind::Embed
         );
+    }
+
+    #[test]
+    fn classes_read_id2label_or_name_them_as_transformers_does() {
+        let named = json!({"id2label": {"1": "pos", "0": "neg"},
+                           "problem_type": "multi_label_classification"});
+        let c = Classes::from_config(&named).unwrap();
+        assert_eq!(c.labels, ["neg", "pos"]);
+        assert!(c.multi_label);
+        let counted = Classes::from_config(&json!({"num_labels": 3})).unwrap();
+        assert_eq!(counted.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+        assert!(!counted.multi_label);
+        let gap = json!({"id2label": {"0": "a", "2": "b"}});
+        let e = Classes::from_config(&gap).unwrap_err();
+        assert!(e.contains("\"2\"") && e.contains("0..2"), "{e}");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //!
 //! Routing, in the worker's order and with Python's truthiness: `openai_route` (with
 //! `openai_input`: `/v1/models`, `/v1/embeddings` list-wrapped, and `/v1/rerank`, which the
-//! worker lacks), then `query` (rerank with `docs`/`documents`), then `input` (embeddings).
+//! worker lacks), then `query` (rerank with `docs`/`documents`), then `input` (embeddings, or
+//! classification when the model the job addresses is a classifier).
 //! Bad requests are the job's output in the worker's error shape
 //! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`; only
 //! server faults fail the job.
 
-use crate::api::{self, ApiError, AppState, EmbeddingsRequest, RerankRequest};
+use crate::api::{self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, RerankRequest};
+use ember_plugin_api::ModelKind;
 use serde_json::{json, Map, Value};
 
 /// What a job ends with.
@@ -101,9 +103,9 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The routes `openai_route` may name.
-const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, and the TEI and Cohere \
-                             routes /embed, /rerank, /tokenize, /decode, /info, /v2/embed, \
-                             /v2/rerank";
+const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify, and the \
+                             TEI and Cohere routes /embed, /rerank, /predict, /tokenize, \
+                             /decode, /info, /v2/embed, /v2/rerank";
 
 fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(resp)
@@ -122,6 +124,19 @@ async fn rerank(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     to_output(api::rerank(state, req).await?)
 }
 
+async fn classify(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let req = ClassifyRequest::parse(body, state.max_items)?;
+    to_output(api::classify(state, req).await?)
+}
+
+/// Whether a job's `input` is for a classifier: the model it names (or the only one) is one.
+fn for_classifier(state: &AppState, job: &Map<String, Value>) -> bool {
+    let name = job.get("model").and_then(Value::as_str);
+    state
+        .model(name)
+        .is_ok_and(|m| m.manifest.abi.kind == ModelKind::Classify)
+}
+
 async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
     let route = match job.get("openai_route") {
         Some(Value::String(r)) => r.as_str(),
@@ -136,8 +151,8 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
     match route {
         "/v1/models" => return JobResult::Output(state.list_models()),
         "/info" => return answered(crate::tei::info_value(state)),
-        "/v1/embeddings" | "/v1/rerank" | "/embed" | "/rerank" | "/tokenize" | "/decode"
-        | "/v2/embed" | "/v2/rerank" => {}
+        "/v1/embeddings" | "/v1/rerank" | "/v1/classify" | "/classify" | "/embed" | "/rerank"
+        | "/predict" | "/tokenize" | "/decode" | "/v2/embed" | "/v2/rerank" => {}
         _ => {
             return bad_input(format!(
                 "Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"
@@ -166,6 +181,8 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
         "/rerank" if body.get("texts").is_some() && body.get("documents").is_none() => {
             answered(crate::tei::rerank_value(state, body).await)
         }
+        "/v1/classify" | "/classify" => answered(classify(state, body).await),
+        "/predict" => answered(crate::tei::predict_value(state, body).await),
         "/tokenize" => answered(crate::tei::tokenize_value(state, body).await),
         "/decode" => answered(crate::tei::decode_value(state, body)),
         "/v2/embed" => answered(crate::cohere::embed_value(state, body).await),
@@ -195,13 +212,15 @@ pub async fn run(state: &AppState, input: &Value) -> JobResult {
     }
     let result = if truthy(job.get("query")) {
         rerank(state, input).await
+    } else if truthy(job.get("input")) && for_classifier(state, job) {
+        classify(state, input).await
     } else if truthy(job.get("input")) {
         embeddings(state, input).await
     } else {
         let keys: Vec<&str> = job.keys().map(String::as_str).collect();
         return bad_input(format!(
-            "Invalid input: expected \"input\" (texts or images to embed), \"query\" with \
-                 \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
+            "Invalid input: expected \"input\" (texts or images to embed, or texts to \
+                 classify), \"query\" with \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
             keys.join(", ")
         ));
     };

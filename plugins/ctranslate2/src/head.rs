@@ -83,10 +83,15 @@ impl Head {
         self.dense.inputs
     }
 
-    /// The first label's logit for the first token's state `cls`.
-    pub fn logit(&self, cls: &[f32]) -> f32 {
+    /// Number of labels (logits per input).
+    pub fn labels(&self) -> usize {
+        self.out.bias.len()
+    }
+
+    /// Every label's logit for the first token's state `cls`.
+    pub fn logits(&self, cls: &[f32]) -> Vec<f32> {
         let act = |v: &f32| if self.relu { v.max(0.0) } else { v.tanh() };
         let pooled: Vec<f32> = self.dense.forward(cls).iter().map(act).collect();
-        self.out.forward(&pooled)[0]
+        self.out.forward(&pooled)
     }
 }

@@ -2,7 +2,8 @@
 //! CUDA when there is a GPU) through a small C++ bridge to `ctranslate2::Encoder`.
 //! Hugging Face BERT and RoBERTa / XLM-RoBERTa checkpoints are converted to CTranslate2's
 //! format at load time (once; cached next to the model in `HF_HOME`); repositories already in
-//! that format are read as they are. Rerankers get their classification head applied here.
+//! that format are read as they are. Rerankers and classifiers get
+//! their classification head applied here.
 
 mod cache;
 mod checkpoint;
@@ -39,7 +40,7 @@ impl Backend for CTranslate2 {
             name: "ctranslate2".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: format!("CTranslate2 4.8.4, {gpus} CUDA device(s)").into(),
-            kinds: vec![ModelKind::Embed, ModelKind::Rerank].into(),
+            kinds: vec![ModelKind::Embed, ModelKind::Rerank, ModelKind::Classify].into(),
             devices: devices.into(),
             dtypes: vec![
                 DType::Auto,

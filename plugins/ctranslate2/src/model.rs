@@ -11,8 +11,8 @@ use crate::head::Head;
 use crate::modelbin;
 use ember_plugin_api::pooling::pool;
 use ember_plugin_api::{
-    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
-    PluginError, Pooling, ScoreBatch, TokenBatch,
+    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
+    PairBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn converted(request: &LoadRequest, dir: &Path) -> Result<(PathBuf, Option<Head>
         );
     }
     let head = match request.manifest.kind {
-        ModelKind::Rerank => {
+        ModelKind::Rerank | ModelKind::Classify => {
             let ckpt = match ckpt {
                 Some(c) => c,
                 None => Checkpoint::open(dir, &files)?,
@@ -95,9 +95,13 @@ impl Ct2Model {
         let dir = Path::new(request.model_dir.as_str());
         let native = request.files.iter().any(|f| f.as_str() == "model.bin");
         let (ct2_dir, head) = if native {
-            if request.manifest.kind == ModelKind::Rerank {
+            if matches!(
+                request.manifest.kind,
+                ModelKind::Rerank | ModelKind::Classify
+            ) {
                 return Err(PluginError::unsupported(
-                    "reranking is not supported by this backend for a repository already in \
+                    "reranking and classification are not supported by this backend for a \
+                     repository already in \
                      CTranslate2's format: its model.bin has no classification head (name the \
                      original Hugging Face checkpoint instead; it is converted at load)",
                 ));
@@ -128,6 +132,14 @@ impl Ct2Model {
                 return Err(PluginError::invalid_input(format!(
                     "the classification head reads {} values but the encoder's states have {hidden}",
                     h.inputs()
+                )));
+            }
+            let declared = request.manifest.num_labels.max(1) as usize;
+            if h.labels() != declared {
+                return Err(PluginError::invalid_input(format!(
+                    "the classification head has {} labels but the model's config declares \
+                     {declared}",
+                    h.labels()
                 )));
             }
         }
@@ -219,6 +231,24 @@ impl Ct2Model {
             lengths,
         })
     }
+
+    /// The classification head's logits of every row, row-major `[rows, labels]`.
+    fn logits(&self, batch: &TokenBatch) -> Result<Vec<f32>, PluginError> {
+        let Some(head) = &self.head else {
+            return Err(PluginError::unsupported(
+                "this model has no classification head: it neither scores pairs nor classifies",
+            ));
+        };
+        if batch.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let s = self.states(batch)?;
+        let row = s.seq * self.hidden;
+        Ok(s.values
+            .chunks_exact(row)
+            .flat_map(|states| head.logits(&states[..self.hidden]))
+            .collect())
+    }
 }
 
 /// Token ids as CTranslate2 takes them, refusing any outside `0..limit` (an id past the
@@ -244,8 +274,8 @@ fn to_u32(values: &[i64], limit: usize, what: &str, seq: usize) -> Result<Vec<u3
 impl Model for Ct2Model {
     fn describe(&self) -> LoadedModel {
         LoadedModel {
-            embedding_dim: if self.head.is_some() {
-                1
+            embedding_dim: if let Some(head) = &self.head {
+                head.labels() as u32
             } else {
                 self.hidden as u32
             },
@@ -258,7 +288,7 @@ impl Model for Ct2Model {
     fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
         if self.head.is_some() {
             return Err(PluginError::unsupported(
-                "this model is a reranker: it scores pairs and has no embeddings",
+                "this model ends in a classification head: it has no embeddings",
             ));
         }
         let dim = self.hidden as u32;
@@ -292,25 +322,22 @@ impl Model for Ct2Model {
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
-        let Some(head) = &self.head else {
+        if self.head.as_ref().is_some_and(|h| h.labels() != 1) {
             return Err(PluginError::unsupported(
-                "this model is not a reranker: it has no scores",
+                "this model is not a reranker: it has no relevance scores",
             ));
-        };
-        if batch.tokens.rows == 0 {
-            return Ok(ScoreBatch {
-                scores: Vec::new().into(),
-            });
         }
-        let s = self.states(&batch.tokens)?;
-        let row = s.seq * self.hidden;
-        let scores: Vec<f32> = s
-            .values
-            .chunks_exact(row)
-            .map(|states| head.logit(&states[..self.hidden]))
-            .collect();
         Ok(ScoreBatch {
-            scores: scores.into(),
+            scores: self.logits(&batch.tokens)?.into(),
+        })
+    }
+
+    fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        let labels = self.head.as_ref().map_or(0, |h| h.labels()) as u32;
+        Ok(LogitBatch {
+            rows: batch.rows,
+            labels,
+            values: self.logits(batch)?.into(),
         })
     }
 }

@@ -6,8 +6,8 @@
 use crate::graph::{Feed, Graph};
 use ember_plugin_api::pooling;
 use ember_plugin_api::{
-    DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
-    PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+    DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
+    PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
 };
 
 /// The graphs of a CLIP model.
@@ -24,10 +24,8 @@ enum Kind {
         output: String,
         pooling: Pooling,
     },
-    CrossEncoder {
-        graph: Graph,
-        output: String,
-    },
+    /// A sequence-classification export (`logits`): a reranker (one label) or a classifier.
+    Classifier { graph: Graph, output: String },
     Clip {
         graphs: ClipGraphs,
         text_output: String,
@@ -92,6 +90,34 @@ fn onnx_files<'a>(request: &'a LoadRequest, prefix: &str) -> Option<&'a str> {
 }
 
 impl OnnxModel {
+    /// The classification head's logits of every row, row-major `[rows, labels]`.
+    fn logits(&self, tokens: &TokenBatch) -> Result<Vec<f32>, PluginError> {
+        let Kind::Classifier { graph, output } = &self.kind else {
+            return Err(PluginError::unsupported(
+                "this model has no classification head: it neither scores pairs nor classifies",
+            ));
+        };
+        let rows = tokens.rows as usize;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let positions = positions(tokens);
+        let out = graph.run(feeds_for(graph, tokens, &positions), output)?;
+        let labels = self.dim;
+        match out.shape.as_slice() {
+            [r] if *r as usize == rows && labels == 1 => {}
+            [r, k] if *r as usize == rows && *k as usize == labels => {}
+            other => {
+                return Err(PluginError::internal(format!(
+                    "{} answers logits of shape {other:?} for {rows} rows; the model's config \
+                     declares {labels} labels",
+                    graph.path
+                )))
+            }
+        }
+        Ok(out.data)
+    }
+
     /// Opens the graphs of the model in `request` for its kind.
     pub fn load(request: &LoadRequest) -> Result<Self, PluginError> {
         let manifest = &request.manifest;
@@ -145,7 +171,7 @@ impl OnnxModel {
                     device,
                 )
             }
-            ModelKind::Rerank => {
+            ModelKind::Rerank | ModelKind::Classify => {
                 if manifest.architecture.ends_with("ForCausalLM") {
                     return Err(PluginError::unsupported(format!(
                         "{} is a causal language model scored by its \"yes\" / \"no\" logits \
@@ -159,7 +185,8 @@ impl OnnxModel {
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
                 let (output, _) = graph.pick_output(&["logits"])?;
                 let device = graph.device.clone();
-                (Kind::CrossEncoder { graph, output }, 1, device)
+                let labels = manifest.num_labels.max(1) as usize;
+                (Kind::Classifier { graph, output }, labels, device)
             }
             ModelKind::Clip => Self::load_clip(request)?,
         };
@@ -348,39 +375,28 @@ impl Model for OnnxModel {
                 let out = graph.run(feeds, text_output)?;
                 rows_of(&out.shape, out.data, rows)
             }
-            Kind::CrossEncoder { .. } => Err(PluginError::unsupported(
-                "this model is a reranker: it scores pairs and has no embeddings",
+            Kind::Classifier { .. } => Err(PluginError::unsupported(
+                "this model ends in a classification head: it has no embeddings",
             )),
         }
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
-        let Kind::CrossEncoder { graph, output } = &self.kind else {
+        if self.dim != 1 {
             return Err(PluginError::unsupported(
                 "this model is not a reranker: it has no relevance scores",
             ));
-        };
-        let rows = batch.tokens.rows as usize;
-        if rows == 0 {
-            return Ok(ScoreBatch {
-                scores: Vec::new().into(),
-            });
         }
-        let positions = positions(&batch.tokens);
-        let out = graph.run(feeds_for(graph, &batch.tokens, &positions), output)?;
-        let per_row = match out.shape.as_slice() {
-            [r] if *r as usize == rows => 1,
-            [r, k] if *r as usize == rows && *k >= 1 => *k as usize,
-            other => {
-                return Err(PluginError::internal(format!(
-                    "unexpected logits shape {other:?} for {rows} pairs"
-                )))
-            }
-        };
-        // One label: its logit. (Several labels are not a reranker; the host never asks.)
-        let scores: Vec<f32> = out.data.chunks(per_row).map(|c| c[0]).collect();
         Ok(ScoreBatch {
-            scores: scores.into(),
+            scores: self.logits(&batch.tokens)?.into(),
+        })
+    }
+
+    fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        Ok(LogitBatch {
+            rows: batch.rows,
+            labels: self.dim as u32,
+            values: self.logits(batch)?.into(),
         })
     }
 

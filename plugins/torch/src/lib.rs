@@ -41,7 +41,13 @@ impl Backend for Torch {
                 tch::Cuda::device_count()
             )
             .into(),
-            kinds: vec![ModelKind::Embed, ModelKind::Rerank, ModelKind::Clip].into(),
+            kinds: vec![
+                ModelKind::Embed,
+                ModelKind::Rerank,
+                ModelKind::Classify,
+                ModelKind::Clip,
+            ]
+            .into(),
             devices: devices.into(),
             dtypes: vec![DType::Auto, DType::Fp32, DType::Fp16, DType::Bf16].into(),
         })

@@ -1,5 +1,5 @@
 //! A loaded model: the encoder, the pooling of embedders or the classification head of
-//! rerankers, on its device and precision.
+//! rerankers and classifiers, on its device and precision.
 
 use crate::clip::Clip;
 use crate::deberta::{self, Deberta};
@@ -11,14 +11,14 @@ use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
 use crate::weights::Weights;
 use ember_plugin_api::{
-    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, Model, ModelKind, PairBatch,
-    PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+    plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
+    PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
 };
 use serde_json::Value;
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 
-/// How a reranker turns token states into one logit.
+/// How a reranker or classifier turns token states into its logits.
 enum Head {
     /// BERT: tanh pooler on the first token, then the classifier.
     Bert { pooler: Linear, classifier: Linear },
@@ -167,7 +167,10 @@ pub struct TorchModel {
     // with `error::lock`, which ignores poisoning.
     inner: std::sync::Mutex<Inner>,
     hidden: i64,
-    reranker: bool,
+    /// Whether the model ends in a classification head (rerankers and classifiers).
+    headed: bool,
+    /// Logits per row of the head (rerankers: 1).
+    labels: u32,
     max_positions: i64,
     /// Token ids must be below it.
     vocab: i64,
@@ -367,14 +370,16 @@ fn build_decoder(
     let weights = unprefixed(weights, "model.", "embed_tokens.weight");
     let decoder = tch::no_grad(|| Decoder::load(&weights, cfg))?;
     let model_type = cfg["model_type"].as_str().unwrap_or_default();
-    let head = if manifest.kind == ModelKind::Rerank {
+    let head = if matches!(manifest.kind, ModelKind::Rerank | ModelKind::Classify) {
         let plain = weights.with_prefix("");
         if plain.has("score.weight") {
             Some(DecoderHead::Score(ScoreHead {
                 score: Linear::load(&plain, "score")?,
                 pad_id: cfg["pad_token_id"].as_i64(),
             }))
-        } else if manifest.architecture.ends_with("ForCausalLM") {
+        } else if manifest.kind == ModelKind::Rerank
+            && manifest.architecture.ends_with("ForCausalLM")
+        {
             let dir = Path::new(request.model_dir.as_str());
             Some(DecoderHead::YesNo(YesNoHead::load(dir, &plain, &decoder)?))
         } else {
@@ -414,7 +419,7 @@ impl TorchModel {
         }
         let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
         let weights = Weights::read(dir, &files, device, kind)?;
-        let rerank = manifest.kind == ModelKind::Rerank;
+        let rerank = matches!(manifest.kind, ModelKind::Rerank | ModelKind::Classify);
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         let built = if manifest.kind == ModelKind::Clip {
             build_clip(&weights, &cfg)?
@@ -447,7 +452,8 @@ impl TorchModel {
         );
         Ok(TorchModel {
             hidden: built.width,
-            reranker: built.head.is_some(),
+            headed: built.head.is_some(),
+            labels: manifest.num_labels.max(1),
             max_positions: built.max_positions,
             vocab: built.vocab,
             segments: built.segments,
@@ -516,12 +522,69 @@ impl TorchModel {
             pooled,
         ))
     }
+
+    /// The head's logits of every row, row-major `[rows, labels]`.
+    fn head_logits(&self, batch: &TokenBatch, what: &str) -> Result<Vec<f32>, PluginError> {
+        if !self.headed {
+            return Err(PluginError::unsupported(
+                "this model has no classification head: it neither scores pairs nor classifies",
+            ));
+        }
+        if batch.rows == 0 {
+            return Ok(Vec::new());
+        }
+        self.check(batch)?;
+        let inner = error::lock(&self.inner);
+        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
+            let (ids, types, mask, _) = self.inputs(batch)?;
+            let logits = match &*inner {
+                Inner::Encoder {
+                    encoder,
+                    head: Some(head),
+                } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
+                Inner::Decoder {
+                    decoder,
+                    head: Some(head),
+                } => {
+                    let states = decoder.forward(&ids, &mask)?;
+                    match head {
+                        DecoderHead::Score(h) => h.logits(&states, &ids, &mask)?,
+                        DecoderHead::YesNo(h) => h.logits(&states, &mask)?,
+                    }
+                }
+                Inner::Modern {
+                    model,
+                    head: Some(head),
+                } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
+                Inner::Deberta {
+                    model,
+                    head: Some(head),
+                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
+                _ => return Err(TchError::Kind("a head model without its head".into())),
+            };
+            to_vec(&logits)
+        })
+        .map_err(|e| from_tch(what, e))?;
+        if values.len() != batch.rows as usize * self.labels as usize {
+            return Err(PluginError::internal(format!(
+                "the classification head has {} outputs per row, but the model's config \
+                 declares {} labels",
+                values.len() / batch.rows as usize,
+                self.labels
+            )));
+        }
+        Ok(values)
+    }
 }
 
 impl Model for TorchModel {
     fn describe(&self) -> LoadedModel {
         LoadedModel {
-            embedding_dim: if self.reranker { 1 } else { self.hidden as u32 },
+            embedding_dim: if self.headed {
+                self.labels
+            } else {
+                self.hidden as u32
+            },
             device: device::name(self.device).into(),
             dtype: self.dtype,
             concurrent_calls: false,
@@ -529,9 +592,9 @@ impl Model for TorchModel {
     }
 
     fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        if self.reranker {
+        if self.headed {
             return Err(PluginError::unsupported(
-                "this model is a reranker: it scores pairs and has no embeddings",
+                "this model ends in a classification head: it has no embeddings",
             ));
         }
         let dim = self.hidden as u32;
@@ -576,50 +639,23 @@ impl Model for TorchModel {
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
-        if !self.reranker {
+        if self.labels != 1 {
             return Err(PluginError::unsupported(
-                "this model is not a reranker: it has no scores",
+                "this model is not a reranker: it has no relevance scores",
             ));
         }
-        if batch.tokens.rows == 0 {
-            return Ok(ScoreBatch {
-                scores: Vec::new().into(),
-            });
-        }
-        self.check(&batch.tokens)?;
-        let inner = error::lock(&self.inner);
-        let scores = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask, _) = self.inputs(&batch.tokens)?;
-            let logits = match &*inner {
-                Inner::Encoder {
-                    encoder,
-                    head: Some(head),
-                } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
-                Inner::Decoder {
-                    decoder,
-                    head: Some(head),
-                } => {
-                    let states = decoder.forward(&ids, &mask)?;
-                    match head {
-                        DecoderHead::Score(h) => h.logits(&states, &ids, &mask)?,
-                        DecoderHead::YesNo(h) => h.logits(&states, &mask)?,
-                    }
-                }
-                Inner::Modern {
-                    model,
-                    head: Some(head),
-                } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
-                Inner::Deberta {
-                    model,
-                    head: Some(head),
-                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
-                _ => return Err(TchError::Kind("reranker without a head".into())),
-            };
-            to_vec(&logits.f_select(1, 0)?)
-        })
-        .map_err(|e| from_tch("scoring pairs", e))?;
+        let logits = self.head_logits(&batch.tokens, "scoring pairs")?;
         Ok(ScoreBatch {
-            scores: scores.into(),
+            scores: logits.into(),
+        })
+    }
+
+    fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        let logits = self.head_logits(batch, "classifying")?;
+        Ok(LogitBatch {
+            rows: batch.rows,
+            labels: self.labels,
+            values: logits.into(),
         })
     }
 
