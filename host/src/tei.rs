@@ -203,6 +203,9 @@ fn predict_inputs(
             format!("inputs is required: {shape}"),
         )),
         Some(Value::String(s)) => Ok((vec![Sequence::Text(s.clone())], true)),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(ApiError::invalid("inputs", "inputs must not be empty"))
+        }
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok((
             vec![sequence(&Value::Array(items.clone()), "inputs")?],
             true,
@@ -242,7 +245,8 @@ fn predictions_json(rows: Vec<Vec<api::Prediction>>, top_k: Option<usize>) -> Ve
         .collect()
 }
 
-/// `POST /predict`: `inputs` (a text, a pair, or a batch of them), `raw_scores`, `truncate`,
+/// `POST /predict` (classifiers, and rerankers as TEI allows): `inputs` (a text, a pair, or a
+/// batch of them), `raw_scores`, `truncate`,
 /// `truncation_direction`; answers `[{score, label}]` best first, or a list of them for a
 /// batch.
 pub async fn predict(
@@ -257,7 +261,7 @@ pub async fn predict(
 /// `/predict` on a parsed body.
 pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
     let body = object(value)?;
-    let model = model_for(state, body, classifies)?;
+    let model = model_for(state, body, |k| classifies(k) || reranks(k))?;
     let (inputs, single) = predict_inputs(body, state.max_items)?;
     let raw = opt_bool(body, "raw_scores")?.unwrap_or(false);
     let req = ClassifyRequest {
@@ -296,7 +300,9 @@ async fn text_classification(
             ))
         }
     };
-    let activation = match opt_str(parameters, "function_to_apply")? {
+    let function = opt_str(parameters, "function_to_apply")
+        .map_err(|e| e.renamed("function_to_apply", "parameters.function_to_apply"))?;
+    let activation = match function {
         None => Activation::Model,
         Some(f) => Activation::parse(&f, "parameters.function_to_apply")?,
     };

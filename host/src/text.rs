@@ -14,10 +14,17 @@ pub enum TextError {
     Encode { index: usize, reason: String },
     /// An input is longer than the model reads, and truncation was turned off.
     #[error(
-        "item {index} is longer than the model's maximum of {max} tokens (truncation is \
-         turned off: shorten it, or allow truncation)"
+        "item {index} is longer than the model's maximum of {max} tokens ({len} tokens; \
+         truncation is turned off: shorten it, or allow truncation)"
     )]
-    TooLong { index: usize, max: usize },
+    TooLong {
+        /// Its position in the request.
+        index: usize,
+        /// Most tokens the model reads.
+        max: usize,
+        /// Its tokens, special tokens included.
+        len: usize,
+    },
 }
 
 /// What happens to an input longer than the model reads.
@@ -125,6 +132,9 @@ pub struct TextEncoder {
     left: std::sync::OnceLock<Tokenizer>,
     /// The pair tokenizer truncating the document's beginning, made on first use.
     left_pair: std::sync::OnceLock<Tokenizer>,
+    /// The tokenizer that never truncates, made on first use: it measures an input refused
+    /// for its length.
+    whole: std::sync::OnceLock<Tokenizer>,
 }
 
 /// `t` truncating at the start instead of the end.
@@ -218,6 +228,7 @@ impl TextEncoder {
             framed,
             left: std::sync::OnceLock::new(),
             left_pair: std::sync::OnceLock::new(),
+            whole: std::sync::OnceLock::new(),
         })
     }
 
@@ -247,7 +258,11 @@ impl TextEncoder {
                             index,
                             reason: e.to_string(),
                         })?;
-                    refuse_truncated(&body, truncation, index, self.max_len)?;
+                    if refused(&body, truncation) {
+                        let body = self.untruncated(f.template.body(query, doc));
+                        let len = f.prefix.len() + body + f.suffix.len();
+                        return Err(self.too_long(index, len));
+                    }
                     let ids: Vec<i64> = f
                         .prefix
                         .iter()
@@ -282,10 +297,39 @@ impl TextEncoder {
                         index,
                         reason: e.to_string(),
                     })?;
-                refuse_truncated(&enc, truncation, index, self.max_len)?;
+                if refused(&enc, truncation) {
+                    let len = self.untruncated((query, doc.as_str()));
+                    return Err(self.too_long(index, len));
+                }
                 Ok(Tokens::from(&enc))
             })
             .collect()
+    }
+
+    /// Tokenizes two texts as the model's tokenizer pairs them, truncating the longer one first
+    /// (transformers' `truncation=True`, as sequence classifiers read pairs), at its end or
+    /// with `Truncation::Left` its start; errors name item `index`. Blocking.
+    pub fn encode_pair(
+        &self,
+        first: &str,
+        second: &str,
+        truncation: Truncation,
+        index: usize,
+    ) -> Result<Tokens, TextError> {
+        let tokenizer = match truncation {
+            Truncation::Left => self.left_tokenizer(),
+            _ => &self.tokenizer,
+        };
+        let enc = tokenizer
+            .encode_fast((first, second), true)
+            .map_err(|e| TextError::Encode {
+                index,
+                reason: e.to_string(),
+            })?;
+        if refused(&enc, truncation) {
+            return Err(self.too_long(index, self.untruncated((first, second))));
+        }
+        Ok(Tokens::from(&enc))
     }
 
     /// Tokenizes texts with `prompt` in front of each, as sentence-transformers does; unless
@@ -337,6 +381,26 @@ impl TextEncoder {
         self.left.get_or_init(|| leftward(&self.tokenizer))
     }
 
+    /// Tokens of an input without truncation, special tokens included.
+    fn untruncated<'s>(&self, input: impl Into<tokenizers::EncodeInput<'s>>) -> usize {
+        let whole = self.whole.get_or_init(|| {
+            let mut t = self.tokenizer.clone();
+            // Turning truncation off cannot fail (only its parameters are checked).
+            let _ = t.with_truncation(None);
+            t
+        });
+        whole.encode_fast(input, true).map_or(0, |e| e.len())
+    }
+
+    /// The error for item `index`, `len` tokens long.
+    fn too_long(&self, index: usize, len: usize) -> TextError {
+        TextError::TooLong {
+            index,
+            max: self.max_len,
+            len,
+        }
+    }
+
     /// Tokenizes texts, truncating over-long ones as `truncation` says (blocking).
     pub fn encode_with(
         &self,
@@ -358,7 +422,9 @@ impl TextEncoder {
                             index,
                             reason: e.to_string(),
                         })?;
-                refuse_truncated(&enc, truncation, index, self.max_len)?;
+                if refused(&enc, truncation) {
+                    return Err(self.too_long(index, self.untruncated(t.as_str())));
+                }
                 Ok(Tokens::from(&enc))
             })
             .collect()
@@ -484,15 +550,7 @@ pub struct TokenInfo {
     pub span: Option<(usize, usize)>,
 }
 
-/// Refuses an encoding the tokenizer had to truncate when `truncation` is `Refuse`.
-fn refuse_truncated(
-    enc: &tokenizers::Encoding,
-    truncation: Truncation,
-    index: usize,
-    max: usize,
-) -> Result<(), TextError> {
-    if truncation == Truncation::Refuse && !enc.get_overflowing().is_empty() {
-        return Err(TextError::TooLong { index, max });
-    }
-    Ok(())
+/// Whether an encoding the tokenizer had to truncate is refused (`Truncation::Refuse`).
+fn refused(enc: &tokenizers::Encoding, truncation: Truncation) -> bool {
+    truncation == Truncation::Refuse && !enc.get_overflowing().is_empty()
 }

@@ -249,7 +249,7 @@ pub struct PluginInfo {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct LoadedModel {
-    /// Length of the vectors it returns (0 for rerankers).
+    /// Length of the vectors it returns (rerankers: 1, classifiers: their number of labels).
     pub embedding_dim: u32,
     /// Device it runs on, as text (`cpu`, `cuda:0`).
     pub device: RString,

@@ -288,7 +288,12 @@ fn bad_classification_requests_name_the_field_and_item() {
             &json!({"model": clf, "input": ["short", long], "truncate": false}),
         ),
         413,
-        &["input[1]", "longer than the model's maximum"],
+        // 200 words and [CLS] [SEP]: the message says how long the input is.
+        &[
+            "input[1]",
+            "longer than the model's maximum of 64",
+            "(202 tokens",
+        ],
     );
     // TEI's shapes and errors.
     let tei = |body: Value| server.post("/predict", &body);
@@ -308,7 +313,7 @@ fn bad_classification_requests_name_the_field_and_item() {
         ),
         (
             json!({"model": clf, "inputs": [["a"], ["b", long]], "truncate": false}),
-            vec!["inputs[1]", "longer than"],
+            vec!["inputs[1]", "longer than", "(204 tokens"],
         ),
     ] {
         let (status, got) = tei(body.clone());
@@ -318,19 +323,103 @@ fn bad_classification_requests_name_the_field_and_item() {
             assert!(message.contains(n), "{body}: {message:?} lacks {n:?}");
         }
     }
-    let (status, got) = server.post(
-        "/",
-        &json!({"model": clf, "inputs": "a", "parameters": {"function_to_apply": "relu"}}),
-    );
-    assert_eq!(status, 422, "{got}");
-    assert!(
-        got["error"]
-            .as_str()
-            .unwrap()
-            .contains("parameters.function_to_apply"),
-        "{got}"
-    );
+    for function in [json!("relu"), json!(3)] {
+        let (status, got) = server.post(
+            "/",
+            &json!({"model": clf, "inputs": "a", "parameters": {"function_to_apply": function}}),
+        );
+        assert_eq!(status, 422, "{got}");
+        assert!(
+            got["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("parameters.function_to_apply"),
+            "{got}"
+        );
+    }
     // The server still answers.
     let (status, _) = server.post("/classify", &json!({"model": clf, "input": "fine"}));
     assert_eq!(status, 200);
+}
+
+/// A classifier's pair loses tokens from its longer text first, as transformers'
+/// `truncation=True` (and TEI) cut it, at the end or, with `truncation_direction: "left"`, at
+/// the start; computed here with the fixture's own model.
+#[test]
+fn pairs_truncate_the_longer_text_first_as_transformers_does() {
+    let reference = reference(SENTIMENT);
+    let long = "the premise goes on and on about guitars and music ".repeat(12);
+    let pair = json!([long, "Someone is performing music."]);
+    let script = format!(
+        r#"
+import json, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+path, pair = {path:?}, {pair}
+model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+out = {{}}
+for side in ("left", "right"):
+    tok = AutoTokenizer.from_pretrained(path, truncation_side=side)
+    enc = tok(pair[0], pair[1], truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        out[side] = torch.softmax(model(**enc).logits[0], dim=-1).tolist()
+print(json.dumps(out))
+"#,
+        path = id(SENTIMENT),
+        pair = pair,
+    );
+    let want = run_python(&script);
+    let server = serve("torch", &[SENTIMENT]);
+    let labels = reference["labels"].as_array().unwrap();
+    for side in ["left", "right"] {
+        let (status, got) = server.post(
+            "/predict",
+            &json!({"inputs": pair, "truncation_direction": side}),
+        );
+        assert_eq!(status, 200, "{got}");
+        for p in got.as_array().unwrap() {
+            let at = labels.iter().position(|l| *l == p["label"]).unwrap();
+            let w = want[side][at].as_f64().unwrap();
+            let g = p["score"].as_f64().unwrap();
+            assert!(
+                (g - w).abs() < TOLERANCE,
+                "{side} {}: {g} vs {w}",
+                p["label"]
+            );
+        }
+    }
+    let gap = (0..labels.len())
+        .map(|i| (want["left"][i].as_f64().unwrap() - want["right"][i].as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(gap > 1e-3, "left and right truncation score alike ({gap})");
+}
+
+/// TEI's `/predict` also answers a reranker: its one label `LABEL_0`, scored by the sigmoid
+/// of its logit, as transformers computes it for the pair.
+#[test]
+fn predict_on_a_reranker_answers_its_one_label() {
+    let model = "tiny-rerank-bert";
+    let reference = reference(model);
+    let c = &reference["short"];
+    let server = serve("torch", &[model]);
+    let pairs: Vec<Value> = (0..2)
+        .map(|i| json!([c["query"], c["documents"][i]]))
+        .collect();
+    let (status, got) = server.post("/predict", &json!({"inputs": pairs}));
+    assert_eq!(status, 200, "{got}");
+    for i in 0..2 {
+        let row = got[i].as_array().unwrap();
+        assert_eq!(row.len(), 1, "{got}");
+        assert_eq!(row[0]["label"], "LABEL_0");
+        let (g, w) = (
+            row[0]["score"].as_f64().unwrap(),
+            c["scores"][i].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() < TOLERANCE, "{i}: {g} vs {w}");
+    }
+    // Infinity's /classify stays for classifiers, as its capabilities say.
+    assert_error_contains(
+        server.post("/classify", &json!({"input": ["a"]})),
+        400,
+        &["does not expose the 'classify' capability"],
+    );
 }

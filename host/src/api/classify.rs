@@ -4,6 +4,7 @@
 use super::fields::{object, opt_bool, opt_str, texts, truncation};
 use super::{text_error, tokenized, ApiError, AppState, DeployedModel, Usage};
 use crate::engine::{Output, Payload};
+use crate::models::manifest::Classes;
 use crate::text::{TextEncoder, TextError, Tokens, Truncation};
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
@@ -134,32 +135,46 @@ pub struct ClassifyResponse {
     pub usage: Usage,
 }
 
-/// Tokenizes each sequence (blocking); an error names `param[index]`.
+/// Tokenizes each sequence (blocking): a classifier's pairs with the longer text truncated
+/// first, a reranker's as it reads query–document pairs.
 fn tokenize(
     encoder: &TextEncoder,
     inputs: &[Sequence],
     how: Truncation,
+    reranker: bool,
 ) -> Result<Vec<Tokens>, TextError> {
     let at = |index: usize, e: TextError| match e {
         TextError::Encode { reason, .. } => TextError::Encode { index, reason },
-        TextError::TooLong { max, .. } => TextError::TooLong { index, max },
+        TextError::TooLong { max, len, .. } => TextError::TooLong { index, max, len },
         other => other,
     };
     inputs
         .iter()
         .enumerate()
-        .map(|(i, input)| {
-            let mut one = match input {
-                Sequence::Text(t) => encoder.encode_with(std::slice::from_ref(t), how),
-                Sequence::Pair(a, b) => encoder.encode_pairs(a, std::slice::from_ref(b), how),
-            }
-            .map_err(|e| at(i, e))?;
-            Ok(one.remove(0))
+        .map(|(i, input)| match input {
+            Sequence::Pair(a, b) if !reranker => encoder.encode_pair(a, b, how, i),
+            Sequence::Pair(a, b) => encoder
+                .encode_pairs(a, std::slice::from_ref(b), how)
+                .map_err(|e| at(i, e))
+                .map(|mut one| one.remove(0)),
+            Sequence::Text(t) => encoder
+                .encode_with(std::slice::from_ref(t), how)
+                .map_err(|e| at(i, e))
+                .map(|mut one| one.remove(0)),
         })
         .collect()
 }
 
-/// Classifies a request's inputs with the model it names; an input the model cannot take is
+/// A reranker's one label, as TEI names it, scored by a sigmoid.
+fn reranker_classes() -> Classes {
+    Classes {
+        labels: vec!["LABEL_0".into()],
+        multi_label: true,
+    }
+}
+
+/// Classifies a request's inputs with the model it names (a classifier, or as TEI's
+/// `/predict` allows, a reranker with its one label); an input the model cannot take is
 /// blamed on `param`.
 pub async fn predictions<'a>(
     state: &'a AppState,
@@ -167,32 +182,41 @@ pub async fn predictions<'a>(
     param: &str,
 ) -> Result<Classified<'a>, ApiError> {
     let model = state.model(req.model.as_deref())?;
-    let Some(classes) = model
-        .manifest
-        .classes
-        .as_ref()
-        .filter(|_| model.manifest.abi.kind == ModelKind::Classify)
-    else {
-        return Err(model.lacks("classify", "model"));
+    let reranker = model.manifest.abi.kind == ModelKind::Rerank;
+    let classes = match (&model.manifest.classes, reranker) {
+        (Some(classes), false) => classes.clone(),
+        (None, true) => reranker_classes(),
+        _ => return Err(model.lacks("classify", "model")),
     };
     let encoder = model.encoder.clone();
     let (inputs, how) = (req.inputs, req.truncation);
-    let tokens = tokenized(&model.id, move || tokenize(&encoder, &inputs, how))
-        .await?
-        .map_err(|e| text_error(param, e))?;
+    let tokens = tokenized(&model.id, move || {
+        tokenize(&encoder, &inputs, how, reranker)
+    })
+    .await?
+    .map_err(|e| text_error(param, e))?;
     let count: usize = tokens.iter().map(|t| t.len()).sum();
+    let payload = if reranker {
+        Payload::Pair
+    } else {
+        Payload::Classify
+    };
     let outputs = model
         .engine
-        .run(tokens.into_iter().map(Payload::Classify).collect())
+        .run(tokens.into_iter().map(payload).collect())
         .await?;
     let mut predictions = Vec::with_capacity(outputs.len());
     for out in outputs {
-        let Output::Logits(logits) = out else {
-            return Err(ApiError::new(
-                500,
-                "server_error",
-                "the model returned something else where logits were expected",
-            ));
+        let logits = match out {
+            Output::Logits(logits) => logits,
+            Output::Score(logit) => vec![logit],
+            Output::Vector(_) => {
+                return Err(ApiError::new(
+                    500,
+                    "server_error",
+                    "the model returned a vector where logits were expected",
+                ))
+            }
         };
         if logits.len() != classes.labels.len() {
             return Err(ApiError::new(
@@ -226,11 +250,15 @@ pub async fn predictions<'a>(
     })
 }
 
-/// Answers Infinity's `/classify`.
+/// Answers Infinity's `/classify` (classifiers only, as Infinity's capabilities say).
 pub async fn classify(
     state: &AppState,
     req: ClassifyRequest,
 ) -> Result<ClassifyResponse, ApiError> {
+    let model = state.model(req.model.as_deref())?;
+    if model.manifest.abi.kind != ModelKind::Classify {
+        return Err(model.lacks("classify", "model"));
+    }
     let done = predictions(state, req, "input").await?;
     Ok(ClassifyResponse {
         object: "classify",

@@ -369,13 +369,13 @@ fn prompt<'m>(
 /// (`input[3]`): 413 for an input too long to take untruncated, else 400.
 pub fn text_error(param: &str, e: TextError) -> ApiError {
     match e {
-        TextError::TooLong { index, max } => ApiError {
+        TextError::TooLong { index, max, len } => ApiError {
             status: 413,
             ..ApiError::invalid(
                 param,
                 format!(
                     "{param}[{index}] is longer than the model's maximum of {max} tokens \
-                     (truncation is turned off: shorten it, or allow truncation)"
+                     ({len} tokens; truncation is turned off: shorten it, or allow truncation)"
                 ),
             )
         },

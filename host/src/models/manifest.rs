@@ -83,6 +83,7 @@ fn label_count(config: &Value) -> u64 {
     config
         .get("id2label")
         .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
         .map(|m| m.len() as u64)
         .or_else(|| uint(config, "num_labels"))
         .unwrap_or(1)
@@ -128,7 +129,7 @@ pub fn kind_of(config: &Value) -> ModelKind {
     let classifier = archs
         .iter()
         .any(|a| a.ends_with("ForSequenceClassification"));
-    if classifier && label_count(config) == 1 {
+    if classifier && label_count(config) <= 1 {
         ModelKind::Rerank
     } else if classifier {
         ModelKind::Classify
@@ -396,6 +397,9 @@ mod tests {
         assert_eq!(kind_of(&rr), ModelKind::Rerank);
         let cls2 = json!({"architectures": ["BertForSequenceClassification"], "num_labels": 2});
         assert_eq!(kind_of(&cls2), ModelKind::Classify);
+        // An empty id2label is no labels given: num_labels (else one) decides.
+        let empty = json!({"architectures": ["BertForSequenceClassification"], "id2label": {}});
+        assert_eq!(kind_of(&empty), ModelKind::Rerank);
         assert_eq!(kind_of(&json!({"vision_config": {}})), ModelKind::Clip);
         assert_eq!(
             kind_of(&json!({"architectures": ["BertModel"]})),

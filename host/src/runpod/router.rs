@@ -103,9 +103,9 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The routes `openai_route` may name.
-const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify, and the \
-                             TEI and Cohere routes /embed, /rerank, /predict, /tokenize, \
-                             /decode, /info, /v2/embed, /v2/rerank";
+const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify (or \
+                             /classify), and the TEI and Cohere routes /embed, /rerank, \
+                             /predict, /tokenize, /decode, /info, /v2/embed, /v2/rerank";
 
 fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(resp)
