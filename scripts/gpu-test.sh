@@ -1,33 +1,124 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: set up, check the torch and ctranslate2 plugins on the GPU
-# with every model kind they run, run their end-to-end suites with DEVICE=cuda, and print the
-# throughput of each backend (torch and ctranslate2 on CUDA; optimum and candle on the CPU, as
-# their pinned runtimes here are CPU builds). Usage: ./scripts/gpu-test.sh [cuda:N]
+# On a machine with an NVIDIA GPU: the driver preflight of every GPU backend, `ember plugin
+# check` of torch, ctranslate2 and optimum on the GPU against the CPU references (parity
+# bounds of the checker: fp32 cosine >= 0.9999, half precision >= 0.999), the device tests
+# (DEVICE=auto must choose the GPU, DEVICE=cuda:64 must fail with its reason), the end-to-end
+# suites of torch and ctranslate2 with DEVICE=cuda, and per backend the cold start and
+# throughput of ember-bench; then one summary table.
+#
+# Usage: ./scripts/gpu-test.sh [--quick] [cuda|cuda:N|cpu]
+#   cpu      the same steps on the CPU: CI runs `--quick cpu` so that this script cannot rot
+#   --quick  no set-up (already done), no end-to-end suites (CI runs them), 1 s benchmarks
+# optimum runs on the GPU with the onnxruntime-gpu wheel of requirements.txt's version,
+# installed beside the venv on first use (ORT_DYLIB_PATH); on the CPU with the venv's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEVICE=${1:-cuda}
-bash scripts/setup.sh
+QUICK=0
+DEVICE=cuda
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    cpu|cuda|cuda:*) DEVICE=$arg ;;
+    *) echo "gpu-test: unknown argument $arg (usage: gpu-test.sh [--quick] [cuda|cuda:N|cpu])" >&2; exit 2 ;;
+  esac
+done
+[ "$QUICK" = 1 ] || bash scripts/setup.sh
 BIN=${CARGO_TARGET_DIR:-target}/release
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+CACHE=${EMBER_CACHE:-$HOME/.cache/ember}
+SUMMARY=$(mktemp)
 HF_HOME=$(mktemp -d)
 export HF_HOME
+trap 'rm -rf "$HF_HOME" "$SUMMARY"' EXIT
+row() { printf '| %s ' "$@" >>"$SUMMARY"; echo '|' >>"$SUMMARY"; }
+
+echo "== preflight on $DEVICE"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader
+elif [ "$DEVICE" != cpu ]; then
+  echo "gpu-test: DEVICE=$DEVICE but nvidia-smi is not here; the plugins' preflight says why below" >&2
+fi
+
+# optimum on a GPU needs onnxruntime-gpu (setup.sh installs the CPU wheel) and the CUDA 13
+# and cuDNN libraries that the torch wheel brings.
+if [ "$DEVICE" != cpu ]; then
+  ORT_VERSION=$(sed -n 's/^onnxruntime==//p' requirements.txt)
+  ORT_GPU=$CACHE/onnxruntime-gpu-$ORT_VERSION
+  if [ ! -d "$ORT_GPU/onnxruntime" ]; then
+    "$CACHE/venv/bin/pip" install --quiet --no-deps --target "$ORT_GPU" "onnxruntime-gpu==$ORT_VERSION"
+  fi
+  SITE=$(ls -d "$CACHE"/venv/lib/python3*/site-packages)
+  export ORT_DYLIB_PATH
+  ORT_DYLIB_PATH=$(ls "$ORT_GPU"/onnxruntime/capi/libonnxruntime.so.*)
+  export LD_LIBRARY_PATH=$SITE/nvidia/cu13/lib:$SITE/nvidia/cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+
+echo "== plugin checks on $DEVICE"
+check() { # check PLUGIN MODEL DTYPE
+  local out
+  if out=$("$BIN/ember" plugin check "$BIN/libember_$1.so" --model "fixtures/$2" \
+      --device "$DEVICE" --dtype "$3" 2>&1); then
+    echo "$out" | tail -n 3
+    row "$1" "plugin check" "$2 ($3)" "conforms"
+  else
+    echo "$out"
+    row "$1" "plugin check" "$2 ($3)" "FAILED"
+    FAILED=1
+  fi
+}
+FAILED=0
+# The checker's bounds follow the precision asked for, so the half-precision and int8 that
+# `auto` picks (fp16 for torch and ctranslate2 on CUDA, int8 for ctranslate2 on the CPU) are
+# asked for by name.
+if [ "$DEVICE" = cpu ]; then HALF=""; CT2_AUTO=int8; else HALF="fp16 bf16"; CT2_AUTO="fp16 int8"; fi
+for model in all-MiniLM-L6-v2 tiny-rerank-xlmr tiny-classify-bert tiny-clip; do
+  check torch "$model" fp32
+done
+for dtype in $HALF; do check torch all-MiniLM-L6-v2 "$dtype"; done
+for model in all-MiniLM-L6-v2 tiny-rerank-bert tiny-rerank-xlmr; do
+  check ctranslate2 "$model" fp32
+done
+for dtype in $CT2_AUTO; do check ctranslate2 all-MiniLM-L6-v2 "$dtype"; done
 for model in all-MiniLM-L6-v2 tiny-rerank-xlmr tiny-clip; do
-  "$BIN/ember" plugin check "$BIN/libember_torch.so" --model "fixtures/$model" --device "$DEVICE"
+  check optimum "$model" auto
 done
-# ctranslate2: fp32 for the parity bounds, then the default (int8_float16 on CUDA).
-for check in all-MiniLM-L6-v2:fp32 tiny-rerank-bert:fp32 tiny-rerank-xlmr:fp32 all-MiniLM-L6-v2:auto; do
-  "$BIN/ember" plugin check "$BIN/libember_ctranslate2.so" --model "fixtures/${check%%:*}" \
-    --device "$DEVICE" --dtype "${check#*:}"
+
+if [ "$QUICK" = 0 ]; then
+  echo "== device tests and end-to-end suites on $DEVICE"
+  # The e2e suites pin their own DTYPES where parity needs it (fp32 for torch).
+  suite() { # suite TEST [DTYPES]
+    if EMBER_TEST_DEVICE=$DEVICE EMBER_TEST_DTYPES=${2:-} \
+        cargo test --release --locked -p ember-e2e --test "$1" -- --test-threads=1; then
+      row "$1" "e2e suite" "" "passed"
+    else
+      row "$1" "e2e suite" "" "FAILED"
+      FAILED=1
+    fi
+  }
+  suite devices
+  suite torch_backend fp32
+  suite ctranslate2_backend
+fi
+
+echo "== cold start and throughput on $DEVICE"
+SECONDS_PER=${BENCH_SECONDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 5)}
+for backend in torch ctranslate2 optimum; do
+  out=$(BACKEND=$backend DEVICE=$DEVICE DTYPES=auto BENCH_SECONDS=$SECONDS_PER \
+    cargo run --quiet --release --locked -p ember-e2e --bin ember-bench 2>&1) || {
+    echo "$out"
+    row "$backend" "benchmark" "" "FAILED"
+    FAILED=1
+    continue
+  }
+  echo "$out"
+  start=$(echo "$out" | sed -n 's/^start to first embedding: median \([0-9]*\) ms.*/\1 ms/p')
+  big=$(echo "$out" | awk '/^concurrency 8 \/ batch 32/ {print $6 " texts/s"}')
+  small=$(echo "$out" | awk '/^concurrency 32 \/ batch 1/ {print $6 " texts/s"}')
+  row "$backend" "benchmark (auto)" "start $start; 8x32 $big; 32x1 $small" "ran"
 done
-# The e2e suites pin their own DTYPES where parity needs it (fp32 for torch).
-EMBER_TEST_DEVICE=$DEVICE EMBER_TEST_DTYPES=fp32 \
-  cargo test --release --locked -p ember-e2e --test torch_backend \
-  -- --test-threads=1
-EMBER_TEST_DEVICE=$DEVICE \
-  cargo test --release --locked -p ember-e2e --test ctranslate2_backend \
-  -- --test-threads=1
-for backend in torch:$DEVICE:auto ctranslate2:$DEVICE:auto optimum:cpu:auto candle:cpu:auto; do
-  IFS=: read -r name device dtype <<<"$backend"
-  BACKEND=$name DEVICE=$device DTYPES=$dtype BENCH_SECONDS=${BENCH_SECONDS:-5} \
-    cargo run --release --locked -p ember-e2e --bin ember-bench
-done
+
+echo
+echo "== summary: $DEVICE ($(date -u +%F), $(nproc) cores)"
+echo "| backend | step | what | result |"
+echo "|---|---|---|---|"
+cat "$SUMMARY"
+exit "$FAILED"

@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod abi;
+pub mod cuda;
 pub mod pooling;
 pub mod safetensors;
 pub mod sdk;

@@ -1,7 +1,8 @@
 //! `DEVICE` and `DTYPES` to CTranslate2's device and compute type.
 
 use crate::ffi;
-use ember_plugin_api::{DType, DeviceKind, DeviceRequest, PluginError};
+use ember_plugin_api::cuda::{self, Placement};
+use ember_plugin_api::{plugin_warn, DType, DeviceKind, DeviceRequest, PluginError};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,25 +13,46 @@ pub enum Device {
     Cuda(i32),
 }
 
+/// What CTranslate2 needs of a GPU: the pinned wheel (4.8.4) is a CUDA 12 build with kernels
+/// for sm_53 to sm_86 and PTX for compute_86 (newer GPUs compile it at their first start), and
+/// it opens cuBLAS 12 only at its first matrix product (read with scripts/cuda-kernels.py).
+const NEEDS: cuda::Needs = cuda::Needs {
+    runtime: "CTranslate2 4.8",
+    cuda: cuda::CudaVersion::new(12, 0),
+    min_driver: "525",
+    kernels: &[53, 60, 61, 70, 75, 80, 86],
+    ptx: Some(86),
+    libraries: &["libcublas.so.12"],
+};
+
 impl Device {
-    /// The device for a request: CUDA when asked or, for `auto`, when CTranslate2 sees a GPU.
+    /// The device for a request: the driver preflight's decision, then CTranslate2's own view.
     pub fn of(request: DeviceRequest) -> Result<Device, PluginError> {
-        let gpus = ffi::cuda_device_count();
-        match request.kind {
-            DeviceKind::Cpu => Ok(Device::Cpu),
-            DeviceKind::Auto if gpus > 0 => Ok(Device::Cuda(request.ordinal as i32)),
-            DeviceKind::Auto => Ok(Device::Cpu),
-            DeviceKind::Cuda if gpus == 0 => Err(PluginError::unsupported(
-                "DEVICE asks for CUDA but CTranslate2 sees no CUDA device",
-            )),
-            DeviceKind::Cuda if request.ordinal as i32 >= gpus => {
-                Err(PluginError::unsupported(format!(
-                    "DEVICE=cuda:{} but only {gpus} CUDA device(s) are visible",
-                    request.ordinal
-                )))
-            }
-            DeviceKind::Cuda => Ok(Device::Cuda(request.ordinal as i32)),
+        if request.kind == DeviceKind::Cpu {
+            return Ok(Device::Cpu);
         }
+        match cuda::preflight("ctranslate2", request, &NEEDS)?.placement {
+            Placement::Cpu => Ok(Device::Cpu),
+            Placement::Cuda(n) if (n as i32) < ffi::cuda_device_count() => {
+                Ok(Device::Cuda(n as i32))
+            }
+            Placement::Cuda(_) => {
+                let reason = "the driver sees the GPU but CTranslate2 does not";
+                let decision = cuda::refuse(request, reason)?;
+                plugin_warn!("ctranslate2", "{}", decision.warning.unwrap_or_default());
+                Ok(Device::Cpu)
+            }
+        }
+    }
+
+    /// Whether a model could run on a GPU here, as the driver and CTranslate2 see it.
+    pub fn cuda_usable() -> bool {
+        let auto = DeviceRequest {
+            kind: DeviceKind::Auto,
+            ordinal: 0,
+        };
+        cuda::decide(auto, cuda::driver(), &NEEDS).is_ok_and(|d| d.placement != Placement::Cpu)
+            && ffi::cuda_device_count() > 0
     }
 
     /// CTranslate2's device name and index.
@@ -62,15 +84,16 @@ pub fn check_dtype(dtype: DType) -> Result<(), PluginError> {
 }
 
 /// The compute type for `dtype` on `device`, and the precision reported for it. `auto` is
-/// int8 weights with fp16 arithmetic on CUDA and int8 on CPUs that have int8 kernels.
+/// float16 on CUDA (cosine 0.999+ to float32, where int8_float16 keeps about 0.97) and int8 on
+/// CPUs that have int8 kernels.
 pub fn compute_type(dtype: DType, device: Device) -> Result<(&'static str, DType), PluginError> {
     check_dtype(dtype)?;
     let (name, index) = device.ct2();
     let native = |t: &str| ffi::supports(name, index, t);
     let chosen = match (dtype, device) {
-        (DType::Auto, Device::Cuda(_)) | (DType::Int8, Device::Cuda(_)) => {
-            ("int8_float16", DType::Int8)
-        }
+        (DType::Auto, Device::Cuda(_)) if native("float16") => ("float16", DType::Fp16),
+        (DType::Auto, Device::Cuda(_)) => ("float32", DType::Fp32),
+        (DType::Int8, Device::Cuda(_)) => ("int8_float16", DType::Int8),
         (DType::Auto, Device::Cpu) if native("int8") => ("int8", DType::Int8),
         (DType::Auto, Device::Cpu) | (DType::Fp32, _) => ("float32", DType::Fp32),
         (DType::Int8, Device::Cpu) => ("int8", DType::Int8),

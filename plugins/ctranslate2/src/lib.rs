@@ -31,15 +31,14 @@ const VOCABULARIES: &[&str] = &[
 
 impl Backend for CTranslate2 {
     fn info() -> Result<PluginInfo, PluginError> {
-        let gpus = ffi::cuda_device_count();
         let mut devices = vec![DeviceKind::Cpu];
-        if gpus > 0 {
+        if compute::Device::cuda_usable() {
             devices.push(DeviceKind::Cuda);
         }
         Ok(PluginInfo {
             name: "ctranslate2".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            runtime: format!("CTranslate2 4.8.4, {gpus} CUDA device(s)").into(),
+            runtime: "CTranslate2 4.8.4 (CUDA 12 build)".into(),
             kinds: vec![ModelKind::Embed, ModelKind::Rerank, ModelKind::Classify].into(),
             devices: devices.into(),
             dtypes: vec![

@@ -2,7 +2,8 @@
 //! float32 whatever precision the graph computes in.
 
 use crate::runtime;
-use ember_plugin_api::{plugin_info, plugin_warn, DeviceKind, ErrorCode, LoadRequest, PluginError};
+use ember_plugin_api::cuda::{self, Placement};
+use ember_plugin_api::{plugin_info, DeviceKind, ErrorCode, LoadRequest, PluginError};
 use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -39,6 +40,51 @@ pub enum Feed<'a> {
     Float(Vec<i64>, &'a [f32]),
 }
 
+/// What the CUDA execution provider of the GPU variant's `onnxruntime-gpu` 1.31.1 needs: a
+/// CUDA 13 build (libcudart.so.13, cuBLAS 13) with kernels for sm_75, 80, 86, 89, 90 and 120
+/// and no PTX (read with scripts/cuda-kernels.py).
+const NEEDS: cuda::Needs = cuda::Needs {
+    runtime: "onnxruntime-gpu 1.31",
+    cuda: cuda::CudaVersion::new(13, 0),
+    min_driver: "580",
+    kernels: &[75, 80, 86, 89, 90, 120],
+    ptx: None,
+    libraries: &[],
+};
+
+/// A session for the graph at `path` on `on`. On CUDA: convolution algorithms chosen by
+/// heuristics (an exhaustive search per new input shape stalls the first requests of every
+/// batch size), the memory arena grown by what is asked (not in powers of two), and no TF32,
+/// so that fp32 graphs compute in fp32 as sentence-transformers does.
+fn session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    threads: usize,
+    on: Placement,
+) -> Result<Session, PluginError> {
+    let mut builder = Session::builder(env)
+        .map_err(ort_err("session builder"))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| PluginError::internal(format!("optimization level: {e}")))?
+        .with_intra_threads(threads)
+        .map_err(|e| PluginError::internal(format!("intra-op threads: {e}")))?;
+    if let Placement::Cuda(ordinal) = on {
+        let provider = ep::CUDA::default()
+            .with_device_id(ordinal as i32)
+            .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic)
+            .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
+            .with_tf32(false)
+            .build()
+            .error_on_failure();
+        builder = builder
+            .with_execution_providers([provider])
+            .map_err(|e| PluginError::new(ErrorCode::Device, format!("CUDA provider: {e}")))?;
+    }
+    builder
+        .commit_from_file(path)
+        .map_err(ort_err(&format!("loading {}", path.display())))
+}
+
 /// An opened ONNX graph.
 pub struct Graph {
     // `Session::run` needs `&mut`; the host serialises calls, the mutex makes that sound.
@@ -59,56 +105,27 @@ impl Graph {
     pub fn open(request: &LoadRequest, file: &str) -> Result<Graph, PluginError> {
         let rt = runtime::get()?;
         let path = Path::new(request.model_dir.as_str()).join(file);
-        let use_cuda = match request.device.kind {
-            DeviceKind::Cpu => false,
+        let placement = match request.device.kind {
+            DeviceKind::Cpu => Placement::Cpu,
             DeviceKind::Cuda if !rt.cuda_available => {
                 return Err(PluginError::unsupported(
                     "DEVICE asks for CUDA but this onnxruntime has no CUDA execution provider \
                      (install the onnxruntime-gpu wheel)",
                 ))
             }
-            DeviceKind::Cuda => true,
-            DeviceKind::Auto => rt.cuda_available,
+            DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
+            _ => cuda::preflight("optimum", request.device, &NEEDS)?.placement,
         };
         let threads = match request.intra_op_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         };
-        let mut builder = Session::builder(&rt.env)
-            .map_err(ort_err("session builder"))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| PluginError::internal(format!("optimization level: {e}")))?
-            .with_intra_threads(threads)
-            .map_err(|e| PluginError::internal(format!("intra-op threads: {e}")))?;
-        let mut device = "cpu".to_string();
-        if use_cuda {
-            let cuda = ep::CUDA::default()
-                .with_device_id(request.device.ordinal as i32)
-                .build()
-                .error_on_failure();
-            match builder.with_execution_providers([cuda]) {
-                Ok(b) => {
-                    builder = b;
-                    device = format!("cuda:{}", request.device.ordinal);
-                }
-                Err(e) if request.device.kind == DeviceKind::Auto => {
-                    plugin_warn!(
-                        "optimum",
-                        "CUDA execution provider failed ({e}); using the CPU"
-                    );
-                    builder = e.recover();
-                }
-                Err(e) => {
-                    return Err(PluginError::new(
-                        ErrorCode::Device,
-                        format!("CUDA execution provider: {e}"),
-                    ))
-                }
-            }
-        }
-        let session = builder
-            .commit_from_file(&path)
-            .map_err(ort_err(&format!("loading {}", path.display())))?;
+        // The CUDA provider registers without touching the GPU; a driver, library or kernel
+        // that does not work shows when the session is created, so that is what falls back.
+        let (session, placement) = cuda::or_cpu("optimum", request.device, placement, |on| {
+            session(&rt.env, &path, threads, on)
+        })?;
+        let device = placement.to_string();
         let inputs = session
             .inputs()
             .iter()

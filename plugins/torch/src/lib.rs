@@ -16,6 +16,7 @@ pub mod error;
 mod model;
 mod modernbert;
 mod nn;
+pub mod pool;
 mod rotary;
 mod weights;
 
@@ -29,18 +30,13 @@ pub struct Torch;
 impl Backend for Torch {
     fn info() -> Result<PluginInfo, PluginError> {
         let mut devices = vec![DeviceKind::Cpu];
-        if tch::Cuda::is_available() {
+        if device::cuda_usable() {
             devices.push(DeviceKind::Cuda);
         }
         Ok(PluginInfo {
             name: "torch".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            runtime: format!(
-                "libtorch (tch {}), {} CUDA device(s)",
-                "0.26",
-                tch::Cuda::device_count()
-            )
-            .into(),
+            runtime: device::runtime().into(),
             kinds: vec![
                 ModelKind::Embed,
                 ModelKind::Rerank,
