@@ -7,10 +7,10 @@
 # The build steps are scripts/build-image.sh, which CI also runs outside Docker.
 
 ARG RUST_IMAGE=rust:1.92-bookworm
-# CUDA 12 runtime libraries for libctranslate2 (cuBLAS 12); torch and onnxruntime-gpu bring
-# their CUDA 13 libraries in /usr/local/lib/ember/nvidia (host driver >= 580).
-ARG CUDA_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
-ARG CPU_IMAGE=debian:bookworm-slim
+# Both images run on a plain OS image: every CUDA library comes from the pinned wheels
+# (torch's CUDA 13 libraries for torch and onnxruntime-gpu, cuBLAS 12 beside libctranslate2),
+# and the NVIDIA container runtime mounts the host's driver. No CUDA base image.
+ARG BASE_IMAGE=debian:bookworm-slim
 
 # Build stage: Rust, a C++ compiler for the CTranslate2 bridge, Python for the wheels.
 FROM ${RUST_IMAGE} AS build-base
@@ -27,7 +27,7 @@ FROM build-base AS build-gpu
 RUN scripts/build-image.sh --variant gpu /out
 
 # Run-time settings shared by both images: models and conversions on the RunPod volume.
-FROM ${CPU_IMAGE} AS cpu
+FROM ${BASE_IMAGE} AS cpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -39,9 +39,15 @@ ENV HF_HOME=/runpod-volume \
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/ember"]
 
-FROM ${CUDA_IMAGE} AS gpu
+FROM ${BASE_IMAGE} AS gpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build-gpu /out/ /
-ENV HF_HOME=/runpod-volume \
+# NVIDIA_* ask the NVIDIA container runtime for the GPUs and the driver's compute libraries.
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HF_HOME=/runpod-volume \
     EMBER_CONFIG=/etc/ember/default.toml \
     BACKEND=torch \
     LD_LIBRARY_PATH=/usr/local/lib/ember/nvidia/cu13/lib:/usr/local/lib/ember/nvidia/cudnn/lib

@@ -9,8 +9,10 @@
 # needs Python.
 #
 # Usage: build-image.sh [--variant gpu|cpu] [--venv DIR] ROOT
-#   --variant  gpu (default): onnxruntime-gpu; cpu: onnxruntime. torch and ctranslate2 are the
-#              same wheels for both (they load CUDA only when a GPU is used).
+#   --variant  gpu (default): onnxruntime-gpu, and cuBLAS 12 for ctranslate2
+#              (scripts/requirements-gpu.txt); cpu: onnxruntime and no CUDA library that the CPU
+#              does not load (see scripts/runtimes.sh). torch and ctranslate2 are the same wheels
+#              for both; the torch plugin opens libtorch_cuda only for a GPU.
 #   --venv     a virtual environment that already has the variant's wheels (CI passes the one
 #              scripts/setup.sh made); by default one is made from requirements.txt.
 # Environment: CARGO_TARGET_DIR as for cargo.
@@ -39,6 +41,10 @@ if [ -z "$VENV" ]; then
     cp requirements.txt "$REQ"
   fi
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  if [ "$VARIANT" = gpu ]; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+      -r scripts/requirements-gpu.txt
+  fi
 fi
 SITE=$(ls -d "$VENV"/lib/python3*/site-packages)
 
@@ -56,6 +62,6 @@ install -m 0755 "$BUILT/ember" "$ROOT/usr/local/bin/ember"
 for plugin in torch optimum ctranslate2 candle; do
   install -m 0755 "$BUILT/libember_$plugin.so" "$LIB/"
 done
-bash scripts/runtimes.sh "$VENV" "$LIB" copy
+bash scripts/runtimes.sh "$VENV" "$LIB" copy "$VARIANT"
 install -m 0644 config/default.toml "$ROOT/etc/ember/default.toml"
 echo "build-image: $VARIANT root in $ROOT ($(du -sh "$ROOT" | cut -f1))"

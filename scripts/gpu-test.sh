@@ -9,8 +9,9 @@
 # Usage: ./scripts/gpu-test.sh [--quick] [cuda|cuda:N|cpu]
 #   cpu      the same steps on the CPU: CI runs `--quick cpu` so that this script cannot rot
 #   --quick  no set-up (already done), no end-to-end suites (CI runs them), 1 s benchmarks
-# optimum runs on the GPU with the onnxruntime-gpu wheel of requirements.txt's version,
-# installed beside the venv on first use (ORT_DYLIB_PATH); on the CPU with the venv's own.
+# optimum runs on the GPU with the onnxruntime-gpu wheel of requirements.txt's version and
+# ctranslate2 with cuBLAS 12 (scripts/requirements-gpu.txt), installed beside the venv on
+# first use (ORT_DYLIB_PATH, LD_LIBRARY_PATH); on the CPU with the venv's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -33,23 +34,25 @@ row() { printf '| %s ' "$@" >>"$SUMMARY"; echo '|' >>"$SUMMARY"; }
 
 echo "== preflight on $DEVICE"
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader
+  nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader || true
 elif [ "$DEVICE" != cpu ]; then
   echo "gpu-test: DEVICE=$DEVICE but nvidia-smi is not here; the plugins' preflight says why below" >&2
 fi
 
-# optimum on a GPU needs onnxruntime-gpu (setup.sh installs the CPU wheel) and the CUDA 13
-# and cuDNN libraries that the torch wheel brings.
+# On a GPU, optimum needs onnxruntime-gpu (setup.sh installs the CPU wheel) and ctranslate2
+# needs cuBLAS 12 (scripts/requirements-gpu.txt), both installed beside the venv on first use;
+# the CUDA 13 and cuDNN libraries come with the torch wheel.
 if [ "$DEVICE" != cpu ]; then
   ORT_VERSION=$(sed -n 's/^onnxruntime==//p' requirements.txt)
-  ORT_GPU=$CACHE/onnxruntime-gpu-$ORT_VERSION
-  if [ ! -d "$ORT_GPU/onnxruntime" ]; then
-    "$CACHE/venv/bin/pip" install --quiet --no-deps --target "$ORT_GPU" "onnxruntime-gpu==$ORT_VERSION"
+  GPU_WHEELS=$CACHE/gpu-wheels-$ORT_VERSION-$(sha256sum scripts/requirements-gpu.txt | cut -c1-12)
+  if [ ! -d "$GPU_WHEELS/onnxruntime" ]; then
+    "$CACHE/venv/bin/pip" install --quiet --no-deps --target "$GPU_WHEELS" \
+      "onnxruntime-gpu==$ORT_VERSION" -r scripts/requirements-gpu.txt
   fi
   SITE=$(ls -d "$CACHE"/venv/lib/python3*/site-packages)
   export ORT_DYLIB_PATH
-  ORT_DYLIB_PATH=$(ls "$ORT_GPU"/onnxruntime/capi/libonnxruntime.so.*)
-  export LD_LIBRARY_PATH=$SITE/nvidia/cu13/lib:$SITE/nvidia/cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  ORT_DYLIB_PATH=$(ls "$GPU_WHEELS"/onnxruntime/capi/libonnxruntime.so.*)
+  export LD_LIBRARY_PATH=$SITE/nvidia/cu13/lib:$SITE/nvidia/cudnn/lib:$GPU_WHEELS/nvidia/cublas/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 
 echo "== plugin checks on $DEVICE"

@@ -53,6 +53,11 @@ VENV=${EMBER_CACHE:-$HOME/.cache/ember}/venv
 IMAGE_ROOT=${CARGO_TARGET_DIR:-$PWD/target}/image-root
 rm -rf "$IMAGE_ROOT"
 bash scripts/build-image.sh --variant cpu --venv "$VENV" "$IMAGE_ROOT" | tail -n 1
+# The CPU variant carries no CUDA library the CPU does not load (libtorch_cpu's CUDA runtime and
+# CUPTI aside).
+CUDA_LIBS=$(find "$IMAGE_ROOT" \( -name 'libtorch_cuda*' -o -name 'libcudnn*' -o -name 'libcublas*' \
+  -o -name 'libnccl*' -o -name 'libonnxruntime_providers_cuda*' \) -printf '%P\n')
+[ -z "$CUDA_LIBS" ] || { echo "image root: the CPU variant ships CUDA libraries: $CUDA_LIBS" >&2; exit 1; }
 for backend in torch optimum ctranslate2 candle; do
   env -i PATH="$PATH" HOME="$CHECK_HOME" HF_HOME="$CHECK_HOME" BACKEND=$backend DEVICE=cpu \
     EMBER_CONFIG="$IMAGE_ROOT/etc/ember/default.toml" PLUGIN_DIR="$IMAGE_ROOT/usr/local/lib/ember" \

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod images;
+pub mod jit_cache;
 pub mod metrics;
 pub mod models;
 pub mod plugin;

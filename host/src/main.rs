@@ -88,6 +88,8 @@ fn main() -> ExitCode {
         _ => {}
     }
     init_logging("info");
+    // Before any thread and any plugin: the driver reads these when it starts.
+    ember_host::jit_cache::configure();
     let mut settings = match config::RawSettings::load().and_then(|r| r.validate()) {
         Ok(s) => s,
         Err(e) => {

@@ -4,8 +4,8 @@
 //! A plugin describes what its runtime needs ([`Needs`]: the CUDA version it was built for and
 //! the GPU architectures it carries kernels for), and [`decide`] turns `DEVICE` and the driver
 //! into a [`Decision`]: `auto` falls back to the CPU with a warning that names the reason,
-//! `cuda` fails with that reason (as an [`ErrorCode::Device`] error). `DEVICE=cpu` never loads
-//! the driver library.
+//! `cuda` fails with that reason (as an [`ErrorCode::Device`] error). `DEVICE=cpu` never
+//! starts the driver.
 
 use crate::{DeviceKind, DeviceRequest, ErrorCode, PluginError};
 use std::ffi::{c_char, c_int, CStr};
@@ -112,6 +112,9 @@ pub struct Needs {
     pub kernels: &'static [Arch],
     /// The architecture of the PTX it carries, which the driver compiles for newer GPUs.
     pub ptx: Option<Arch>,
+    /// The CUDA version whose compiler wrote that PTX: a driver compiles only PTX no newer
+    /// than its own CUDA version (CTranslate2's PTX ISA 8.7 is CUDA 12.8, driver 570).
+    pub ptx_cuda: Option<CudaVersion>,
     /// Libraries it opens only when it first computes on a GPU (CTranslate2's cuBLAS): checked
     /// at start-up, so that a missing one is a start-up error and not a failed request.
     pub libraries: &'static [&'static str],
@@ -232,6 +235,14 @@ fn usable(ordinal: u32, driver: &Driver, needs: &Needs) -> Result<KernelFit, Str
             needs.runtime,
             needs.kernel_list()
         )),
+        KernelFit::Jit(_) if needs.ptx_cuda.is_some_and(|ptx| version < ptx) => Err(format!(
+            "{} (sm_{}) has no compiled kernels in {}, whose PTX needs a driver for CUDA {} \
+             or newer to be compiled; this driver supports CUDA {version}",
+            gpu.name,
+            gpu.arch,
+            needs.runtime,
+            needs.ptx_cuda.unwrap_or(version)
+        )),
         fit => Ok(fit),
     }
 }
@@ -322,33 +333,56 @@ pub fn refuse(request: DeviceRequest, reason: impl Into<String>) -> Result<Decis
     }
 }
 
-/// Runs `open` on the decided device; when that fails on a GPU under `DEVICE=auto` (a
-/// runtime whose CUDA libraries or kernels fail only when first used), logs why and runs it on
-/// the CPU. Under `DEVICE=cuda` the failure is a [`ErrorCode::Device`] error unless it is
-/// memory. Returns the value and where it was made.
+/// Runs `open` on the decided device; when that fails on a GPU under `DEVICE=auto` for a
+/// reason of the device (a runtime whose CUDA libraries, kernels or memory fail only when first
+/// used: an internal, device or memory error), logs why and runs it on the CPU. Under
+/// `DEVICE=cuda` such a failure is a [`ErrorCode::Device`] error (memory keeps its class);
+/// errors of the model itself (invalid input, unsupported) are returned as they are. Returns
+/// the value and where it was made.
 pub fn or_cpu<T>(
     plugin: &str,
     request: DeviceRequest,
     placement: Placement,
     mut open: impl FnMut(Placement) -> Result<T, PluginError>,
 ) -> Result<(T, Placement), PluginError> {
-    match open(placement) {
-        Ok(value) => Ok((value, placement)),
-        Err(e) if placement == Placement::Cpu => Err(e),
-        Err(e) if request.kind == DeviceKind::Auto => {
-            crate::plugin_warn!(
-                plugin,
-                "DEVICE=auto runs on the CPU: {placement} failed: {}",
-                e.message
-            );
-            open(Placement::Cpu).map(|value| (value, Placement::Cpu))
-        }
-        Err(e) if e.code == ErrorCode::OutOfMemory => Err(e),
-        Err(e) => Err(PluginError::new(
+    let e = match open(placement) {
+        Ok(value) => return Ok((value, placement)),
+        Err(e) => e,
+    };
+    let of_device = matches!(
+        e.code,
+        ErrorCode::Internal | ErrorCode::Device | ErrorCode::OutOfMemory
+    );
+    if placement == Placement::Cpu || !of_device {
+        return Err(e);
+    }
+    if request.kind == DeviceKind::Auto {
+        crate::plugin_warn!(
+            plugin,
+            "DEVICE=auto runs on the CPU: {placement} failed: {}",
+            e.message
+        );
+        return open(Placement::Cpu).map(|value| (value, Placement::Cpu));
+    }
+    Err(match e.code {
+        ErrorCode::OutOfMemory => e,
+        _ => PluginError::new(
             ErrorCode::Device,
             format!("DEVICE={request}: {}", e.message),
-        )),
-    }
+        ),
+    })
+}
+
+/// Whether an NVIDIA driver library is in this container, without starting it (cheap; for
+/// choices made before the device is decided, such as which files to fetch).
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        // SAFETY: the driver's library, loaded and left loaded; no function of it is called.
+        unsafe { libloading::Library::new("libcuda.so.1") }
+            .map(std::mem::forget)
+            .is_ok()
+    })
 }
 
 /// The driver of this machine, probed once per process.
@@ -365,6 +399,8 @@ fn loader_error(e: &libloading::Error) -> String {
 
 /// `CUresult` of success.
 const CUDA_SUCCESS: c_int = 0;
+/// `CUresult` when no CUDA device is visible.
+const CUDA_ERROR_NO_DEVICE: c_int = 100;
 /// `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` and `..._MINOR`.
 const CC_MAJOR: c_int = 75;
 const CC_MINOR: c_int = 76;
@@ -384,7 +420,8 @@ fn probe() -> Driver {
     // API documents for it.
     unsafe {
         let lib = match libloading::Library::new("libcuda.so.1") {
-            Ok(lib) => lib,
+            // Never unloaded: once initialised, the runtimes use the same driver.
+            Ok(lib) => &*Box::leak(Box::new(lib)),
             Err(e) => return Driver::Absent(loader_error(&e)),
         };
         macro_rules! sym {
@@ -415,11 +452,21 @@ fn probe() -> Driver {
         let version = (get_version(&mut raw) == CUDA_SUCCESS).then_some(CudaVersion(raw));
         let init = sym!("cuInit", CuInit);
         let code = init(0);
-        if code != CUDA_SUCCESS {
-            return Driver::Failed {
-                version,
-                error: describe(code),
-            };
+        match (code, version) {
+            (CUDA_SUCCESS, _) => {}
+            // No device to initialise: none exists, or CUDA_VISIBLE_DEVICES hides them all.
+            (CUDA_ERROR_NO_DEVICE, Some(version)) => {
+                return Driver::Ready {
+                    version,
+                    gpus: Vec::new(),
+                }
+            }
+            _ => {
+                return Driver::Failed {
+                    version,
+                    error: describe(code),
+                }
+            }
         }
         let Some(version) = version else {
             return Driver::Failed {
@@ -465,8 +512,6 @@ fn probe() -> Driver {
                 memory_mib: (bytes / (1 << 20)) as u64,
             });
         }
-        // The library stays loaded: the runtimes use the same driver.
-        std::mem::forget(lib);
         Driver::Ready { version, gpus }
     }
 }
@@ -481,6 +526,7 @@ mod tests {
         min_driver: "580",
         kernels: &[75, 80, 86, 90, 100, 120],
         ptx: None,
+        ptx_cuda: None,
         libraries: &[],
     };
     const CT2: Needs = Needs {
@@ -489,6 +535,7 @@ mod tests {
         min_driver: "525",
         kernels: &[53, 60, 61, 70, 75, 80, 86],
         ptx: Some(86),
+        ptx_cuda: Some(CudaVersion::new(12, 8)),
         libraries: &["libcublas.so.12"],
     };
 
@@ -620,10 +667,27 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("sm_75, sm_80"), "{w}");
-        let h100 = ready(CudaVersion::new(12, 4), &[90]);
+        let h100 = ready(CudaVersion::new(12, 8), &[90]);
         let d = decide(request(DeviceKind::Cuda, 0), &h100, &CT2).unwrap();
         assert_eq!(d.placement, Placement::Cuda(0));
         assert!(d.warning.unwrap().contains("compute_86 PTX"));
+        // A driver older than the PTX (535: CUDA 12.2) cannot compile it; sm_86 cubins still run.
+        let old = ready(CudaVersion::new(12, 2), &[90, 86]);
+        let err = decide(request(DeviceKind::Cuda, 0), &old, &CT2).unwrap_err();
+        assert!(
+            err.message.contains("needs a driver for CUDA 12.8"),
+            "{err:?}"
+        );
+        let auto = decide(request(DeviceKind::Auto, 0), &old, &CT2).unwrap();
+        assert_eq!(auto.placement, Placement::Cpu);
+        let a10 = decide(request(DeviceKind::Cuda, 1), &old, &CT2).unwrap();
+        assert_eq!(
+            a10,
+            Decision {
+                placement: Placement::Cuda(1),
+                warning: None
+            }
+        );
     }
 
     #[test]
@@ -677,6 +741,14 @@ mod tests {
             Err::<(), _>(PluginError::invalid_input("bad file"))
         });
         assert_eq!(cpu.unwrap_err().code, ErrorCode::InvalidInput);
+        // A model the backend does not run is not a device problem: no retry, same error.
+        let tries = std::cell::Cell::new(0);
+        let refused = or_cpu("test", auto, Placement::Cuda(0), |_| {
+            tries.set(tries.get() + 1);
+            Err::<(), _>(PluginError::unsupported("a text-generation export"))
+        });
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Unsupported);
+        assert_eq!(tries.get(), 1);
     }
 
     #[test]

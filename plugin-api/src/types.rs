@@ -239,7 +239,8 @@ pub struct PluginInfo {
     pub runtime: RString,
     /// Model kinds it can run.
     pub kinds: RVec<ModelKind>,
-    /// Device kinds it can run on in this process (CUDA only if the runtime can use it).
+    /// Device kinds its runtime is built for (CUDA where the build has it; whether this
+    /// machine's driver and GPU can run it is decided when a model loads).
     pub devices: RVec<DeviceKind>,
     /// Precisions it accepts.
     pub dtypes: RVec<DType>,

@@ -1,11 +1,12 @@
 //! Link settings of the plugin:
 //! - an rpath of `$ORIGIN/torch/lib`, where scripts/setup.sh (and the container image) put the
 //!   `torch` wheel's libraries next to the plugin, so no LD_LIBRARY_PATH is needed;
-//! - libtorch_cuda kept as a dependency even though no symbol of it is referenced: loading it
-//!   registers libtorch's CUDA backend, without which no GPU is seen;
-//! - for the test binaries of `tests/` only, an rpath of `$LIBTORCH/lib` and the same
-//!   libtorch_cuda dependency, so that `cargo test` runs them without LD_LIBRARY_PATH (the
-//!   shipped plugin keeps its relative rpath alone);
+//! - no dependency on libtorch_cuda (the linker drops it: no symbol of it is referenced): the
+//!   plugin opens it when a model is to run on a GPU (`device.rs`), so that the CPU does not
+//!   read its gigabytes of CUDA libraries at start-up and a CPU image need not ship them;
+//! - for the test binaries of `tests/` only, an rpath of `$LIBTORCH/lib`, so that `cargo test`
+//!   runs them without LD_LIBRARY_PATH (the shipped plugin keeps its relative rpath alone), and
+//!   libtorch_cuda linked, so that their CUDA cases run on a GPU machine;
 //! - `EMBER_TORCH_CUDA`, the CUDA version the libtorch was built for (from the wheel's
 //!   `version.py`; empty for a CPU build), which the device preflight checks the driver against.
 
@@ -36,8 +37,6 @@ fn main() {
     let lib = root.join("lib");
     println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
-        let cuda = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
-        println!("cargo:rustc-link-arg-cdylib={cuda}");
-        println!("cargo:rustc-link-arg-tests={cuda}");
+        println!("cargo:rustc-link-arg-tests=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
 }

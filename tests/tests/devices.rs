@@ -86,3 +86,29 @@ fn cuda_that_cannot_be_used_is_a_start_up_error_with_the_reason() {
         }
     }
 }
+
+/// Whether the process `pid` has mapped a library whose file name contains `name`.
+fn maps(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .any(|l| l.rsplit('/').next().is_some_and(|file| file.contains(name)))
+}
+
+#[test]
+fn torch_on_the_cpu_never_loads_its_cuda_libraries() {
+    // DEVICE=cpu always; DEVICE=auto where the driver says there is no GPU to use.
+    let devices: &[&str] = if gpu() { &["cpu"] } else { &["cpu", "auto"] };
+    for device in devices {
+        let server = Server::start(&env_refs(&env("torch", device)));
+        let (status, _) = server.post("/v1/embeddings", &serde_json::json!({"input": "ember"}));
+        assert_eq!(status, 200);
+        assert!(
+            maps(server.pid(), "libtorch_cpu"),
+            "libtorch itself is loaded"
+        );
+        for cuda in ["libtorch_cuda", "libcudnn", "libcublas", "libnccl"] {
+            assert!(!maps(server.pid(), cuda), "DEVICE={device} loaded {cuda}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 #include "ember-ctranslate2/src/bridge.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "ctranslate2/devices.h"
@@ -13,19 +14,22 @@ Encoder::Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute
 EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
                                rust::Slice<const uint32_t> type_ids,
                                rust::Slice<const uint32_t> lengths,
-                               size_t seq) const {
+                               size_t seq,
+                               rust::Slice<float> states_out) const {
   const size_t rows = lengths.size();
   // No type ids: the model has one embedding table (DistilBERT) and takes ids alone.
   const bool typed = !type_ids.empty();
   if (ids.size() != rows * seq || (typed && type_ids.size() != rows * seq))
     throw std::invalid_argument("ids and type ids must hold rows * seq values");
   std::vector<std::vector<size_t>> batch(rows), types(rows);
+  size_t longest = 0;
   for (size_t r = 0; r < rows; ++r) {
     const size_t len = lengths[r];
     if (len == 0 || len > seq)
       throw std::invalid_argument("row " + std::to_string(r) + " has length "
                                   + std::to_string(len) + " (sequence length "
                                   + std::to_string(seq) + ")");
+    longest = std::max(longest, len);
     batch[r].assign(ids.begin() + r * seq, ids.begin() + r * seq + len);
     if (typed)
       types[r].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
@@ -35,19 +39,43 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
   // The pool runs the batch on its worker thread; get() rethrows its exception, if any.
   ctranslate2::EncoderForwardOutput out =
       _pool->forward_batch_async(std::move(batch), std::move(types)).get();
-  const ctranslate2::StorageView states =
-      out.last_hidden_state.to(ctranslate2::Device::CPU).to_float32();
-  if (states.rank() != 3)
+  // float32 where the states are (a GPU converts its half precision faster than the host),
+  // then to the host, each step only when needed.
+  const ctranslate2::StorageView* states = &out.last_hidden_state;
+  ctranslate2::StorageView converted(states->device()), moved(ctranslate2::Device::CPU);
+  if (states->dtype() != ctranslate2::DataType::FLOAT32) {
+    // On the states' own GPU: this thread's current device is not necessarily theirs.
+    const ctranslate2::ScopedDeviceSetter on_their_device(states->device(),
+                                                          states->device_index());
+    converted = states->to_float32();
+    states = &converted;
+  }
+  if (states->device() != ctranslate2::Device::CPU) {
+    moved = states->to(ctranslate2::Device::CPU);
+    states = &moved;
+  }
+  if (states->rank() != 3)
     throw std::runtime_error("the encoder returned a tensor of rank "
-                             + std::to_string(states.rank()) + " instead of 3");
+                             + std::to_string(states->rank()) + " instead of 3");
   EncoderOutput result;
-  result.rows = static_cast<size_t>(states.dim(0));
-  result.seq = static_cast<size_t>(states.dim(1));
-  result.hidden = static_cast<size_t>(states.dim(2));
-  const float* data = states.data<float>();
-  result.states.reserve(states.size());
-  for (size_t i = 0; i < static_cast<size_t>(states.size()); ++i)
-    result.states.push_back(data[i]);
+  result.rows = static_cast<size_t>(states->dim(0));
+  result.seq = static_cast<size_t>(states->dim(1));
+  result.hidden = static_cast<size_t>(states->dim(2));
+  // The first `longest` positions of each row (CTranslate2 may pad further), copied once
+  // into the caller's rows * longest * hidden buffer.
+  if (result.rows != rows || result.seq < longest
+      || states_out.size() != rows * longest * result.hidden)
+    throw std::runtime_error("the encoder returned states [" + std::to_string(result.rows)
+                             + ", " + std::to_string(result.seq) + ", "
+                             + std::to_string(result.hidden) + "] for "
+                             + std::to_string(rows) + " rows of up to "
+                             + std::to_string(longest) + " tokens");
+  const float* data = states->data<float>();
+  const size_t row_values = longest * result.hidden;
+  for (size_t r = 0; r < rows; ++r)
+    std::copy_n(data + r * result.seq * result.hidden, row_values,
+                states_out.data() + r * row_values);
+  result.seq = longest;
   return result;
 }
 

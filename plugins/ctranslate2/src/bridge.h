@@ -16,11 +16,13 @@ public:
   Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type);
 
   // Runs one batch of right-padded rows: `ids` and `type_ids` are `rows * seq` (`type_ids`
-  // empty for a model without segment embeddings), `lengths` `rows`.
+  // empty for a model without segment embeddings), `lengths` `rows`. The states of the
+  // first `longest` positions of every row go to `states`, `rows * longest * hidden` floats.
   EncoderOutput forward(rust::Slice<const uint32_t> ids,
                         rust::Slice<const uint32_t> type_ids,
                         rust::Slice<const uint32_t> lengths,
-                        size_t seq) const;
+                        size_t seq,
+                        rust::Slice<float> states) const;
 
   // The compute type CTranslate2 chose for the weights and the arithmetic.
   rust::String compute_type() const;

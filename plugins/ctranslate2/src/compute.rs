@@ -14,14 +14,16 @@ pub enum Device {
 }
 
 /// What CTranslate2 needs of a GPU: the pinned wheel (4.8.4) is a CUDA 12 build with kernels
-/// for sm_53 to sm_86 and PTX for compute_86 (newer GPUs compile it at their first start), and
-/// it opens cuBLAS 12 only at its first matrix product (read with scripts/cuda-kernels.py).
+/// for sm_53 to sm_86 and PTX for compute_86 written by CUDA 12.8 (ISA 8.7: Hopper and
+/// Blackwell compile it at their first start, with a driver of 570 or newer), and it opens
+/// cuBLAS 12 only at its first matrix product (read with scripts/cuda-kernels.py).
 const NEEDS: cuda::Needs = cuda::Needs {
     runtime: "CTranslate2 4.8",
     cuda: cuda::CudaVersion::new(12, 0),
     min_driver: "525",
     kernels: &[53, 60, 61, 70, 75, 80, 86],
     ptx: Some(86),
+    ptx_cuda: Some(cuda::CudaVersion::new(12, 8)),
     libraries: &["libcublas.so.12"],
 };
 
@@ -43,16 +45,6 @@ impl Device {
                 Ok(Device::Cpu)
             }
         }
-    }
-
-    /// Whether a model could run on a GPU here, as the driver and CTranslate2 see it.
-    pub fn cuda_usable() -> bool {
-        let auto = DeviceRequest {
-            kind: DeviceKind::Auto,
-            ordinal: 0,
-        };
-        cuda::decide(auto, cuda::driver(), &NEEDS).is_ok_and(|d| d.placement != Placement::Cpu)
-            && ffi::cuda_device_count() > 0
     }
 
     /// CTranslate2's device name and index.

@@ -2,12 +2,12 @@
 
 #[cxx::bridge(namespace = "ember_ct2")]
 mod bridge {
-    /// Token states of a batch, on the CPU in float32 (`rows * seq * hidden`, row-major).
+    /// The shape of the token states a forward call wrote: `rows * seq * hidden`, `seq` being
+    /// the longest row.
     struct EncoderOutput {
         rows: usize,
         seq: usize,
         hidden: usize,
-        states: Vec<f32>,
     }
 
     unsafe extern "C++" {
@@ -25,13 +25,15 @@ mod bridge {
             threads: usize,
         ) -> Result<UniquePtr<Encoder>>;
 
-        /// Runs one batch of right-padded rows.
+        /// Runs one batch of right-padded rows, writing the float32 states of each row's first
+        /// `longest` positions to `states` (`rows * longest * hidden`).
         fn forward(
             self: &Encoder,
             ids: &[u32],
             type_ids: &[u32],
             lengths: &[u32],
             seq: usize,
+            states: &mut [f32],
         ) -> Result<EncoderOutput>;
 
         /// The compute type CTranslate2 chose.

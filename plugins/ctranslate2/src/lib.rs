@@ -31,10 +31,9 @@ const VOCABULARIES: &[&str] = &[
 
 impl Backend for CTranslate2 {
     fn info() -> Result<PluginInfo, PluginError> {
-        let mut devices = vec![DeviceKind::Cpu];
-        if compute::Device::cuda_usable() {
-            devices.push(DeviceKind::Cuda);
-        }
+        // A CUDA build: whether this machine can run it is decided at load, so that `info`
+        // does not start the driver.
+        let devices = vec![DeviceKind::Cpu, DeviceKind::Cuda];
         Ok(PluginInfo {
             name: "ctranslate2".into(),
             version: env!("CARGO_PKG_VERSION").into(),

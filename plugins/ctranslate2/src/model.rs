@@ -9,6 +9,7 @@ use crate::convert::{self, Family};
 use crate::ffi;
 use crate::head::Head;
 use crate::modelbin;
+use ember_plugin_api::cuda::{self, Placement};
 use ember_plugin_api::pooling::pool;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
@@ -144,27 +145,41 @@ impl Ct2Model {
             }
         }
 
-        let device = Device::of(request.device)?;
-        let (compute_type, dtype) = compute::compute_type(request.dtype, device)?;
         let threads = match request.intra_op_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         };
-        let (name, index) = device.ct2();
         let started = Instant::now();
-        let encoder = ffi::load_encoder(
-            &ct2_dir.to_string_lossy(),
-            name,
-            index,
-            compute_type,
-            threads,
-        )
-        .map_err(|e| {
-            PluginError::invalid_input(format!(
-                "CTranslate2 cannot load {}: {e}",
-                ct2_dir.display()
-            ))
-        })?;
+        let placement = match Device::of(request.device)? {
+            Device::Cpu => Placement::Cpu,
+            Device::Cuda(i) => Placement::Cuda(i as u32),
+        };
+        // Under DEVICE=auto a GPU that fails at load (cuBLAS, kernels, memory) leaves the
+        // model on the CPU.
+        let ((encoder, device, dtype), _) =
+            cuda::or_cpu("ctranslate2", request.device, placement, |on| {
+                let device = match on {
+                    Placement::Cpu => Device::Cpu,
+                    Placement::Cuda(i) => Device::Cuda(i as i32),
+                };
+                let (compute_type, dtype) = compute::compute_type(request.dtype, device)?;
+                let (name, index) = device.ct2();
+                let encoder = ffi::load_encoder(
+                    &ct2_dir.to_string_lossy(),
+                    name,
+                    index,
+                    compute_type,
+                    threads,
+                )
+                .map_err(|e| {
+                    let message = format!("CTranslate2 cannot load {}: {e}", ct2_dir.display());
+                    match device {
+                        Device::Cpu => PluginError::invalid_input(message),
+                        Device::Cuda(_) => PluginError::internal(message),
+                    }
+                })?;
+                Ok((encoder, device, dtype))
+            })?;
         plugin_info!(
             "ctranslate2",
             "loaded {} (hidden {hidden}, {}) on {} as {} with {threads} thread(s) in {} ms",
@@ -214,11 +229,12 @@ impl Ct2Model {
             None => Vec::new(),
         };
         let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
+        let mut values = vec![0f32; rows * longest * self.hidden];
         let out = self
             .encoder
-            .forward(&ids, &types, &lens, seq)
+            .forward(&ids, &types, &lens, seq, &mut values)
             .map_err(|e| PluginError::internal(format!("CTranslate2: {e}")))?;
-        if out.rows != rows || out.hidden != self.hidden || out.seq < longest {
+        if out.rows != rows || out.hidden != self.hidden || out.seq != longest {
             return Err(PluginError::internal(format!(
                 "CTranslate2 returned states [{}, {}, {}] for {rows} rows of up to {longest} \
                  tokens and hidden size {}",
@@ -226,7 +242,7 @@ impl Ct2Model {
             )));
         }
         Ok(States {
-            values: out.states,
+            values,
             seq: out.seq,
             lengths,
         })

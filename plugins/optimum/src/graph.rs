@@ -49,8 +49,33 @@ const NEEDS: cuda::Needs = cuda::Needs {
     min_driver: "580",
     kernels: &[75, 80, 86, 89, 90, 120],
     ptx: None,
+    ptx_cuda: None,
     libraries: &[],
 };
+
+/// Where the request's model is to run: the driver preflight's decision for this runtime (the
+/// CPU without asking when this onnxruntime has no CUDA provider and `DEVICE` is `auto`).
+pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
+    let rt = runtime::get()?;
+    Ok(match request.device.kind {
+        DeviceKind::Cpu => Placement::Cpu,
+        DeviceKind::Cuda if !rt.cuda_available => {
+            return Err(PluginError::unsupported(
+                "DEVICE asks for CUDA but this onnxruntime has no CUDA execution provider \
+                 (install the onnxruntime-gpu wheel)",
+            ))
+        }
+        DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
+        _ => cuda::preflight("optimum", request.device, &NEEDS)?.placement,
+    })
+}
+
+/// Whether a model may run on a GPU here (the files to fetch depend on it, before the device
+/// is decided): this onnxruntime has the CUDA provider and the container has an NVIDIA driver.
+/// The driver is not started for this.
+pub fn gpu_likely() -> bool {
+    runtime::get().is_ok_and(|rt| rt.cuda_available) && cuda::driver_present()
+}
 
 /// A session for the graph at `path` on `on`. On CUDA: convolution algorithms chosen by
 /// heuristics (an exhaustive search per new input shape stalls the first requests of every
@@ -101,30 +126,19 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// Opens `file` of the request's model directory on the requested device.
-    pub fn open(request: &LoadRequest, file: &str) -> Result<Graph, PluginError> {
+    /// Opens `file` of the request's model directory on `placement` (from [`placement`]).
+    pub fn open(
+        request: &LoadRequest,
+        file: &str,
+        placement: Placement,
+    ) -> Result<Graph, PluginError> {
         let rt = runtime::get()?;
         let path = Path::new(request.model_dir.as_str()).join(file);
-        let placement = match request.device.kind {
-            DeviceKind::Cpu => Placement::Cpu,
-            DeviceKind::Cuda if !rt.cuda_available => {
-                return Err(PluginError::unsupported(
-                    "DEVICE asks for CUDA but this onnxruntime has no CUDA execution provider \
-                     (install the onnxruntime-gpu wheel)",
-                ))
-            }
-            DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
-            _ => cuda::preflight("optimum", request.device, &NEEDS)?.placement,
-        };
         let threads = match request.intra_op_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         };
-        // The CUDA provider registers without touching the GPU; a driver, library or kernel
-        // that does not work shows when the session is created, so that is what falls back.
-        let (session, placement) = cuda::or_cpu("optimum", request.device, placement, |on| {
-            session(&rt.env, &path, threads, on)
-        })?;
+        let session = session(&rt.env, &path, threads, placement)?;
         let device = placement.to_string();
         let inputs = session
             .inputs()

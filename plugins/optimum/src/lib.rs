@@ -40,7 +40,7 @@ impl Backend for Optimum {
     }
 
     fn select_files(listing: &[String], dtype: DType) -> Result<Vec<String>, PluginError> {
-        files::select(listing, dtype)
+        files::select(listing, dtype, graph::gpu_likely())
     }
 
     fn load(request: &LoadRequest) -> Result<Box<dyn Model>, PluginError> {

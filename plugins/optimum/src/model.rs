@@ -3,7 +3,9 @@
 //! CLIP (a combined graph with `text_embeds` and `image_embeds`, or separate text and vision
 //! graphs).
 
-use crate::graph::{Feed, Graph};
+use crate::files;
+use crate::graph::{self, Feed, Graph};
+use ember_plugin_api::cuda::{self, Placement};
 use ember_plugin_api::pooling;
 use ember_plugin_api::{
     DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
@@ -82,10 +84,12 @@ fn feeds_for<'a>(
 const DUMMY_IDS: [i64; 1] = [0];
 const DUMMY_MASK: [i64; 1] = [1];
 
-fn onnx_files<'a>(request: &'a LoadRequest, prefix: &str) -> Option<&'a str> {
+/// The graph among the request's files whose name starts with `prefix`, of the fp16 exports
+/// when `half`, else of the others.
+fn onnx_files<'a>(request: &'a LoadRequest, prefix: &str, half: bool) -> Option<&'a str> {
     request.files.iter().map(|f| f.as_str()).find(|f| {
         let name = f.rsplit('/').next().unwrap_or(f);
-        name.ends_with(".onnx") && name.starts_with(prefix)
+        name.ends_with(".onnx") && name.starts_with(prefix) && files::is_half(name) == half
     })
 }
 
@@ -118,15 +122,25 @@ impl OnnxModel {
         Ok(out.data)
     }
 
-    /// Opens the graphs of the model in `request` for its kind.
+    /// Opens the graphs of the model in `request` for its kind, on the device the preflight
+    /// chose; under `DEVICE=auto`, on the CPU (with its own precision's graphs) if the GPU
+    /// fails when the sessions are created, where a missing library or kernel shows.
     pub fn load(request: &LoadRequest) -> Result<Self, PluginError> {
+        let placement = graph::placement(request)?;
+        let (model, _) = cuda::or_cpu("optimum", request.device, placement, |on| {
+            Self::load_on(request, on)
+        })?;
+        Ok(model)
+    }
+
+    /// Opens the graphs of the model in `request` on `placement`.
+    fn load_on(request: &LoadRequest, placement: Placement) -> Result<Self, PluginError> {
         let manifest = &request.manifest;
-        let dtype = match request.dtype {
-            DType::Auto => DType::Fp32,
-            d => d,
-        };
+        let names: Vec<&str> = request.files.iter().map(|f| f.as_str()).collect();
+        let dtype = files::precision(request.dtype, placement != Placement::Cpu, &names);
+        let half = dtype == DType::Fp16;
         let single = || {
-            onnx_files(request, "model").ok_or_else(|| {
+            onnx_files(request, "model", half).ok_or_else(|| {
                 PluginError::unsupported(
                     "no model*.onnx file among the selected files (text_model/vision_model \
                      graphs are read for CLIP models only)",
@@ -135,7 +149,7 @@ impl OnnxModel {
         };
         let (kind, dim, device) = match manifest.kind {
             ModelKind::Embed => {
-                let graph = Graph::open(request, single()?)?;
+                let graph = Graph::open(request, single()?, placement)?;
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
                 let names = graph.output_names();
                 if !names.contains(&"last_hidden_state") && names.contains(&"logits") {
@@ -181,14 +195,14 @@ impl OnnxModel {
                         manifest.architecture
                     )));
                 }
-                let graph = Graph::open(request, single()?)?;
+                let graph = Graph::open(request, single()?, placement)?;
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
                 let (output, _) = graph.pick_output(&["logits"])?;
                 let device = graph.device.clone();
                 let labels = manifest.num_labels.max(1) as usize;
                 (Kind::Classifier { graph, output }, labels, device)
             }
-            ModelKind::Clip => Self::load_clip(request)?,
+            ModelKind::Clip => Self::load_clip(request, placement, half)?,
         };
         let model = OnnxModel {
             kind,
@@ -215,7 +229,11 @@ impl OnnxModel {
         Ok(model)
     }
 
-    fn load_clip(request: &LoadRequest) -> Result<(Kind, usize, String), PluginError> {
+    fn load_clip(
+        request: &LoadRequest,
+        placement: Placement,
+        half: bool,
+    ) -> Result<(Kind, usize, String), PluginError> {
         let image = request
             .manifest
             .image
@@ -225,14 +243,14 @@ impl OnnxModel {
                 PluginError::invalid_input("a CLIP model needs the image spec in its manifest")
             })?;
         let split = (
-            onnx_files(request, "text_model"),
-            onnx_files(request, "vision_model"),
+            onnx_files(request, "text_model", half),
+            onnx_files(request, "vision_model", half),
         );
         let graphs = match split {
             (Some(t), Some(v)) => {
-                let text = Graph::open(request, t)?;
+                let text = Graph::open(request, t, placement)?;
                 text.require_inputs(&["input_ids"])?;
-                let vision = Graph::open(request, v)?;
+                let vision = Graph::open(request, v, placement)?;
                 vision.require_inputs(&["pixel_values"])?;
                 ClipGraphs::Split {
                     text,
@@ -240,13 +258,13 @@ impl OnnxModel {
                 }
             }
             _ => {
-                let file = onnx_files(request, "model").ok_or_else(|| {
+                let file = onnx_files(request, "model", half).ok_or_else(|| {
                     PluginError::unsupported(
                         "a CLIP model needs onnx/model.onnx (text and vision in one graph) or \
                          onnx/text_model.onnx with onnx/vision_model.onnx",
                     )
                 })?;
-                let graph = Graph::open(request, file)?;
+                let graph = Graph::open(request, file, placement)?;
                 graph.require_inputs(&["input_ids", "pixel_values"])?;
                 ClipGraphs::Combined(graph)
             }

@@ -130,7 +130,9 @@ impl Deberta {
         } else {
             relative
         };
-        let relative = relative.narrow(0, 0, (2 * span).min(relative.size()[0]));
+        let relative = relative
+            .f_narrow(0, 0, (2 * span).min(relative.size()[0]))
+            .map_err(|e| crate::error::from_tch("slicing relative embeddings", e))?;
         let heads = int(cfg, &["num_attention_heads"])?;
         let hidden = int(cfg, &["hidden_size"])?;
         // [2 * span, hidden] -> [heads, 2 * span, head_dim]

@@ -2,6 +2,7 @@
 
 use ember_plugin_api::cuda::{self, Placement};
 use ember_plugin_api::{plugin_warn, DType, DeviceKind, DeviceRequest, PluginError};
+use std::sync::OnceLock;
 use tch::{Device, Kind};
 
 /// Refuses the precisions this backend does not compute in.
@@ -31,19 +32,15 @@ fn needs() -> Option<cuda::Needs> {
         min_driver: if cuda.major() >= 13 { "580" } else { "525" },
         kernels: &[75, 80, 86, 89, 90, 100, 103, 120, 121],
         ptx: None,
+        ptx_cuda: None,
         libraries: &[],
     })
 }
 
-/// Whether a model could run on a GPU here, asked of the driver without starting libtorch's CUDA.
-pub fn cuda_usable() -> bool {
-    let auto = DeviceRequest {
-        kind: DeviceKind::Auto,
-        ordinal: 0,
-    };
-    needs().is_some_and(|n| {
-        cuda::decide(auto, cuda::driver(), &n).is_ok_and(|d| d.placement != Placement::Cpu)
-    })
+/// Whether this libtorch is built for CUDA (whether this machine can run it is decided at load,
+/// so that `info` neither starts the driver nor libtorch's CUDA).
+pub fn cuda_built() -> bool {
+    needs().is_some()
 }
 
 /// The runtime as `info` reports it.
@@ -68,20 +65,50 @@ pub fn device(request: DeviceRequest) -> Result<Device, PluginError> {
     let Some(needs) = needs() else {
         return cpu("this libtorch is a CPU build");
     };
-    match cuda::preflight("torch", request, &needs)?.placement {
+    let placement = cuda::preflight("torch", request, &needs)?.placement;
+    if placement != Placement::Cpu {
+        if let Err(why) = start_cuda() {
+            return cpu(&why);
+        }
+    }
+    match placement {
         Placement::Cpu => Ok(Device::Cpu),
         Placement::Cuda(n) if (n as i64) < tch::Cuda::device_count() => {
             Ok(Device::Cuda(n as usize))
         }
+        // The driver can run it, yet libtorch sees no device (its CUDA libraries under
+        // torch/lib and nvidia/ did not start): libtorch says why only in a warning of its own.
         Placement::Cuda(_) => {
-            // The driver can run it, yet libtorch's CUDA did not start (its CUDA libraries,
-            // libtorch_cuda, failed to load): libtorch only says so in a warning.
-            let reason = "the driver sees the GPU but libtorch does not (its CUDA libraries                           under torch/lib and nvidia/ did not load; see the warning above)";
-            let decision = cuda::refuse(request, reason)?;
-            plugin_warn!("torch", "{}", decision.warning.unwrap_or_default());
-            Ok(Device::Cpu)
+            cpu("the driver sees the GPU but libtorch does not (see libtorch's warning above)")
         }
     }
+}
+
+/// Loads libtorch's CUDA backend (`libtorch_cuda.so`, beside libtorch_cpu through the
+/// plugin's rpath), once: its initialisers register the CUDA kernels and hooks. The plugin does
+/// not link it, so the CPU never reads it. Nothing may ask libtorch about CUDA before this
+/// (`tch::Cuda::*`, `manual_seed`, `Device::cuda_if_available`): libtorch would remember that
+/// there is none.
+fn start_cuda() -> Result<(), String> {
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+            // SAFETY: libtorch's own CUDA library, of the same build as the libtorch_cpu
+            // already loaded; it stays loaded for the life of the process.
+            match unsafe { Library::open(Some("libtorch_cuda.so"), RTLD_NOW | RTLD_LOCAL) } {
+                Ok(lib) => {
+                    std::mem::forget(lib);
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "libtorch's CUDA backend cannot be loaded ({}); an image without CUDA \
+                     libraries runs torch on the CPU only",
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+                )),
+            }
+        })
+        .clone()
 }
 
 /// The tensor kind for `dtype` on `device` (`auto`: fp16 on CUDA, fp32 on the CPU).

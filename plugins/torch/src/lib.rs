@@ -30,7 +30,7 @@ pub struct Torch;
 impl Backend for Torch {
     fn info() -> Result<PluginInfo, PluginError> {
         let mut devices = vec![DeviceKind::Cpu];
-        if device::cuda_usable() {
+        if device::cuda_built() {
             devices.push(DeviceKind::Cuda);
         }
         Ok(PluginInfo {
