@@ -102,6 +102,11 @@ if [ "$QUICK" = 0 ]; then
   suite ctranslate2_backend
 fi
 
+if [ "$QUICK" = 0 ]; then
+  echo "== the GPU image"
+  bash scripts/build-container.sh gpu
+fi
+
 echo "== cold start and throughput on $DEVICE"
 SECONDS_PER=${BENCH_SECONDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 5)}
 for backend in torch ctranslate2 optimum; do

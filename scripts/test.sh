@@ -50,6 +50,9 @@ done
 # with the build script the Dockerfile runs, and answer one job with each backend from it.
 VENV=${EMBER_CACHE:-$HOME/.cache/ember}/venv
 "$VENV/bin/hadolint" Dockerfile
+# The CPU image itself where a container engine and the base images are reachable (the GPU
+# image: scripts/gpu-test.sh).
+bash scripts/build-container.sh cpu
 IMAGE_ROOT=${CARGO_TARGET_DIR:-$PWD/target}/image-root
 rm -rf "$IMAGE_ROOT"
 bash scripts/build-image.sh --variant cpu --venv "$VENV" "$IMAGE_ROOT" | tail -n 1
