@@ -293,14 +293,15 @@ fn missing_library(libraries: &[&str]) -> Option<String> {
 }
 
 /// [`decide`] on this machine's driver, logging the driver and any warning to the host's log
-/// under `plugin`, and checking that the runtime's lazily opened libraries load.
+/// under `plugin`, and checking that the runtime's lazily opened libraries load. Returns where
+/// the model runs.
 pub fn preflight(
     plugin: &str,
     request: DeviceRequest,
     needs: &Needs,
-) -> Result<Decision, PluginError> {
+) -> Result<Placement, PluginError> {
     if request.kind == DeviceKind::Cpu {
-        return decide(request, &Driver::Absent("not probed".into()), needs);
+        return Ok(Placement::Cpu);
     }
     let driver = driver();
     crate::plugin_info!(
@@ -309,16 +310,16 @@ pub fn preflight(
         needs.runtime,
         needs.cuda
     );
-    let mut decision = decide(request, driver, needs)?;
+    let decision = decide(request, driver, needs)?;
     if decision.placement != Placement::Cpu {
         if let Some(reason) = missing_library(needs.libraries) {
-            decision = refuse(request, reason)?;
+            return fall_back(plugin, request, reason);
         }
     }
     if let Some(warning) = &decision.warning {
         crate::plugin_warn!(plugin, "{warning}");
     }
-    Ok(decision)
+    Ok(decision.placement)
 }
 
 /// `auto` on the CPU for `reason`, or for `cuda` the [`ErrorCode::Device`] error it gives.
@@ -331,6 +332,20 @@ pub fn refuse(request: DeviceRequest, reason: impl Into<String>) -> Result<Decis
         )),
         _ => Ok(Decision::cpu_because(reason)),
     }
+}
+
+/// [`refuse`] for a reason found after the preflight (the runtime's own view of the GPU),
+/// logging the fall-back to the CPU under `plugin`.
+pub fn fall_back(
+    plugin: &str,
+    request: DeviceRequest,
+    reason: impl Into<String>,
+) -> Result<Placement, PluginError> {
+    let decision = refuse(request, reason)?;
+    if let Some(warning) = &decision.warning {
+        crate::plugin_warn!(plugin, "{warning}");
+    }
+    Ok(decision.placement)
 }
 
 /// Runs `open` on the decided device; when that fails on a GPU under `DEVICE=auto` for a
@@ -393,7 +408,7 @@ pub fn driver() -> &'static Driver {
 
 /// The dynamic loader's own words for a failed `dlopen` (libloading's message alone is
 /// "dlopen failed").
-fn loader_error(e: &libloading::Error) -> String {
+pub fn loader_error(e: &libloading::Error) -> String {
     std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
 }
 

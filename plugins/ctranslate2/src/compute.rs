@@ -2,7 +2,7 @@
 
 use crate::ffi;
 use ember_plugin_api::cuda::{self, Placement};
-use ember_plugin_api::{plugin_warn, DType, DeviceKind, DeviceRequest, PluginError};
+use ember_plugin_api::{DType, DeviceRequest, PluginError};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,26 +27,29 @@ const NEEDS: cuda::Needs = cuda::Needs {
     libraries: &["libcublas.so.12"],
 };
 
-impl Device {
-    /// The device for a request: the driver preflight's decision, then CTranslate2's own view.
-    pub fn of(request: DeviceRequest) -> Result<Device, PluginError> {
-        if request.kind == DeviceKind::Cpu {
-            return Ok(Device::Cpu);
-        }
-        match cuda::preflight("ctranslate2", request, &NEEDS)?.placement {
-            Placement::Cpu => Ok(Device::Cpu),
-            Placement::Cuda(n) if (n as i32) < ffi::cuda_device_count() => {
-                Ok(Device::Cuda(n as i32))
-            }
-            Placement::Cuda(_) => {
-                let reason = "the driver sees the GPU but CTranslate2 does not";
-                let decision = cuda::refuse(request, reason)?;
-                plugin_warn!("ctranslate2", "{}", decision.warning.unwrap_or_default());
-                Ok(Device::Cpu)
-            }
+/// Where a model for `request` runs: the driver preflight's decision, then CTranslate2's own
+/// view of the GPU.
+pub fn placement(request: DeviceRequest) -> Result<Placement, PluginError> {
+    match cuda::preflight("ctranslate2", request, &NEEDS)? {
+        Placement::Cuda(n) if (n as i32) >= ffi::cuda_device_count() => cuda::fall_back(
+            "ctranslate2",
+            request,
+            "the driver sees the GPU but CTranslate2 does not",
+        ),
+        placement => Ok(placement),
+    }
+}
+
+impl From<Placement> for Device {
+    fn from(placement: Placement) -> Device {
+        match placement {
+            Placement::Cpu => Device::Cpu,
+            Placement::Cuda(i) => Device::Cuda(i as i32),
         }
     }
+}
 
+impl Device {
     /// CTranslate2's device name and index.
     pub fn ct2(self) -> (&'static str, i32) {
         match self {

@@ -9,7 +9,7 @@ use crate::convert::{self, Family};
 use crate::ffi;
 use crate::head::Head;
 use crate::modelbin;
-use ember_plugin_api::cuda::{self, Placement};
+use ember_plugin_api::cuda;
 use ember_plugin_api::pooling::pool;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
@@ -150,18 +150,12 @@ impl Ct2Model {
             n => n as usize,
         };
         let started = Instant::now();
-        let placement = match Device::of(request.device)? {
-            Device::Cpu => Placement::Cpu,
-            Device::Cuda(i) => Placement::Cuda(i as u32),
-        };
+        let placement = compute::placement(request.device)?;
         // Under DEVICE=auto a GPU that fails at load (cuBLAS, kernels, memory) leaves the
         // model on the CPU.
         let ((encoder, device, dtype), _) =
             cuda::or_cpu("ctranslate2", request.device, placement, |on| {
-                let device = match on {
-                    Placement::Cpu => Device::Cpu,
-                    Placement::Cuda(i) => Device::Cuda(i as i32),
-                };
+                let device = Device::from(on);
                 let (compute_type, dtype) = compute::compute_type(request.dtype, device)?;
                 let (name, index) = device.ct2();
                 let encoder = ffi::load_encoder(

@@ -66,7 +66,7 @@ pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
             ))
         }
         DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
-        _ => cuda::preflight("optimum", request.device, &NEEDS)?.placement,
+        _ => cuda::preflight("optimum", request.device, &NEEDS)?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `DEVICE` and `DTYPES` to libtorch's device and tensor kind.
 
 use ember_plugin_api::cuda::{self, Placement};
-use ember_plugin_api::{plugin_warn, DType, DeviceKind, DeviceRequest, PluginError};
+use ember_plugin_api::{DType, DeviceKind, DeviceRequest, PluginError};
 use std::sync::OnceLock;
 use tch::{Device, Kind};
 
@@ -56,32 +56,29 @@ pub fn device(request: DeviceRequest) -> Result<Device, PluginError> {
     if request.kind == DeviceKind::Cpu {
         return Ok(Device::Cpu);
     }
-    // `auto` on the CPU with the reason logged; `cuda` failing with it.
-    let cpu = |reason: &str| -> Result<Device, PluginError> {
-        let decision = cuda::refuse(request, reason)?;
-        plugin_warn!("torch", "{}", decision.warning.unwrap_or_default());
-        Ok(Device::Cpu)
-    };
     let Some(needs) = needs() else {
-        return cpu("this libtorch is a CPU build");
+        return cpu(request, "this libtorch is a CPU build");
     };
-    let placement = cuda::preflight("torch", request, &needs)?.placement;
-    if placement != Placement::Cpu {
-        if let Err(why) = start_cuda() {
-            return cpu(&why);
-        }
+    let Placement::Cuda(n) = cuda::preflight("torch", request, &needs)? else {
+        return Ok(Device::Cpu);
+    };
+    if let Err(why) = start_cuda() {
+        return cpu(request, &why);
     }
-    match placement {
-        Placement::Cpu => Ok(Device::Cpu),
-        Placement::Cuda(n) if (n as i64) < tch::Cuda::device_count() => {
-            Ok(Device::Cuda(n as usize))
-        }
-        // The driver can run it, yet libtorch sees no device (its CUDA libraries under
-        // torch/lib and nvidia/ did not start): libtorch says why only in a warning of its own.
-        Placement::Cuda(_) => {
-            cpu("the driver sees the GPU but libtorch does not (see libtorch's warning above)")
-        }
+    if (n as i64) < tch::Cuda::device_count() {
+        return Ok(Device::Cuda(n as usize));
     }
+    // The driver can run it, yet libtorch sees no device (its CUDA libraries under torch/lib
+    // and nvidia/ did not start): libtorch says why only in a warning of its own.
+    cpu(
+        request,
+        "the driver sees the GPU but libtorch does not (see libtorch's warning above)",
+    )
+}
+
+/// The CPU for `auto` with `reason` logged; for `cuda` the error that gives it.
+fn cpu(request: DeviceRequest, reason: &str) -> Result<Device, PluginError> {
+    cuda::fall_back("torch", request, reason).map(|_| Device::Cpu)
 }
 
 /// Loads libtorch's CUDA backend (`libtorch_cuda.so`, beside libtorch_cpu through the
@@ -104,7 +101,7 @@ fn start_cuda() -> Result<(), String> {
                 Err(e) => Err(format!(
                     "libtorch's CUDA backend cannot be loaded ({}); an image without CUDA \
                      libraries runs torch on the CPU only",
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+                    cuda::loader_error(&e)
                 )),
             }
         })
