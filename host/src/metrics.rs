@@ -33,6 +33,9 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Seconds from the start of a model's download to its warm engine.
     pub load_seconds: GaugeVec,
+    /// What one plugin call costs besides its tokens, in padded tokens, as the batching
+    /// policy has learned it, per model.
+    pub call_overhead: IntGaugeVec,
     /// 1 once every model is ready, 0 while starting.
     pub ready: IntGauge,
     /// HTTP connections open now.
@@ -117,6 +120,18 @@ impl Metrics {
         registry
             .register(Box::new(load_seconds.clone()))
             .expect("unique metric");
+        let call_overhead = IntGaugeVec::new(
+            Opts::new(
+                "ember_call_overhead_tokens",
+                "What one plugin call costs besides its tokens, in padded tokens, as batching \
+                 has learned it.",
+            ),
+            &["model"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(call_overhead.clone()))
+            .expect("unique metric");
         let ready = IntGauge::new(
             "ember_ready",
             "1 once every model is ready, 0 while starting.",
@@ -182,6 +197,7 @@ impl Metrics {
             queue_depth,
             failures,
             load_seconds,
+            call_overhead,
         }
     }
 
@@ -193,6 +209,7 @@ impl Metrics {
             batch_size: self.batch_size.with_label_values(&[model]),
             batch_tokens: self.batch_tokens.with_label_values(&[model]),
             inference_seconds: self.inference_seconds.with_label_values(&[model]),
+            call_overhead: self.call_overhead.with_label_values(&[model]),
         }
     }
 
@@ -214,6 +231,8 @@ pub struct ModelMetrics {
     pub batch_tokens: Histogram,
     /// Duration of each plugin call.
     pub inference_seconds: Histogram,
+    /// The overhead of a call the batching policy uses.
+    pub call_overhead: prometheus::IntGauge,
 }
 
 /// The process's metrics.

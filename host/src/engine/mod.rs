@@ -19,9 +19,13 @@
 //! item is answered at once with an error saying so, and the load is tried again at most every
 //! 30 s (see `RETRY_LOAD_EVERY`) until it succeeds.
 
+mod batching;
+
 use crate::plugin::ModelRunner;
 use crate::text::Tokens;
+use batching::{CallCost, Key, Shape};
 use ember_plugin_api::{ErrorCode, PairBatch, PixelBatch, PluginError, TokenBatch};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,30 +56,29 @@ pub enum Payload {
     },
 }
 
-/// Which plugin call a payload goes to; a batch holds one kind only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Call {
-    Embed,
-    Score,
-    Classify,
-    Image,
-}
-
 impl Payload {
-    fn call(&self) -> Call {
+    /// The item as the batching policy sees it.
+    fn shape(&self) -> Shape {
         match self {
-            Payload::Tokens(_) => Call::Embed,
-            Payload::Pair(_) => Call::Score,
-            Payload::Classify(_) => Call::Classify,
-            Payload::Pixels { .. } => Call::Image,
-        }
-    }
-
-    /// Padded tokens the item costs in a batch (images count one).
-    fn cost(&self) -> usize {
-        match self {
-            Payload::Tokens(t) | Payload::Pair(t) | Payload::Classify(t) => t.len().max(1),
-            Payload::Pixels { .. } => 1,
+            Payload::Tokens(t) => Shape {
+                key: Key::Embed,
+                tokens: t.len().max(1),
+            },
+            Payload::Pair(t) => Shape {
+                key: Key::Score,
+                tokens: t.len().max(1),
+            },
+            Payload::Classify(t) => Shape {
+                key: Key::Classify,
+                tokens: t.len().max(1),
+            },
+            Payload::Pixels { height, width, .. } => Shape {
+                key: Key::Image {
+                    height: *height,
+                    width: *width,
+                },
+                tokens: 1,
+            },
         }
     }
 }
@@ -265,6 +268,7 @@ impl Engine {
         let queued = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(Health::default());
         health.alive.store(true, Ordering::SeqCst);
+        let device = runner.described.device.to_string();
         let worker = Worker {
             model: model.into(),
             metrics: crate::metrics::global().for_model(model),
@@ -275,6 +279,7 @@ impl Engine {
             failures: 0,
             reloaded: false,
             retry_every,
+            call_cost: RefCell::new(CallCost::for_device(&device)),
         };
         std::thread::Builder::new()
             .name(format!(
@@ -426,6 +431,9 @@ struct Worker {
     reloaded: bool,
     /// How long a missing model waits between load attempts.
     retry_every: Duration,
+    /// What a plugin call costs besides its tokens, learned from the calls made (a cell: it
+    /// learns while the worker lends out its model).
+    call_cost: RefCell<CallCost>,
 }
 
 /// Whether a worker has its model.
@@ -535,41 +543,34 @@ impl Worker {
             let mut window: Vec<Item> = lane.drain(..take).collect();
             // Requests whose caller went away are not computed (dropping frees their place).
             window.retain(|it| !it.reply.is_closed());
-            window.sort_by_key(|it| (it.payload.call(), it.payload.cost()));
+            window.sort_by_key(|it| it.payload.shape());
             self.retry_load();
-            for batch in self.chunks(window) {
+            for batch in self.cut(window) {
                 self.run_batch(batch);
             }
         }
     }
 
-    /// Splits a window sorted by call and length into batches of one call within the item
-    /// and token limits.
-    fn chunks(&self, window: Vec<Item>) -> Vec<Vec<Item>> {
-        let mut out: Vec<Vec<Item>> = Vec::new();
-        let mut current: Vec<Item> = Vec::new();
-        for item in window {
-            let longest = item.payload.cost();
-            let same_call = current
-                .first()
-                .is_none_or(|first| first.payload.call() == item.payload.call());
-            let fits = same_call
-                && current.len() < self.limits.batch_size
-                && (current.len() + 1) * longest <= self.limits.max_batch_tokens;
-            if !current.is_empty() && !fits {
-                out.push(std::mem::take(&mut current));
-            }
-            current.push(item);
-        }
-        if !current.is_empty() {
-            out.push(current);
-        }
-        out
+    /// Cuts a window sorted by [`Shape`] into the plugin calls the batching policy picks.
+    fn cut(&self, window: Vec<Item>) -> Vec<Vec<Item>> {
+        let shapes: Vec<Shape> = window.iter().map(|it| it.payload.shape()).collect();
+        let limits = batching::Limits {
+            batch_size: self.limits.batch_size,
+            max_batch_tokens: self.limits.max_batch_tokens,
+        };
+        let overhead = self.call_cost.borrow().overhead();
+        self.metrics.call_overhead.set(overhead as i64);
+        let calls = batching::cut(&shapes, limits, overhead);
+        let mut items = window.into_iter();
+        calls
+            .into_iter()
+            .map(|call| items.by_ref().take(call.len()).collect())
+            .collect()
     }
 
     fn forward(&self, runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
         let rows = items.len();
-        let call = items[0].payload.call();
+        let key = items[0].payload.shape().key;
         let m = &self.metrics;
         let started = Instant::now();
         self.health.calling(Some(started));
@@ -578,20 +579,26 @@ impl Worker {
                 .observe((started - it.queued_at).as_secs_f64());
         }
         m.batch_size.observe(rows as f64);
-        let longest = items.iter().map(|it| it.payload.cost()).max().unwrap_or(0);
-        if call != Call::Image {
-            m.batch_tokens.observe((rows * longest) as f64);
+        let longest = items.iter().map(|it| it.payload.shape().tokens).max();
+        let padded = rows * longest.unwrap_or(0);
+        let text = !matches!(key, Key::Image { .. });
+        if text {
+            m.batch_tokens.observe(padded as f64);
         }
-        let outputs = catch_unwind(AssertUnwindSafe(|| match call {
-            Call::Embed => self.embed(runner, items),
-            Call::Score => self.score(runner, items),
-            Call::Classify => self.classify(runner, items),
-            Call::Image => Self::embed_images(runner, items),
+        let outputs = catch_unwind(AssertUnwindSafe(|| match key {
+            Key::Embed => self.embed(runner, items),
+            Key::Score => self.score(runner, items),
+            Key::Classify => self.classify(runner, items),
+            Key::Image { height, width } => Self::embed_images(runner, items, height, width),
         }))
         .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
         self.health.calling(None);
-        m.inference_seconds.observe(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        m.inference_seconds.observe(seconds);
         let outputs = outputs?;
+        if text {
+            self.call_cost.borrow_mut().observe(padded, seconds);
+        }
         if outputs.len() != rows {
             return Err(PluginError::internal(format!(
                 "plugin returned {} results for {rows} inputs",
@@ -648,17 +655,16 @@ impl Worker {
             .collect())
     }
 
-    fn embed_images(runner: &ModelRunner, items: &[Item]) -> Result<Vec<Output>, PluginError> {
-        let (mut height, mut width) = (0, 0);
+    /// Embeds images of `height` × `width` pixels (a batch holds one size).
+    fn embed_images(
+        runner: &ModelRunner,
+        items: &[Item],
+        height: u32,
+        width: u32,
+    ) -> Result<Vec<Output>, PluginError> {
         let mut values = Vec::new();
         for it in items {
-            if let Payload::Pixels {
-                height: h,
-                width: w,
-                values: v,
-            } = &it.payload
-            {
-                (height, width) = (*h, *w);
+            if let Payload::Pixels { values: v, .. } = &it.payload {
                 values.extend_from_slice(v);
             }
         }
