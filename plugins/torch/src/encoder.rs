@@ -1,6 +1,8 @@
 //! Post-norm transformer encoders on libtorch: BERT, RoBERTa / XLM-RoBERTa, DistilBERT and
 //! MPNet (relative position buckets). Attention goes through `scaled_dot_product_attention`
-//! (fused kernels on GPU) with the padding mask.
+//! (fused kernels on GPU) with the padding mask; everything else acts on one token at a time
+//! and runs on the live tokens only, so that a batch of mixed lengths costs its tokens, not
+//! its rows times its longest row.
 
 use crate::nn::{attend, int, Activation, Linear, Norm};
 use crate::weights::Weights;
@@ -97,9 +99,8 @@ impl Family {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value in one product (`[3 * hidden, hidden]`).
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: Norm,
     up: Linear,
@@ -169,10 +170,15 @@ impl Encoder {
         let layers = (0..int(cfg, &["num_hidden_layers", "n_layers"])?)
             .map(|i| {
                 let [q, k, v, o, attn_norm, up, down, out_norm] = family.layer_names(i);
+                let qkv = vec![
+                    Linear::load(w, &q)?,
+                    Linear::load(w, &k)?,
+                    Linear::load(w, &v)?,
+                ];
                 Ok(Layer {
-                    query: Linear::load(w, &q)?,
-                    key: Linear::load(w, &k)?,
-                    value: Linear::load(w, &v)?,
+                    qkv: Linear::fuse(qkv).map_err(|e| {
+                        PluginError::internal(format!("fusing the attention of layer {i}: {e}"))
+                    })?,
                     attn_out: Linear::load(w, &o)?,
                     attn_norm: Norm::load(w, &attn_norm, eps)?,
                     up: Linear::load(w, &up)?,
@@ -248,35 +254,94 @@ impl Encoder {
             };
             x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
         }
-        let mut x = self.embed_norm.forward(&x)?;
-        let live = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
-        // MPNet adds a bias per head and relative position to every layer's scores: with it
-        // the mask becomes additive (bias where attended, -inf on padding).
-        let mask_or_bias = match &self.relative_bias {
-            None => live,
-            Some(table) => {
-                let at = Tensor::f_arange(seq, (Kind::Int64, device))?;
-                let relative = at.f_unsqueeze(0)?.f_sub(&at.f_unsqueeze(1)?)?;
-                let bias =
-                    Tensor::f_embedding(table, &relative_buckets(&relative)?, -1, false, false)?
-                        .f_permute([2, 0, 1])?
-                        .f_unsqueeze(0)?;
-                bias.f_masked_fill(&live.f_logical_not()?, f64::NEG_INFINITY)?
-            }
-        };
-        let head = self.hidden / self.heads;
-        let split = |t: Tensor| t.f_view([rows, seq, self.heads, head])?.f_transpose(1, 2);
+        let x = self.embed_norm.forward(&x)?;
+        let live = mask.f_ne(0)?;
+        let mask_or_bias = self.attention_mask(&live, seq)?;
+        let tokens = Tokens::of(&live)?;
+        let hidden = self.hidden;
+        let head = hidden / self.heads;
+        let mut x = tokens.gather(&x)?;
         for l in &self.layers {
-            let q = split(l.query.forward(&x)?)?;
-            let k = split(l.key.forward(&x)?)?;
-            let v = split(l.value.forward(&x)?)?;
-            let ctx = attend(&q, &k, &v, &mask_or_bias, None)?;
+            // [rows, seq, 3, heads, head] to three [rows, heads, seq, head].
+            let qkv = tokens
+                .scatter(&l.qkv.forward(&x)?)?
+                .f_view([rows, seq, 3, self.heads, head])?
+                .f_permute([2, 0, 3, 1, 4])?;
+            let (q, k, v) = (
+                qkv.f_select(0, 0)?,
+                qkv.f_select(0, 1)?,
+                qkv.f_select(0, 2)?,
+            );
+            let ctx = tokens.gather(&attend(&q, &k, &v, &mask_or_bias, None)?)?;
             let attended = l.attn_norm.forward(&l.attn_out.forward(&ctx)?.f_add(&x)?)?;
             let inner = self.act.apply(&l.up.forward(&attended)?)?;
             x = l
                 .out_norm
                 .forward(&l.down.forward(&inner)?.f_add(&attended)?)?;
         }
-        Ok(x)
+        tokens.scatter(&x)
+    }
+
+    /// The attention mask of `live` `[rows, seq]`: boolean, or for MPNet additive with the
+    /// relative position bias of each head (bias where attended, -inf on padding).
+    fn attention_mask(&self, live: &Tensor, seq: i64) -> Result<Tensor, TchError> {
+        let rows = live.size()[0];
+        let live = live.f_view([rows, 1, 1, seq])?;
+        let Some(table) = &self.relative_bias else {
+            return Ok(live);
+        };
+        let at = Tensor::f_arange(seq, (Kind::Int64, live.device()))?;
+        let relative = at.f_unsqueeze(0)?.f_sub(&at.f_unsqueeze(1)?)?;
+        let bias = Tensor::f_embedding(table, &relative_buckets(&relative)?, -1, false, false)?
+            .f_permute([2, 0, 1])?
+            .f_unsqueeze(0)?;
+        bias.f_masked_fill(&live.f_logical_not()?, f64::NEG_INFINITY)
+    }
+}
+
+/// The live (unpadded) tokens of a batch, to move states between the padded layout
+/// `[rows, seq, width]` that attention needs and the packed one `[tokens, width]` that the
+/// per-token layers run on.
+struct Tokens {
+    rows: i64,
+    seq: i64,
+    /// Flat indices of the live tokens in `rows * seq`; `None` when every token is live.
+    index: Option<Tensor>,
+}
+
+impl Tokens {
+    /// The live tokens of a boolean mask `[rows, seq]`.
+    fn of(live: &Tensor) -> Result<Tokens, TchError> {
+        let (rows, seq) = live.size2()?;
+        let index = live.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
+        Ok(Tokens {
+            rows,
+            seq,
+            index: (index.size()[0] < rows * seq).then_some(index),
+        })
+    }
+
+    /// `[tokens, width]` of padded states `[rows, seq, width]`.
+    fn gather(&self, padded: &Tensor) -> Result<Tensor, TchError> {
+        let width = padded.size()[2];
+        let flat = padded.f_reshape([self.rows * self.seq, width])?;
+        match &self.index {
+            Some(index) => flat.f_index_select(0, index),
+            None => Ok(flat),
+        }
+    }
+
+    /// Padded states `[rows, seq, width]` of `[tokens, width]`, zero on padding.
+    fn scatter(&self, packed: &Tensor) -> Result<Tensor, TchError> {
+        let width = packed.size()[1];
+        let flat = match &self.index {
+            Some(index) => Tensor::f_zeros(
+                [self.rows * self.seq, width],
+                (packed.kind(), packed.device()),
+            )?
+            .f_index_copy(0, index, packed)?,
+            None => packed.shallow_clone(),
+        };
+        flat.f_view([self.rows, self.seq, width])
     }
 }

@@ -34,6 +34,30 @@ impl Linear {
         })
     }
 
+    /// One layer computing `layers` side by side (their outputs concatenated in order), so
+    /// that one matrix product does the work of several.
+    pub fn fuse(layers: Vec<Linear>) -> Result<Linear, TchError> {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        let bias = if layers.iter().any(|l| l.bias.is_some()) {
+            let biases = layers
+                .iter()
+                .map(|l| match &l.bias {
+                    Some(b) => Ok(b.shallow_clone()),
+                    None => {
+                        Tensor::f_zeros([l.weight.size()[0]], (l.weight.kind(), l.weight.device()))
+                    }
+                })
+                .collect::<Result<Vec<_>, TchError>>()?;
+            Some(Tensor::f_cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Tensor::f_cat(&weights, 0)?,
+            bias,
+        })
+    }
+
     /// `x W^T + b`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         x.f_linear(&self.weight, self.bias.as_ref())
