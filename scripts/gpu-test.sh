@@ -3,8 +3,8 @@
 # check` of torch, ctranslate2 and optimum on the GPU against the CPU references (parity
 # bounds of the checker: fp32 cosine >= 0.9999, half precision >= 0.999), the device tests
 # (DEVICE=auto must choose the GPU, DEVICE=cuda:64 must fail with its reason), the end-to-end
-# suites of torch and ctranslate2 with DEVICE=cuda, and per backend the cold start and
-# throughput of ember-bench; then one summary table.
+# suites of torch and ctranslate2 with DEVICE=cuda, and per backend the cold and warm start,
+# throughput and memory of ember-bench; then one summary table.
 #
 # Usage: ./scripts/gpu-test.sh [--quick] [cuda|cuda:N|cpu]
 #   cpu      the same steps on the CPU: CI runs `--quick cpu` so that this script cannot rot
@@ -107,22 +107,21 @@ if [ "$QUICK" = 0 ]; then
   bash scripts/build-container.sh gpu
 fi
 
-echo "== cold start and throughput on $DEVICE"
-SECONDS_PER=${BENCH_SECONDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 5)}
-for backend in torch ctranslate2 optimum; do
-  out=$(BACKEND=$backend DEVICE=$DEVICE DTYPES=auto BENCH_SECONDS=$SECONDS_PER \
-    cargo run --quiet --release --locked -p ember-e2e --bin ember-bench 2>&1) || {
-    echo "$out"
-    row "$backend" "benchmark" "" "FAILED"
-    FAILED=1
-    continue
-  }
-  echo "$out"
-  start=$(echo "$out" | sed -n 's/^start to first embedding: median \([0-9]*\) ms.*/\1 ms/p')
-  big=$(echo "$out" | awk '/^concurrency 8 \/ batch 32/ {print $6 " texts/s"}')
-  small=$(echo "$out" | awk '/^concurrency 32 \/ batch 1/ {print $6 " texts/s"}')
-  row "$backend" "benchmark (auto)" "start $start; 8x32 $big; 32x1 $small" "ran"
-done
+echo "== cold start, throughput and memory on $DEVICE"
+BENCH_MD=$(mktemp)
+if BENCH_BACKENDS="torch ctranslate2 optimum" DEVICE=$DEVICE DTYPES=auto BENCH_MARKDOWN=$BENCH_MD \
+  BENCH_SECONDS=${BENCH_SECONDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 5)} \
+  BENCH_STARTS=${BENCH_STARTS:-$([ "$QUICK" = 1 ] && echo 2 || echo 5)} \
+  cargo run --quiet --release --locked -p ember-e2e --bin ember-bench; then
+  # | backend | 8x32 | 32x1 | ratio | 1x1 | cold | warm | RSS | peak |
+  awk -F' *\\| *' '/^\| (torch|ctranslate2|optimum) \|/ {
+      printf "| %s | benchmark (auto) | cold start %s, warm %s; 8x32 %s texts/s, 32x1 %s; 1x1 p50/p99 %s ms; RSS %s | ran |\n",
+        $2, $7, $8, $3, $4, $6, $9 }' "$BENCH_MD" >>"$SUMMARY"
+else
+  row "all" "benchmark" "" "FAILED"
+  FAILED=1
+fi
+rm -f "$BENCH_MD"
 
 echo
 echo "== summary: $DEVICE ($(date -u +%F), $(nproc) cores)"

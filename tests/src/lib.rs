@@ -93,6 +93,13 @@ pub fn command(env: &[(&str, &str)]) -> Command {
         .env("DEVICE", test_device())
         .env("EMBER_CONFIG", repo_root().join("config/default.toml"))
         .current_dir(std::env::temp_dir());
+    // What picks native libraries and GPUs passes through: scripts/gpu-test.sh points
+    // ORT_DYLIB_PATH at onnxruntime-gpu and LD_LIBRARY_PATH at cuBLAS 12.
+    for key in ["LD_LIBRARY_PATH", "ORT_DYLIB_PATH", "CUDA_VISIBLE_DEVICES"] {
+        if let Some(value) = std::env::var_os(key) {
+            cmd.env(key, value);
+        }
+    }
     if let Ok(dtypes) = std::env::var("EMBER_TEST_DTYPES") {
         cmd.env("DTYPES", dtypes);
     }
