@@ -218,20 +218,21 @@ fn stalled_bodies_are_answered_408_and_their_memory_given_back() {
     let stalled = stall_bodies(&server, pid, 30);
     std::thread::sleep(Duration::from_millis(300));
     let after_first = rss_mib(pid);
-    stall_bodies(&server, pid, 30);
+    let stalled_again = stall_bodies(&server, pid, 30);
     std::thread::sleep(Duration::from_millis(300));
     let after_second = rss_mib(pid);
     let seen = format!(
         "RSS MiB: baseline {baseline:.0}, 30 stalled {stalled:.0}, after {after_first:.0}, \
-         after a second round {after_second:.0}"
+         30 stalled again {stalled_again:.0}, after a second round {after_second:.0}"
     );
     eprintln!("{seen}");
     // 30 MiB of partial bodies were held while they stalled ...
     assert!(stalled - baseline >= 20.0, "{seen}");
-    // ... and given back: a second round reuses most of that memory instead of adding all
-    // of it again (measured: it adds 14-17 MiB of allocator arenas, 30 if nothing were freed).
+    // ... and given back: the second round's peak reuses that memory instead of adding all of
+    // it again (30 MiB more if nothing were freed). Peaks are compared, not the RSS after
+    // each round, which depends on how soon the allocator hands pages back.
     assert!(
-        after_second - after_first < 0.75 * (stalled - baseline),
+        stalled_again - stalled < 0.75 * (stalled - baseline),
         "{seen}"
     );
     assert!(after_second - baseline < 80.0, "{seen}");
