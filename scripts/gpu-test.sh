@@ -112,6 +112,7 @@ BENCH_MD=$(mktemp)
 if BENCH_BACKENDS="torch ctranslate2 optimum" DEVICE=$DEVICE DTYPES=auto BENCH_MARKDOWN=$BENCH_MD \
   BENCH_SECONDS=${BENCH_SECONDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 5)} \
   BENCH_STARTS=${BENCH_STARTS:-$([ "$QUICK" = 1 ] && echo 2 || echo 5)} \
+  BENCH_ROUNDS=${BENCH_ROUNDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)} \
   cargo run --quiet --release --locked -p ember-e2e --bin ember-bench; then
   # | backend | 8x32 | 32x1 | ratio | 1x1 | cold | warm | RSS | peak |
   awk -F' *\\| *' '/^\| (torch|ctranslate2|optimum) \|/ {

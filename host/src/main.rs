@@ -21,7 +21,7 @@ jobs from the RunPod platform. --test-input exits 0 when the job succeeds, 1 oth
 
 Configuration comes from environment variables (and config/default.toml or EMBER_CONFIG):
   MODEL_NAMES      ;-separated Hugging Face ids or local directories (required)
-  BACKEND          plugin to use: torch (default), optimum, ctranslate2
+  BACKEND          plugin to use: torch (default), optimum, ctranslate2, candle
   BATCH_SIZES      per-model batch sizes (default 32)
   DTYPES           per-model precision: auto, fp32, fp16, bf16, fp8, int8 (default auto)
   PROMPT_NAMES     per-model default prompt name (default -: the model's own)

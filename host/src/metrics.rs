@@ -36,6 +36,9 @@ pub struct Metrics {
     /// What one plugin call costs besides its tokens, in padded tokens, as the batching
     /// policy has learned it, per model.
     pub call_overhead: IntGaugeVec,
+    /// 1 when a model's calls are learned to cost their padded tokens, 0 when their live
+    /// tokens (a backend that skips padding).
+    pub call_cost_padded: IntGaugeVec,
     /// 1 once every model is ready, 0 while starting.
     pub ready: IntGauge,
     /// HTTP connections open now.
@@ -123,14 +126,26 @@ impl Metrics {
         let call_overhead = IntGaugeVec::new(
             Opts::new(
                 "ember_call_overhead_tokens",
-                "What one plugin call costs besides its tokens, in padded tokens, as batching \
-                 has learned it.",
+                "What one plugin call costs besides its tokens, in tokens (padded or live, as \
+                 ember_call_cost_padded says), as batching has learned it.",
             ),
             &["model"],
         )
         .expect("valid gauge");
         registry
             .register(Box::new(call_overhead.clone()))
+            .expect("unique metric");
+        let call_cost_padded = IntGaugeVec::new(
+            Opts::new(
+                "ember_call_cost_padded",
+                "1 when batching has learned that a call's time grows with its padded tokens \
+                 (rows x longest), 0 when with its live tokens.",
+            ),
+            &["model"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(call_cost_padded.clone()))
             .expect("unique metric");
         let ready = IntGauge::new(
             "ember_ready",
@@ -198,6 +213,7 @@ impl Metrics {
             failures,
             load_seconds,
             call_overhead,
+            call_cost_padded,
         }
     }
 
@@ -210,6 +226,7 @@ impl Metrics {
             batch_tokens: self.batch_tokens.with_label_values(&[model]),
             inference_seconds: self.inference_seconds.with_label_values(&[model]),
             call_overhead: self.call_overhead.with_label_values(&[model]),
+            call_cost_padded: self.call_cost_padded.with_label_values(&[model]),
         }
     }
 
@@ -233,6 +250,8 @@ pub struct ModelMetrics {
     pub inference_seconds: Histogram,
     /// The overhead of a call the batching policy uses.
     pub call_overhead: prometheus::IntGauge,
+    /// Whether the policy counts a call's padded tokens (1) or its live ones (0).
+    pub call_cost_padded: prometheus::IntGauge,
 }
 
 /// The process's metrics.

@@ -96,6 +96,14 @@ macro_rules! plugin_warn {
     };
 }
 
+/// Logs a formatted line at debug level to the host's log.
+#[macro_export]
+macro_rules! plugin_debug {
+    ($target:expr, $($arg:tt)*) => {
+        $crate::sdk::log($crate::LogLevel::Debug, $target, &format!($($arg)*))
+    };
+}
+
 /// Runs `f`, turning a panic into an `Internal` error that carries the panic message.
 pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(f)) {

@@ -558,9 +558,12 @@ impl Worker {
             batch_size: self.limits.batch_size,
             max_batch_tokens: self.limits.max_batch_tokens,
         };
-        let overhead = self.call_cost.borrow().overhead();
-        self.metrics.call_overhead.set(overhead as i64);
-        let calls = batching::cut(&shapes, limits, overhead);
+        let cost = self.call_cost.borrow().cost();
+        self.metrics.call_overhead.set(cost.overhead as i64);
+        self.metrics
+            .call_cost_padded
+            .set(i64::from(cost.work == batching::Work::Padded));
+        let calls = batching::cut(&shapes, limits, cost);
         let mut items = window.into_iter();
         calls
             .into_iter()
@@ -579,8 +582,9 @@ impl Worker {
                 .observe((started - it.queued_at).as_secs_f64());
         }
         m.batch_size.observe(rows as f64);
-        let longest = items.iter().map(|it| it.payload.shape().tokens).max();
-        let padded = rows * longest.unwrap_or(0);
+        let tokens = items.iter().map(|it| it.payload.shape().tokens);
+        let padded = rows * tokens.clone().max().unwrap_or(0);
+        let live = tokens.sum();
         let text = !matches!(key, Key::Image { .. });
         if text {
             m.batch_tokens.observe(padded as f64);
@@ -597,7 +601,7 @@ impl Worker {
         m.inference_seconds.observe(seconds);
         let outputs = outputs?;
         if text {
-            self.call_cost.borrow_mut().observe(padded, seconds);
+            self.call_cost.borrow_mut().observe(padded, live, seconds);
         }
         if outputs.len() != rows {
             return Err(PluginError::internal(format!(

@@ -273,11 +273,14 @@ impl Encoder {
                 qkv.f_select(0, 2)?,
             );
             let ctx = tokens.gather(&attend(&q, &k, &v, &mask_or_bias, None)?)?;
-            let attended = l.attn_norm.forward(&l.attn_out.forward(&ctx)?.f_add(&x)?)?;
-            let inner = self.act.apply(&l.up.forward(&attended)?)?;
-            x = l
-                .out_norm
-                .forward(&l.down.forward(&inner)?.f_add(&attended)?)?;
+            // Residual sums and the activation run in place on fresh products.
+            let mut projected = l.attn_out.forward(&ctx)?;
+            let _ = projected.f_add_(&x)?;
+            let attended = l.attn_norm.forward(&projected)?;
+            let inner = self.act.apply_owned(l.up.forward(&attended)?)?;
+            let mut out = l.down.forward(&inner)?;
+            let _ = out.f_add_(&attended)?;
+            x = l.out_norm.forward(&out)?;
         }
         tokens.scatter(&x)
     }

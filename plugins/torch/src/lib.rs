@@ -2,10 +2,9 @@
 //! libtorch through tch, on CUDA when there is a GPU and on the CPU otherwise, with no
 //! conversion step. Encoders: BERT (bert, MiniLM, bge, e5, gte v1), RoBERTa / XLM-RoBERTa
 //! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet, ModernBERT and DeBERTa-v2/v3,
-//! with their
-//! sequence-classification heads; decoders used as embedders and rerankers: Qwen2, Qwen3,
-//! Llama, Mistral (last-token states, score heads); CLIP (text and vision towers with their
-//! projections).
+//! with their sequence-classification heads; decoders used as embedders and rerankers: Qwen2,
+//! Qwen3, Llama, Mistral, Gemma 3 (last-token or mean states, score and yes/no heads); CLIP
+//! (text and vision towers with their projections).
 
 mod clip;
 mod deberta;
@@ -13,6 +12,7 @@ mod decoder;
 mod device;
 mod encoder;
 pub mod error;
+mod heap;
 mod model;
 mod modernbert;
 mod nn;

@@ -376,6 +376,9 @@ impl TorchModel {
         let cfg = read_config(dir)?;
         let device = device::device(request.device)?;
         let (kind, dtype) = device::kind(request.dtype, device)?;
+        if device == Device::Cpu {
+            crate::heap::keep_freed_memory();
+        }
         if request.intra_op_threads > 0 {
             tch::set_num_threads(request.intra_op_threads as i32);
         }

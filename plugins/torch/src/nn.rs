@@ -153,6 +153,18 @@ impl Activation {
         }
     }
 
+    /// Applies the activation in place on a tensor the caller owns (saves a buffer the size
+    /// of the feed-forward layer's output per layer).
+    pub fn apply_owned(self, mut x: Tensor) -> Result<Tensor, TchError> {
+        let _ = match self {
+            Activation::Gelu => x.f_gelu_("none")?,
+            Activation::GeluTanh => x.f_gelu_("tanh")?,
+            Activation::Relu => x.f_relu_()?,
+            Activation::Silu => x.f_silu_()?,
+        };
+        Ok(x)
+    }
+
     /// Applies the activation.
     pub fn apply(self, x: &Tensor) -> Result<Tensor, TchError> {
         match self {

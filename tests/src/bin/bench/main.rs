@@ -5,8 +5,10 @@
 //!
 //! Usage: ember-bench [MODEL_DIR] (default: fixtures/all-MiniLM-L6-v2), with in the
 //! environment BENCH_BACKENDS (default `torch optimum ctranslate2`), DEVICE (default cpu),
-//! DTYPES (default auto), BENCH_SECONDS (default 5 per throughput figure), BENCH_STARTS
-//! (default 5 per start-up figure) and BENCH_MARKDOWN (a file to write the table to).
+//! DTYPES (default auto), BENCH_SECONDS (default 5 per throughput measure), BENCH_ROUNDS
+//! (default 3: each throughput figure is the median of that many measures, taken in rounds
+//! through all backends), BENCH_STARTS (default 5 per start-up figure) and BENCH_MARKDOWN (a
+//! file to write the table to).
 //!
 //! `ember-bench --load URL CLIENTS TEXTS SECONDS` only loads a server already running at URL
 //! (for profiling it) and prints the throughput and latency.
@@ -88,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     let device = var("DEVICE", "cpu");
     let dtypes = var("DTYPES", "auto");
     let starts = number("BENCH_STARTS", 5.0).max(1.0) as usize;
+    let rounds = number("BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let setup = report::Setup {
         // The model's directory name: where this checkout lives is nobody's business.
         model: Path::new(&model)
@@ -98,23 +101,34 @@ fn main() -> anyhow::Result<()> {
         seconds: secs,
         texts: TEXTS,
         starts,
+        rounds,
     };
     println!(
         "ember benchmark: {model} on {device} ({dtypes}), {secs} s per figure, {}",
         report::machine()
     );
     let plugin_dir = bin_dir().display().to_string();
-    let mut rows = Vec::new();
-    for backend in backends.split([' ', ',']).filter(|b| !b.is_empty()) {
-        let env = [
-            ("MODEL_NAMES", model.as_str()),
-            ("BACKEND", backend),
-            ("DEVICE", device.as_str()),
-            ("DTYPES", dtypes.as_str()),
-            ("PLUGIN_DIR", plugin_dir.as_str()),
-        ];
+    let backends: Vec<&str> = backends
+        .split([' ', ','])
+        .filter(|b| !b.is_empty())
+        .collect();
+    let envs: Vec<[(&str, &str); 5]> = backends
+        .iter()
+        .map(|&backend| {
+            [
+                ("MODEL_NAMES", model.as_str()),
+                ("BACKEND", backend),
+                ("DEVICE", device.as_str()),
+                ("DTYPES", dtypes.as_str()),
+                ("PLUGIN_DIR", plugin_dir.as_str()),
+            ]
+        })
+        .collect();
+    // Start-up first, while no server of this run holds the files in memory.
+    let mut startups = Vec::new();
+    for (backend, env) in backends.iter().zip(&envs) {
         println!("== {backend}");
-        let startup = start::measure(&env, Path::new(&model), starts);
+        let startup = start::measure(env, Path::new(&model), starts);
         println!(
             "start to first embedding: cold {:.0} ms, warm {:.0} ms; RSS after load {:.0} MiB \
              ({:.0} MiB evicted, {:.0} MiB kept cached by other mappings)",
@@ -124,34 +138,55 @@ fn main() -> anyhow::Result<()> {
             startup.evicted_mib,
             startup.kept_mib
         );
-        let direct = direct_in_child(&env, secs)?;
-        let server = Server::start(&env);
-        let run = |clients, batch| {
-            let m = load::server(&server, &corpus, Scenario { clients, batch }, secs);
-            println!(
-                "{clients:>2} clients x {batch:>2} texts: {:7.1} texts/s, p50 {:7.1} ms, p99 \
-                 {:7.1} ms",
-                m.texts_per_s, m.p50_ms, m.p99_ms
-            );
-            m
-        };
-        let (one, big, small) = (run(1, 1), run(8, 32), run(32, 1));
-        let peak_mib = server.memory_mib("VmHWM");
-        println!(
-            "direct: one text {:.1} texts/s (p50 {:.1} ms); sorted calls of {DIRECT_BATCH} \
-             {:.1} texts/s",
-            direct.one.texts_per_s, direct.one.p50_ms, direct.sorted.texts_per_s
-        );
-        rows.push(report::Row {
-            backend: backend.into(),
-            startup,
-            direct,
-            one,
-            big,
-            small,
-            peak_mib,
-        });
+        startups.push(startup);
     }
+    // Then every backend's throughput in rounds, each round through all backends in turn,
+    // so that a slow spell of a shared machine weighs on one round of each, not on one
+    // backend; each figure is the median of its rounds. One process at a time runs: the
+    // plugin called directly, then a server of its own for the round.
+    let mut rounds_of: Vec<Vec<report::Round>> = vec![Vec::new(); backends.len()];
+    let mut peak_mib = vec![0f64; backends.len()];
+    for round in 1..=rounds {
+        for (i, (backend, env)) in backends.iter().zip(&envs).enumerate() {
+            println!("== {backend}, round {round} of {rounds}");
+            let direct = direct_in_child(env, secs)?;
+            println!(
+                "direct: one text {:.1} texts/s (p50 {:.1} ms); sorted calls of \
+                 {DIRECT_BATCH} {:.1} texts/s",
+                direct.one.texts_per_s, direct.one.p50_ms, direct.sorted.texts_per_s
+            );
+            let server = Server::start(env);
+            let run = |clients, batch| {
+                let m = load::server(&server, &corpus, Scenario { clients, batch }, secs);
+                println!(
+                    "{clients:>2} clients x {batch:>2} texts: {:7.1} texts/s, p50 {:7.1} ms, \
+                     p99 {:7.1} ms",
+                    m.texts_per_s, m.p50_ms, m.p99_ms
+                );
+                m
+            };
+            let (one, big, small) = (run(1, 1), run(8, 32), run(32, 1));
+            peak_mib[i] = peak_mib[i].max(server.memory_mib("VmHWM"));
+            rounds_of[i].push(report::Round {
+                direct,
+                one,
+                big,
+                small,
+            });
+        }
+    }
+    let rows: Vec<report::Row> = backends
+        .iter()
+        .zip(startups)
+        .zip(rounds_of)
+        .zip(peak_mib)
+        .map(|(((backend, startup), rounds), peak_mib)| report::Row {
+            backend: backend.to_string(),
+            startup,
+            rounds,
+            peak_mib,
+        })
+        .collect();
     let table = report::markdown(&setup, &rows);
     println!("\n{table}");
     if let Ok(path) = std::env::var("BENCH_MARKDOWN") {

@@ -4,12 +4,9 @@ use crate::load::{Direct, Measured};
 use crate::start::Startup;
 use std::fmt::Write;
 
-/// Everything measured of one backend.
-pub struct Row {
-    /// The backend's name.
-    pub backend: String,
-    /// Start-up and memory.
-    pub startup: Startup,
+/// One round's throughput measures of a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
     /// The plugin called directly.
     pub direct: Direct,
     /// The server with 1 client sending 1 text.
@@ -18,8 +15,54 @@ pub struct Row {
     pub big: Measured,
     /// The server with 32 clients sending 1 text.
     pub small: Measured,
-    /// Peak resident memory of the server after the loads, MiB.
+}
+
+/// Everything measured of one backend.
+pub struct Row {
+    /// The backend's name.
+    pub backend: String,
+    /// Start-up and memory.
+    pub startup: Startup,
+    /// The throughput rounds.
+    pub rounds: Vec<Round>,
+    /// Peak resident memory of the server in any round, MiB.
     pub peak_mib: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl Row {
+    /// The median over the rounds of what `f` reads from a round.
+    fn median(&self, f: impl Fn(&Round) -> f64) -> f64 {
+        median(self.rounds.iter().map(f).collect())
+    }
+
+    /// The median over the rounds of the ratio of two of a round's figures.
+    fn ratio(&self, a: impl Fn(&Round) -> f64, b: impl Fn(&Round) -> f64) -> String {
+        ratio_of(
+            self.rounds
+                .iter()
+                .filter(|r| b(r) > 0.0)
+                .map(|r| a(r) / b(r))
+                .collect(),
+        )
+    }
+}
+
+/// The median of ratios, or a dash when there is none.
+fn ratio_of(ratios: Vec<f64>) -> String {
+    if ratios.is_empty() {
+        "–".into()
+    } else {
+        format!("{:.2}", median(ratios))
+    }
 }
 
 /// What the run measured, for the document's opening.
@@ -36,6 +79,8 @@ pub struct Setup {
     pub texts: usize,
     /// Starts per start-up figure.
     pub starts: usize,
+    /// Rounds per throughput figure.
+    pub rounds: usize,
 }
 
 /// The machine: CPU model, cores and memory.
@@ -65,14 +110,6 @@ pub fn today() -> String {
         .map_or("unknown date".into(), |s| s.trim().to_string())
 }
 
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.2}", a / b)
-    } else {
-        "–".into()
-    }
-}
-
 /// The document: how it was measured, one row per backend, and the comparisons.
 pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
     let mut out = String::new();
@@ -80,14 +117,17 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "Measured by `ember-bench` on {} on {}: model `{}`, `DEVICE={}`, `DTYPES={}`, {} \
-         synthetic texts of 8 to 60 words, {} s per throughput figure, start-up figures the \
-         median of {} starts. The load generator runs on the same machine.\n",
+         synthetic texts of 8 to 60 words. Throughput and latency figures are the median of {} \
+         rounds of {} s each, every round through all backends in turn (ratios: the median of \
+         each round's ratio); start-up figures the median of {} starts. The load generator \
+         runs on the same machine.\n",
         today(),
         machine(),
         setup.model,
         setup.device,
         setup.dtypes,
         setup.texts,
+        setup.rounds,
         setup.seconds,
         setup.starts
     );
@@ -98,19 +138,20 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let sorted = |r: &Round| r.direct.sorted.texts_per_s;
         let _ = writeln!(
             out,
             "| {} | {:.0} ({}) | {:.0} ({}) | {} | {:.1} / {:.1} ({:.1}) | {:.2} s | {:.2} s | \
              {:.0} MiB | {:.0} MiB |",
             r.backend,
-            r.big.texts_per_s,
-            ratio(r.big.texts_per_s, r.direct.sorted.texts_per_s),
-            r.small.texts_per_s,
-            ratio(r.small.texts_per_s, r.direct.sorted.texts_per_s),
-            ratio(r.small.texts_per_s, r.big.texts_per_s),
-            r.one.p50_ms,
-            r.one.p99_ms,
-            r.direct.one.p50_ms,
+            r.median(|r| r.big.texts_per_s),
+            r.ratio(|r| r.big.texts_per_s, sorted),
+            r.median(|r| r.small.texts_per_s),
+            r.ratio(|r| r.small.texts_per_s, sorted),
+            r.ratio(|r| r.small.texts_per_s, |r| r.big.texts_per_s),
+            r.median(|r| r.one.p50_ms),
+            r.median(|r| r.one.p99_ms),
+            r.median(|r| r.direct.one.p50_ms),
             r.startup.cold_ms / 1e3,
             r.startup.warm_ms / 1e3,
             r.startup.rss_mib,
@@ -119,11 +160,23 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
     }
     let find = |name: &str| rows.iter().find(|r| r.backend == name);
     if let (Some(torch), Some(optimum)) = (find("torch"), find("optimum")) {
+        // Round by round: the two ran one after the other.
+        let paired = |f: fn(&Round) -> f64| {
+            ratio_of(
+                torch
+                    .rounds
+                    .iter()
+                    .zip(&optimum.rounds)
+                    .filter(|(_, o)| f(o) > 0.0)
+                    .map(|(t, o)| f(t) / f(o))
+                    .collect(),
+            )
+        };
         let _ = writeln!(
             out,
             "\ntorch / optimum throughput: {} at 8×32, {} at 32×1.",
-            ratio(torch.big.texts_per_s, optimum.big.texts_per_s),
-            ratio(torch.small.texts_per_s, optimum.small.texts_per_s)
+            paired(|r| r.big.texts_per_s),
+            paired(|r| r.small.texts_per_s)
         );
     }
     let _ = writeln!(
@@ -139,7 +192,7 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
          ({:.0} MiB here, {:.0} MiB of it kept by other processes' mappings); **warm start** \
          the same with all of it cached.\n\
          - **RSS after load**: resident memory after the first embedding; **peak RSS**: the \
-         most resident memory during the whole run.",
+         most resident memory of the server in any round.",
         rows.iter()
             .map(|r| r.startup.evicted_mib)
             .fold(0.0, f64::max),
