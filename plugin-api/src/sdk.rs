@@ -104,22 +104,24 @@ macro_rules! plugin_debug {
     };
 }
 
+/// The message of a caught panic: its `&str` or `String` payload, else a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".to_string())
+}
+
 /// Runs `f`, turning a panic into an `Internal` error that carries the panic message.
 pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(e),
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".to_string());
-            RResult::RErr(PluginError::new(
-                ErrorCode::Internal,
-                format!("plugin panicked in {what}: {msg}"),
-            ))
-        }
+        Err(payload) => RResult::RErr(PluginError::new(
+            ErrorCode::Internal,
+            format!("plugin panicked in {what}: {}", panic_message(&*payload)),
+        )),
     }
 }
 
