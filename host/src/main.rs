@@ -19,18 +19,8 @@ Serves the OpenAI routes (/v1/embeddings, /v1/rerank, /v1/models) and the local 
 (/run, /runsync, /status/ID, ...) over HTTP; when RUNPOD_WEBHOOK_GET_JOB is set it also takes
 jobs from the RunPod platform. --test-input exits 0 when the job succeeds, 1 otherwise.
 
-Configuration comes from environment variables (and config/default.toml or EMBER_CONFIG):
-  MODEL_NAMES      ;-separated Hugging Face ids or local directories (required)
-  BACKEND          plugin to use: torch (default), optimum, ctranslate2, candle
-  BATCH_SIZES      per-model batch sizes (default 32)
-  DTYPES           per-model precision: auto, fp32, fp16, bf16, fp8, int8 (default auto)
-  PROMPT_NAMES     per-model default prompt name (default -: the model's own)
-  DEVICE           auto, cpu, cuda or cuda:N (default auto)
-  HOST, PORT       listen address (default 0.0.0.0:8000)
-  PLUGIN_DIR       where libember_<backend>.so plugins are (default: next to the binary,
-                   then /usr/local/lib/ember)
-  RUNPOD_MAX_CONCURRENCY  jobs run at once (default 300)
-See config/default.toml for every setting.";
+Settings come from environment variables, over config/default.toml (or the file named by
+EMBER_CONFIG, whose keys are the same names in lower case):";
 
 fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -69,7 +59,7 @@ fn main() -> ExitCode {
     };
     match &command {
         Command::Help => {
-            println!("{HELP}");
+            println!("{HELP}\n{}", config::render::help_text().trim_end());
             return ExitCode::SUCCESS;
         }
         Command::Version => {

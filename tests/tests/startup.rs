@@ -29,6 +29,31 @@ fn bad_settings_stop_startup_with_one_line_naming_the_variable() {
         &["DEVICE=\"tpu\"", "cuda:N"],
     );
     fails_with(&[("MODEL_NAMES", &model), ("PORT", "http")], 2, &["PORT"]);
+    fails_with(
+        &[("MODEL_NAMES", &model), ("HOST", "0.0.0.0:8000")],
+        2,
+        &["HOST=\"0.0.0.0:8000\"", "IP address"],
+    );
+}
+
+#[test]
+fn a_settings_file_with_an_unknown_key_stops_startup_naming_it() {
+    let dir = std::env::temp_dir().join(format!("ember-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ember.toml");
+    std::fs::write(&file, "batch_size = 8\n").unwrap();
+    let model = fixture("tiny-bert-cls").display().to_string();
+    let path = file.display().to_string();
+    fails_with(
+        &[("MODEL_NAMES", &model), ("EMBER_CONFIG", &path)],
+        2,
+        &[
+            "unknown setting \"batch_size\"",
+            "did you mean \"batch_sizes\"",
+            &path,
+        ],
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

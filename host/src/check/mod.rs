@@ -9,7 +9,7 @@
 mod calls;
 mod parity;
 
-use crate::config::{ModelSettings, RawSettings, Settings};
+use crate::config::{ModelSettings, Settings};
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::{prepare, Prepared};
 use ember_plugin_api::{DType, DeviceRequest, PluginError};
@@ -155,13 +155,13 @@ pub fn is_panic(e: &PluginError) -> bool {
 }
 
 fn settings_for(model: &Path, device: DeviceRequest, dtype: DType) -> Result<Settings, String> {
-    let raw = RawSettings {
-        model_names: model.display().to_string(),
-        batch_sizes: "8".into(),
-        dtypes: dtype.as_str().into(),
-        ..RawSettings::default()
-    };
-    let mut s = raw.validate().map_err(|e| e.0)?;
+    let mut s = Settings::for_models(vec![ModelSettings {
+        name: model.display().to_string(),
+        batch_size: 8,
+        dtype,
+        prompt_name: None,
+    }])
+    .map_err(|e| e.0)?;
     s.device = device;
     Ok(s)
 }
