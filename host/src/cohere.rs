@@ -28,7 +28,7 @@ impl From<ApiError> for CohereError {
 impl IntoResponse for CohereError {
     fn into_response(self) -> Response {
         let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(json!({"message": self.0.message}))).into_response()
     }
 }

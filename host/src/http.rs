@@ -2,7 +2,9 @@
 //! the `{"error": {...}}` envelope. Routes are served under `/v1`, `/openai/v1` and, as
 //! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
-use crate::api::{self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, RerankRequest};
+use crate::api::{
+    self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, ErrorKind, RerankRequest,
+};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::local_api::{self, Shared};
 use crate::{cohere, tei};
@@ -19,12 +21,13 @@ use std::time::Instant;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({"error": {
             "message": self.message,
-            "type": self.kind,
+            "type": self.kind.openai_type(),
             "param": self.param,
-            "code": self.status,
+            "code": self.status(),
         }});
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(Facts {
@@ -139,8 +142,7 @@ pub(crate) fn json_body(
             || ct.starts_with("application/x-www-form-urlencoded");
         if !accepted {
             return Err(ApiError::new(
-                415,
-                "invalid_request_error",
+                ErrorKind::UnsupportedMediaType,
                 format!("content-type must be application/json, got '{ct}'"),
             ));
         }
@@ -209,8 +211,7 @@ async fn classify(
 
 async fn not_found() -> ApiError {
     ApiError::new(
-        404,
-        "not_found",
+        ErrorKind::RouteNotFound,
         "no such route; see GET /v1/models, POST /v1/embeddings and POST /v1/rerank",
     )
 }
@@ -220,13 +221,12 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::new(
-                413,
-                "invalid_request_error",
+                ErrorKind::TooLarge,
                 format!("request body is larger than {limit} bytes (MAX_REQUEST_BYTES)"),
             )
         }
         other => match crate::server::body_timed_out(&other) {
-            Some(timed_out) => ApiError::new(408, "invalid_request_error", timed_out.to_string()),
+            Some(timed_out) => ApiError::new(ErrorKind::Timeout, timed_out.to_string()),
             None => ApiError::invalid("body", format!("cannot read the request body: {other}")),
         },
     })
@@ -234,8 +234,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        405,
-        "invalid_request_error",
+        ErrorKind::MethodNotAllowed,
         "method not allowed on this route",
     )
 }
@@ -299,8 +298,7 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
     }
     let Some(value) = request.headers().get(axum::http::header::AUTHORIZATION) else {
         return Some(ApiError::new(
-            401,
-            "invalid_request_error",
+            ErrorKind::Unauthorized,
             "missing API key: send Authorization: Bearer <API_KEY>",
         ));
     };
@@ -311,13 +309,11 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
     match given {
         Some(k) if same_key(k.as_bytes(), key.as_bytes()) => None,
         Some(_) => Some(ApiError::new(
-            401,
-            "invalid_request_error",
+            ErrorKind::Unauthorized,
             "invalid API key (API_KEY)",
         )),
         None => Some(ApiError::new(
-            401,
-            "invalid_request_error",
+            ErrorKind::Unauthorized,
             "invalid API key: send Authorization: Bearer <API_KEY> (the raw key is accepted \
              on the RunPod API routes only)",
         )),
@@ -429,7 +425,7 @@ mod tests {
         ] {
             assert!(refused(path, Some("Bearer s3cret")).is_none(), "{path}");
             assert!(refused(path, Some("bearer s3cret")).is_none(), "{path}");
-            assert_eq!(refused(path, None).map(|e| e.status), Some(401), "{path}");
+            assert_eq!(refused(path, None).map(|e| e.status()), Some(401), "{path}");
             let wrong = refused(path, Some("Bearer nope")).expect("refused");
             assert!(
                 wrong.message.contains("invalid API key"),
@@ -445,7 +441,7 @@ mod tests {
             "/v2/ep/health",
         ] {
             assert!(refused(path, Some("s3cret")).is_none(), "{path}");
-            assert_eq!(refused(path, Some("nope")).map(|e| e.status), Some(401));
+            assert_eq!(refused(path, Some("nope")).map(|e| e.status()), Some(401));
         }
         for path in [
             "/v1/embeddings",
@@ -453,7 +449,7 @@ mod tests {
             "/v2/ep/openai/v1/embeddings",
         ] {
             let e = refused(path, Some("s3cret")).expect("raw key refused");
-            assert_eq!(e.status, 401);
+            assert_eq!(e.status(), 401);
             assert!(e.message.contains("Bearer"), "{}", e.message);
         }
         assert!(refused("/health", None).is_none());
@@ -471,7 +467,7 @@ mod tests {
             .expect("valid request");
         let body = Bytes::from_request(req, &()).await;
         let e = body_bytes(body, 1024).expect_err("the body failed");
-        assert_eq!(e.status, 408, "{}", e.message);
+        assert_eq!(e.status(), 408, "{}", e.message);
         assert!(e.message.contains("HTTP_BODY_TIMEOUT"), "{}", e.message);
     }
 

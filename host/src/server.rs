@@ -27,7 +27,7 @@
 //! Each request carries `ConnectInfo<SocketAddr>` with the client's address, as with
 //! `into_make_service_with_connect_info`.
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorKind};
 use crate::config::ServerLimits;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
@@ -324,8 +324,7 @@ fn take_budget(budget: &Arc<Semaphore>, claim: usize) -> Result<Option<OwnedSema
 /// The 503 of a request whose body does not fit in the budget now.
 fn over_budget(budget_bytes: usize) -> Response<Body> {
     let mut response = ApiError::new(
-        503,
-        "server_error",
+        ErrorKind::Unavailable,
         format!(
             "the server is receiving too many request bodies at once (HTTP_BODY_BUDGET_BYTES = \
              {budget_bytes} bytes); retry shortly"

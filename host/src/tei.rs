@@ -7,7 +7,7 @@
 //! extension); without it the route uses the only model, or the first that can answer it.
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
-use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat};
+use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
 use crate::api::{Activation, ClassifyRequest, EmbeddingsRequest, RerankRequest, Sequence};
 use crate::http::json_body;
 use axum::body::Bytes;
@@ -34,14 +34,7 @@ impl IntoResponse for TeiError {
         let e = self.0;
         // TEI: Validation and Tokenizer 422, Empty 400, Overloaded 429, Unhealthy 503,
         // Backend 424; an input too long stays 413 as ember answers it elsewhere.
-        let (status, kind) = match e.status {
-            400 | 404 | 415 => (422, "Validation"),
-            408 | 413 => (e.status, "Validation"),
-            429 => (429, "Overloaded"),
-            503 => (503, "Unhealthy"),
-            401 => (401, "Validation"),
-            _ => (424, "Backend"),
-        };
+        let (status, kind) = e.kind.tei();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             status,
@@ -398,7 +391,7 @@ pub async fn tokenize_value(state: &AppState, value: &Value) -> Result<Value, Ap
             .collect::<Result<Vec<_>, ApiError>>()
     })
     .await
-    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))??;
+    .map_err(crate::api::tokenizer_failed)??;
     Ok(json!(lists))
 }
 
@@ -472,7 +465,10 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiErr
 /// `/info`'s answer.
 pub fn info_value(state: &AppState) -> Result<Value, ApiError> {
     let Some(model) = state.models.first() else {
-        return Err(ApiError::new(503, "server_error", "no model is deployed"));
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "no model is deployed",
+        ));
     };
     let abi = &model.manifest.abi;
     let model_type = match (&model.manifest.classes, abi.kind) {

@@ -4,8 +4,8 @@
 
 use crate::abi::{HostContext, ModelBox, ModelHandle, ModelHandle_TO, PluginMod, PluginModRef};
 use crate::types::{
-    DType, EmbeddingBatch, ErrorCode, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch,
-    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch,
+    DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch, PixelBatch,
+    PluginError, PluginInfo, ScoreBatch, TokenBatch,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
@@ -118,10 +118,7 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResu
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(e),
-        Err(payload) => RResult::RErr(PluginError::new(
-            ErrorCode::Internal,
-            format!("plugin panicked in {what}: {}", panic_message(&*payload)),
-        )),
+        Err(payload) => RResult::RErr(PluginError::panicked(what, &panic_message(&*payload))),
     }
 }
 
@@ -250,6 +247,7 @@ pub extern "C" fn stderr_log(level: LogLevel, target: RStr<'_>, message: RStr<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ErrorCode;
 
     #[test]
     fn export_name_matches_abi_stable_loader_symbol() {
@@ -265,6 +263,8 @@ mod tests {
         let e = r.into_result().unwrap_err();
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(e.message.contains("boom 42"), "{}", e.message);
+        assert!(e.is_panic());
+        assert!(!PluginError::internal("panicked elsewhere").is_panic());
     }
 
     struct Nothing;

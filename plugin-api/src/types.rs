@@ -449,6 +449,11 @@ impl ErrorCode {
     }
 }
 
+/// How the message of a caught panic begins. ABI 3 has no error code for a panic, so a panic
+/// is an `Internal` error with this prefix ([`PluginError::panicked`]); the next ABI major
+/// gives it its own [`ErrorCode`].
+pub const PANIC_PREFIX: &str = "plugin panicked in ";
+
 /// An error value crossing the boundary: a code and a human-readable message.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -474,6 +479,18 @@ impl PluginError {
     /// The plugin cannot do this.
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unsupported, message)
+    }
+    /// A panic caught in `what`: an `Internal` error marked as a panic (see [`PANIC_PREFIX`]).
+    pub fn panicked(what: &str, message: &str) -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            format!("{PANIC_PREFIX}{what}: {message}"),
+        )
+    }
+    /// Whether this is a panic a plugin caught ([`PluginError::panicked`]): a plugin bug,
+    /// even though the process survived it.
+    pub fn is_panic(&self) -> bool {
+        self.code == ErrorCode::Internal && self.message.starts_with(PANIC_PREFIX)
     }
     /// Anything else.
     pub fn internal(message: impl Into<String>) -> Self {

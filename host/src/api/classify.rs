@@ -2,7 +2,7 @@
 //! behind Infinity's `/classify`, TEI's `/predict` and the Inference API's text classification.
 
 use super::fields::{object, opt_bool, opt_str, texts, truncation};
-use super::{text_error, tokenized, ApiError, AppState, DeployedModel, Usage};
+use super::{text_error, tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::models::manifest::Classes;
 use crate::text::{TextEncoder, TextError, Tokens, Truncation};
@@ -212,16 +212,14 @@ pub async fn predictions<'a>(
             Output::Score(logit) => vec![logit],
             Output::Vector(_) => {
                 return Err(ApiError::new(
-                    500,
-                    "server_error",
+                    ErrorKind::Internal,
                     "the model returned a vector where logits were expected",
                 ))
             }
         };
         if logits.len() != classes.labels.len() {
             return Err(ApiError::new(
-                500,
-                "server_error",
+                ErrorKind::Internal,
                 format!(
                     "the model returned {} logits for its {} labels",
                     logits.len(),

@@ -5,7 +5,7 @@
 //! request's own vectors, so that a vector's codes do not depend on what it was sent with,
 //! and a single query can be quantised at all.
 
-use super::{text_error, ApiError, DeployedModel};
+use super::{text_error, ApiError, DeployedModel, ErrorKind};
 use crate::engine::{Output, Payload};
 use crate::text::Truncation;
 use std::sync::Arc;
@@ -190,9 +190,7 @@ async fn calibration(model: &DeployedModel) -> Result<Arc<Vec<Vec<f32>>>, ApiErr
             let tokens =
                 tokio::task::spawn_blocking(move || encoder.encode_with(&texts, Truncation::Right))
                     .await
-                    .map_err(|e| {
-                        ApiError::new(500, "server_error", format!("tokenizer task failed: {e}"))
-                    })?
+                    .map_err(super::tokenizer_failed)?
                     .map_err(|e| text_error("calibration", e))?;
             let mut vectors = Vec::with_capacity(tokens.len());
             let mut payloads = tokens.into_iter().map(Payload::Tokens).peekable();
@@ -213,8 +211,7 @@ async fn calibration(model: &DeployedModel) -> Result<Arc<Vec<Vec<f32>>>, ApiErr
                 for out in outputs {
                     let Output::Vector(v) = out else {
                         return Err(ApiError::new(
-                            500,
-                            "server_error",
+                            ErrorKind::Internal,
                             "the model returned a score where a vector was expected",
                         ));
                     };

@@ -2,7 +2,7 @@
 
 use super::compact::{Precision, Quantizer};
 use super::fields::{object, opt_positive, opt_str, texts, truncation};
-use super::{tokenized, ApiError, AppState, DeployedModel, Usage};
+use super::{tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
 use crate::text::{TextError, Truncation};
@@ -273,8 +273,7 @@ fn modality(name: &str) -> Result<Modality, ApiError> {
         "text" => Ok(Modality::Text),
         "image" => Ok(Modality::Image),
         "audio" => Err(ApiError::new(
-            501,
-            "not_implemented",
+            ErrorKind::NotImplemented,
             "audio modality is not yet implemented; supported modalities: 'text', 'image'",
         )),
         other => Err(ApiError::invalid(
@@ -305,10 +304,10 @@ async fn load_images(
         .load(std::sync::Arc::new(pre), items)
         .await
         .map_err(|e| match e {
-            LoadError::Refused(Refusal::Never(m)) => ApiError::new(413, "invalid_request_error", m),
-            LoadError::Refused(Refusal::NotNow(m)) => ApiError::new(429, "rate_limit_error", m),
+            LoadError::Refused(Refusal::Never(m)) => ApiError::new(ErrorKind::TooLarge, m),
+            LoadError::Refused(Refusal::NotNow(m)) => ApiError::new(ErrorKind::Overloaded, m),
             LoadError::Item(..) => ApiError::invalid("input", e.to_string()),
-            LoadError::Internal(_) => ApiError::new(500, "server_error", e.to_string()),
+            LoadError::Internal(_) => ApiError::new(ErrorKind::Internal, e.to_string()),
         })?;
     let payloads = pixels
         .into_iter()
@@ -370,7 +369,7 @@ fn prompt<'m>(
 pub fn text_error(param: &str, e: TextError) -> ApiError {
     match e {
         TextError::TooLong { index, max, len } => ApiError {
-            status: 413,
+            kind: ErrorKind::TooLarge,
             ..ApiError::invalid(
                 param,
                 format!(
@@ -538,8 +537,7 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
     for out in outputs {
         let Output::Vector(mut v) = out else {
             return Err(ApiError::new(
-                500,
-                "server_error",
+                ErrorKind::Internal,
                 "the model returned a score where a vector was expected",
             ));
         };
@@ -589,14 +587,14 @@ mod tests {
         }
         assert_eq!(parse(json!({"input": "a"})).unwrap().input_type, None);
         let e = parse(json!({"input": "a", "input_type": "summary"})).unwrap_err();
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("input_type")));
+        assert_eq!((e.status(), e.param.as_deref()), (400, Some("input_type")));
         assert!(e.message.contains("'summary'"), "{}", e.message);
     }
 
     #[test]
     fn errors_name_field_and_index() {
         let e = parse(json!({"input": ["a", 3]})).unwrap_err();
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("input")));
+        assert_eq!((e.status(), e.param.as_deref()), (400, Some("input")));
         assert!(e.message.contains("input[1]"), "{}", e.message);
         let e = parse(json!({"input": "a", "encoding_format": "hex"})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("encoding_format"));
@@ -605,7 +603,7 @@ mod tests {
         let e = parse(json!({"input": []})).unwrap_err();
         assert!(e.message.contains("empty"));
         let e = parse(json!({"input": vec!["a"; 5]})).unwrap_err();
-        assert_eq!(e.status, 413);
+        assert_eq!(e.status(), 413);
         let e = parse(json!(["a"])).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("body"));
         let e = parse(json!({"input": "a", "model": 5})).unwrap_err();

@@ -1,6 +1,6 @@
 //! Reading typed fields of a JSON request body, with errors that name the field.
 
-use super::ApiError;
+use super::{ApiError, ErrorKind};
 use crate::text::Truncation;
 use serde_json::{Map, Value};
 
@@ -67,15 +67,14 @@ pub fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
 
 /// The error for a list longer than `MAX_ITEMS_PER_REQUEST`.
 pub fn too_many(key: &str, n: usize, max_items: usize) -> ApiError {
-    ApiError {
-        status: 413,
-        kind: "invalid_request_error",
-        message: format!(
+    ApiError::new(
+        ErrorKind::TooLarge,
+        format!(
             "{key} has {n} items; at most {max_items} are accepted per request \
              (MAX_ITEMS_PER_REQUEST)"
         ),
-        param: Some(key.into()),
-    }
+    )
+    .at(key)
 }
 
 /// A required list of texts (or one text) under `key`, naming the item at fault.
@@ -204,7 +203,7 @@ mod tests {
         assert_eq!(
             texts(body.as_object().unwrap(), "inputs", 2)
                 .unwrap_err()
-                .status,
+                .status(),
             413
         );
         let body = json!({"inputs": "one"});

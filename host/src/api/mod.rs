@@ -4,6 +4,7 @@
 mod classify;
 pub mod compact;
 mod embeddings;
+mod error;
 pub(crate) mod fields;
 mod rerank;
 
@@ -15,89 +16,17 @@ pub use embeddings::{
     check, check_format, embeddings, normalize, text_error, vectors, Embedding, EmbeddingData,
     EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
 };
+pub use error::{ApiError, ErrorKind};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::Engine;
 use crate::images::Images;
 use crate::models::manifest::Manifest;
 use crate::text::{TextEncoder, TextError};
-use ember_plugin_api::{ErrorCode, ModelKind};
+use ember_plugin_api::ModelKind;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// An API error: HTTP status, OpenAI error type, message, and the offending parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    /// HTTP status code.
-    pub status: u16,
-    /// OpenAI-style error type (`invalid_request_error`, ...).
-    pub kind: &'static str,
-    /// What went wrong, naming the field and item index where there is one.
-    pub message: String,
-    /// The request field at fault.
-    pub param: Option<String>,
-}
-
-impl ApiError {
-    /// A 400 naming `param`.
-    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status: 400,
-            kind: "invalid_request_error",
-            message: message.into(),
-            param: Some(param.to_string()),
-        }
-    }
-
-    /// The same error told in a route's own name for the field (`input` is `texts` on
-    /// Cohere's route): the parameter, and the message's first word where it names it.
-    pub fn renamed(mut self, from: &str, to: &str) -> Self {
-        if self.param.as_deref() == Some(from) {
-            self.param = Some(to.to_string());
-            if let Some(rest) = self.message.strip_prefix(from) {
-                self.message = format!("{to}{rest}");
-            }
-        }
-        self
-    }
-
-    /// A status with a type and message and no parameter.
-    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-            param: None,
-        }
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match &e {
-            EngineError::Overloaded { .. } => ApiError::new(429, "rate_limit_error", e.to_string()),
-            // Retrying cannot help: the request never fits in the queue.
-            EngineError::TooLarge { .. } => {
-                ApiError::new(413, "invalid_request_error", e.to_string())
-            }
-            EngineError::Stopped(_) => ApiError::new(503, "server_error", e.to_string()),
-            EngineError::Plugin(p) => match p.code {
-                ErrorCode::InvalidInput => {
-                    ApiError::new(400, "invalid_request_error", e.to_string())
-                }
-                ErrorCode::Unsupported => {
-                    ApiError::new(400, "invalid_request_error", e.to_string())
-                }
-                // Out of memory even alone: the server cannot take this input now.
-                ErrorCode::OutOfMemory => ApiError::new(503, "server_error", e.to_string()),
-                ErrorCode::Device | ErrorCode::Internal => {
-                    ApiError::new(500, "server_error", e.to_string())
-                }
-            },
-        }
-    }
-}
 
 /// One deployed model.
 pub struct DeployedModel {
@@ -177,14 +106,15 @@ impl AppState {
                 .iter()
                 .find(|m| m.id == n)
                 .or_else(|| self.models.iter().find(|m| m.alias == n))
-                .ok_or_else(|| ApiError {
-                    status: 404,
-                    kind: "model_not_found",
-                    message: format!(
-                        "model '{n}' is not deployed; deployed models: {}",
-                        self.deployed()
-                    ),
-                    param: Some("model".into()),
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::ModelNotFound,
+                        format!(
+                            "model '{n}' is not deployed; deployed models: {}",
+                            self.deployed()
+                        ),
+                    )
+                    .at("model")
                 }),
         }
     }
@@ -271,7 +201,12 @@ pub(crate) async fn tokenized<T: Send + 'static>(
         out
     })
     .await
-    .map_err(|e| ApiError::new(500, "server_error", format!("tokenizer task failed: {e}")))
+    .map_err(tokenizer_failed)
+}
+
+/// The error for a tokenizer task that did not finish (it panicked or was cancelled).
+pub fn tokenizer_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError::internal(format!("tokenizer task failed: {e}"))
 }
 
 /// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so

@@ -2,7 +2,7 @@
 
 use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, truncation, type_name};
 use super::text_error;
-use super::{tokenized, ApiError, AppState, Usage};
+use super::{tokenized, ApiError, AppState, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::text::Truncation;
 use ember_plugin_api::ModelKind;
@@ -187,8 +187,7 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     for ((index, out), doc) in outputs.into_iter().enumerate().zip(documents) {
         let Output::Score(logit) = out else {
             return Err(ApiError::new(
-                500,
-                "server_error",
+                ErrorKind::Internal,
                 "the model returned a vector where a score was expected",
             ));
         };
@@ -251,7 +250,7 @@ mod tests {
         let e = parse(json!({"query": "q", "documents": ["a"], "top_n": 0})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_n"));
         let e = parse(json!({"query": "q", "documents": ["a", "b", "c", "d"]})).unwrap_err();
-        assert_eq!(e.status, 413);
+        assert_eq!(e.status(), 413);
         let e = parse(json!({"query": "q", "documents": []})).unwrap_err();
         assert!(e.message.contains("empty"));
         let e = parse(json!({"query": "q", "documents": ["a"], "return_documents": "yes"}))

@@ -2,7 +2,7 @@
 //! concurrent calls. Every answer is checked for its shape and for finite values before any
 //! check looks at it, so that a NaN cannot slip through a comparison.
 
-use super::{cosine, describe, is_panic, non_finite, Outcome, Tolerance};
+use super::{cosine, describe, non_finite, Outcome, Tolerance};
 use crate::engine::pad;
 use crate::plugin::{ModelRunner, Plugin};
 use crate::startup::Prepared;
@@ -81,7 +81,7 @@ pub const SAME_SCORE: f32 = 1e-6;
 
 /// Fails on a caught panic, else describes the error.
 fn refused(e: &PluginError) -> Result<String, Outcome> {
-    if is_panic(e) {
+    if e.is_panic() {
         Err(Outcome::Fail(format!(
             "the plugin panicked (the SDK turned it into an error, but plugins must return \
              errors, not panic): {}",

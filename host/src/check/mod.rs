@@ -149,11 +149,6 @@ pub fn describe(e: &PluginError) -> String {
     format!("{} error: {}", e.code.as_str(), e.message)
 }
 
-/// Whether an error is a panic the SDK caught (a plugin bug even though it did not crash).
-pub fn is_panic(e: &PluginError) -> bool {
-    e.message.contains("panicked")
-}
-
 fn settings_for(model: &Path, device: DeviceRequest, dtype: DType) -> Result<Settings, String> {
     let mut s = Settings::for_models(vec![ModelSettings {
         name: model.display().to_string(),

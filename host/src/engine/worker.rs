@@ -214,7 +214,7 @@ impl Worker {
 
     /// Counts `rows` failed items in the metrics, by reason.
     fn count(&self, e: &PluginError, rows: usize) {
-        let reason = if e.message.contains("panic") {
+        let reason = if e.is_panic() {
             "panic"
         } else {
             e.code.as_str()

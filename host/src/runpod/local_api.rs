@@ -9,7 +9,7 @@
 
 use super::jobs::{JobStore, Missing, QueueFull, RETRY_AFTER_SECS};
 use super::router::{self, JobResult};
-use crate::api::{ApiError, AppState};
+use crate::api::{ApiError, AppState, ErrorKind};
 use crate::http::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -70,7 +70,7 @@ fn job_input(
 ) -> Result<Value, PlatformError> {
     let parsed = json_body(headers, body, state.app.max_request_bytes).map_err(|e| {
         platform_error(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             e.message,
         )
     })?;
@@ -244,7 +244,7 @@ async fn gateway(
             Ok(Json(items.remove(0)).into_response())
         }
         JobResult::Output(v) => Ok(Json(v).into_response()),
-        JobResult::Failed(e) => Err(ApiError::new(500, "server_error", e)),
+        JobResult::Failed(e) => Err(ApiError::new(ErrorKind::Internal, e)),
     }
 }
 

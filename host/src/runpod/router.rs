@@ -9,7 +9,9 @@
 //! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`; only
 //! server faults fail the job.
 
-use crate::api::{self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, RerankRequest};
+use crate::api::{
+    self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, ErrorKind, RerankRequest,
+};
 use ember_plugin_api::ModelKind;
 use serde_json::{json, Map, Value};
 
@@ -30,7 +32,7 @@ impl JobResult {
     pub fn output(&self) -> Option<Value> {
         match self {
             JobResult::Output(v) => Some(v.clone()),
-            JobResult::Rejected(e) => Some(error_object(e.status, e.message.clone())),
+            JobResult::Rejected(e) => Some(error_object(e.kind, e.message.clone())),
             JobResult::Failed(_) => None,
         }
     }
@@ -45,28 +47,20 @@ impl JobResult {
     }
 }
 
-/// The worker's error object for a status and message.
-pub fn error_object(status: u16, message: impl Into<String>) -> Value {
-    let kind = match status {
-        400 => "BadRequestError",
-        404 => "NotFoundError",
-        413 => "PayloadTooLargeError",
-        429 => "RateLimitError",
-        501 => "NotImplementedError",
-        _ => "InternalServerError",
-    };
+/// The worker's error object for an error's kind and message.
+pub fn error_object(kind: ErrorKind, message: impl Into<String>) -> Value {
     json!({
         "object": "error",
         "message": message.into(),
-        "type": kind,
+        "type": kind.runpod_type(),
         "param": null,
-        "code": status,
+        "code": kind.status(),
     })
 }
 
 impl From<ApiError> for JobResult {
     fn from(e: ApiError) -> Self {
-        if e.status >= 500 && e.status != 501 {
+        if e.kind.fails_job() {
             JobResult::Failed(e.message)
         } else {
             JobResult::Rejected(e)
@@ -76,7 +70,7 @@ impl From<ApiError> for JobResult {
 
 /// A job input the router cannot route: a 400 naming what was wrong.
 fn bad_input(message: String) -> JobResult {
-    JobResult::Rejected(ApiError::new(400, "invalid_request_error", message))
+    JobResult::Rejected(ApiError::new(ErrorKind::Invalid, message))
 }
 
 /// Python's truthiness of a JSON value, as the worker tests its fields.
@@ -109,7 +103,7 @@ const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classif
 
 fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(resp)
-        .map_err(|e| ApiError::new(500, "server_error", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     api::shorten_floats(&mut v);
     Ok(v)
 }
@@ -260,13 +254,13 @@ mod tests {
 
     #[test]
     fn error_objects_have_the_worker_shape() {
-        let e = error_object(400, "bad");
+        let e = error_object(ErrorKind::Invalid, "bad");
         assert_eq!(
             e,
             json!({"object": "error", "message": "bad", "type": "BadRequestError",
                    "param": null, "code": 400})
         );
-        let r: JobResult = ApiError::new(500, "server_error", "boom").into();
+        let r: JobResult = ApiError::new(ErrorKind::Internal, "boom").into();
         assert_eq!(r.to_platform(), json!({"error": "boom"}));
         let r: JobResult = ApiError::invalid("input", "no").into();
         assert_eq!(r.to_platform()["output"]["type"], "BadRequestError");

@@ -211,7 +211,7 @@ fn a_request_larger_than_the_queue_is_too_large_not_overloaded() {
     ));
     assert_eq!(e.queued(), 0, "a refused request leaves nothing queued");
     let api = crate::api::ApiError::from(err);
-    assert_eq!(api.status, 413);
+    assert_eq!(api.status(), 413);
     assert!(
         api.message.contains("4 items") && api.message.contains("INFINITY_QUEUE_SIZE"),
         "{}",
@@ -223,7 +223,7 @@ fn a_request_larger_than_the_queue_is_too_large_not_overloaded() {
         queued: 2,
         capacity: 3,
     };
-    assert_eq!(crate::api::ApiError::from(overloaded).status, 429);
+    assert_eq!(crate::api::ApiError::from(overloaded).status(), 429);
     assert!(e.submit((0..3).map(|_| toks(1, 2)).collect()).is_ok());
 }
 
