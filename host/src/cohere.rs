@@ -6,7 +6,7 @@
 use crate::api::fields::{object, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest, EncodingFormat, RerankRequest};
 use crate::api::{InputType, Writer};
-use crate::http::json_body;
+use crate::body::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;

@@ -2,6 +2,7 @@
 //! the HTTP API. The `ember` binary is a thin `main` over [`startup::run`].
 
 pub mod api;
+pub mod body;
 pub mod check;
 pub mod cli;
 pub mod cohere;

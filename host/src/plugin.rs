@@ -1,17 +1,15 @@
-//! Loading backend plugins and the safe wrapper the rest of the host uses.
+//! Finding and loading backend plugins.
 //!
 //! A plugin is `libember_<backend>.so`, looked for in `PLUGIN_DIR`, else next to the `ember`
 //! binary, then in `/usr/local/lib/ember`. Its ABI major is read from a plain C symbol before
 //! abi_stable checks the layout of its root module, so an incompatible plugin is refused with
 //! a message naming the file and both versions. Plugins are never unloaded.
 
-use crate::models::dense::Head;
 use abi_stable::library::{lib_header_from_raw_library, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
 use ember_plugin_api::{
-    AbiVersion, DType, EmbeddingBatch, HostContext, LoadRequest, LoadedModel, LogLevel, LogitBatch,
-    ModelBox, PairBatch, PixelBatch, PluginError, PluginInfo, PluginModRef, ScoreBatch, TokenBatch,
-    ABI_VERSION, ABI_VERSION_SYMBOL,
+    AbiVersion, DType, HostContext, LoadRequest, LogLevel, ModelBox, PluginError, PluginInfo,
+    PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL,
 };
 use std::path::{Path, PathBuf};
 
@@ -206,84 +204,7 @@ impl Plugin {
     }
 
     /// Loads a model.
-    pub fn load_model(&self, request: &LoadRequest) -> Result<ModelRunner, PluginError> {
-        let handle = (self.module.load_model())(request).into_result()?;
-        Ok(ModelRunner::new(handle))
-    }
-}
-
-/// A loaded model as the engine sees it.
-pub struct ModelRunner {
-    handle: ModelBox,
-    /// What the model reported at load (its width after the head).
-    pub described: LoadedModel,
-    /// The pipeline's Dense modules, applied to what the plugin returns.
-    head: Head,
-}
-
-impl ModelRunner {
-    /// Wraps a model handle (from a plugin, or built in-process with the SDK).
-    pub fn new(handle: ModelBox) -> ModelRunner {
-        let described = handle.describe();
-        ModelRunner {
-            handle,
-            described,
-            head: Head::default(),
-        }
-    }
-
-    /// Adds the sentence-transformers Dense modules after the plugin's pooled output; refuses
-    /// a head whose first module does not read the plugin's width.
-    pub fn with_head(mut self, head: Head) -> Result<ModelRunner, String> {
-        let pooled = self.described.embedding_dim as usize;
-        head.check(pooled)?;
-        self.described.embedding_dim = head.output_dim(pooled) as u32;
-        self.head = head;
-        Ok(self)
-    }
-
-    /// Applies the head to each row of a plugin's output (a malformed output is passed on
-    /// for the caller's shape check).
-    fn through_head(&self, out: EmbeddingBatch) -> EmbeddingBatch {
-        let dim = out.dim as usize;
-        if self.head.is_empty() || dim == 0 || out.values.len() != out.rows as usize * dim {
-            return out;
-        }
-        let mut values = Vec::with_capacity(out.rows as usize * self.head.output_dim(dim));
-        for row in out.values.chunks_exact(dim) {
-            values.extend(self.head.apply(row));
-        }
-        EmbeddingBatch {
-            rows: out.rows,
-            dim: self.described.embedding_dim,
-            values: values.into(),
-        }
-    }
-
-    /// Embeds a token batch.
-    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        let out = self.handle.embed_tokens(batch).into_result()?;
-        Ok(self.through_head(out))
-    }
-
-    /// The plugin's pooled vectors of a token batch, before the Dense modules.
-    pub fn embed_tokens_pooled(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
-        self.handle.embed_tokens(batch).into_result()
-    }
-
-    /// Scores query–document pairs.
-    pub fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
-        self.handle.score_pairs(batch).into_result()
-    }
-
-    /// Every label's logit for each row of a token batch (classifiers).
-    pub fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
-        self.handle.classify_tokens(batch).into_result()
-    }
-
-    /// Embeds preprocessed images.
-    pub fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
-        let out = self.handle.embed_pixels(batch).into_result()?;
-        Ok(self.through_head(out))
+    pub fn load_model(&self, request: &LoadRequest) -> Result<ModelBox, PluginError> {
+        (self.module.load_model())(request).into_result()
     }
 }

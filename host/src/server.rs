@@ -636,7 +636,7 @@ mod tests {
         headers: HeaderMap,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-        crate::http::json_body(&headers, body, 1 << 20).map(axum::Json)
+        crate::body::json_body(&headers, body, 1 << 20).map(axum::Json)
     }
 
     fn app() -> Router {

@@ -2,7 +2,7 @@
 
 use crate::api::{AppState, DeployedModel};
 use crate::config::{ModelSettings, Settings};
-use crate::engine::{Engine, EngineLimits, Reload};
+use crate::engine::{Engine, EngineLimits, ModelRunner, Reload};
 use crate::models::{manifest, resolve};
 use crate::plugin::Plugin;
 use crate::readiness::{Gate, Phase, Progress};
@@ -26,7 +26,7 @@ pub struct Prepared {
     /// Its tokenizer.
     pub encoder: TextEncoder,
     /// The plugin's handle.
-    pub runner: crate::plugin::ModelRunner,
+    pub runner: ModelRunner,
     /// What the plugin was asked to load (to load it again after repeated failures).
     pub request: LoadRequest,
 }
@@ -102,7 +102,7 @@ pub async fn prepare_reporting(
     };
     let p = plugin.clone();
     let req = request.clone();
-    let runner = tokio::task::spawn_blocking(move || p.load_model(&req))
+    let runner = tokio::task::spawn_blocking(move || p.load_model(&req).map(ModelRunner::new))
         .await?
         .map_err(|e| {
             anyhow!(
@@ -127,7 +127,7 @@ pub async fn prepare_reporting(
 /// request does not pay for lazy initialisation (kernels, allocator, thread pools); returns
 /// how long it took. A model that cannot run a batch stops the start-up here.
 fn warm_up(
-    runner: &crate::plugin::ModelRunner,
+    runner: &ModelRunner,
     encoder: &TextEncoder,
     kind: ember_plugin_api::ModelKind,
     batch_size: usize,
@@ -185,8 +185,9 @@ async fn deploy(
     let reloader = plugin.clone();
     let head = manifest.head.clone();
     let reload: Reload = Box::new(move || {
-        reloader.load_model(&request).and_then(|r| {
-            r.with_head(head.clone())
+        reloader.load_model(&request).and_then(|handle| {
+            ModelRunner::new(handle)
+                .with_head(head.clone())
                 .map_err(ember_plugin_api::PluginError::internal)
         })
     });

@@ -9,7 +9,7 @@
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
 use crate::api::{Activation, ClassifyRequest, EmbeddingsRequest, RerankRequest, Sequence};
-use crate::http::json_body;
+use crate::body::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;

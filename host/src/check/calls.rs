@@ -4,7 +4,8 @@
 
 use super::{cosine, describe, non_finite, Outcome, Tolerance};
 use crate::engine::pad;
-use crate::plugin::{ModelRunner, Plugin};
+use crate::engine::ModelRunner;
+use crate::plugin::Plugin;
 use crate::startup::Prepared;
 use crate::text::{Tokens, Truncation};
 use ember_plugin_api::{

@@ -10,7 +10,8 @@ mod calls;
 mod parity;
 
 use crate::config::{ModelSettings, Settings};
-use crate::plugin::{ModelRunner, Plugin};
+use crate::engine::ModelRunner;
+use crate::plugin::Plugin;
 use crate::startup::{prepare, Prepared};
 use ember_plugin_api::{DType, DeviceRequest, PluginError};
 use std::io::Write;

@@ -6,8 +6,8 @@
 use super::{cosine, describe, non_finite, Outcome, Tolerance};
 use crate::api::{normalize, Activation};
 use crate::engine::pad;
+use crate::engine::ModelRunner;
 use crate::images::preprocess::{probe, ImageLimits};
-use crate::plugin::ModelRunner;
 use crate::startup::Prepared;
 use crate::text::Truncation;
 use ember_plugin_api::{ModelKind, PairBatch, PixelBatch};

@@ -2,8 +2,8 @@
 //! split back into one result per item.
 
 use super::worker::Worker;
+use super::ModelRunner;
 use super::{Item, Output, Payload};
-use crate::plugin::ModelRunner;
 use crate::text::Tokens;
 use ember_plugin_api::{PairBatch, PixelBatch, PluginError, TokenBatch};
 

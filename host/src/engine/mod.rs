@@ -29,19 +29,20 @@ mod batching;
 mod calls;
 mod health;
 mod reload;
+mod runner;
 mod worker;
 
 pub use admission::Places;
 pub use calls::pad;
 pub use health::Health;
 pub use reload::Reload;
+pub use runner::ModelRunner;
 
-use crate::plugin::ModelRunner;
 use crate::text::Tokens;
 use admission::Slot;
 use batching::{CallCost, Key, Shape};
 use ember_plugin_api::PluginError;
-use reload::{ModelState, RETRY_LOAD_EVERY};
+use reload::{Keeper, ModelState, RETRY_LOAD_EVERY};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -214,13 +215,17 @@ impl Engine {
         let worker = Worker {
             model: model.into(),
             metrics: crate::metrics::global().for_model(model),
-            state: ModelState::Ready(runner),
+            keeper: Keeper {
+                model: model.into(),
+                state: ModelState::Ready(runner),
+                reload,
+                reloaded: false,
+                retry_every,
+                health: health.clone(),
+            },
             limits: limits.clone(),
             health: health.clone(),
-            reload,
             failures: 0,
-            reloaded: false,
-            retry_every,
             call_cost: RefCell::new(CallCost::for_device(&device)),
         };
         std::thread::Builder::new()

@@ -1,10 +1,11 @@
 //! Reloading a model whose calls keep failing, and loading again one left missing.
 
-use super::worker::Worker;
-use crate::plugin::ModelRunner;
+use super::health::Health;
+use super::ModelRunner;
 use ember_plugin_api::{ErrorCode, PluginError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Loads a model again, for a worker whose plugin calls keep failing.
@@ -67,11 +68,41 @@ impl Missing {
     }
 }
 
-impl Worker {
-    /// Loads the model again after `RELOAD_AFTER` counted failures in a row, `cause` the last;
-    /// once per failure streak, when the engine was given the means. A model on a GPU, or one
-    /// out of memory, is dropped first; on the CPU the new copy loads before the old one goes.
-    pub(super) fn reload_model(&mut self, cause: &PluginError) {
+/// A worker's model and the means to load it again: what decides when it is reloaded, and
+/// how.
+pub(super) struct Keeper {
+    /// The model's name, for logs and errors.
+    pub(super) model: Arc<str>,
+    /// The model, or why it is missing.
+    pub(super) state: ModelState,
+    /// Loads the model again; `None` when the engine was not given the means.
+    pub(super) reload: Option<Reload>,
+    /// Whether the model was reloaded already in the current failure streak.
+    pub(super) reloaded: bool,
+    /// How long a missing model waits between load attempts.
+    pub(super) retry_every: Duration,
+    /// Where reloads and load failures are told.
+    pub(super) health: Arc<Health>,
+}
+
+impl Keeper {
+    /// A call succeeded: the failure streak is over.
+    pub(super) fn succeeded(&mut self) {
+        self.reloaded = false;
+    }
+
+    /// Reloads the model when `failures` counted failures in a row (`cause` the last) reach
+    /// `RELOAD_AFTER`, once per streak.
+    pub(super) fn failed(&mut self, failures: u32, cause: &PluginError) {
+        if failures >= RELOAD_AFTER && !self.reloaded {
+            self.reload_model(failures, cause);
+        }
+    }
+
+    /// Loads the model again, once per failure streak, when the engine was given the means.
+    /// A model on a GPU, or one out of memory, is dropped first; on the CPU the new copy
+    /// loads before the old one goes.
+    fn reload_model(&mut self, failures: u32, cause: &PluginError) {
         if self.reload.is_none() {
             return;
         }
@@ -82,13 +113,10 @@ impl Worker {
             ModelState::Missing(_) => true,
         };
         let free_first = on_device || cause.code == ErrorCode::OutOfMemory;
-        let streak = format!(
-            "{} failed calls in a row (last: {})",
-            self.failures, cause.message
-        );
+        let streak = format!("{failures} failed calls in a row (last: {})", cause.message);
         tracing::warn!(
             model = &*self.model,
-            failures = self.failures,
+            failures,
             free_first,
             "plugin calls keep failing; reloading the model"
         );
@@ -181,7 +209,7 @@ impl Worker {
     }
 
     /// Calls the reload function, a panic in it being an error.
-    pub(super) fn load(&self) -> Result<ModelRunner, PluginError> {
+    fn load(&self) -> Result<ModelRunner, PluginError> {
         let Some(reload) = &self.reload else {
             return Err(PluginError::internal("this engine cannot load its model"));
         };
@@ -190,7 +218,7 @@ impl Worker {
     }
 
     /// Records a failed load of a missing model, for its items and `/health`.
-    pub(super) fn load_failed(&mut self, error: PluginError) {
+    fn load_failed(&mut self, error: PluginError) {
         if let ModelState::Missing(missing) = &mut self.state {
             missing.error = error;
             missing.last_attempt = Instant::now();

@@ -4,9 +4,9 @@
 
 use super::batching::{self, CallCost, Key, Shape};
 use super::health::{AliveGuard, Health};
-use super::reload::{ModelState, Reload, RELOAD_AFTER};
+use super::reload::{Keeper, ModelState};
+use super::ModelRunner;
 use super::{EngineError, EngineLimits, Item, Output};
-use crate::plugin::ModelRunner;
 use ember_plugin_api::{ErrorCode, PluginError};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,16 +22,12 @@ const WINDOW_BATCHES: usize = 4;
 pub(super) struct Worker {
     pub(super) model: Arc<str>,
     pub(super) metrics: crate::metrics::ModelMetrics,
-    pub(super) state: ModelState,
+    /// The model, and when and how it is loaded again.
+    pub(super) keeper: Keeper,
     pub(super) limits: EngineLimits,
     pub(super) health: Arc<Health>,
-    pub(super) reload: Option<Reload>,
     /// Consecutive counted failures (bad input aside); the next successful call resets it.
     pub(super) failures: u32,
-    /// Whether the model was reloaded already in the current failure streak.
-    pub(super) reloaded: bool,
-    /// How long a missing model waits between load attempts.
-    pub(super) retry_every: Duration,
     /// What a plugin call costs besides its tokens, learned from the calls made (a cell: it
     /// learns while the worker lends out its model).
     pub(super) call_cost: RefCell<CallCost>,
@@ -68,7 +64,7 @@ impl Worker {
                 match rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(items) => lane.extend(items),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.retry_load();
+                        self.keeper.retry_load();
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -82,7 +78,7 @@ impl Worker {
             // Requests whose caller went away are not computed (dropping frees their place).
             window.retain(|it| !it.reply.is_closed());
             window.sort_by_key(|it| it.payload.shape());
-            self.retry_load();
+            self.keeper.retry_load();
             for batch in self.cut(window) {
                 self.run_batch(batch);
             }
@@ -151,10 +147,10 @@ impl Worker {
     }
 
     fn run_batch(&mut self, items: Vec<Item>) {
-        let runner = match &self.state {
+        let runner = match &self.keeper.state {
             ModelState::Ready(runner) => runner,
             ModelState::Missing(missing) => {
-                let e = missing.answer(&self.model, self.retry_every);
+                let e = missing.answer(&self.model, self.keeper.retry_every);
                 self.count(&e, items.len());
                 for item in items {
                     item.answer(Err(EngineError::Plugin(e.clone())));
@@ -165,7 +161,7 @@ impl Worker {
         match self.forward(runner, &items) {
             Ok(outputs) => {
                 self.failures = 0;
-                self.reloaded = false;
+                self.keeper.succeeded();
                 self.health.record(None);
                 for (item, out) in items.into_iter().zip(outputs) {
                     item.answer(Ok(out));
@@ -207,8 +203,8 @@ impl Worker {
         for item in items {
             item.answer(Err(EngineError::Plugin(e.clone())));
         }
-        if counts && self.failures >= RELOAD_AFTER && !self.reloaded {
-            self.reload_model(&e);
+        if counts {
+            self.keeper.failed(self.failures, &e);
         }
     }
 

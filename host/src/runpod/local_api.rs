@@ -10,7 +10,7 @@
 use super::jobs::{JobStore, Missing, QueueFull, RETRY_AFTER_SECS};
 use super::router::{self, JobResult};
 use crate::api::{ApiError, AppState, ErrorKind};
-use crate::http::json_body;
+use crate::body::json_body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};

@@ -1,0 +1,84 @@
+//! A loaded model as the engine calls it: the plugin's handle, then the pipeline's Dense
+//! modules.
+
+use crate::models::dense::Head;
+use ember_plugin_api::{
+    EmbeddingBatch, LoadedModel, LogitBatch, ModelBox, PairBatch, PixelBatch, PluginError,
+    ScoreBatch, TokenBatch,
+};
+
+/// A loaded model as the engine sees it.
+pub struct ModelRunner {
+    handle: ModelBox,
+    /// What the model reported at load (its width after the head).
+    pub described: LoadedModel,
+    /// The pipeline's Dense modules, applied to what the plugin returns.
+    head: Head,
+}
+
+impl ModelRunner {
+    /// Wraps a model handle (from a plugin, or built in-process with the SDK).
+    pub fn new(handle: ModelBox) -> ModelRunner {
+        let described = handle.describe();
+        ModelRunner {
+            handle,
+            described,
+            head: Head::default(),
+        }
+    }
+
+    /// Adds the sentence-transformers Dense modules after the plugin's pooled output; refuses
+    /// a head whose first module does not read the plugin's width.
+    pub fn with_head(mut self, head: Head) -> Result<ModelRunner, String> {
+        let pooled = self.described.embedding_dim as usize;
+        head.check(pooled)?;
+        self.described.embedding_dim = head.output_dim(pooled) as u32;
+        self.head = head;
+        Ok(self)
+    }
+
+    /// Applies the head to each row of a plugin's output (a malformed output is passed on
+    /// for the caller's shape check).
+    fn through_head(&self, out: EmbeddingBatch) -> EmbeddingBatch {
+        let dim = out.dim as usize;
+        if self.head.is_empty() || dim == 0 || out.values.len() != out.rows as usize * dim {
+            return out;
+        }
+        let mut values = Vec::with_capacity(out.rows as usize * self.head.output_dim(dim));
+        for row in out.values.chunks_exact(dim) {
+            values.extend(self.head.apply(row));
+        }
+        EmbeddingBatch {
+            rows: out.rows,
+            dim: self.described.embedding_dim,
+            values: values.into(),
+        }
+    }
+
+    /// Embeds a token batch.
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        let out = self.handle.embed_tokens(batch).into_result()?;
+        Ok(self.through_head(out))
+    }
+
+    /// The plugin's pooled vectors of a token batch, before the Dense modules.
+    pub fn embed_tokens_pooled(&self, batch: &TokenBatch) -> Result<EmbeddingBatch, PluginError> {
+        self.handle.embed_tokens(batch).into_result()
+    }
+
+    /// Scores query–document pairs.
+    pub fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {
+        self.handle.score_pairs(batch).into_result()
+    }
+
+    /// Every label's logit for each row of a token batch (classifiers).
+    pub fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
+        self.handle.classify_tokens(batch).into_result()
+    }
+
+    /// Embeds preprocessed images.
+    pub fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
+        let out = self.handle.embed_pixels(batch).into_result()?;
+        Ok(self.through_head(out))
+    }
+}
