@@ -1,62 +1,21 @@
 //! `/v1/embeddings`: text and image inputs, float, base64 or compact vectors, `dimensions`.
 
-use super::compact::{Precision, Quantizer};
+use super::compact::Precision;
 use super::fields::{object, opt_positive, opt_str, texts, truncation};
 use super::{tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
 use crate::text::{TextError, Truncation};
-use base64::Engine as _;
 use ember_plugin_api::ModelKind;
-use serde::Serialize;
 use serde_json::Value;
 
-/// Output encoding of vectors.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum EncodingFormat {
-    /// JSON numbers.
-    Float,
-    /// Little-endian float32 bytes, base64-encoded.
-    Base64,
-    /// Quantised codes, as JSON integers.
-    Compact(Precision),
-}
+#[cfg(test)]
+mod tests;
+mod vectors;
 
-impl EncodingFormat {
-    /// The format called `name`: `float`, `base64`, or a compact precision.
-    pub fn parse(name: &str) -> Option<EncodingFormat> {
-        match name {
-            "float" => Some(EncodingFormat::Float),
-            "base64" => Some(EncodingFormat::Base64),
-            other => Precision::parse(other).map(EncodingFormat::Compact),
-        }
-    }
-}
-
-/// What happens to a model's raw vector before it is answered: unit length (unless
-/// `normalize` is off), then truncation to `dimensions` and unit length again.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Finish {
-    /// Whether vectors come out with unit length.
-    pub normalize: bool,
-    /// Keep only the first this many dimensions.
-    pub dimensions: Option<usize>,
-}
-
-impl Finish {
-    /// Applies the post-processing to `v`.
-    pub fn apply(&self, v: &mut Vec<f32>) {
-        if self.normalize {
-            normalize(v);
-        }
-        if let Some(d) = self.dimensions {
-            v.truncate(d);
-            if self.normalize {
-                normalize(v);
-            }
-        }
-    }
-}
+pub use vectors::{
+    normalize, Embedding, EmbeddingData, EmbeddingsResponse, EncodingFormat, Finish, Writer,
+};
 
 /// A validated embeddings request.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,90 +132,6 @@ impl EmbeddingsRequest {
         Finish {
             normalize: self.normalize,
             dimensions: self.dimensions,
-        }
-    }
-}
-
-/// A vector as the response carries it.
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum Embedding {
-    /// JSON numbers, written in float32's shortest round-trip form.
-    Float(Vec<f32>),
-    /// Little-endian float32 bytes, base64-encoded.
-    Base64(String),
-    /// Quantised codes (`int8`, `uint8`, `binary`, `ubinary`).
-    Codes(Vec<i16>),
-}
-
-/// One embedding in a response.
-#[derive(Debug, Serialize)]
-pub struct EmbeddingData {
-    /// Always `embedding`.
-    pub object: &'static str,
-    /// Numbers, or a base64 string of little-endian float32.
-    pub embedding: Embedding,
-    /// Position in the input.
-    pub index: usize,
-}
-
-/// The OpenAI embeddings response.
-#[derive(Debug, Serialize)]
-pub struct EmbeddingsResponse {
-    /// Always `list`.
-    pub object: &'static str,
-    /// One entry per input, in order.
-    pub data: Vec<EmbeddingData>,
-    /// The model that answered.
-    pub model: String,
-    /// Token counts.
-    pub usage: Usage,
-}
-
-/// L2-normalises `v` in place (a zero vector stays zero).
-pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
-
-/// How finished vectors are written into a response.
-pub enum Writer {
-    /// JSON numbers.
-    Float,
-    /// Little-endian float32 bytes, base64-encoded.
-    Base64,
-    /// Quantised codes.
-    Codes(Quantizer),
-}
-
-impl Writer {
-    /// The writer of `format` for `model`'s vectors finished by `finish` (calibrating the
-    /// model's int8/uint8 ranges on first use).
-    pub async fn new(
-        model: &DeployedModel,
-        format: EncodingFormat,
-        finish: Finish,
-    ) -> Result<Writer, ApiError> {
-        Ok(match format {
-            EncodingFormat::Float => Writer::Float,
-            EncodingFormat::Base64 => Writer::Base64,
-            EncodingFormat::Compact(p) => {
-                Writer::Codes(Quantizer::calibrated(model, p, |v| finish.apply(v)).await?)
-            }
-        })
-    }
-
-    /// `v` as the response carries it.
-    pub fn write(&self, v: Vec<f32>) -> Embedding {
-        match self {
-            Writer::Float => Embedding::Float(v),
-            Writer::Base64 => {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-            }
-            Writer::Codes(q) => Embedding::Codes(q.codes(&v)),
         }
     }
 }
@@ -549,86 +424,4 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
         vectors,
         tokens: prompt_tokens,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn parse(v: Value) -> Result<EmbeddingsRequest, ApiError> {
-        EmbeddingsRequest::parse(&v, 4)
-    }
-
-    #[test]
-    fn accepts_string_and_list_inputs() {
-        let r = parse(json!({"input": "hi", "model": "m"})).unwrap();
-        assert_eq!(r.input, vec!["hi"]);
-        assert_eq!(r.encoding_format, EncodingFormat::Float);
-        let r = parse(json!({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 8}))
-            .unwrap();
-        assert_eq!(r.input.len(), 2);
-        assert_eq!(r.encoding_format, EncodingFormat::Base64);
-        assert_eq!(r.dimensions, Some(8));
-    }
-
-    #[test]
-    fn input_types_of_openai_and_cohere_clients_are_read() {
-        for (given, want) in [
-            ("query", InputType::Query),
-            ("search_query", InputType::Query),
-            ("document", InputType::Document),
-            ("search_document", InputType::Document),
-            ("clustering", InputType::Clustering),
-            ("image", InputType::Image),
-        ] {
-            let r = parse(json!({"input": "a", "input_type": given})).unwrap();
-            assert_eq!(r.input_type, Some(want), "{given}");
-        }
-        assert_eq!(parse(json!({"input": "a"})).unwrap().input_type, None);
-        let e = parse(json!({"input": "a", "input_type": "summary"})).unwrap_err();
-        assert_eq!((e.status(), e.param.as_deref()), (400, Some("input_type")));
-        assert!(e.message.contains("'summary'"), "{}", e.message);
-    }
-
-    #[test]
-    fn errors_name_field_and_index() {
-        let e = parse(json!({"input": ["a", 3]})).unwrap_err();
-        assert_eq!((e.status(), e.param.as_deref()), (400, Some("input")));
-        assert!(e.message.contains("input[1]"), "{}", e.message);
-        let e = parse(json!({"input": "a", "encoding_format": "hex"})).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("encoding_format"));
-        let e = parse(json!({"input": "a", "dimensions": 0})).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("dimensions"));
-        let e = parse(json!({"input": []})).unwrap_err();
-        assert!(e.message.contains("empty"));
-        let e = parse(json!({"input": vec!["a"; 5]})).unwrap_err();
-        assert_eq!(e.status(), 413);
-        let e = parse(json!(["a"])).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("body"));
-        let e = parse(json!({"input": "a", "model": 5})).unwrap_err();
-        assert!(e.message.contains("model must be a string"));
-    }
-
-    #[test]
-    fn base64_is_little_endian_float32() {
-        let Embedding::Base64(v) = Writer::Base64.write(vec![1.0, -2.5]) else {
-            panic!("expected base64")
-        };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
-        assert_eq!(
-            bytes,
-            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
-        );
-    }
-
-    #[test]
-    fn normalize_handles_zero() {
-        let mut v = vec![3.0, 4.0];
-        normalize(&mut v);
-        assert_eq!(v, vec![0.6, 0.8]);
-        let mut z = vec![0.0, 0.0];
-        normalize(&mut z);
-        assert_eq!(z, vec![0.0, 0.0]);
-    }
 }

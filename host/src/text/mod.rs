@@ -1,5 +1,12 @@
 //! Tokenization with the model's `tokenizer.json`, truncated to the model's max length.
 
+mod inspect;
+mod pairs;
+
+pub use inspect::TokenInfo;
+use pairs::Framed;
+pub use pairs::PairTemplate;
+
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -71,50 +78,6 @@ impl From<&tokenizers::Encoding> for Tokens {
             unpooled: 0,
         }
     }
-}
-
-/// How a reranker that scores one formatted sequence (not a tokenizer pair) reads a query and
-/// a document: Qwen3-Reranker's chat template around `<Instruct>: … <Query>: … <Document>: …`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PairTemplate {
-    /// Tokens before the formatted pair (added as they are, never truncated).
-    pub prefix: String,
-    /// Tokens after it.
-    pub suffix: String,
-    /// The task instruction written into every pair.
-    pub instruction: String,
-}
-
-impl PairTemplate {
-    /// The template of the Qwen3-Reranker model card, with its default instruction.
-    pub fn qwen3_reranker() -> PairTemplate {
-        PairTemplate {
-            prefix: "<|im_start|>system\nJudge whether the Document meets the requirements based \
-                     on the Query and the Instruct provided. Note that the answer can only be \
-                     \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
-                .into(),
-            suffix: "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n".into(),
-            instruction: "Given a web search query, retrieve relevant passages that answer the \
-                          query"
-                .into(),
-        }
-    }
-
-    fn body(&self, query: &str, document: &str) -> String {
-        format!(
-            "<Instruct>: {}\n<Query>: {query}\n<Document>: {document}",
-            self.instruction
-        )
-    }
-}
-
-/// A template with its prefix and suffix tokenized once.
-struct Framed {
-    template: PairTemplate,
-    prefix: Vec<u32>,
-    suffix: Vec<u32>,
-    /// The tokenizer truncating the formatted pair to what the prefix and suffix leave.
-    body: Tokenizer,
 }
 
 /// A model's tokenizer with truncation set to its max input length.
@@ -232,106 +195,6 @@ impl TextEncoder {
         })
     }
 
-    /// Tokenizes `query` with each document as the model's tokenizer pairs them, truncating
-    /// the document (at its end, or with `Truncation::Left` at its start, as transformers'
-    /// `truncation_side="left"` does); when the query alone is too long, both sides are
-    /// truncated (longest first); with `Truncation::Refuse`, a pair that would be truncated is
-    /// an error. Pairs formatted into one sequence by a template are always cut at the
-    /// document's end (the instruction comes first). Blocking.
-    pub fn encode_pairs(
-        &self,
-        query: &str,
-        documents: &[String],
-        truncation: Truncation,
-    ) -> Result<Vec<Tokens>, TextError> {
-        if let Some(f) = &self.framed {
-            // As the model card does: the formatted pair tokenized (and truncated) alone,
-            // between the template's prefix and suffix.
-            return documents
-                .iter()
-                .enumerate()
-                .map(|(index, doc)| {
-                    let body = f
-                        .body
-                        .encode_fast(f.template.body(query, doc), true)
-                        .map_err(|e| TextError::Encode {
-                            index,
-                            reason: e.to_string(),
-                        })?;
-                    if refused(&body, truncation) {
-                        let body = self.untruncated(f.template.body(query, doc));
-                        let len = f.prefix.len() + body + f.suffix.len();
-                        return Err(self.too_long(index, len));
-                    }
-                    let ids: Vec<i64> = f
-                        .prefix
-                        .iter()
-                        .chain(body.get_ids())
-                        .chain(&f.suffix)
-                        .map(|&i| i as i64)
-                        .collect();
-                    Ok(Tokens {
-                        type_ids: vec![0; ids.len()],
-                        ids,
-                        unpooled: 0,
-                    })
-                })
-                .collect();
-        }
-        let (pair, whole) = match truncation {
-            Truncation::Left => (
-                self.left_pair
-                    .get_or_init(|| leftward(&self.pair_tokenizer)),
-                self.left_tokenizer(),
-            ),
-            _ => (&self.pair_tokenizer, &self.tokenizer),
-        };
-        documents
-            .iter()
-            .enumerate()
-            .map(|(index, doc)| {
-                let enc = pair
-                    .encode_fast((query, doc.as_str()), true)
-                    .or_else(|_| whole.encode_fast((query, doc.as_str()), true))
-                    .map_err(|e| TextError::Encode {
-                        index,
-                        reason: e.to_string(),
-                    })?;
-                if refused(&enc, truncation) {
-                    let len = self.untruncated((query, doc.as_str()));
-                    return Err(self.too_long(index, len));
-                }
-                Ok(Tokens::from(&enc))
-            })
-            .collect()
-    }
-
-    /// Tokenizes two texts as the model's tokenizer pairs them, truncating the longer one first
-    /// (transformers' `truncation=True`, as sequence classifiers read pairs), at its end or
-    /// with `Truncation::Left` its start; errors name item `index`. Blocking.
-    pub fn encode_pair(
-        &self,
-        first: &str,
-        second: &str,
-        truncation: Truncation,
-        index: usize,
-    ) -> Result<Tokens, TextError> {
-        let tokenizer = match truncation {
-            Truncation::Left => self.left_tokenizer(),
-            _ => &self.tokenizer,
-        };
-        let enc = tokenizer
-            .encode_fast((first, second), true)
-            .map_err(|e| TextError::Encode {
-                index,
-                reason: e.to_string(),
-            })?;
-        if refused(&enc, truncation) {
-            return Err(self.too_long(index, self.untruncated((first, second))));
-        }
-        Ok(Tokens::from(&enc))
-    }
-
     /// Tokenizes texts with `prompt` in front of each, as sentence-transformers does; unless
     /// `pool_prompt`, the prompt's tokens are marked to be left out of pooling (blocking).
     pub fn encode_prompted(
@@ -429,125 +292,6 @@ impl TextEncoder {
             })
             .collect()
     }
-
-    /// The tokens of `text` as the model's tokenizer splits it, with their byte offsets
-    /// (none for special tokens), truncated to the model's maximum.
-    pub fn tokenize(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<Vec<TokenInfo>, TextError> {
-        // `encode` tracks byte offsets (`encode_fast` does not).
-        let enc = self
-            .tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| TextError::Encode {
-                index: 0,
-                reason: e.to_string(),
-            })?;
-        Ok(enc
-            .get_ids()
-            .iter()
-            .zip(enc.get_offsets())
-            .zip(enc.get_special_tokens_mask())
-            .zip(enc.get_tokens())
-            .map(|(((&id, &(start, stop)), &special), token)| {
-                if special == 1 {
-                    TokenInfo {
-                        id,
-                        text: token.clone(),
-                        special: true,
-                        span: None,
-                    }
-                } else {
-                    let bytes = text.as_bytes().get(start..stop).unwrap_or_default();
-                    TokenInfo {
-                        id,
-                        text: String::from_utf8_lossy(bytes).into_owned(),
-                        special: false,
-                        span: Some((start, stop)),
-                    }
-                }
-            })
-            .collect())
-    }
-
-    /// Each text cut to its first `n` tokens, or its last `n` when `from_end`, special tokens
-    /// not counted (Cohere's `max_tokens` and `max_tokens_per_doc`); shorter texts are kept
-    /// whole (blocking).
-    pub fn heads(
-        &self,
-        texts: Vec<String>,
-        n: usize,
-        from_end: bool,
-    ) -> Result<Vec<String>, TextError> {
-        // A tokenizer that truncates on the side that is kept: its offsets still cover the
-        // kept tokens when the text is longer than the model reads.
-        let tokenizer = if from_end {
-            self.left_tokenizer()
-        } else {
-            &self.tokenizer
-        };
-        texts
-            .into_iter()
-            .enumerate()
-            .map(|(index, text)| {
-                let enc =
-                    tokenizer
-                        .encode(text.as_str(), false)
-                        .map_err(|e| TextError::Encode {
-                            index,
-                            reason: e.to_string(),
-                        })?;
-                let offsets = enc.get_offsets();
-                if offsets.len() <= n {
-                    return Ok(text);
-                }
-                // Where the kept tokens begin or end, moved to a character boundary inside
-                // them (a byte-level token may begin inside a character).
-                let cut = if from_end {
-                    let at = offsets[offsets.len() - n].0.min(text.len());
-                    (at..=text.len())
-                        .find(|&i| text.is_char_boundary(i))
-                        .unwrap_or(text.len())
-                } else {
-                    let at = offsets[n].0.min(text.len());
-                    (0..=at)
-                        .rev()
-                        .find(|&i| text.is_char_boundary(i))
-                        .unwrap_or(0)
-                };
-                Ok(if from_end {
-                    text[cut..].trim_start().to_string()
-                } else {
-                    text[..cut].trim_end().to_string()
-                })
-            })
-            .collect()
-    }
-
-    /// The text of token ids (blocking).
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
-        self.tokenizer
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| TextError::Encode {
-                index: 0,
-                reason: e.to_string(),
-            })
-    }
-}
-
-/// One token of a tokenized text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenInfo {
-    /// Its id.
-    pub id: u32,
-    /// Its text: the slice of the input it covers, or the special token itself.
-    pub text: String,
-    /// Whether the tokenizer added it (`[CLS]`, `</s>`, ...).
-    pub special: bool,
-    /// Byte offsets of the text it covers (none for added special tokens).
-    pub span: Option<(usize, usize)>,
 }
 
 /// Whether an encoding the tokenizer had to truncate is refused (`Truncation::Refuse`).

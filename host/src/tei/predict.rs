@@ -1,0 +1,175 @@
+//! TEI's `/predict` and the root route's text classification: classifier and reranker
+//! predictions in TEI's and the Inference API's shapes.
+
+use super::{classifies, model_for, reranks, TeiError};
+use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
+use crate::api::{self, ApiError, AppState};
+use crate::api::{Activation, ClassifyRequest, Sequence};
+use crate::body::json_body;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// TEI's `inputs` for `/predict`: a string; a list of one string, or of two (a pair); or a
+/// batch, a list of such lists. Also whether it was a single input (answered unnested).
+pub(super) fn predict_inputs(
+    body: &Map<String, Value>,
+    max_items: usize,
+) -> Result<(Vec<Sequence>, bool), ApiError> {
+    let shape = "inputs must be a string, a pair of strings [string, string], or a batch of \
+                 strings and pairs [[string], [string, string], ...]";
+    let sequence = |v: &Value, at: &str| -> Result<Sequence, ApiError> {
+        let Value::Array(parts) = v else {
+            return match v {
+                Value::String(s) => Ok(Sequence::Text(s.clone())),
+                other => Err(ApiError::invalid(
+                    "inputs",
+                    format!(
+                        "{at} must be a string or a list of strings, got {}",
+                        type_name(other)
+                    ),
+                )),
+            };
+        };
+        let strings: Option<Vec<&str>> = parts.iter().map(Value::as_str).collect();
+        match strings.as_deref() {
+            Some([one]) => Ok(Sequence::Text(one.to_string())),
+            Some([a, b]) => Ok(Sequence::Pair(a.to_string(), b.to_string())),
+            Some(more) => Err(ApiError::invalid(
+                "inputs",
+                format!(
+                    "{at} has {} strings; a sequence is one string or a pair",
+                    more.len()
+                ),
+            )),
+            None => Err(ApiError::invalid("inputs", format!("{at}: {shape}"))),
+        }
+    };
+    match body.get("inputs") {
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            "inputs",
+            format!("inputs is required: {shape}"),
+        )),
+        Some(Value::String(s)) => Ok((vec![Sequence::Text(s.clone())], true)),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(ApiError::invalid("inputs", "inputs must not be empty"))
+        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok((
+            vec![sequence(&Value::Array(items.clone()), "inputs")?],
+            true,
+        )),
+        Some(Value::Array(items)) => {
+            if items.len() > max_items {
+                return Err(api::fields::too_many("inputs", items.len(), max_items));
+            }
+            let batch = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| sequence(v, &format!("inputs[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((batch, false))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "inputs",
+            format!("{shape}; got {}", type_name(other)),
+        )),
+    }
+}
+
+/// Predictions as JSON: `[{score, label}, ...]` per input, best first.
+fn predictions_json(rows: Vec<Vec<api::Prediction>>, top_k: Option<usize>) -> Vec<Value> {
+    rows.into_iter()
+        .map(|mut row| {
+            if let Some(k) = top_k {
+                row.truncate(k);
+            }
+            let mut v = json!(row
+                .iter()
+                .map(|p| json!({"score": p.score, "label": p.label}))
+                .collect::<Vec<_>>());
+            api::shorten_floats(&mut v);
+            v
+        })
+        .collect()
+}
+
+/// `POST /predict` (classifiers, and rerankers as TEI allows): `inputs` (a text, a pair, or a
+/// batch of them), `raw_scores`, `truncate`,
+/// `truncation_direction`; answers `[{score, label}]` best first, or a list of them for a
+/// batch.
+pub async fn predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let value = json_body(&headers, body, state.max_request_bytes)?;
+    Ok(Json(predict_value(&state, &value).await?).into_response())
+}
+
+/// `/predict` on a parsed body.
+pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, |k| classifies(k) || reranks(k))?;
+    let (inputs, single) = predict_inputs(body, state.max_items)?;
+    let raw = opt_bool(body, "raw_scores")?.unwrap_or(false);
+    let req = ClassifyRequest {
+        model: Some(model.id.clone()),
+        inputs,
+        activation: if raw {
+            Activation::Raw
+        } else {
+            Activation::Model
+        },
+        truncation: truncation(body)?,
+    };
+    let done = api::predictions(state, req, "inputs").await?;
+    let mut rows = predictions_json(done.predictions, None);
+    Ok(if single {
+        rows.remove(0)
+    } else {
+        Value::Array(rows)
+    })
+}
+
+/// The Inference API's text classification, as `huggingface_hub`'s `InferenceClient` asks it
+/// of `POST /`: `inputs` (a text or a list) and `parameters` (`function_to_apply`, `top_k`);
+/// answers `[[{label, score}, ...]]`, one list per input.
+pub(super) async fn text_classification(
+    state: &AppState,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let model = model_for(state, body, classifies)?;
+    let parameters = match body.get("parameters") {
+        Some(Value::Object(p)) => p,
+        _ => {
+            return Err(ApiError::invalid(
+                "parameters",
+                "parameters must be an object",
+            ))
+        }
+    };
+    let function = opt_str(parameters, "function_to_apply")
+        .map_err(|e| e.renamed("function_to_apply", "parameters.function_to_apply"))?;
+    let activation = match function {
+        None => Activation::Model,
+        Some(f) => Activation::parse(&f, "parameters.function_to_apply")?,
+    };
+    let top_k =
+        opt_positive(parameters, "top_k").map_err(|e| e.renamed("top_k", "parameters.top_k"))?;
+    let req = ClassifyRequest {
+        model: Some(model.id.clone()),
+        inputs: texts(body, "inputs", state.max_items)?
+            .into_iter()
+            .map(Sequence::Text)
+            .collect(),
+        activation,
+        truncation: truncation(body)?,
+    };
+    let done = api::predictions(state, req, "inputs").await?;
+    Ok(Value::Array(predictions_json(done.predictions, top_k)))
+}
