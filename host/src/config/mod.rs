@@ -205,6 +205,10 @@ fn per_model<T: Clone>(
 /// Pairs `MODEL_NAMES` with the per-model lists; names must be unique.
 fn models_of(s: &Settings, raw: &RawSettings) -> Result<Vec<ModelSettings>, ConfigError> {
     let n = s.model_names.len();
+    if n == 0 {
+        // `validate` reports the missing MODEL_NAMES, not the lists' lengths.
+        return Ok(Vec::new());
+    }
     let batch_sizes = per_model(raw, "BATCH_SIZES", &s.batch_sizes, n, 32)?;
     let dtypes = per_model(raw, "DTYPES", &s.dtypes, n, DType::Auto)?;
     let prompts = per_model(raw, "PROMPT_NAMES", &s.prompt_names, n, None)?;

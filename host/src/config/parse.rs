@@ -79,24 +79,33 @@ pub fn port(var: &str, value: &str) -> Result<u16, ConfigError> {
         .map_err(|_| bad(var, value, "expected a port number 0-65535"))
 }
 
-/// A listen address: an IPv4 or IPv6 address, or a host name.
+/// A listen address: an IPv4 or IPv6 address (IPv6 optionally in brackets), or a host name.
 pub fn host(var: &str, value: &str) -> Result<String, ConfigError> {
     let v = value.trim();
-    let ip = v.trim_start_matches('[').trim_end_matches(']');
-    let is_name = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            })
+    let ip = match v.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']').unwrap_or(v),
+        None => v,
     };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    // A name's last label is never all digits: `999.1.1.1` is a bad address, not a name.
+    let is_name = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(label_ok)
+        && !v
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()));
     if ip.parse::<std::net::IpAddr>().is_ok() {
         Ok(ip.to_string())
-    } else if is_name(v) {
+    } else if is_name {
         Ok(v.to_string())
     } else {
         Err(bad(

@@ -114,7 +114,8 @@ fn as_written(value: &toml::Value) -> Option<String> {
     Some(match value {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(_) => value.to_string(),
+        // As figment wrote them: 8000.0 is "8000" (so whole-number settings take it), 0.5 "0.5".
+        toml::Value::Float(f) => f.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Array(items) => items
             .iter()

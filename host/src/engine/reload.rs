@@ -213,8 +213,10 @@ impl Keeper {
         let Some(reload) = &self.reload else {
             return Err(PluginError::internal("this engine cannot load its model"));
         };
-        catch_unwind(AssertUnwindSafe(reload))
-            .unwrap_or_else(|_| Err(PluginError::internal("panic while loading the model")))
+        catch_unwind(AssertUnwindSafe(reload)).unwrap_or_else(|panic| {
+            let why = ember_plugin_api::sdk::panic_message(&*panic);
+            Err(PluginError::panicked("loading the model", &why))
+        })
     }
 
     /// Records a failed load of a missing model, for its items and `/health`.

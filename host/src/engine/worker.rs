@@ -129,7 +129,10 @@ impl Worker {
             Key::Classify => self.classify(runner, items),
             Key::Image { height, width } => Self::embed_images(runner, items, height, width),
         }))
-        .unwrap_or_else(|_| Err(PluginError::internal("panic while calling the plugin")));
+        .unwrap_or_else(|panic| {
+            let why = ember_plugin_api::sdk::panic_message(&*panic);
+            Err(PluginError::panicked("a call the host caught", &why))
+        });
         self.health.calling(None);
         let seconds = started.elapsed().as_secs_f64();
         m.inference_seconds.observe(seconds);
