@@ -5,40 +5,61 @@
 
 use crate::api::fields::{object, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, EmbeddingsRequest, EncodingFormat, RerankRequest};
-use crate::api::{InputType, Writer};
-use crate::body::json_body;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use crate::api::{Embedding, InputType, Writer};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
-
-/// An error answered in Cohere's shape: the status as ember gives it, and `{"message"}`.
-pub struct CohereError(pub ApiError);
-
-impl From<ApiError> for CohereError {
-    fn from(e: ApiError) -> Self {
-        CohereError(e)
-    }
-}
-
-impl IntoResponse for CohereError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({"message": self.0.message}))).into_response()
-    }
-}
+use std::collections::BTreeMap;
 
 /// The `meta` of a Cohere answer: API version 2 and the tokens read.
-fn meta(tokens: usize) -> Value {
-    json!({
-        "api_version": {"version": "2"},
-        "billed_units": {"input_tokens": tokens},
-    })
+#[derive(Debug, Serialize)]
+pub struct Meta {
+    api_version: Value,
+    billed_units: Value,
+}
+
+impl Meta {
+    fn of(tokens: usize) -> Meta {
+        Meta {
+            api_version: json!({"version": "2"}),
+            billed_units: json!({"input_tokens": tokens}),
+        }
+    }
+}
+
+/// The `/v2/embed` answer.
+#[derive(Debug, Serialize)]
+pub struct Embedded {
+    id: String,
+    response_type: &'static str,
+    /// The vectors, per requested type.
+    embeddings: BTreeMap<String, Vec<Embedding>>,
+    meta: Meta,
+    /// The texts embedded (not for images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    texts: Option<Vec<String>>,
+}
+
+/// One document of the `/v2/rerank` answer.
+#[derive(Debug, Serialize)]
+pub struct Ranked {
+    index: usize,
+    relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<Document>,
+}
+
+/// A returned document.
+#[derive(Debug, Serialize)]
+pub struct Document {
+    text: String,
+}
+
+/// The `/v2/rerank` answer.
+#[derive(Debug, Serialize)]
+pub struct Reranked {
+    id: String,
+    results: Vec<Ranked>,
+    meta: Meta,
 }
 
 /// The requested `embedding_types`, in order and without repeats; `float` when absent.
@@ -81,17 +102,7 @@ fn embedding_types(body: &Map<String, Value>) -> Result<Vec<(String, EncodingFor
 
 /// `POST /v2/embed`: `texts` or `images`, `model`, `input_type`, `embedding_types`,
 /// `output_dimension`, `max_tokens`, `truncate`; answers `embeddings_by_type`.
-pub async fn embed(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, CohereError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(embed_value(&state, &value).await?).into_response())
-}
-
-/// `/v2/embed` on a parsed body.
-pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn embed(state: &AppState, value: &Value) -> Result<Embedded, ApiError> {
     let body = object(value)?;
     if body.get("inputs").is_some_and(|v| !v.is_null()) {
         return Err(ApiError::invalid(
@@ -151,62 +162,41 @@ pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiEr
     }
     let echoed = (modality == "text").then(|| req.input.clone());
     let done = api::vectors(state, req).await.map_err(cohere_names)?;
-    let mut embeddings = Map::new();
-    for (name, writer) in writers {
-        let written: Vec<Value> = done
-            .vectors
-            .iter()
-            .map(|v| json!(writer.write(v.clone())))
-            .collect();
-        embeddings.insert(name, Value::Array(written));
-    }
-    let mut embeddings = Value::Object(embeddings);
-    api::shorten_floats(&mut embeddings);
-    let mut answer = json!({
-        "id": uuid::Uuid::new_v4().to_string(),
-        "response_type": "embeddings_by_type",
-        "embeddings": embeddings,
-        "meta": meta(done.tokens),
-    });
-    if let Some(texts) = echoed {
-        answer["texts"] = json!(texts);
-    }
-    Ok(answer)
+    let embeddings = writers
+        .into_iter()
+        .map(|(name, writer)| {
+            let written = done.vectors.iter().map(|v| writer.write(v.clone()));
+            (name, written.collect())
+        })
+        .collect();
+    Ok(Embedded {
+        id: uuid::Uuid::new_v4().to_string(),
+        response_type: "embeddings_by_type",
+        embeddings,
+        meta: Meta::of(done.tokens),
+        texts: echoed,
+    })
 }
 
 /// `POST /v2/rerank`: `query`, `documents`, `model`, `top_n`, `max_tokens_per_doc`; answers
 /// `results` of `{index, relevance_score}`, best first.
-pub async fn rerank(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, CohereError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(rerank_value(&state, &value).await?).into_response())
-}
-
-/// `/v2/rerank` on a parsed body.
-pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn rerank(state: &AppState, value: &Value) -> Result<Reranked, ApiError> {
     let req = RerankRequest::parse(value, state.max_items)?;
     let r = api::rerank(state, req).await?;
-    let results: Vec<Value> = r
+    let results = r
         .results
-        .iter()
-        .map(|x| {
-            let mut item = json!({"index": x.index, "relevance_score": x.relevance_score});
-            if let Some(doc) = &x.document {
-                item["document"] = json!({"text": doc});
-            }
-            item
+        .into_iter()
+        .map(|x| Ranked {
+            index: x.index,
+            relevance_score: x.relevance_score,
+            document: x.document.map(|text| Document { text }),
         })
         .collect();
-    let mut results = Value::Array(results);
-    api::shorten_floats(&mut results);
-    Ok(json!({
-        "id": uuid::Uuid::new_v4().to_string(),
-        "results": results,
-        "meta": meta(r.usage.total_tokens),
-    }))
+    Ok(Reranked {
+        id: uuid::Uuid::new_v4().to_string(),
+        results,
+        meta: Meta::of(r.usage.total_tokens),
+    })
 }
 
 #[cfg(test)]
@@ -232,12 +222,5 @@ mod tests {
         assert!(e.message.contains("must not be empty"), "{}", e.message);
         let e = types(json!({"embedding_types": "float"})).unwrap_err();
         assert!(e.message.contains("list of strings"), "{}", e.message);
-    }
-
-    #[test]
-    fn cohere_errors_carry_the_status_and_a_message() {
-        let r =
-            CohereError(ApiError::invalid("texts", "texts[2] must be a string")).into_response();
-        assert_eq!(r.status(), 400);
     }
 }

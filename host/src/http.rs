@@ -2,51 +2,20 @@
 //! the `{"error": {...}}` envelope. Routes are served under `/v1`, `/openai/v1` and, as
 //! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
-use crate::api::{
-    self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, ErrorKind, RerankRequest,
-};
-use crate::body::json_body;
+use crate::api::{ApiError, AppState, ErrorKind};
+use crate::respond::serve;
+use crate::routes::{Facts, Route};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::local_api::{self, Shared};
-use crate::{cohere, tei};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
 use std::sync::Arc;
 use std::time::Instant;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({"error": {
-            "message": self.message,
-            "type": self.kind.openai_type(),
-            "param": self.param,
-            "code": self.status(),
-        }});
-        let mut response = (status, Json(body)).into_response();
-        response.extensions_mut().insert(Facts {
-            error: Some(self.message),
-            ..Facts::default()
-        });
-        response
-    }
-}
-
-/// What a handler tells the request log about its request, as a response extension.
-#[derive(Debug, Clone, Default)]
-struct Facts {
-    model: Option<String>,
-    items: Option<usize>,
-    tokens: Option<usize>,
-    error: Option<String>,
-}
 
 /// Writes one log line per request (method, route, model, items, tokens, status, duration)
 /// and counts it in the metrics by its matched route and a fixed set of methods, so that ids
@@ -126,62 +95,18 @@ fn with_key(router: Router, api_key: Option<&str>) -> Router {
     }
 }
 
-/// The 200 answer of an API call, carrying what the request log reports about it.
-fn answered(body: impl serde::Serialize, model: &str, items: usize, tokens: usize) -> Response {
-    let facts = Facts {
-        model: Some(model.to_string()),
-        items: Some(items),
-        tokens: Some(tokens),
-        error: None,
+/// The handler of `route`: `POST` where it takes a body, else `GET`.
+fn at(route: Route) -> MethodRouter<Shared> {
+    let handler = move |State(state): State<Arc<AppState>>,
+                        headers: HeaderMap,
+                        body: Result<Bytes, BytesRejection>| async move {
+        serve(&state, route, &headers, body).await
     };
-    (axum::Extension(facts), Json(body)).into_response()
-}
-
-async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(state.list_models())
-}
-
-async fn embeddings(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    let req = EmbeddingsRequest::parse(&value, state.max_items)?;
-    let items = req.input.len();
-    let r = api::embeddings(&state, req).await?;
-    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
-}
-
-async fn rerank(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    // TEI's shape (`texts`, answered as a bare list in TEI's error shape).
-    if value.get("texts").is_some() && value.get("documents").is_none() {
-        return match crate::tei::rerank_value(&state, &value).await {
-            Ok(answer) => Ok(Json(answer).into_response()),
-            Err(e) => Ok(crate::tei::TeiError(e).into_response()),
-        };
+    if route.takes_body() {
+        post(handler)
+    } else {
+        get(handler)
     }
-    let req = RerankRequest::parse(&value, state.max_items)?;
-    let items = req.documents.len();
-    let r = api::rerank(&state, req).await?;
-    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
-}
-
-async fn classify(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    let req = ClassifyRequest::parse(&value, state.max_items)?;
-    let items = req.inputs.len();
-    let r = api::classify(&state, req).await?;
-    Ok(answered(&r, &r.model, items, r.usage.total_tokens))
 }
 
 async fn not_found() -> ApiError {
@@ -285,10 +210,10 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
     let limit = state.max_request_bytes;
     let shared = Shared { app: state, jobs };
     let v1 = Router::new()
-        .route("/models", get(models))
-        .route("/embeddings", post(embeddings))
-        .route("/rerank", post(rerank))
-        .route("/classify", post(classify));
+        .route("/models", at(Route::Models))
+        .route("/embeddings", at(Route::Embeddings))
+        .route("/rerank", at(Route::Rerank))
+        .route("/classify", at(Route::Classify));
     let app = Router::new()
         .nest("/v1", v1.clone())
         .nest("/openai/v1", v1.clone())
@@ -297,15 +222,15 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .route("/health", get(local_api::health))
         .route("/metrics", get(metrics))
         // Hugging Face TEI's routes (its `/rerank` shape is told apart by `texts`).
-        .route("/", post(tei::root).get(local_api::health))
-        .route("/embed", post(tei::embed))
-        .route("/predict", post(tei::predict))
-        .route("/tokenize", post(tei::tokenize))
-        .route("/decode", post(tei::decode))
-        .route("/info", get(tei::info))
+        .route("/", at(Route::TeiRoot).get(local_api::health))
+        .route("/embed", at(Route::TeiEmbed))
+        .route("/predict", at(Route::TeiPredict))
+        .route("/tokenize", at(Route::TeiTokenize))
+        .route("/decode", at(Route::TeiDecode))
+        .route("/info", at(Route::TeiInfo))
         // Cohere's v2 routes, one segment shorter than the RunPod API's `/v2/{endpoint_id}/...`.
-        .route("/v2/embed", post(cohere::embed))
-        .route("/v2/rerank", post(cohere::rerank))
+        .route("/v2/embed", at(Route::CohereEmbed))
+        .route("/v2/rerank", at(Route::CohereRerank))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod models;
 pub mod plugin;
 pub mod readiness;
+pub mod respond;
+pub mod routes;
 pub mod runpod;
 pub mod server;
 pub mod startup;

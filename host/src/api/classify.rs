@@ -2,7 +2,7 @@
 //! behind Infinity's `/classify`, TEI's `/predict` and the Inference API's text classification.
 
 use super::fields::{object, opt_bool, opt_str, texts, truncation};
-use super::{text_error, tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
+use super::{encode, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::models::manifest::Classes;
 use crate::text::{TextEncoder, TextError, Tokens, Truncation};
@@ -190,21 +190,16 @@ pub async fn predictions<'a>(
     };
     let encoder = model.encoder.clone();
     let (inputs, how) = (req.inputs, req.truncation);
-    let tokens = tokenized(&model.id, move || {
-        tokenize(&encoder, &inputs, how, reranker)
-    })
-    .await?
-    .map_err(|e| text_error(param, e))?;
-    let count: usize = tokens.iter().map(|t| t.len()).sum();
-    let payload = if reranker {
+    let payload: fn(Tokens) -> Payload = if reranker {
         Payload::Pair
     } else {
         Payload::Classify
     };
-    let outputs = model
-        .engine
-        .run(tokens.into_iter().map(payload).collect())
-        .await?;
+    let (payloads, count) = encode(model, param, payload, move || {
+        tokenize(&encoder, &inputs, how, reranker)
+    })
+    .await?;
+    let outputs = model.engine.run(payloads).await?;
     let mut predictions = Vec::with_capacity(outputs.len());
     for out in outputs {
         let logits = match out {

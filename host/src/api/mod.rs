@@ -19,13 +19,12 @@ pub use embeddings::{
 pub use error::{ApiError, ErrorKind};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Payload};
 use crate::images::Images;
 use crate::models::manifest::Manifest;
-use crate::text::{TextEncoder, TextError};
+use crate::text::{TextEncoder, TextError, Tokens};
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// One deployed model.
@@ -148,40 +147,103 @@ impl AppState {
     }
 
     /// The OpenAI model list.
-    pub fn list_models(&self) -> Value {
-        let data: Vec<Value> = self
+    pub fn list_models(&self) -> ModelList<'_> {
+        let data = self
             .models
             .iter()
             .map(|m| {
-                let mut entry = json!({
-                    "id": m.id,
-                    "object": "model",
-                    "owned_by": "ember",
-                    "created": self.created,
-                    "backend": self.backend,
-                    "kind": m.manifest.abi.kind.as_str(),
-                    "capabilities": m.capabilities(),
-                    "stats": {"queued": m.engine.queued()},
-                    "dimensions": m.dim,
-                    "max_input_tokens": m.manifest.abi.max_input_tokens,
-                    "max_items_per_request": self.max_items,
-                    "prompts": m.manifest.prompts,
-                    "default_prompt_name": m.manifest.default_prompt_name,
-                    "device": m.device,
-                });
-                if matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip) {
-                    entry["encoding_formats"] =
-                        json!(["float", "base64", "int8", "uint8", "binary", "ubinary"]);
+                let kind = m.manifest.abi.kind;
+                let classes = m.manifest.classes.as_ref();
+                ModelEntry {
+                    id: &m.id,
+                    object: "model",
+                    owned_by: "ember",
+                    created: self.created,
+                    backend: &self.backend,
+                    kind: kind.as_str(),
+                    capabilities: m.capabilities(),
+                    stats: ModelStats {
+                        queued: m.engine.queued(),
+                    },
+                    dimensions: m.dim,
+                    max_input_tokens: m.manifest.abi.max_input_tokens,
+                    max_items_per_request: self.max_items,
+                    prompts: &m.manifest.prompts,
+                    default_prompt_name: m.manifest.default_prompt_name.as_deref(),
+                    device: &m.device,
+                    encoding_formats: matches!(kind, ModelKind::Embed | ModelKind::Clip)
+                        .then_some(ENCODING_FORMATS),
+                    labels: classes.map(|c| c.labels.as_slice()),
+                    multi_label: classes.map(|c| c.multi_label),
                 }
-                if let Some(classes) = &m.manifest.classes {
-                    entry["labels"] = json!(classes.labels);
-                    entry["multi_label"] = json!(classes.multi_label);
-                }
-                entry
             })
             .collect();
-        json!({"object": "list", "data": data})
+        ModelList {
+            object: "list",
+            data,
+        }
     }
+}
+
+/// The encodings an embedding model answers in.
+const ENCODING_FORMATS: [&str; 6] = ["float", "base64", "int8", "uint8", "binary", "ubinary"];
+
+/// The OpenAI model list, with ember's additions per model.
+#[derive(Debug, Serialize)]
+pub struct ModelList<'a> {
+    /// Always `list`.
+    pub object: &'static str,
+    /// One entry per deployed model, in `MODEL_NAMES` order.
+    pub data: Vec<ModelEntry<'a>>,
+}
+
+/// One model of the list.
+#[derive(Debug, Serialize)]
+pub struct ModelEntry<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always `ember`.
+    pub owned_by: &'static str,
+    /// Server start time (Unix seconds).
+    pub created: u64,
+    /// The backend plugin serving it.
+    pub backend: &'a str,
+    /// `embed`, `rerank`, `clip` or `classify`.
+    pub kind: &'static str,
+    /// What it can do.
+    pub capabilities: Vec<&'static str>,
+    /// Its queue now.
+    pub stats: ModelStats,
+    /// Length of its vectors.
+    pub dimensions: usize,
+    /// Longest input in tokens.
+    pub max_input_tokens: u32,
+    /// Most inputs per request.
+    pub max_items_per_request: usize,
+    /// Its named prompts.
+    pub prompts: &'a std::collections::BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    pub default_prompt_name: Option<&'a str>,
+    /// The device it runs on.
+    pub device: &'a str,
+    /// Encodings it answers in (embedding models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding_formats: Option<[&'static str; 6]>,
+    /// Its labels (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<&'a [String]>,
+    /// Whether its labels are independent (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<bool>,
+}
+
+/// A model's queue.
+#[derive(Debug, Serialize)]
+pub struct ModelStats {
+    /// Inputs waiting or running.
+    pub queued: usize,
 }
 
 /// Runs a model's tokenization on a blocking thread, timing it in the tokenize metric; the
@@ -204,33 +266,24 @@ pub(crate) async fn tokenized<T: Send + 'static>(
     .map_err(tokenizer_failed)
 }
 
+/// Tokenizes with `work` on a blocking thread, blaming tokenizer errors on `param`; returns
+/// the model's payloads (each input's tokens wrapped by `payload`) and the tokens read.
+pub(crate) async fn encode(
+    model: &DeployedModel,
+    param: &str,
+    payload: fn(Tokens) -> Payload,
+    work: impl FnOnce() -> Result<Vec<Tokens>, TextError> + Send + 'static,
+) -> Result<(Vec<Payload>, usize), ApiError> {
+    let tokens = tokenized(&model.id, work)
+        .await?
+        .map_err(|e| text_error(param, e))?;
+    let count = tokens.iter().map(Tokens::len).sum();
+    Ok((tokens.into_iter().map(payload).collect(), count))
+}
+
 /// The error for a tokenizer task that did not finish (it panicked or was cancelled).
 pub fn tokenizer_failed(e: tokio::task::JoinError) -> ApiError {
     ApiError::internal(format!("tokenizer task failed: {e}"))
-}
-
-/// Rewrites numbers that are exactly float32 values to the float32's shortest decimal form, so
-/// that vectors and scores built as a `Value` print as short as typed answers (a `Value` keeps
-/// them as float64, which would print 17 digits).
-pub fn shorten_floats(v: &mut Value) {
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or_default();
-            let single = x as f32;
-            if single as f64 == x {
-                if let Some(short) = format!("{single}")
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                {
-                    *n = short;
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(shorten_floats),
-        Value::Object(map) => map.values_mut().for_each(shorten_floats),
-        _ => {}
-    }
 }
 
 /// Token counts.
@@ -255,13 +308,6 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn float32_values_print_short() {
-        let mut v = serde_json::to_value(vec![0.1f32, 1.0, -2.5e-8]).unwrap();
-        shorten_floats(&mut v);
-        assert_eq!(v.to_string(), "[0.1,1.0,-2.5e-8]");
-    }
 
     #[test]
     fn renaming_touches_the_named_field_only() {

@@ -1,13 +1,14 @@
 //! `/v1/rerank`: scores of documents against a query, in the Cohere / Infinity shape.
 
 use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, truncation, type_name};
-use super::text_error;
-use super::{tokenized, ApiError, AppState, ErrorKind, Usage};
+
+use super::{encode, ApiError, AppState, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::text::Truncation;
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// A validated rerank request.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,27 +165,21 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
     }
     let encoder = model.encoder.clone();
     let query = req.query;
-    let documents = req.documents;
+    let documents = Arc::new(req.documents);
+    let docs = documents.clone();
     let how = req.truncation;
     let per_doc = req.max_tokens_per_doc;
-    let (tokens, documents) = tokenized(&model.id, move || {
-        let tokens = match per_doc {
+    let (payloads, prompt_tokens) =
+        encode(model, "documents", Payload::Pair, move || match per_doc {
             Some(n) => encoder
-                .heads(documents.clone(), n, false)
+                .heads(docs.to_vec(), n, false)
                 .and_then(|heads| encoder.encode_pairs(&query, &heads, how)),
-            None => encoder.encode_pairs(&query, &documents, how),
-        };
-        tokens.map(|t| (t, documents))
-    })
-    .await?
-    .map_err(|e| text_error("documents", e))?;
-    let prompt_tokens: usize = tokens.iter().map(|t| t.len()).sum();
-    let outputs = model
-        .engine
-        .run(tokens.into_iter().map(Payload::Pair).collect())
+            None => encoder.encode_pairs(&query, &docs, how),
+        })
         .await?;
+    let outputs = model.engine.run(payloads).await?;
     let mut results = Vec::with_capacity(outputs.len());
-    for ((index, out), doc) in outputs.into_iter().enumerate().zip(documents) {
+    for ((index, out), doc) in outputs.into_iter().enumerate().zip(documents.iter()) {
         let Output::Score(logit) = out else {
             return Err(ApiError::new(
                 ErrorKind::Internal,
@@ -198,7 +193,7 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
             } else {
                 sigmoid(logit)
             },
-            document: req.return_documents.then_some(doc),
+            document: req.return_documents.then(|| doc.clone()),
         });
     }
     // Stable: equal scores keep input order.

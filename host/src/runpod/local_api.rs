@@ -8,9 +8,10 @@
 //! why instead of calling it unknown.
 
 use super::jobs::{JobStore, Missing, QueueFull, RETRY_AFTER_SECS};
-use super::router::{self, JobResult};
-use crate::api::{ApiError, AppState, ErrorKind};
+use super::router;
+use crate::api::AppState;
 use crate::body::json_body;
+use crate::routes;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};
@@ -171,20 +172,10 @@ async fn stream(
     Path(params): Path<HashMap<String, String>>,
 ) -> Response {
     let id = job_id(&params);
-    let mut v = match state.jobs.view(&id) {
-        Ok(v) => v,
-        Err(why) => return missing(&id, why),
-    };
-    // Jobs here are not generators: a finished job streams its whole output as one chunk.
-    let chunks = match v.get("output") {
-        Some(out) => json!([{ "output": out }]),
-        None => json!([]),
-    };
-    if let Some(o) = v.as_object_mut() {
-        o.remove("output");
-        o.insert("stream".into(), chunks);
+    match state.jobs.view(&id) {
+        Ok(v) => Json(v.streamed()).into_response(),
+        Err(why) => missing(&id, why),
     }
-    Json(v).into_response()
 }
 
 async fn cancel(
@@ -193,7 +184,7 @@ async fn cancel(
 ) -> Response {
     let id = job_id(&params);
     match state.jobs.cancel(&id) {
-        Ok(v) => Json(json!({"id": id, "status": v["status"]})).into_response(),
+        Ok(v) => Json(json!({"id": id, "status": v.status()})).into_response(),
         Err(why) => missing(&id, why),
     }
 }
@@ -220,31 +211,34 @@ pub async fn health(State(state): State<Shared>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `/v2/{endpoint_id}/openai/v1/{route}`: the gateway's job input, answered as plain OpenAI JSON.
+/// `/v2/{endpoint_id}/openai/v1/{route}`: the route the gateway's job would name, answered
+/// as plain OpenAI JSON (not list-wrapped, as the gateway unwraps it).
 async fn gateway(
     State(state): State<Shared>,
     Path(params): Path<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let route = format!(
+) -> Response {
+    let name = format!(
         "/v1/{}",
         params.get("route").map(String::as_str).unwrap_or("")
     );
-    let input = if method == Method::GET {
-        json!({ "openai_route": route })
+    let request = if method == Method::GET {
+        router::openai_request(&name, None)
     } else {
-        let body = json_body(&headers, body, state.app.max_request_bytes)?;
-        json!({ "openai_route": route, "openai_input": body })
-    };
-    match router::run(&state.app, &input).await {
-        JobResult::Rejected(e) => Err(e),
-        JobResult::Output(Value::Array(mut items)) if items.len() == 1 => {
-            Ok(Json(items.remove(0)).into_response())
+        match json_body(&headers, body, state.app.max_request_bytes) {
+            Ok(body) => router::openai_request(&name, Some(&body)),
+            Err(e) => Err(e),
         }
-        JobResult::Output(v) => Ok(Json(v).into_response()),
-        JobResult::Failed(e) => Err(ApiError::new(ErrorKind::Internal, e)),
+    };
+    let (route, body) = match request {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match routes::answer(&state.app, route, &body).await {
+        Ok(reply) => reply.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

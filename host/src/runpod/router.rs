@@ -9,41 +9,58 @@
 //! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`; only
 //! server faults fail the job.
 
-use crate::api::{
-    self, ApiError, AppState, ClassifyRequest, EmbeddingsRequest, ErrorKind, RerankRequest,
-};
+use crate::api::{ApiError, AppState, ErrorKind};
+use crate::routes::{self, Reply, Route, ROUTE_NAMES};
 use ember_plugin_api::ModelKind;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 /// What a job ends with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum JobResult {
-    /// The job's output.
-    Output(Value),
+    /// The job's output, as JSON text.
+    Output(Box<RawValue>),
     /// A bad request: the job completes with the worker's error object as its output.
     Rejected(ApiError),
     /// The job failed on the server's side; the message becomes the job's `error`.
     Failed(String),
 }
 
+/// The body RunPod expects for a job's result.
+#[derive(Serialize)]
+struct Posted<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
 impl JobResult {
     /// The job's output, with a rejection rendered as the worker's error object; `None` for
     /// a failed job.
-    pub fn output(&self) -> Option<Value> {
+    pub fn output(&self) -> Option<Box<RawValue>> {
         match self {
             JobResult::Output(v) => Some(v.clone()),
-            JobResult::Rejected(e) => Some(error_object(e.kind, e.message.clone())),
+            JobResult::Rejected(e) => {
+                serde_json::value::to_raw_value(&error_object(e.kind, e.message.clone())).ok()
+            }
             JobResult::Failed(_) => None,
         }
     }
 
     /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
-    pub fn to_platform(&self) -> Value {
-        match (self, self.output()) {
-            (_, Some(v)) => json!({ "output": v }),
-            (JobResult::Failed(e), None) => json!({ "error": e }),
-            (_, None) => unreachable!("only failed jobs have no output"),
-        }
+    pub fn to_platform(&self) -> String {
+        let output = self.output();
+        let posted = Posted {
+            output: output.as_deref(),
+            error: match self {
+                JobResult::Failed(e) => Some(e),
+                _ => None,
+            },
+        };
+        // Serialising JSON text and a string cannot fail.
+        serde_json::to_string(&posted).unwrap_or_default()
     }
 }
 
@@ -68,9 +85,18 @@ impl From<ApiError> for JobResult {
     }
 }
 
+impl From<Result<Reply, ApiError>> for JobResult {
+    fn from(r: Result<Reply, ApiError>) -> Self {
+        match r {
+            Ok(reply) => JobResult::Output(reply.json),
+            Err(e) => e.into(),
+        }
+    }
+}
+
 /// A job input the router cannot route: a 400 naming what was wrong.
-fn bad_input(message: String) -> JobResult {
-    JobResult::Rejected(ApiError::new(ErrorKind::Invalid, message))
+fn bad_input(message: String) -> ApiError {
+    ApiError::new(ErrorKind::Invalid, message)
 }
 
 /// Python's truthiness of a JSON value, as the worker tests its fields.
@@ -96,33 +122,6 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// The routes `openai_route` may name.
-const OPENAI_ROUTES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify (or \
-                             /classify), and the TEI and Cohere routes /embed, /rerank, \
-                             /predict, /tokenize, /decode, /info, /v2/embed, /v2/rerank";
-
-fn to_output(resp: impl serde::Serialize) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(resp)
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    api::shorten_floats(&mut v);
-    Ok(v)
-}
-
-async fn embeddings(state: &AppState, body: &Value) -> Result<Value, ApiError> {
-    let req = EmbeddingsRequest::parse(body, state.max_items)?;
-    to_output(api::embeddings(state, req).await?)
-}
-
-async fn rerank(state: &AppState, body: &Value) -> Result<Value, ApiError> {
-    let req = RerankRequest::parse(body, state.max_items)?;
-    to_output(api::rerank(state, req).await?)
-}
-
-async fn classify(state: &AppState, body: &Value) -> Result<Value, ApiError> {
-    let req = ClassifyRequest::parse(body, state.max_items)?;
-    to_output(api::classify(state, req).await?)
-}
-
 /// Whether a job's `input` is for a classifier: the model it names (or the only one) is one.
 fn for_classifier(state: &AppState, job: &Map<String, Value>) -> bool {
     let name = job.get("model").and_then(Value::as_str);
@@ -131,65 +130,68 @@ fn for_classifier(state: &AppState, job: &Map<String, Value>) -> bool {
         .is_ok_and(|m| m.manifest.abi.kind == ModelKind::Classify)
 }
 
-async fn openai(state: &AppState, job: &Map<String, Value>) -> JobResult {
-    let route = match job.get("openai_route") {
-        Some(Value::String(r)) => r.as_str(),
-        Some(other) => {
-            return bad_input(format!(
-                "openai_route must be a string, got {}",
-                kind_of(other)
-            ))
-        }
-        None => unreachable!("checked by the caller"),
+/// The route an `openai_route` names and the body it is answered with (`Null` for routes
+/// that take none), or why there is none.
+pub fn openai_request(
+    name: &str,
+    openai_input: Option<&Value>,
+) -> Result<(Route, Value), ApiError> {
+    let Some(route) = Route::named(name) else {
+        return Err(bad_input(format!(
+            "Invalid OpenAI Route: {name} (supported: {ROUTE_NAMES})"
+        )));
     };
-    match route {
-        "/v1/models" => return JobResult::Output(state.list_models()),
-        "/info" => return answered(crate::tei::info_value(state)),
-        "/v1/embeddings" | "/v1/rerank" | "/v1/classify" | "/classify" | "/embed" | "/rerank"
-        | "/predict" | "/tokenize" | "/decode" | "/v2/embed" | "/v2/rerank" => {}
-        _ => {
-            return bad_input(format!(
-                "Invalid OpenAI Route: {route} (supported: {OPENAI_ROUTES})"
-            ))
-        }
+    if !route.takes_body() {
+        return Ok((route, Value::Null));
     }
-    let body = match job.get("openai_input") {
-        Some(v @ Value::Object(o)) if !o.is_empty() => v,
-        Some(v) if truthy(Some(v)) => {
-            return bad_input(format!(
-                "openai_input must be the JSON object of the {route} request, got {}",
-                kind_of(v)
-            ))
-        }
-        _ => {
-            return bad_input(format!(
-                "Missing input: openai_input must hold the body of the {route} request"
-            ))
-        }
-    };
-    match route {
-        // The worker list-wraps embeddings on this route; the platform's gateway unwraps.
-        "/v1/embeddings" => answered(embeddings(state, body).await.map(|v| json!([v]))),
-        "/embed" => answered(crate::tei::embed_value(state, body).await),
-        // TEI's shape has `texts`; Infinity's and Cohere's `documents`, as on the HTTP route.
-        "/rerank" if body.get("texts").is_some() && body.get("documents").is_none() => {
-            answered(crate::tei::rerank_value(state, body).await)
-        }
-        "/v1/classify" | "/classify" => answered(classify(state, body).await),
-        "/predict" => answered(crate::tei::predict_value(state, body).await),
-        "/tokenize" => answered(crate::tei::tokenize_value(state, body).await),
-        "/decode" => answered(crate::tei::decode_value(state, body)),
-        "/v2/embed" => answered(crate::cohere::embed_value(state, body).await),
-        "/v2/rerank" => answered(crate::cohere::rerank_value(state, body).await),
-        _ => answered(rerank(state, body).await),
+    match openai_input {
+        Some(v @ Value::Object(o)) if !o.is_empty() => Ok((route.for_body(v), v.clone())),
+        Some(v) if truthy(Some(v)) => Err(bad_input(format!(
+            "openai_input must be the JSON object of the {name} request, got {}",
+            kind_of(v)
+        ))),
+        _ => Err(bad_input(format!(
+            "Missing input: openai_input must hold the body of the {name} request"
+        ))),
     }
 }
 
-/// A route's answer as a job's result.
-fn answered(result: Result<Value, ApiError>) -> JobResult {
-    match result {
-        Ok(v) => JobResult::Output(v),
-        Err(e) => e.into(),
+async fn openai(state: &AppState, job: &Map<String, Value>) -> Result<Reply, ApiError> {
+    let name = match job.get("openai_route") {
+        Some(Value::String(r)) => r.as_str(),
+        Some(other) => {
+            return Err(bad_input(format!(
+                "openai_route must be a string, got {}",
+                kind_of(other)
+            )))
+        }
+        None => unreachable!("checked by the caller"),
+    };
+    let (route, body) = openai_request(name, job.get("openai_input"))?;
+    let reply = routes::answer(state, route, &body).await?;
+    // The worker list-wraps embeddings on this route; the platform's gateway unwraps.
+    Ok(if route == Route::Embeddings {
+        reply.list_wrapped()
+    } else {
+        reply
+    })
+}
+
+/// The route a job's plain `input` asks for, by the worker's tests of its fields.
+fn plain_route(state: &AppState, job: &Map<String, Value>) -> Result<Route, ApiError> {
+    if truthy(job.get("query")) {
+        Ok(Route::Rerank)
+    } else if truthy(job.get("input")) && for_classifier(state, job) {
+        Ok(Route::Classify)
+    } else if truthy(job.get("input")) {
+        Ok(Route::Embeddings)
+    } else {
+        let keys: Vec<&str> = job.keys().map(String::as_str).collect();
+        Err(bad_input(format!(
+            "Invalid input: expected \"input\" (texts or images to embed, or texts to \
+                 classify), \"query\" with \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
+            keys.join(", ")
+        )))
     }
 }
 
@@ -199,27 +201,14 @@ pub async fn run(state: &AppState, input: &Value) -> JobResult {
         return bad_input(format!(
             "Invalid input: the job's input must be a JSON object, got {}",
             kind_of(input)
-        ));
+        ))
+        .into();
     };
     if truthy(job.get("openai_route")) {
-        return openai(state, job).await;
+        return openai(state, job).await.into();
     }
-    let result = if truthy(job.get("query")) {
-        rerank(state, input).await
-    } else if truthy(job.get("input")) && for_classifier(state, job) {
-        classify(state, input).await
-    } else if truthy(job.get("input")) {
-        embeddings(state, input).await
-    } else {
-        let keys: Vec<&str> = job.keys().map(String::as_str).collect();
-        return bad_input(format!(
-            "Invalid input: expected \"input\" (texts or images to embed, or texts to \
-                 classify), \"query\" with \"docs\" (rerank) or \"openai_route\"; got keys [{}]",
-            keys.join(", ")
-        ));
-    };
-    match result {
-        Ok(v) => JobResult::Output(v),
+    match plain_route(state, job) {
+        Ok(route) => routes::answer(state, route, input).await.into(),
         Err(e) => e.into(),
     }
 }
@@ -260,10 +249,12 @@ mod tests {
             json!({"object": "error", "message": "bad", "type": "BadRequestError",
                    "param": null, "code": 400})
         );
+        let posted = |r: JobResult| -> Value { serde_json::from_str(&r.to_platform()).unwrap() };
         let r: JobResult = ApiError::new(ErrorKind::Internal, "boom").into();
-        assert_eq!(r.to_platform(), json!({"error": "boom"}));
+        assert_eq!(posted(r), json!({"error": "boom"}));
         let r: JobResult = ApiError::invalid("input", "no").into();
-        assert_eq!(r.to_platform()["output"]["type"], "BadRequestError");
-        assert_eq!(r.to_platform()["output"]["code"], 400);
+        assert_eq!(posted(r)["output"]["type"], "BadRequestError");
+        let r: JobResult = ApiError::invalid("input", "no").into();
+        assert_eq!(posted(r)["output"]["code"], 400);
     }
 }

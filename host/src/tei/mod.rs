@@ -9,45 +9,14 @@
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
 use crate::api::{EmbeddingsRequest, RerankRequest};
-use crate::body::json_body;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use ember_plugin_api::ModelKind;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
 
 mod predict;
 
 use predict::text_classification;
-pub use predict::{predict, predict_value};
-
-/// An error answered in TEI's shape and with TEI's status codes.
-pub struct TeiError(pub ApiError);
-
-impl From<ApiError> for TeiError {
-    fn from(e: ApiError) -> Self {
-        TeiError(e)
-    }
-}
-
-impl IntoResponse for TeiError {
-    fn into_response(self) -> Response {
-        let e = self.0;
-        // TEI: Validation and Tokenizer 422, Empty 400, Overloaded 429, Unhealthy 503,
-        // Backend 424; an input too long stays 413 as ember answers it elsewhere.
-        let (status, kind) = e.kind.tei();
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(json!({"error": e.message, "error_type": kind})),
-        )
-            .into_response()
-    }
-}
+pub use predict::{predict, Predicted};
 
 /// The model a TEI request addresses: the one it names, else the only one, else the first
 /// that `can` serve the route.
@@ -81,17 +50,7 @@ pub(super) fn reranks(kind: ModelKind) -> bool {
 
 /// `POST /embed`: `inputs` (a string or a list), `normalize`, `truncate`,
 /// `truncation_direction`, `prompt_name`, `dimensions`; answers a list of vectors.
-pub async fn embed(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(embed_value(&state, &value).await?).into_response())
-}
-
-/// `/embed` on a parsed body: the list of vectors.
-pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn embed(state: &AppState, value: &Value) -> Result<Vec<Vec<f32>>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, embeds)?;
     let req = EmbeddingsRequest {
@@ -109,14 +68,24 @@ pub async fn embed_value(state: &AppState, value: &Value) -> Result<Value, ApiEr
     let done = api::vectors(state, req)
         .await
         .map_err(|e| e.renamed("input", "inputs"))?;
-    let mut vectors = json!(done.vectors);
-    api::shorten_floats(&mut vectors);
-    Ok(vectors)
+    Ok(done.vectors)
+}
+
+/// One document of TEI's rerank answer.
+#[derive(Debug, Serialize)]
+pub struct Rank {
+    /// Its position in `texts`.
+    pub index: usize,
+    /// Its score.
+    pub score: f32,
+    /// Its text, with `return_text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// `POST /rerank` in TEI's shape (`query`, `texts`, `raw_scores`, `return_text`, `truncate`):
 /// a list of `{index, score, text?}`, best first.
-pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn rerank(state: &AppState, value: &Value) -> Result<Vec<Rank>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, reranks)?;
     let query = api::query(body)?;
@@ -144,55 +113,60 @@ pub async fn rerank_value(state: &AppState, value: &Value) -> Result<Value, ApiE
     let r = api::rerank(state, req)
         .await
         .map_err(|e| e.renamed("documents", "texts"))?;
-    let ranks: Vec<Value> = r
-        .results
+    Ok(r.results
         .into_iter()
-        .map(|res| {
-            let mut rank = json!({"index": res.index, "score": res.relevance_score});
-            if let Some(text) = res.document {
-                rank["text"] = json!(text);
-            }
-            rank
+        .map(|res| Rank {
+            index: res.index,
+            score: res.relevance_score,
+            text: res.document,
         })
-        .collect();
-    let mut ranks = Value::Array(ranks);
-    api::shorten_floats(&mut ranks);
-    Ok(ranks)
+        .collect())
+}
+
+/// The answer of TEI's root route, in the shape of the route it stands for.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RootAnswer {
+    /// `/rerank`'s.
+    Ranks(Vec<Rank>),
+    /// `/predict`'s, or the Inference API's text classification.
+    Predicted(Predicted),
+    /// `/embed`'s.
+    Vectors(Vec<Vec<f32>>),
 }
 
 /// `POST /`: `/embed`, `/rerank` or `/predict` by the model's kind, as TEI's root route is.
-pub async fn root(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    let body = object(&value)?;
-    let model = model_for(&state, body, |_| true)?;
-    let answer = match model.manifest.abi.kind {
-        ModelKind::Rerank => rerank_value(&state, &value).await?,
+pub async fn root(state: &AppState, value: &Value) -> Result<RootAnswer, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, |_| true)?;
+    Ok(match model.manifest.abi.kind {
+        ModelKind::Rerank => RootAnswer::Ranks(rerank(state, value).await?),
         ModelKind::Classify if body.contains_key("parameters") => {
-            text_classification(&state, body).await?
+            RootAnswer::Predicted(text_classification(state, body).await?)
         }
-        ModelKind::Classify => predict_value(&state, &value).await?,
-        ModelKind::Embed | ModelKind::Clip => embed_value(&state, &value).await?,
-    };
-    Ok(Json(answer).into_response())
+        ModelKind::Classify => RootAnswer::Predicted(predict(state, value).await?),
+        ModelKind::Embed | ModelKind::Clip => RootAnswer::Vectors(embed(state, value).await?),
+    })
+}
+
+/// One token of TEI's `/tokenize` answer.
+#[derive(Debug, Serialize)]
+pub struct Token {
+    /// Its id.
+    pub id: u32,
+    /// Its text.
+    pub text: String,
+    /// Whether the tokenizer added it.
+    pub special: bool,
+    /// Byte offset where its text starts (null for added special tokens).
+    pub start: Option<usize>,
+    /// Byte offset where its text ends.
+    pub stop: Option<usize>,
 }
 
 /// `POST /tokenize`: `inputs`, `add_special_tokens` (default true), `prompt_name`; per input
 /// the tokens with `id`, `text`, `special`, `start`, `stop` (byte offsets).
-pub async fn tokenize(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(tokenize_value(&state, &value).await?).into_response())
-}
-
-/// `/tokenize` on a parsed body: per input, its tokens.
-pub async fn tokenize_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn tokenize(state: &AppState, value: &Value) -> Result<Vec<Vec<Token>>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, |_| true)?;
     let inputs = texts(body, "inputs", state.max_items)?;
@@ -228,9 +202,12 @@ pub async fn tokenize_value(state: &AppState, value: &Value) -> Result<Value, Ap
                     .map_err(|e| ApiError::invalid("inputs", format!("inputs[{i}]: {e}")))?;
                 Ok(tokens
                     .into_iter()
-                    .map(|t| {
-                        json!({"id": t.id, "text": t.text, "special": t.special,
-                               "start": t.span.map(|s| s.0), "stop": t.span.map(|s| s.1)})
+                    .map(|t| Token {
+                        id: t.id,
+                        text: t.text,
+                        special: t.special,
+                        start: t.span.map(|s| s.0),
+                        stop: t.span.map(|s| s.1),
                     })
                     .collect::<Vec<_>>())
             })
@@ -238,22 +215,12 @@ pub async fn tokenize_value(state: &AppState, value: &Value) -> Result<Value, Ap
     })
     .await
     .map_err(crate::api::tokenizer_failed)??;
-    Ok(json!(lists))
+    Ok(lists)
 }
 
 /// `POST /decode`: `ids` (a list, or a list of lists) and `skip_special_tokens` (default
 /// true); answers one string per list.
-pub async fn decode(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(decode_value(&state, &value)?).into_response())
-}
-
-/// `/decode` on a parsed body: one text per list of ids.
-pub fn decode_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub fn decode(state: &AppState, value: &Value) -> Result<Vec<String>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, |_| true)?;
     let skip = opt_bool(body, "skip_special_tokens")?.unwrap_or(true);
@@ -289,7 +256,7 @@ pub fn decode_value(state: &AppState, value: &Value) -> Result<Value, ApiError> 
             ))
         }
     };
-    let texts = lists
+    lists
         .iter()
         .enumerate()
         .map(|(i, ids)| {
@@ -298,18 +265,12 @@ pub fn decode_value(state: &AppState, value: &Value) -> Result<Value, ApiError> 
                 .decode(ids, skip)
                 .map_err(|e| ApiError::invalid("ids", format!("ids[{i}]: {e}")))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(json!(texts))
+        .collect()
 }
 
 /// `GET /info`: TEI's model information for the first model (`model_type` `embedding` with
 /// its pooling, `reranker`, or `classifier` with its labels), with ember's additions (`backend`, `prompts`, `models`).
-pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, TeiError> {
-    Ok(Json(info_value(&state)?).into_response())
-}
-
-/// `/info`'s answer.
-pub fn info_value(state: &AppState) -> Result<Value, ApiError> {
+pub fn info(state: &AppState) -> Result<Value, ApiError> {
     let Some(model) = state.models.first() else {
         return Err(ApiError::new(
             ErrorKind::Unavailable,

@@ -1,19 +1,12 @@
 //! TEI's `/predict` and the root route's text classification: classifier and reranker
 //! predictions in TEI's and the Inference API's shapes.
 
-use super::{classifies, model_for, reranks, TeiError};
+use super::{classifies, model_for, reranks};
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState};
-use crate::api::{Activation, ClassifyRequest, Sequence};
-use crate::body::json_body;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use crate::api::{Activation, ClassifyRequest, Prediction, Sequence};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// TEI's `inputs` for `/predict`: a string; a list of one string, or of two (a pair); or a
 /// batch, a list of such lists. Also whether it was a single input (answered unnested).
@@ -81,38 +74,21 @@ pub(super) fn predict_inputs(
     }
 }
 
-/// Predictions as JSON: `[{score, label}, ...]` per input, best first.
-fn predictions_json(rows: Vec<Vec<api::Prediction>>, top_k: Option<usize>) -> Vec<Value> {
-    rows.into_iter()
-        .map(|mut row| {
-            if let Some(k) = top_k {
-                row.truncate(k);
-            }
-            let mut v = json!(row
-                .iter()
-                .map(|p| json!({"score": p.score, "label": p.label}))
-                .collect::<Vec<_>>());
-            api::shorten_floats(&mut v);
-            v
-        })
-        .collect()
+/// Predictions of one input (`[{score, label}, ...]`, best first), or of a batch.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Predicted {
+    /// A single input's.
+    One(Vec<Prediction>),
+    /// One list per input of a batch.
+    Batch(Vec<Vec<Prediction>>),
 }
 
 /// `POST /predict` (classifiers, and rerankers as TEI allows): `inputs` (a text, a pair, or a
 /// batch of them), `raw_scores`, `truncate`,
 /// `truncation_direction`; answers `[{score, label}]` best first, or a list of them for a
 /// batch.
-pub async fn predict(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let value = json_body(&headers, body, state.max_request_bytes)?;
-    Ok(Json(predict_value(&state, &value).await?).into_response())
-}
-
-/// `/predict` on a parsed body.
-pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, ApiError> {
+pub async fn predict(state: &AppState, value: &Value) -> Result<Predicted, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, |k| classifies(k) || reranks(k))?;
     let (inputs, single) = predict_inputs(body, state.max_items)?;
@@ -127,12 +103,10 @@ pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, Api
         },
         truncation: truncation(body)?,
     };
-    let done = api::predictions(state, req, "inputs").await?;
-    let mut rows = predictions_json(done.predictions, None);
-    Ok(if single {
-        rows.remove(0)
-    } else {
-        Value::Array(rows)
+    let mut rows = api::predictions(state, req, "inputs").await?.predictions;
+    Ok(match rows.pop() {
+        Some(row) if single => Predicted::One(row),
+        last => Predicted::Batch(rows.into_iter().chain(last).collect()),
     })
 }
 
@@ -142,7 +116,7 @@ pub async fn predict_value(state: &AppState, value: &Value) -> Result<Value, Api
 pub(super) async fn text_classification(
     state: &AppState,
     body: &Map<String, Value>,
-) -> Result<Value, ApiError> {
+) -> Result<Predicted, ApiError> {
     let model = model_for(state, body, classifies)?;
     let parameters = match body.get("parameters") {
         Some(Value::Object(p)) => p,
@@ -170,6 +144,9 @@ pub(super) async fn text_classification(
         activation,
         truncation: truncation(body)?,
     };
-    let done = api::predictions(state, req, "inputs").await?;
-    Ok(Value::Array(predictions_json(done.predictions, top_k)))
+    let mut rows = api::predictions(state, req, "inputs").await?.predictions;
+    if let Some(k) = top_k {
+        rows.iter_mut().for_each(|row| row.truncate(k));
+    }
+    Ok(Predicted::Batch(rows))
 }

@@ -2,7 +2,7 @@
 
 use super::compact::Precision;
 use super::fields::{object, opt_positive, opt_str, texts, truncation};
-use super::{tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
+use super::{encode, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
 use crate::text::{TextError, Truncation};
@@ -373,7 +373,7 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
             let texts = req.input;
             let how = req.truncation;
             let max_tokens = req.max_tokens;
-            let tokens = tokenized(&model.id, move || {
+            let (payloads, count) = encode(model, "input", Payload::Tokens, move || {
                 let texts = match max_tokens {
                     Some(n) => encoder.heads(texts, n, how == Truncation::Left)?,
                     None => texts,
@@ -383,14 +383,8 @@ pub async fn vectors(state: &AppState, req: EmbeddingsRequest) -> Result<Vectors
                     None => encoder.encode_with(&texts, how),
                 }
             })
-            .await?
-            .map_err(|e| text_error("input", e))?;
-            let count: usize = tokens.iter().map(|t| t.len()).sum();
-            (
-                tokens.into_iter().map(Payload::Tokens).collect(),
-                count,
-                None,
-            )
+            .await?;
+            (payloads, count, None)
         }
         Modality::Image => {
             // Queue places first, so that no pixels are computed for items the queue refuses;

@@ -76,7 +76,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use store::json_len;
+pub use store::{json_len, Streamed, View};
 use store::{Body, Inner};
 
 /// The jobs of the local RunPod API.
@@ -153,7 +153,7 @@ impl JobStore {
 
     /// Moves a queued or running job to a final state; its final response, `None` if it had
     /// already ended.
-    fn end(&self, id: &str, status: Status, result: Option<JobResult>) -> Option<Arc<Value>> {
+    fn end(&self, id: &str, status: Status, result: Option<JobResult>) -> Option<Arc<View>> {
         let body = result.map(Body::of);
         self.end_in(&mut self.lock(), id, status, body)
     }
@@ -165,14 +165,14 @@ impl JobStore {
         id: &str,
         status: Status,
         body: Option<Body>,
-    ) -> Option<Arc<Value>> {
+    ) -> Option<Arc<View>> {
         let view = inner.end(id, status, body)?;
         self.idle.send_modify(|n| *n = n.saturating_sub(1));
         Some(view)
     }
 
     /// Stops a job's task and ends it as cancelled; `None` if it had already ended.
-    fn cancel_in(&self, inner: &mut Inner, id: &str) -> Option<Arc<Value>> {
+    fn cancel_in(&self, inner: &mut Inner, id: &str) -> Option<Arc<View>> {
         if let Some(abort) = inner.jobs.get_mut(id).and_then(|e| e.abort.take()) {
             abort.abort();
         }
@@ -180,13 +180,13 @@ impl JobStore {
     }
 
     /// The job's status response, or why there is none.
-    pub fn view(&self, id: &str) -> Result<Value, Missing> {
+    pub fn view(&self, id: &str) -> Result<View, Missing> {
         self.lock().view(id)
     }
 
     /// Waits up to `wait` for the job to end; returns its status response (the final one even
     /// if the job's output is too big to keep), or why there is none.
-    pub async fn wait(&self, id: &str, wait: Duration) -> Result<Value, Missing> {
+    pub async fn wait(&self, id: &str, wait: Duration) -> Result<View, Missing> {
         let mut rx = {
             let inner = self.lock();
             match inner.jobs.get(id) {
@@ -196,16 +196,16 @@ impl JobStore {
         };
         let _ = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
         if let Some(done) = rx.borrow().as_ref() {
-            return Ok(Value::clone(done));
+            return Ok(View::clone(done));
         }
         self.view(id)
     }
 
     /// Cancels a job that has not ended; returns its status response, or why there is none.
-    pub fn cancel(&self, id: &str) -> Result<Value, Missing> {
+    pub fn cancel(&self, id: &str) -> Result<View, Missing> {
         let mut inner = self.lock();
         match self.cancel_in(&mut inner, id) {
-            Some(view) => Ok(Value::clone(&view)),
+            Some(view) => Ok(View::clone(&view)),
             None => inner.view(id),
         }
     }

@@ -4,6 +4,8 @@
 use super::router::JobResult;
 use super::{Missing, QueueFull, Status, KEEP_FINISHED, MAX_DROPPED, MAX_FINISHED};
 use crate::config::JobLimits;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -40,22 +42,93 @@ pub fn json_len(v: &Value) -> usize {
     count.0
 }
 
+/// A job's status response: `id`, `status`, timings and, once it has finished, its output
+/// (JSON text, as the job's answer was serialised) or error.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    #[serde(flatten)]
+    head: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl PartialEq for View {
+    fn eq(&self, other: &View) -> bool {
+        self.head == other.head
+            && self.output.as_ref().map(|o| o.get()) == other.output.as_ref().map(|o| o.get())
+            && self.error == other.error
+    }
+}
+
+/// A view as `/stream` answers it: the output, if any, as the one chunk of `stream`.
+#[derive(Serialize)]
+pub struct Streamed<'a> {
+    #[serde(flatten)]
+    head: &'a Map<String, Value>,
+    stream: Vec<Chunk<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    output: &'a RawValue,
+}
+
+impl View {
+    /// The job's status, as the platform spells it.
+    pub fn status(&self) -> &str {
+        self.head
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The view as `/stream` shows it (jobs here are not generators: a finished job streams
+    /// its whole output as one chunk).
+    pub fn streamed(&self) -> Streamed<'_> {
+        Streamed {
+            head: &self.head,
+            stream: self.output.iter().map(|o| Chunk { output: o }).collect(),
+            error: self.error.as_deref(),
+        }
+    }
+
+    /// The view as a JSON value (tests look into it).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 /// A finished job's `output` or `error` and its serialized size, measured before locking.
 pub(super) struct Body {
-    pub(super) key: &'static str,
-    pub(super) value: Value,
-    pub(super) bytes: usize,
+    output: Option<Box<RawValue>>,
+    error: Option<String>,
+    key: &'static str,
+    bytes: usize,
 }
 
 impl Body {
     pub(super) fn of(result: JobResult) -> Body {
-        let (key, value) = match result {
-            JobResult::Failed(msg) => ("error", Value::String(msg)),
-            JobResult::Output(v) => ("output", v),
-            r @ JobResult::Rejected(_) => ("output", r.output().unwrap_or_default()),
-        };
-        let bytes = json_len(&value);
-        Body { key, value, bytes }
+        match result {
+            JobResult::Failed(msg) => Body {
+                bytes: json_len(&Value::String(msg.clone())),
+                output: None,
+                error: Some(msg),
+                key: "error",
+            },
+            r => {
+                let output = r.output();
+                Body {
+                    bytes: output.as_ref().map_or(4, |o| o.get().len()),
+                    output,
+                    error: None,
+                    key: "output",
+                }
+            }
+        }
     }
 }
 
@@ -66,16 +139,20 @@ pub(super) struct Entry {
     pub(super) input_bytes: usize,
     pub(super) abort: Option<AbortHandle>,
     /// The final status response, once the job has ended; `/runsync` waits on it.
-    pub(super) done: watch::Sender<Option<Arc<Value>>>,
+    pub(super) done: watch::Sender<Option<Arc<View>>>,
 }
 
 impl Entry {
     /// The status response: the stored one once ended, else built with timings up to `now`.
-    pub(super) fn view(&self, id: &str, now: Instant) -> Value {
+    pub(super) fn view(&self, id: &str, now: Instant) -> View {
         if let Some(done) = self.done.borrow().as_ref() {
-            return Value::clone(done);
+            return View::clone(done);
         }
-        Value::Object(self.head(id, self.status, now))
+        View {
+            head: self.head(id, self.status, now),
+            output: None,
+            error: None,
+        }
     }
 
     /// `id`, `status`, `delayTime` and (once started) `executionTime`, measured up to `now`.
@@ -201,22 +278,28 @@ impl Inner {
         id: &str,
         status: Status,
         body: Option<Body>,
-    ) -> Option<Arc<Value>> {
+    ) -> Option<Arc<View>> {
         let now = Instant::now();
         let (key, e) = self.jobs.get_key_value(id)?;
         if e.status.is_final() {
             return None;
         }
         let key = key.clone();
-        let mut view = e.head(id, status, now);
+        let head = e.head(id, status, now);
         // The head is small; the body was measured outside the lock.
-        let mut bytes = json_len(&Value::Object(view.clone()));
+        let mut bytes = json_len(&Value::Object(head.clone()));
+        let mut view = View {
+            head,
+            output: None,
+            error: None,
+        };
         if let Some(body) = body {
             // `,"key":` and the body, inside the head's braces.
             bytes += 1 + (body.key.len() + 2) + 1 + body.bytes;
-            view.insert(body.key.into(), body.value);
+            view.output = body.output;
+            view.error = body.error;
         }
-        let view = Arc::new(Value::Object(view));
+        let view = Arc::new(view);
         let e = self.jobs.get_mut(id)?;
         match e.status {
             Status::InQueue => {
@@ -312,7 +395,7 @@ impl Inner {
         })
     }
 
-    pub(super) fn view(&mut self, id: &str) -> Result<Value, Missing> {
+    pub(super) fn view(&mut self, id: &str) -> Result<View, Missing> {
         let now = Instant::now();
         self.forget_old(now);
         match self.jobs.get(id) {
