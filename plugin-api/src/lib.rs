@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod cuda;
+pub mod families;
 pub mod pooling;
 pub mod safetensors;
 pub mod sdk;

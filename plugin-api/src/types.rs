@@ -357,6 +357,17 @@ pub struct PixelBatch {
 }
 
 impl PixelBatch {
+    /// A batch of `rows` RGB images of `height` x `width`, their values concatenated.
+    pub fn rgb(rows: usize, height: u32, width: u32, values: Vec<f32>) -> PixelBatch {
+        PixelBatch {
+            rows: rows as u32,
+            channels: 3,
+            height,
+            width,
+            values: values.into(),
+        }
+    }
+
     /// Checks that `values` holds `rows * channels * height * width` floats.
     pub fn validate(&self) -> Result<(), PluginError> {
         let n = self.rows as usize

@@ -212,13 +212,7 @@ fn clip(
         let probe = probe(&bytes, limits).map_err(|e| format!("{n}: {e}"))?;
         values.extend(pre.run(&bytes, &probe).map_err(|e| format!("{n}: {e}"))?);
     }
-    let batch = PixelBatch {
-        rows: names.len() as u32,
-        channels: 3,
-        height,
-        width,
-        values: values.into(),
-    };
+    let batch = PixelBatch::rgb(names.len(), height, width, values);
     let out = runner.embed_pixels(&batch).map_err(|e| describe(&e))?;
     let got = normalized_rows(&out)?;
     let image = compare("images", &got, &want, min)?;

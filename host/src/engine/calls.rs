@@ -80,13 +80,7 @@ impl Worker {
                 values.extend_from_slice(v);
             }
         }
-        let batch = PixelBatch {
-            rows: items.len() as u32,
-            channels: 3,
-            height,
-            width,
-            values: values.into(),
-        };
+        let batch = PixelBatch::rgb(items.len(), height, width, values);
         vectors(runner.embed_pixels(&batch)?, items.len())
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::modelbin::{self, DataType, Variable};
+use ember_plugin_api::families::{self, Encoder};
 use ember_plugin_api::PluginError;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -24,61 +25,39 @@ pub enum Family {
     DistilBert,
 }
 
-/// The model types CTranslate2's own converter reads as decoders (generators), which this
-/// backend's encoder runtime cannot serve.
-const DECODERS: &[&str] = &[
-    "qwen2",
-    "qwen3",
-    "llama",
-    "mistral",
-    "gemma",
-    "gemma2",
-    "gemma3",
-    "gemma3_text",
-    "phi",
-    "phi3",
-    "falcon",
-    "gpt2",
-    "gpt_neox",
-    "gpt_bigcode",
-    "mixtral",
-    "olmo",
-    "cohere",
-];
-
 impl Family {
     /// The family of a `config.json` `model_type`.
     pub fn of(model_type: &str) -> Result<Family, PluginError> {
-        match model_type {
-            "bert" => Ok(Family::Bert),
-            "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
-            "distilbert" => Ok(Family::DistilBert),
-            decoder if DECODERS.contains(&decoder) => Err(PluginError::unsupported(format!(
-                "model_type \"{decoder}\" is a decoder; the ctranslate2 backend runs encoders \
+        match Encoder::of(model_type) {
+            Some(Encoder::Bert) => Ok(Family::Bert),
+            Some(Encoder::Roberta) => Ok(Family::Roberta),
+            Some(Encoder::DistilBert) => Ok(Family::DistilBert),
+            _ if families::is_decoder(model_type) => Err(PluginError::unsupported(format!(
+                "model_type \"{model_type}\" is a decoder; the ctranslate2 backend runs encoders \
                  (BERT, RoBERTa / XLM-RoBERTa, DistilBERT). Serve it with BACKEND=torch or \
                  BACKEND=optimum (an ONNX export)"
             ))),
-            other => Err(PluginError::unsupported(format!(
+            _ => Err(PluginError::unsupported(format!(
                 "the ctranslate2 backend converts BERT, RoBERTa / XLM-RoBERTa and DistilBERT \
-                 checkpoints; model_type \"{other}\" is not one of them (use the torch or \
+                 checkpoints; model_type \"{model_type}\" is not one of them (use the torch or \
                  optimum backend, or a repository already converted to CTranslate2)"
             ))),
         }
     }
 
-    /// The prefix of the encoder's weights inside a task model (`BertForSequenceClassification`).
-    fn task_prefix(self) -> &'static str {
+    /// The SDK's description of the family's checkpoints.
+    fn encoder(self) -> Encoder {
         match self {
-            Family::Bert => "bert.",
-            Family::Roberta => "roberta.",
-            Family::DistilBert => "distilbert.",
+            Family::Bert => Encoder::Bert,
+            Family::Roberta => Encoder::Roberta,
+            Family::DistilBert => Encoder::DistilBert,
         }
     }
 
     /// The prefix of the encoder's weights in `ckpt`: the task prefix when the checkpoint is a
     /// task model, none when it is the bare encoder.
     pub fn prefix_in(self, ckpt: &Checkpoint) -> &'static str {
-        let prefix = self.task_prefix();
+        let prefix = self.encoder().task_prefix();
         if ckpt.has(&format!("{prefix}embeddings.word_embeddings.weight")) {
             prefix
         } else {
@@ -281,34 +260,8 @@ pub fn convert(
     });
     // Each layer's weights: query, key, value, attention output, attention norm, feed-forward
     // in and out, output norm.
-    let names: [&str; 8] = match distil {
-        true => [
-            "attention.q_lin",
-            "attention.k_lin",
-            "attention.v_lin",
-            "attention.out_lin",
-            "sa_layer_norm",
-            "ffn.lin1",
-            "ffn.lin2",
-            "output_layer_norm",
-        ],
-        false => [
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-            "attention.output.LayerNorm",
-            "intermediate.dense",
-            "output.dense",
-            "output.LayerNorm",
-        ],
-    };
-    let [q, k, v, attn_out, attn_norm, ffn_in, ffn_out, out_norm] = names;
-    let stack = if distil {
-        "transformer.layer"
-    } else {
-        "encoder.layer"
-    };
+    let [q, k, v, attn_out, attn_norm, ffn_in, ffn_out, out_norm] = family.encoder().layer_parts();
+    let stack = family.encoder().layer_stack();
     for i in 0..layers {
         let (to, from) = (format!("encoder/layer_{i}"), format!("{stack}.{i}"));
         b.fused(&format!("{to}/self_attention/linear_0"), &from, [q, k, v])?;

@@ -15,7 +15,6 @@ use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
     PairBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
 };
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,20 +39,12 @@ struct States {
     lengths: Vec<usize>,
 }
 
-fn read_config(dir: &Path) -> Result<Value, PluginError> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))
-}
-
 /// The CTranslate2 directory of a checkpoint, converting it unless already cached, and the
 /// classification head when the model is a reranker. The checkpoint is only opened when it is
 /// read: to convert it, or for a reranker's head.
 fn converted(request: &LoadRequest, dir: &Path) -> Result<(PathBuf, Option<Head>), PluginError> {
     let files: Vec<String> = request.files.iter().map(|f| f.to_string()).collect();
-    let config = read_config(dir)?;
+    let config = ember_plugin_api::families::read_config(dir)?;
     let family = Family::of(config["model_type"].as_str().unwrap_or_default())?;
     let mut ckpt: Option<Checkpoint> = None;
     let target = cache::location(dir, &files);

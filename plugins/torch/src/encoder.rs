@@ -10,93 +10,11 @@ use ember_plugin_api::PluginError;
 use serde_json::Value;
 use tch::{Kind, TchError, Tensor};
 
-/// The families this encoder implements.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Family {
-    /// bert (MiniLM, bge, e5, gte v1).
-    Bert,
-    /// roberta, xlm-roberta, camembert: position ids count from the padding index.
-    Roberta,
-    /// distilbert: BERT with other parameter names, no segments.
-    DistilBert,
-    /// mpnet: RoBERTa-style positions plus a relative position bias on every attention.
-    MPNet,
-}
+/// The families this encoder implements: every encoder family of the SDK.
+pub use ember_plugin_api::families::Encoder as Family;
 
 /// Model types read, for messages.
 pub const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, mpnet";
-
-impl Family {
-    /// The family of a `config.json`'s `model_type`.
-    pub fn of(model_type: &str) -> Result<Family, PluginError> {
-        match model_type {
-            "bert" => Ok(Family::Bert),
-            "roberta" | "xlm-roberta" | "camembert" => Ok(Family::Roberta),
-            "distilbert" => Ok(Family::DistilBert),
-            "mpnet" => Ok(Family::MPNet),
-            other => Err(PluginError::unsupported(format!(
-                "the torch backend does not implement model_type {other:?}; supported: {SUPPORTED}"
-            ))),
-        }
-    }
-
-    /// The prefix of the encoder's weights inside a `*ForSequenceClassification` checkpoint.
-    pub fn head_prefix(self) -> &'static str {
-        match self {
-            Family::Bert => "bert.",
-            Family::Roberta => "roberta.",
-            Family::DistilBert => "distilbert.",
-            Family::MPNet => "mpnet.",
-        }
-    }
-
-    /// Whether position ids count from the padding index (RoBERTa's scheme).
-    fn offset_positions(self) -> bool {
-        matches!(self, Family::Roberta | Family::MPNet)
-    }
-
-    /// The weight names of layer `i`: query, key, value, attention output, attention norm,
-    /// feed-forward up and down, output norm.
-    fn layer_names(self, i: i64) -> [String; 8] {
-        let names: [&str; 8] = match self {
-            Family::Bert | Family::Roberta => [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "attention.output.LayerNorm",
-                "intermediate.dense",
-                "output.dense",
-                "output.LayerNorm",
-            ],
-            Family::DistilBert => [
-                "attention.q_lin",
-                "attention.k_lin",
-                "attention.v_lin",
-                "attention.out_lin",
-                "sa_layer_norm",
-                "ffn.lin1",
-                "ffn.lin2",
-                "output_layer_norm",
-            ],
-            Family::MPNet => [
-                "attention.attn.q",
-                "attention.attn.k",
-                "attention.attn.v",
-                "attention.attn.o",
-                "attention.LayerNorm",
-                "intermediate.dense",
-                "output.dense",
-                "output.LayerNorm",
-            ],
-        };
-        let stack = match self {
-            Family::DistilBert => "transformer.layer",
-            _ => "encoder.layer",
-        };
-        names.map(|n| format!("{stack}.{i}.{n}"))
-    }
-}
 
 struct Layer {
     /// Query, key and value in one product (`[3 * hidden, hidden]`).
@@ -169,7 +87,7 @@ impl Encoder {
         )?;
         let layers = (0..int(cfg, &["num_hidden_layers", "n_layers"])?)
             .map(|i| {
-                let [q, k, v, o, attn_norm, up, down, out_norm] = family.layer_names(i);
+                let [q, k, v, o, attn_norm, up, down, out_norm] = family.layer_names(i as usize);
                 let qkv = vec![
                     Linear::load(w, &q)?,
                     Linear::load(w, &k)?,

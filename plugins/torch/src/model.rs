@@ -183,14 +183,6 @@ pub struct TorchModel {
     dtype: DType,
 }
 
-fn read_config(dir: &Path) -> Result<Value, PluginError> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| PluginError::invalid_input(format!("{}: {e}", path.display())))
-}
-
 /// The values of `t` as a flat vector of f32 on the host.
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, TchError> {
     Vec::<f32>::try_from(
@@ -248,7 +240,7 @@ fn build_encoder(
 ) -> Result<Built, PluginError> {
     let weights = unprefixed(
         weights,
-        family.head_prefix(),
+        family.task_prefix(),
         "embeddings.word_embeddings.weight",
     );
     let encoder = tch::no_grad(|| Encoder::load(family, &weights, cfg))?;
@@ -373,7 +365,7 @@ impl TorchModel {
     pub fn load(request: &LoadRequest) -> Result<TorchModel, PluginError> {
         let manifest = &request.manifest;
         let dir = Path::new(request.model_dir.as_str());
-        let cfg = read_config(dir)?;
+        let cfg = ember_plugin_api::families::read_config(dir)?;
         let device = device::device(request.device)?;
         let (kind, dtype) = device::kind(request.dtype, device)?;
         if device == Device::Cpu {
@@ -395,7 +387,7 @@ impl TorchModel {
         } else if model_type == "deberta-v2" {
             build_deberta(weights, &cfg, rerank)?
         } else {
-            let family = Family::of(model_type).map_err(|_| {
+            let family = Family::of(model_type).ok_or_else(|| {
                 PluginError::unsupported(format!(
                     "the torch backend does not implement model_type {model_type:?}; \
                      supported: {}, modernbert, deberta-v2, {}, clip",
