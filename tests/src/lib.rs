@@ -3,8 +3,14 @@
 
 pub mod hub;
 pub mod liar;
+pub mod parity;
 pub mod platform;
 pub mod proxy;
+
+pub use parity::{
+    assert_close, assert_parity, assert_rerank_matches_reference, assert_texts_match, assert_unit,
+    cosine, decode_base64, embed_texts, matrix, norm, reference_tokens, vectors,
+};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -382,42 +388,6 @@ fn read(resp: reqwest::blocking::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// The float vectors of an embeddings response, in `index` order.
-pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
-    let mut data: Vec<&Value> = body["data"].as_array().expect("data list").iter().collect();
-    data.sort_by_key(|d| d["index"].as_u64().unwrap());
-    data.iter()
-        .map(|d| match &d["embedding"] {
-            Value::Array(a) => a.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
-            Value::String(s) => decode_base64(s),
-            other => panic!("unexpected embedding {other}"),
-        })
-        .collect()
-}
-
-/// Decodes a base64 little-endian float32 vector.
-pub fn decode_base64(s: &str) -> Vec<f32> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Cosine similarity of two vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "vector lengths differ");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
-/// Euclidean norm.
-pub fn norm(a: &[f32]) -> f64 {
-    a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
-}
-
 /// The environment that serves one fixture with the optimum plugin.
 pub fn optimum_env(model: &Path) -> Vec<(String, String)> {
     backend_env("optimum", model)
@@ -431,48 +401,17 @@ pub fn backend_env(backend: &str, model: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// Checks that `server` (serving the reranker fixture `model`) scores both reference cases
-/// within `tolerance` of transformers.
-pub fn assert_rerank_matches_reference(server: &Server, model: &str, tolerance: f64) {
-    let reference = reference(model);
-    for case in ["short", "long_query"] {
-        let c = &reference[case];
-        let (status, body) = server.post(
-            "/v1/rerank",
-            &serde_json::json!({"query": c["query"], "documents": c["documents"]}),
-        );
-        assert_eq!(status, 200, "{body}");
-        let results = body["results"].as_array().unwrap();
-        let documents = c["documents"].as_array().unwrap().len();
-        // Every document exactly once, best first.
-        let mut seen: Vec<usize> = results
-            .iter()
-            .map(|r| r["index"].as_u64().unwrap() as usize)
-            .collect();
-        seen.sort();
-        assert_eq!(
-            seen,
-            (0..documents).collect::<Vec<_>>(),
-            "{model} {case}: {body}"
-        );
-        let scores: Vec<f64> = results
-            .iter()
-            .map(|r| r["relevance_score"].as_f64().unwrap())
-            .collect();
-        assert!(
-            scores.windows(2).all(|w| w[0] >= w[1]),
-            "{model} {case}: not sorted best first: {scores:?}"
-        );
-        for r in results {
-            let i = r["index"].as_u64().unwrap() as usize;
-            let want = c["scores"][i].as_f64().unwrap();
-            let got = r["relevance_score"].as_f64().unwrap();
-            assert!(
-                (got - want).abs() < tolerance,
-                "{model} {case} {i}: {got} vs {want}"
-            );
-        }
-    }
+/// Starts `ember` with `backend` serving the fixtures `models` (`MODEL_NAMES`, in order), with
+/// `env` on top.
+pub fn serve_fixtures(backend: &str, models: &[&str], env: &[(&str, &str)]) -> Server {
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| fixture(m).display().to_string())
+        .collect();
+    let joined = names.join(";");
+    let mut all = vec![("MODEL_NAMES", joined.as_str()), ("BACKEND", backend)];
+    all.extend_from_slice(env);
+    Server::start(&all)
 }
 
 /// Borrows an owned environment list as `&str` pairs.

@@ -15,18 +15,9 @@ const MULTI: &str = "tiny-classify-distilbert";
 const TOLERANCE: f64 = 1e-4;
 
 fn serve(backend: &str, models: &[&str]) -> Server {
-    let names: Vec<String> = models
-        .iter()
-        .map(|m| fixture(m).display().to_string())
-        .collect();
-    let joined = names.join(";");
     // fp32 everywhere (ctranslate2 would pick int8 on the CPU).
     let dtypes = vec!["fp32"; models.len()].join(";");
-    Server::start(&[
-        ("MODEL_NAMES", joined.as_str()),
-        ("BACKEND", backend),
-        ("DTYPES", dtypes.as_str()),
-    ])
+    serve_fixtures(backend, models, &[("DTYPES", dtypes.as_str())])
 }
 
 fn id(name: &str) -> String {

@@ -12,25 +12,11 @@ const RERANK: &str = "tiny-rerank-bert";
 
 /// One server with the embedder and the reranker.
 fn serve() -> Server {
-    let models = format!("{};{}", fixture(DENSE).display(), fixture(RERANK).display());
-    Server::start(&[("MODEL_NAMES", models.as_str())])
-}
-
-fn floats(v: &Value) -> Vec<Vec<f32>> {
-    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+    serve_fixtures("torch", &[DENSE, RERANK], &[])
 }
 
 fn codes(v: &Value) -> Vec<Vec<i64>> {
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
-}
-
-fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.len(), w.len(), "{what}: text {i}: length");
-        let c = cosine(g, w);
-        assert!(c >= 0.9999, "{what}: text {i}: cosine {c}");
-    }
 }
 
 /// Codes equal to the reference's but for a bucket boundary crossed by float rounding: no
@@ -116,10 +102,10 @@ print(json.dumps({{"got": got, "want": want}}))
     );
     let out = run_python(&script);
     let (got, want) = (&out["got"], &out["want"]);
-    let float = floats(&got["float"]);
-    assert_close(&float, &floats(&want["float"]), "float");
+    let float = matrix(&got["float"]);
+    assert_close(&float, &matrix(&want["float"]), "float");
     assert_eq!(
-        floats(&got["base64"]),
+        matrix(&got["base64"]),
         float,
         "base64 holds the float32 bytes of the float vectors"
     );
@@ -140,23 +126,23 @@ print(json.dumps({{"got": got, "want": want}}))
     }
     // max_tokens keeps the first (or, truncating at the start, the last) tokens.
     assert_close(
-        &floats(&got["head"]),
-        &floats(&want["head"]),
+        &matrix(&got["head"]),
+        &matrix(&want["head"]),
         "max_tokens 3",
     );
     assert_close(
-        &floats(&got["tail"]),
-        &floats(&want["tail"]),
+        &matrix(&got["tail"]),
+        &matrix(&want["tail"]),
         "max_tokens 3, START",
     );
     assert!(
-        floats(&got["head"]) != floats(&got["tail"]),
+        matrix(&got["head"]) != matrix(&got["tail"]),
         "head and tail of the texts must differ"
     );
     // output_dimension: int8 ranges calibrated on vectors cut the same way.
     assert_close(
-        &floats(&got["small_float"]),
-        &floats(&want["small_float"]),
+        &matrix(&got["small_float"]),
+        &matrix(&want["small_float"]),
         "output_dimension 8",
     );
     assert_codes(
@@ -411,8 +397,8 @@ fn runpod_jobs_reach_the_tei_and_cohere_routes_through_openai_route() {
     assert_eq!(out, http, "/v2/embed");
     let body = json!({"model": model, "inputs": texts});
     assert_close(
-        &floats(&job("/embed", body.clone())),
-        &floats(&server.post("/embed", &body).1),
+        &matrix(&job("/embed", body.clone())),
+        &matrix(&server.post("/embed", &body).1),
         "/embed",
     );
     let case = &reference(RERANK)["short"];
@@ -507,7 +493,7 @@ fn int8_and_uint8_are_refused_for_images_binary_is_served() {
         &json!({"images": [image], "embedding_types": ["float", "ubinary"]}),
     );
     assert_eq!(status, 200, "{body}");
-    let float = floats(&body["embeddings"]["float"]);
+    let float = matrix(&body["embeddings"]["float"]);
     let packed = codes(&body["embeddings"]["ubinary"]);
     // ubinary is the signs of the float vector, packed.
     let bits: Vec<i64> = float[0]

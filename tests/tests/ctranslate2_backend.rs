@@ -37,10 +37,8 @@ fn serve_dir(dir: &Path, home: &Path, dtype: &str) -> Server {
 
 /// Cosines of the server's embeddings of the reference texts against sentence-transformers.
 fn cosines(server: &Server, reference: &Value) -> Vec<f64> {
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
-    assert_eq!(status, 200, "{body}");
-    let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
-    let got = vectors(&body);
+    let want = matrix(&reference["embeddings"]);
+    let got = embed_texts(server, reference);
     assert_eq!(got.len(), want.len());
     got.iter().zip(&want).map(|(g, w)| cosine(g, w)).collect()
 }
@@ -278,13 +276,6 @@ fn converted_at_start(log: &[String]) -> bool {
         "one of converted / cached is logged: {log:#?}"
     );
     fresh
-}
-
-/// The server's embeddings of the reference texts.
-fn embed_texts(server: &Server, reference: &Value) -> Vec<Vec<f32>> {
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
-    assert_eq!(status, 200, "{body}");
-    vectors(&body)
 }
 
 #[test]

@@ -5,8 +5,7 @@ use ember_e2e::*;
 use serde_json::{json, Value};
 
 fn serve(model: &str) -> Server {
-    let env = optimum_env(&fixture(model));
-    Server::start(&env_refs(&env))
+    serve_fixtures("optimum", &[model], &[])
 }
 
 fn check_parity(model: &str, min_cosine: f64) {
@@ -30,12 +29,7 @@ fn check_parity(model: &str, min_cosine: f64) {
         );
         assert!((norm(g) - 1.0).abs() < 1e-4, "embeddings are unit length");
     }
-    let tokens: u64 = reference["token_counts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .sum();
+    let tokens = reference_tokens(&reference);
     assert_eq!(
         body["usage"]["prompt_tokens"].as_u64(),
         Some(tokens),

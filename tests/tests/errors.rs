@@ -5,11 +5,7 @@ use ember_e2e::*;
 use serde_json::{json, Value};
 
 fn serve_tiny(extra: &[(&str, &str)]) -> Server {
-    let mut env = optimum_env(&fixture("tiny-bert-cls"));
-    for (k, v) in extra {
-        env.push((k.to_string(), v.to_string()));
-    }
-    Server::start(&env_refs(&env))
+    serve_fixtures("optimum", &["tiny-bert-cls"], extra)
 }
 
 fn assert_error(resp: (u16, Value), status: u16, param: Option<&str>, contains: &str) {

@@ -4,33 +4,19 @@
 
 use ember_e2e::proxy::FakeProxy;
 use ember_e2e::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const CLIP_MODELS: [&str; 2] = ["tiny-clip", "tiny-clip-split"];
 
 fn serve(models: &[&str], extra: &[(&str, &str)]) -> Server {
-    let names: Vec<String> = models
-        .iter()
-        .map(|m| fixture(m).display().to_string())
-        .collect();
-    let joined = names.join(";");
-    let mut env = vec![("MODEL_NAMES", joined.as_str()), ("BACKEND", "optimum")];
-    env.extend_from_slice(extra);
-    Server::start(&env)
+    serve_fixtures("optimum", models, extra)
 }
 
-fn expected(reference: &Value, key: &str) -> Vec<Vec<f32>> {
-    serde_json::from_value(reference[key].clone()).unwrap()
-}
-
-fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= 0.999, "{what}: item {i}: cosine {c} < 0.999");
-        assert!((norm(g) - 1.0).abs() < 1e-4, "{what}: unit length");
-    }
+/// Close to the reference at the precision of image preprocessing, and unit length.
+fn assert_close_unit(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+    assert_parity(got, want, 0.999, what);
+    assert_unit(got, what);
 }
 
 #[test]
@@ -41,7 +27,7 @@ fn clip_image_and_text_embeddings_match_transformers() {
     let server = serve(&CLIP_MODELS, &[("IMAGE_ALLOW_PRIVATE_URLS", "true")]);
     for model in CLIP_MODELS {
         let id = fixture(model).display().to_string();
-        let want_images = expected(&reference, "image_embeddings");
+        let want_images = matrix(&reference["image_embeddings"]);
         let as_urls: Vec<String> = names.iter().map(|n| images.image(n)).collect();
         let as_data: Vec<String> = names.iter().map(|n| data_uri(n)).collect();
         let as_raw: Vec<String> = as_data
@@ -58,7 +44,7 @@ fn clip_image_and_text_embeddings_match_transformers() {
                 &json!({"model": id, "modality": "image", "input": input}),
             );
             assert_eq!(status, 200, "{model} {form}: {body}");
-            assert_close(
+            assert_close_unit(
                 &vectors(&body),
                 &want_images,
                 &format!("{model} images as {form}"),
@@ -70,17 +56,12 @@ fn clip_image_and_text_embeddings_match_transformers() {
             &json!({"model": id, "input": reference["texts"], "modality": "text"}),
         );
         assert_eq!(status, 200, "{body}");
-        assert_close(
+        assert_close_unit(
             &vectors(&body),
-            &expected(&reference, "text_embeddings"),
+            &matrix(&reference["text_embeddings"]),
             model,
         );
-        let tokens: u64 = reference["token_counts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap())
-            .sum();
+        let tokens = reference_tokens(&reference);
         assert_eq!(body["usage"]["prompt_tokens"].as_u64(), Some(tokens));
         // Mixed in one request stream: base64 output and dimensions work for images too.
         let (status, body) = server.post(

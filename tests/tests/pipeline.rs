@@ -111,17 +111,6 @@ fn prompt_reference(name: &str) -> Vec<Vec<f32>> {
     serde_json::from_value(reference(DENSE)["prompts"][name].clone()).unwrap()
 }
 
-fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(
-            c >= 0.9999,
-            "{what}: text {i}: cosine {c} with the reference"
-        );
-    }
-}
-
 #[test]
 fn prompts_are_applied_as_sentence_transformers_applies_them() {
     let texts = reference(DENSE)["texts"].clone();

@@ -5,12 +5,7 @@ use ember_e2e::*;
 use serde_json::{json, Value};
 
 fn serve(models: &[&str]) -> Server {
-    let names: Vec<String> = models
-        .iter()
-        .map(|m| fixture(m).display().to_string())
-        .collect();
-    let joined = names.join(";");
-    Server::start(&[("MODEL_NAMES", joined.as_str()), ("BACKEND", "optimum")])
+    serve_fixtures("optimum", models, &[])
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -54,12 +49,7 @@ fn check_parity(model: &str) {
             seen[index] = true;
         }
         assert!(seen.iter().all(|s| *s), "every document is scored once");
-        let tokens: u64 = c["token_counts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap())
-            .sum();
+        let tokens = reference_tokens(c);
         assert_eq!(
             body["usage"]["total_tokens"].as_u64(),
             Some(tokens),

@@ -7,18 +7,8 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn serve(models: &[&str], extra: &[(&str, &str)]) -> Server {
-    let names: Vec<String> = models
-        .iter()
-        .map(|m| fixture(m).display().to_string())
-        .collect();
-    let joined = names.join(";");
-    let mut env = vec![
-        ("MODEL_NAMES", joined.as_str()),
-        ("BACKEND", "optimum"),
-        ("IMAGE_ALLOW_PRIVATE_URLS", "true"),
-    ];
-    env.extend_from_slice(extra);
-    Server::start(&env)
+    let env = [&[("IMAGE_ALLOW_PRIVATE_URLS", "true")], extra].concat();
+    serve_fixtures("optimum", models, &env)
 }
 
 /// Asserts that an embeddings output holds the reference vectors of the texts `indices`.

@@ -11,11 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn serve_tiny(extra: &[(&str, &str)]) -> Server {
-    let mut env = optimum_env(&fixture("tiny-bert-cls"));
-    for (k, v) in extra {
-        env.push((k.to_string(), v.to_string()));
-    }
-    Server::start(&env_refs(&env))
+    serve_fixtures("optimum", &["tiny-bert-cls"], extra)
 }
 
 /// `host:port` of the server.

@@ -11,20 +11,7 @@ const DENSE: &str = "tiny-bert-dense";
 const RERANK: &str = "tiny-rerank-bert";
 
 fn serve(name: &str) -> Server {
-    let model = fixture(name).display().to_string();
-    Server::start(&[("MODEL_NAMES", model.as_str())])
-}
-
-fn floats(v: &Value) -> Vec<Vec<f32>> {
-    serde_json::from_value(v.clone()).unwrap()
-}
-
-fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= 0.9999, "{what}: text {i}: cosine {c}");
-    }
+    serve_fixtures("torch", &[name], &[])
 }
 
 /// TEI's error shape: a status, `error_type`, and a message holding every needle.
@@ -60,16 +47,16 @@ print(json.dumps(out))
         texts = reference["texts"],
     );
     let got = run_python(&script);
-    let want = floats(&reference["embeddings"]);
-    assert_close(&floats(&got["bare"]), &want, "bare");
+    let want = matrix(&reference["embeddings"]);
+    assert_close(&matrix(&got["bare"]), &want, "bare");
     assert_close(
-        &floats(&got["query"]),
-        &floats(&reference["prompts"]["query"]),
+        &matrix(&got["query"]),
+        &matrix(&reference["prompts"]["query"]),
         "prompt query",
     );
-    assert_close(&floats(&got["one"]), &want[..1], "one text");
+    assert_close(&matrix(&got["one"]), &want[..1], "one text");
     // normalize=False: the pipeline's output before ember's normalisation, same direction.
-    let raw = floats(&got["raw"]);
+    let raw = matrix(&got["raw"]);
     assert_close(&raw, &want, "normalize=False");
     assert!(
         raw.iter().any(|v| (norm(v) - 1.0).abs() > 1e-3),
@@ -102,10 +89,10 @@ print(json.dumps({{
         texts = reference["texts"],
     );
     let got = run_python(&script);
-    let want = floats(&reference["embeddings"]);
-    assert_close(&floats(&got["batch"]), &want, "batches of 2");
-    assert_close(&floats(&json!([got["one"]])), &want[..1], "one text");
-    assert_close(&floats(&got["query"]), &floats(&query), "query instruction");
+    let want = matrix(&reference["embeddings"]);
+    assert_close(&matrix(&got["batch"]), &want, "batches of 2");
+    assert_close(&matrix(&json!([got["one"]])), &want[..1], "one text");
+    assert_close(&matrix(&got["query"]), &matrix(&query), "query instruction");
 }
 
 #[test]
@@ -113,26 +100,26 @@ fn tei_routes_answer_in_teis_shapes() {
     let server = serve(DENSE);
     let reference = reference(DENSE);
     let texts = reference["texts"].clone();
-    let want = floats(&reference["embeddings"]);
+    let want = matrix(&reference["embeddings"]);
 
     // /embed: a list of vectors, a string gives one; dimensions and prompt_name apply.
     let (status, body) = server.post("/embed", &json!({"inputs": texts}));
     assert_eq!(status, 200, "{body}");
-    assert_close(&floats(&body), &want, "/embed");
+    assert_close(&matrix(&body), &want, "/embed");
     let (status, body) = server.post("/embed", &json!({"inputs": texts[1]}));
     assert_eq!(status, 200, "{body}");
-    assert_close(&floats(&body), &want[1..2], "/embed one");
+    assert_close(&matrix(&body), &want[1..2], "/embed one");
     let (_, body) = server.post(
         "/embed",
         &json!({"inputs": texts, "prompt_name": "document"}),
     );
     assert_close(
-        &floats(&body),
-        &floats(&reference["prompts"]["document"]),
+        &matrix(&body),
+        &matrix(&reference["prompts"]["document"]),
         "/embed document",
     );
     let (_, body) = server.post("/embed", &json!({"inputs": "x", "dimensions": 8}));
-    assert_eq!(floats(&body)[0].len(), 8);
+    assert_eq!(matrix(&body)[0].len(), 8);
 
     // Truncation: the texts the model truncates (3 and 4 reach its 32 tokens) are refused
     // with truncate false, cut at their start with truncation_direction left (another
@@ -155,8 +142,8 @@ fn tei_routes_answer_in_teis_shapes() {
     assert_eq!(status, 200, "{body}");
     // As sentence-transformers with the tokenizer's truncation_side = "left".
     assert_close(
-        &floats(&body),
-        &floats(&reference["left_truncated"]),
+        &matrix(&body),
+        &matrix(&reference["left_truncated"]),
         "truncation_direction left",
     );
     let (_, start) = server.post(
@@ -165,7 +152,7 @@ fn tei_routes_answer_in_teis_shapes() {
     );
     assert_close(
         &vectors(&start),
-        &floats(&reference["left_truncated"]),
+        &matrix(&reference["left_truncated"]),
         "Cohere's truncate START on the OpenAI route",
     );
     let (status, _) = server.post("/embed", &json!({"inputs": texts[0], "truncate": false}));

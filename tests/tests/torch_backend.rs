@@ -3,24 +3,11 @@
 //! not run.
 
 use ember_e2e::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn serve(model: &str) -> Server {
-    let env = backend_env("torch", &fixture(model));
-    Server::start(&env_refs(&env))
-}
-
-fn expected(reference: &Value, key: &str) -> Vec<Vec<f32>> {
-    serde_json::from_value(reference[key].clone()).unwrap()
-}
-
-fn assert_parity(got: &[Vec<f32>], want: &[Vec<f32>], min: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= min, "{what}: item {i}: cosine {c} < {min}");
-    }
+    serve_fixtures("torch", &[model], &[])
 }
 
 #[test]
@@ -28,14 +15,7 @@ fn embeddings_match_sentence_transformers_in_fp32() {
     for model in ["all-MiniLM-L6-v2", "tiny-bert-cls", "tiny-bert-lasttoken"] {
         let reference = reference(model);
         let server = serve(model);
-        let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
-        assert_eq!(status, 200, "{body}");
-        assert_parity(
-            &vectors(&body),
-            &expected(&reference, "embeddings"),
-            0.9999,
-            model,
-        );
+        assert_texts_match(&server, &reference, "embeddings", 0.9999, model);
         let (_, models) = server.get("/v1/models");
         assert_eq!(models["data"][0]["backend"], "torch");
     }
@@ -52,14 +32,7 @@ fn rerank_scores_match_transformers() {
 fn clip_text_and_image_embeddings_match_transformers() {
     let reference = reference("tiny-clip");
     let server = serve("tiny-clip");
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
-    assert_eq!(status, 200, "{body}");
-    assert_parity(
-        &vectors(&body),
-        &expected(&reference, "text_embeddings"),
-        0.999,
-        "texts",
-    );
+    assert_texts_match(&server, &reference, "text_embeddings", 0.999, "texts");
     let images: Vec<String> = reference["images"]
         .as_array()
         .unwrap()
@@ -73,7 +46,7 @@ fn clip_text_and_image_embeddings_match_transformers() {
     assert_eq!(status, 200, "{body}");
     assert_parity(
         &vectors(&body),
-        &expected(&reference, "image_embeddings"),
+        &matrix(&reference["image_embeddings"]),
         0.999,
         "images",
     );
@@ -228,14 +201,7 @@ json.dump({"metadata": {}, "weight_map": weight_map}, open(f"{dst}/model.safeten
     );
     let server = Server::start(&env_refs(&backend_env("torch", &dir)));
     let reference = reference("tiny-bert-cls");
-    let (status, body) = server.post("/v1/embeddings", &json!({"input": reference["texts"]}));
-    assert_eq!(status, 200, "{body}");
-    assert_parity(
-        &vectors(&body),
-        &expected(&reference, "embeddings"),
-        0.9999,
-        "shards",
-    );
+    assert_texts_match(&server, &reference, "embeddings", 0.9999, "shards");
     assert!(
         server
             .log
