@@ -3,6 +3,7 @@
 //! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
 
 use crate::api::{ApiError, AppState, ErrorKind};
+use crate::metrics::Metrics;
 use crate::respond::serve;
 use crate::routes::{Facts, Route};
 use crate::runpod::jobs::JobStore;
@@ -20,7 +21,11 @@ use std::time::Instant;
 /// Writes one log line per request (method, route, model, items, tokens, status, duration)
 /// and counts it in the metrics by its matched route and a fixed set of methods, so that ids
 /// in paths and made-up methods do not multiply the series.
-async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn observe(
+    State(m): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -30,7 +35,6 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
-    let m = crate::metrics::global();
     m.requests
         .with_label_values(&[
             crate::metrics::method_label(method.as_str()),
@@ -62,24 +66,24 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
 }
 
 /// `GET /metrics`: Prometheus text format, with each model's queue depth as of now.
-async fn metrics(State(state): State<Shared>) -> Response {
-    let m = crate::metrics::global();
+async fn scrape(State(state): State<Shared>) -> Response {
+    let m = &state.app.metrics;
     for model in &state.app.models {
         m.queue_depth
             .with_label_values(&[&model.id])
             .set(model.engine.queued() as i64);
     }
-    metrics_text()
+    metrics_text(m)
 }
 
-/// The process's metrics as a Prometheus text response.
-pub(crate) fn metrics_text() -> Response {
+/// `metrics` as a Prometheus text response.
+pub(crate) fn metrics_text(metrics: &Metrics) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::global().render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -208,6 +212,7 @@ pub(crate) fn key_refusal(request: &axum::extract::Request, key: &str) -> Option
 /// `api_key` when set; every request logged and counted.
 pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) -> Router {
     let limit = state.max_request_bytes;
+    let metrics = state.metrics.clone();
     let shared = Shared { app: state, jobs };
     let v1 = Router::new()
         .route("/models", at(Route::Models))
@@ -220,7 +225,7 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .merge(v1)
         .merge(local_api::routes())
         .route("/health", get(local_api::health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape))
         // Hugging Face TEI's routes (its `/rerank` shape is told apart by `texts`).
         .route("/", at(Route::TeiRoot).get(local_api::health))
         .route("/embed", at(Route::TeiEmbed))
@@ -235,7 +240,7 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
         .layer(DefaultBodyLimit::max(limit));
-    with_key(app, api_key).layer(axum::middleware::from_fn(observe))
+    with_key(app, api_key).layer(axum::middleware::from_fn_with_state(metrics, observe))
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! route and status, queue depth per model, batch sizes and tokens, queue / tokenization /
 //! inference durations, failures by reason, model load times, and the HTTP server's open
 //! connections and refusals.
+//!
+//! One [`Metrics`] is made at start-up and handed to what records into it: the HTTP server
+//! and router (an `Arc<Metrics>`), and each model's engine and tokenization (its
+//! [`ModelMetrics`], the series labelled with the model).
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 /// Every metric ember records.
 pub struct Metrics {
@@ -78,8 +82,15 @@ fn histogram(
     h
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Metrics {
+    /// Every metric, registered in a registry of their own.
+    pub fn new() -> Metrics {
         let registry = Registry::new();
         let seconds = prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -227,6 +238,9 @@ impl Metrics {
             inference_seconds: self.inference_seconds.with_label_values(&[model]),
             call_overhead: self.call_overhead.with_label_values(&[model]),
             call_cost_padded: self.call_cost_padded.with_label_values(&[model]),
+            tokenize_seconds: self.tokenize_seconds.with_label_values(&[model]),
+            failures: self.failures.clone(),
+            model: model.into(),
         }
     }
 
@@ -238,7 +252,9 @@ impl Metrics {
     }
 }
 
-/// The series a model's worker records for every batch.
+/// The series of one model: what its worker records for every batch, its tokenization and
+/// its failed items.
+#[derive(Clone)]
 pub struct ModelMetrics {
     /// Queue wait of each item.
     pub queue_seconds: Histogram,
@@ -252,12 +268,19 @@ pub struct ModelMetrics {
     pub call_overhead: prometheus::IntGauge,
     /// Whether the policy counts a call's padded tokens (1) or its live ones (0).
     pub call_cost_padded: prometheus::IntGauge,
+    /// Time spent tokenizing a request's inputs.
+    pub tokenize_seconds: Histogram,
+    failures: IntCounterVec,
+    model: Arc<str>,
 }
 
-/// The process's metrics.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+impl ModelMetrics {
+    /// Counts `items` failed items for `reason` (see [`Metrics::failures`]).
+    pub fn fail(&self, reason: &str, items: usize) {
+        self.failures
+            .with_label_values(&[&self.model, reason])
+            .inc_by(items as u64);
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! how far loading has come (each model downloading, loading or warming up) until every model
 //! is ready; then the gate opens onto the real router.
 
+use crate::metrics::Metrics;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -97,16 +98,18 @@ pub struct Gate {
     progress: Arc<Progress>,
     app: Arc<OnceLock<Router>>,
     api_key: Option<Arc<str>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gate {
-    /// A closed gate reporting `progress`; while loading it asks for `api_key` as the real
-    /// router does (the real router checks it itself once open).
-    pub fn new(progress: Arc<Progress>, api_key: Option<&str>) -> Gate {
+    /// A closed gate reporting `progress` (and `metrics` on `/metrics`); while loading it asks
+    /// for `api_key` as the real router does (the real router checks it itself once open).
+    pub fn new(progress: Arc<Progress>, api_key: Option<&str>, metrics: Arc<Metrics>) -> Gate {
         Gate {
             progress,
             app: Arc::new(OnceLock::new()),
             api_key: api_key.map(Arc::from),
+            metrics,
         }
     }
 
@@ -134,7 +137,7 @@ async fn pass(State(gate): State<Gate>, request: Request) -> Response {
         {
             Some(refused) => refused.into_response(),
             // Scrapers see the start-up too (load times appear as models finish).
-            None if request.uri().path() == "/metrics" => crate::http::metrics_text(),
+            None if request.uri().path() == "/metrics" => crate::http::metrics_text(&gate.metrics),
             None => loading(&gate),
         },
     }

@@ -3,6 +3,7 @@
 use crate::api::{AppState, DeployedModel};
 use crate::config::{ModelSettings, Settings};
 use crate::engine::{Engine, EngineLimits, ModelRunner, Reload};
+use crate::metrics::Metrics;
 use crate::models::{manifest, resolve};
 use crate::plugin::Plugin;
 use crate::readiness::{Gate, Phase, Progress};
@@ -156,6 +157,7 @@ async fn deploy(
     settings: &Settings,
     index: usize,
     progress: &Progress,
+    metrics: &Metrics,
 ) -> anyhow::Result<DeployedModel> {
     let m = &settings.models[index];
     let started = Instant::now();
@@ -201,9 +203,10 @@ async fn deploy(
             pad_id: encoder.pad_id,
         },
         Some(reload),
+        metrics,
     )?;
     progress.set(index, Phase::Ready);
-    crate::metrics::global()
+    metrics
         .load_seconds
         .with_label_values(&[&m.name])
         .set(started.elapsed().as_secs_f64());
@@ -271,8 +274,13 @@ pub fn load_plugin(settings: &Settings) -> anyhow::Result<Arc<Plugin>> {
     Ok(Arc::new(Plugin::load(&path)?))
 }
 
-/// Loads the plugin and every model, ready to serve, reporting each model's phase.
-pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<Arc<AppState>> {
+/// Loads the plugin and every model, ready to serve, reporting each model's phase and
+/// recording into `metrics`.
+pub async fn build(
+    settings: &Settings,
+    progress: &Progress,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<AppState>> {
     // Loading the plugin opens its library and initialises its runtime: a blocking thread's
     // work.
     let plugin_settings = settings.clone();
@@ -287,7 +295,7 @@ pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<A
     );
     let mut models = Vec::with_capacity(settings.models.len());
     for i in 0..settings.models.len() {
-        models.push(deploy(&plugin, settings, i, progress).await?);
+        models.push(deploy(&plugin, settings, i, progress, &metrics).await?);
     }
     let images = Arc::new(crate::images::Images::new(&settings.images).map_err(|e| anyhow!(e))?);
     Ok(Arc::new(AppState {
@@ -300,6 +308,7 @@ pub async fn build(settings: &Settings, progress: &Progress) -> anyhow::Result<A
             .map(|d| d.as_secs())
             .unwrap_or(0),
         images,
+        metrics,
     }))
 }
 
@@ -321,20 +330,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let local_addr = listener.local_addr()?;
     tracing::info!(addr = %local_addr, "listening; loading models");
     let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
-    let gate = Gate::new(progress.clone(), settings.api_key.as_deref());
+    let metrics = Arc::new(Metrics::new());
+    let gate = Gate::new(
+        progress.clone(),
+        settings.api_key.as_deref(),
+        metrics.clone(),
+    );
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(
         listener,
         gate.router(),
         settings.server.clone(),
         settings.max_request_bytes,
+        metrics.clone(),
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },
     ));
     let mut stopping = stop_rx.clone();
     let state = tokio::select! {
-        state = build(&settings, &progress) => state?,
+        state = build(&settings, &progress, metrics.clone()) => state?,
         _ = stopping.wait_for(|s| *s) => {
             tracing::info!("stopped during start-up");
             return Ok(());
@@ -348,7 +363,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         jobs.clone(),
         settings.api_key.as_deref(),
     ));
-    crate::metrics::global().ready.set(1);
+    metrics.ready.set(1);
     tracing::info!(
         addr = %local_addr,
         ms = started.elapsed().as_millis() as u64,
@@ -375,7 +390,7 @@ pub async fn test_input(settings: Settings, job: Value) -> anyhow::Result<bool> 
         .and_then(Value::as_str)
         .unwrap_or("local_test");
     let progress = Progress::new(settings.models.iter().map(|m| m.name.clone()));
-    let state = build(&settings, &progress).await?;
+    let state = build(&settings, &progress, Arc::new(Metrics::new())).await?;
     let result = router::run(&state, input).await;
     let ok = matches!(result, JobResult::Output(_));
     tracing::info!(requestId = id, ok, "test input finished");

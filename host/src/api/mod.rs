@@ -21,6 +21,7 @@ pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 
 use crate::engine::{Engine, Payload};
 use crate::images::Images;
+use crate::metrics::Metrics;
 use crate::models::manifest::Manifest;
 use crate::text::{TextEncoder, TextError, Tokens};
 use ember_plugin_api::ModelKind;
@@ -86,6 +87,8 @@ pub struct AppState {
     pub created: u64,
     /// The shared image downloader.
     pub images: Arc<Images>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -249,17 +252,14 @@ pub struct ModelStats {
 /// Runs a model's tokenization on a blocking thread, timing it in the tokenize metric; the
 /// outer error is a failed task, the inner one the tokenizer's.
 pub(crate) async fn tokenized<T: Send + 'static>(
-    model: &str,
+    model: &DeployedModel,
     work: impl FnOnce() -> Result<T, TextError> + Send + 'static,
 ) -> Result<Result<T, TextError>, ApiError> {
-    let id = model.to_string();
+    let timer = model.engine.metrics().tokenize_seconds.clone();
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let out = work();
-        crate::metrics::global()
-            .tokenize_seconds
-            .with_label_values(&[&id])
-            .observe(started.elapsed().as_secs_f64());
+        timer.observe(started.elapsed().as_secs_f64());
         out
     })
     .await
@@ -274,7 +274,7 @@ pub(crate) async fn encode(
     payload: fn(Tokens) -> Payload,
     work: impl FnOnce() -> Result<Vec<Tokens>, TextError> + Send + 'static,
 ) -> Result<(Vec<Payload>, usize), ApiError> {
-    let tokens = tokenized(&model.id, work)
+    let tokens = tokenized(model, work)
         .await?
         .map_err(|e| text_error(param, e))?;
     let count = tokens.iter().map(Tokens::len).sum();

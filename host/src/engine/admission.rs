@@ -34,10 +34,7 @@ impl Engine {
     pub fn reserve(&self, n: usize) -> Result<Places, EngineError> {
         let refused = || {
             // Counted with the overloaded ones: the queue refused the items.
-            crate::metrics::global()
-                .failures
-                .with_label_values(&[&*self.model, "overloaded"])
-                .inc_by(n as u64);
+            self.metrics.fail("overloaded", n);
         };
         if n > self.capacity {
             refused();

@@ -38,6 +38,7 @@ pub use health::Health;
 pub use reload::Reload;
 pub use runner::ModelRunner;
 
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::text::Tokens;
 use admission::Slot;
 use batching::{CallCost, Key, Shape};
@@ -185,18 +186,20 @@ pub struct Engine {
     capacity: usize,
     /// Liveness of the worker.
     pub health: Arc<Health>,
+    metrics: ModelMetrics,
 }
 
 impl Engine {
-    /// Starts the worker thread of `model`.
+    /// Starts the worker thread of `model`, recording into `metrics`.
     /// `reload`, when given, loads the model again after repeated plugin failures.
     pub fn start(
         model: &str,
         runner: ModelRunner,
         limits: EngineLimits,
         reload: Option<Reload>,
+        metrics: &Metrics,
     ) -> std::io::Result<Engine> {
-        Self::start_retrying(model, runner, limits, reload, RETRY_LOAD_EVERY)
+        Self::start_retrying(model, runner, limits, reload, RETRY_LOAD_EVERY, metrics)
     }
 
     /// [`Engine::start`], trying to load a missing model again every `retry_every`.
@@ -206,15 +209,16 @@ impl Engine {
         limits: EngineLimits,
         reload: Option<Reload>,
         retry_every: Duration,
+        metrics: &Metrics,
     ) -> std::io::Result<Engine> {
+        let metrics = metrics.for_model(model);
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(Health::default());
         health.alive.store(true, Ordering::SeqCst);
         let device = runner.described.device.to_string();
         let worker = Worker {
-            model: model.into(),
-            metrics: crate::metrics::global().for_model(model),
+            metrics: metrics.clone(),
             keeper: Keeper {
                 model: model.into(),
                 state: ModelState::Ready(runner),
@@ -224,7 +228,6 @@ impl Engine {
                 health: health.clone(),
             },
             limits: limits.clone(),
-            health: health.clone(),
             failures: 0,
             call_cost: RefCell::new(CallCost::for_device(&device)),
         };
@@ -240,7 +243,13 @@ impl Engine {
             queued,
             capacity: limits.queue_size,
             health,
+            metrics,
         })
+    }
+
+    /// The model's metrics.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
     }
 }
 

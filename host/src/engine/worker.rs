@@ -3,7 +3,7 @@
 //! and failures count towards a reload.
 
 use super::batching::{self, CallCost, Key, Shape};
-use super::health::{AliveGuard, Health};
+use super::health::AliveGuard;
 use super::reload::{Keeper, ModelState};
 use super::ModelRunner;
 use super::{EngineError, EngineLimits, Item, Output};
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How many batches' worth of queued items are sorted together by length.
@@ -20,12 +20,10 @@ const WINDOW_BATCHES: usize = 4;
 
 /// The state of a model's worker thread.
 pub(super) struct Worker {
-    pub(super) model: Arc<str>,
     pub(super) metrics: crate::metrics::ModelMetrics,
-    /// The model, and when and how it is loaded again.
+    /// The model (its name and health too), and when and how it is loaded again.
     pub(super) keeper: Keeper,
     pub(super) limits: EngineLimits,
-    pub(super) health: Arc<Health>,
     /// Consecutive counted failures (bad input aside); the next successful call resets it.
     pub(super) failures: u32,
     /// What a plugin call costs besides its tokens, learned from the calls made (a cell: it
@@ -37,18 +35,19 @@ impl Worker {
     /// Runs the worker loop until the engine is dropped, restarting it if it panics (the items
     /// it held are answered with an error as their senders drop).
     pub(super) fn supervise(mut self, rx: mpsc::Receiver<Vec<Item>>) {
-        let _guard = AliveGuard(self.health.clone());
+        let _guard = AliveGuard(self.keeper.health.clone());
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.run(&rx))) {
                 Ok(()) => return,
                 Err(panic) => {
                     let why = ember_plugin_api::sdk::panic_message(&*panic);
-                    self.health.restarts.fetch_add(1, Ordering::SeqCst);
-                    self.health.calling(None);
-                    self.health
+                    self.keeper.health.restarts.fetch_add(1, Ordering::SeqCst);
+                    self.keeper.health.calling(None);
+                    self.keeper
+                        .health
                         .record(Some(format!("worker restarted after a panic: {why}")));
                     tracing::error!(
-                        model = &*self.model,
+                        model = &*self.keeper.model,
                         error = why,
                         "worker panicked; restarting it"
                     );
@@ -110,7 +109,7 @@ impl Worker {
         let key = items[0].payload.shape().key;
         let m = &self.metrics;
         let started = Instant::now();
-        self.health.calling(Some(started));
+        self.keeper.health.calling(Some(started));
         for it in items {
             m.queue_seconds
                 .observe((started - it.queued_at).as_secs_f64());
@@ -133,7 +132,7 @@ impl Worker {
             let why = ember_plugin_api::sdk::panic_message(&*panic);
             Err(PluginError::panicked("a call the host caught", &why))
         });
-        self.health.calling(None);
+        self.keeper.health.calling(None);
         let seconds = started.elapsed().as_secs_f64();
         m.inference_seconds.observe(seconds);
         let outputs = outputs?;
@@ -153,7 +152,7 @@ impl Worker {
         let runner = match &self.keeper.state {
             ModelState::Ready(runner) => runner,
             ModelState::Missing(missing) => {
-                let e = missing.answer(&self.model, self.keeper.retry_every);
+                let e = missing.answer(&self.keeper.model, self.keeper.retry_every);
                 self.count(&e, items.len());
                 for item in items {
                     item.answer(Err(EngineError::Plugin(e.clone())));
@@ -165,14 +164,14 @@ impl Worker {
             Ok(outputs) => {
                 self.failures = 0;
                 self.keeper.succeeded();
-                self.health.record(None);
+                self.keeper.health.record(None);
                 for (item, out) in items.into_iter().zip(outputs) {
                     item.answer(Ok(out));
                 }
             }
             Err(e) if items.len() > 1 && splits(e.code) => {
                 tracing::warn!(
-                    model = &*self.model,
+                    model = &*self.keeper.model,
                     rows = items.len(),
                     error = %e,
                     "batch failed; retrying its halves"
@@ -194,13 +193,14 @@ impl Worker {
         let counts = e.code != ErrorCode::InvalidInput;
         if counts {
             tracing::error!(
-                model = &*self.model,
+                model = &*self.keeper.model,
                 rows = items.len(),
                 error = %e,
                 "plugin call failed"
             );
             self.failures = self.failures.saturating_add(1);
-            self.health
+            self.keeper
+                .health
                 .record(Some(format!("last plugin call failed: {}", e.message)));
         }
         for item in items {
@@ -218,10 +218,7 @@ impl Worker {
         } else {
             e.code.as_str()
         };
-        crate::metrics::global()
-            .failures
-            .with_label_values(&[&*self.model, reason])
-            .inc_by(rows as u64);
+        self.metrics.fail(reason, rows);
     }
 }
 

@@ -84,16 +84,19 @@ pub(super) struct TimedBody<B> {
     /// Armed at the first wait for more of the body.
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: bool,
+    /// Counts the body if it times out.
+    refusals: prometheus::IntCounter,
 }
 
 impl<B> TimedBody<B> {
-    pub(super) fn new(inner: B, limit: Duration) -> TimedBody<B> {
+    pub(super) fn new(inner: B, limit: Duration, refusals: prometheus::IntCounter) -> TimedBody<B> {
         TimedBody {
             inner,
             limit,
             deadline: Instant::now() + limit,
             timer: None,
             timed_out: false,
+            refusals,
         }
     }
 }
@@ -125,10 +128,7 @@ where
                     return Poll::Pending;
                 }
                 this.timed_out = true;
-                crate::metrics::global()
-                    .http_refused
-                    .with_label_values(&["body_timeout"])
-                    .inc();
+                this.refusals.inc();
                 Poll::Ready(Some(Err(Box::new(BodyTimedOut { limit: this.limit }))))
             }
         }

@@ -29,6 +29,7 @@
 
 use crate::api::{ApiError, ErrorKind};
 use crate::config::ServerLimits;
+use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request, Response};
@@ -68,6 +69,8 @@ struct Shared {
     budget_total: usize,
     /// What a body of undeclared length (chunked) takes from the budget.
     max_request_bytes: usize,
+    /// Where connections and refusals are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets every
@@ -78,6 +81,7 @@ pub async fn serve(
     router: Router,
     limits: ServerLimits,
     max_request_bytes: usize,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let cap = limits
@@ -91,6 +95,7 @@ pub async fn serve(
         budget: Arc::new(Semaphore::new(budget)),
         budget_total: budget,
         max_request_bytes,
+        metrics,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -157,8 +162,11 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
     stop: watch::Receiver<bool>,
 ) {
-    let metrics = crate::metrics::global();
-    let _open = Open::new();
+    let _open = Open::new(&shared.metrics);
+    let header_timeouts = shared
+        .metrics
+        .http_refused
+        .with_label_values(&["header_timeout"]);
     let watchdog = Arc::new(Watchdog::new(&shared.limits));
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -186,7 +194,7 @@ async fn connection(
             }
             expired = watchdog.expired() => {
                 if expired == Expired::Headers {
-                    metrics.http_refused.with_label_values(&["header_timeout"]).inc();
+                    header_timeouts.inc();
                 }
                 tracing::debug!(%remote, reason = expired.as_str(), "closing connection");
                 break;
@@ -200,18 +208,18 @@ async fn connection(
 }
 
 /// Counts its connection in `ember_http_connections` while it lives.
-struct Open;
+struct Open(prometheus::IntGauge);
 
 impl Open {
-    fn new() -> Open {
-        crate::metrics::global().http_connections.inc();
-        Open
+    fn new(metrics: &Metrics) -> Open {
+        metrics.http_connections.inc();
+        Open(metrics.http_connections.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        crate::metrics::global().http_connections.dec();
+        self.0.dec();
     }
 }
 
@@ -229,7 +237,8 @@ async fn handle(
     let permit = match take_budget(&shared.budget, claim) {
         Ok(permit) => permit,
         Err(()) => {
-            crate::metrics::global()
+            shared
+                .metrics
                 .http_refused
                 .with_label_values(&["body_budget"])
                 .inc();
@@ -246,7 +255,11 @@ async fn handle(
     };
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(ConnectInfo(remote));
-    let body = Body::new(TimedBody::new(body, shared.limits.body_timeout));
+    let timed_out = shared
+        .metrics
+        .http_refused
+        .with_label_values(&["body_timeout"]);
+    let body = Body::new(TimedBody::new(body, shared.limits.body_timeout, timed_out));
     let response = match shared
         .router
         .clone()

@@ -61,7 +61,8 @@ fn start(limits: ServerLimits) -> Running {
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = runtime.spawn(serve(listener, app(), limits, 4096, async move {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let done = runtime.spawn(serve(listener, app(), limits, 4096, metrics, async move {
         let _ = stopped.await;
     }));
     Running {

@@ -81,7 +81,7 @@ fn engine(queue_size: usize) -> Engine {
         queue_size,
         pad_id: 0,
     };
-    Engine::start("echo", runner, limits, None).unwrap()
+    Engine::start("echo", runner, limits, None, &Metrics::new()).unwrap()
 }
 
 fn toks(first: i64, len: usize) -> Payload {
@@ -154,7 +154,7 @@ async fn repeated_failures_reload_the_model_and_health_recovers() {
         pad_id: 0,
     };
     let runner = ModelRunner::new(into_model_box(Box::new(Echo)));
-    let e = Engine::start("echo", runner, limits, Some(reload)).unwrap();
+    let e = Engine::start("echo", runner, limits, Some(reload), &Metrics::new()).unwrap();
     for i in 1..RELOAD_AFTER {
         assert!(e.run(vec![toks(999, 2)]).await.is_err());
         assert_eq!(reloads.load(Ordering::SeqCst), 0, "after {i} failures");

@@ -136,7 +136,15 @@ fn scripted(
         queue_size,
         pad_id: 0,
     };
-    let e = Engine::start_retrying("scripted", runner, limits, Some(reload), retry_every).unwrap();
+    let e = Engine::start_retrying(
+        "scripted",
+        runner,
+        limits,
+        Some(reload),
+        retry_every,
+        &Metrics::new(),
+    )
+    .unwrap();
     (e, probe, hold)
 }
 
