@@ -4,6 +4,7 @@ use super::{ApiError, ErrorKind};
 use crate::text::Truncation;
 use serde_json::{Map, Value};
 
+/// What kind of JSON value `v` is, for messages ("a string", "an array", ...).
 pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -15,6 +16,7 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// An optional string field.
 pub fn opt_str(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -22,6 +24,25 @@ pub fn opt_str(body: &Map<String, Value>, key: &str) -> Result<Option<String>, A
         Some(other) => Err(ApiError::invalid(
             key,
             format!("{key} must be a string, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// The first of `names` present in `body` (they are synonyms; giving two is an error).
+pub fn one_of<'a>(
+    body: &'a Map<String, Value>,
+    names: &[&'a str],
+) -> Result<Option<(&'a str, &'a Value)>, ApiError> {
+    let present: Vec<(&str, &Value)> = names
+        .iter()
+        .filter_map(|n| body.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
+        .collect();
+    match present.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        [(a, _), (b, _), ..] => Err(ApiError::invalid(
+            b,
+            format!("{a} and {b} mean the same; give only one of them"),
         )),
     }
 }

@@ -1,6 +1,8 @@
 //! `/v1/rerank`: scores of documents against a query, in the Cohere / Infinity shape.
 
-use super::fields::{object, opt_bool, opt_positive, opt_str, too_many, truncation, type_name};
+use super::fields::{
+    object, one_of, opt_bool, opt_positive, opt_str, too_many, truncation, type_name,
+};
 
 use super::{encode, ApiError, AppState, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
@@ -29,25 +31,6 @@ pub struct RerankRequest {
     pub truncation: Truncation,
     /// Score only each document's first this many tokens (Cohere's `max_tokens_per_doc`).
     pub max_tokens_per_doc: Option<usize>,
-}
-
-/// The first of `names` present in `body` (they are synonyms; giving two is an error).
-fn one_of<'a>(
-    body: &'a Map<String, Value>,
-    names: &[&'a str],
-) -> Result<Option<(&'a str, &'a Value)>, ApiError> {
-    let present: Vec<(&str, &Value)> = names
-        .iter()
-        .filter_map(|n| body.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
-        .collect();
-    match present.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        [(a, _), (b, _), ..] => Err(ApiError::invalid(
-            b,
-            format!("{a} and {b} mean the same; give only one of them"),
-        )),
-    }
 }
 
 /// The required, non-empty `query` string.
@@ -107,13 +90,7 @@ impl RerankRequest {
         }
         let return_documents = match one_of(body, &["return_documents", "return_docs"])? {
             None => false,
-            Some((_, Value::Bool(b))) => *b,
-            Some((k, other)) => {
-                return Err(ApiError::invalid(
-                    k,
-                    format!("{k} must be a boolean, got {}", type_name(other)),
-                ))
-            }
+            Some((k, _)) => opt_bool(body, k)?.unwrap_or(false),
         };
         Ok(RerankRequest {
             model: opt_str(body, "model")?,

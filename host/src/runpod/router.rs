@@ -9,6 +9,7 @@
 //! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`; only
 //! server faults fail the job.
 
+use crate::api::fields::type_name;
 use crate::api::{ApiError, AppState, ErrorKind};
 use crate::routes::{self, Reply, Route, ROUTE_NAMES};
 use ember_plugin_api::ModelKind;
@@ -111,17 +112,6 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Whether a job's `input` is for a classifier: the model it names (or the only one) is one.
 fn for_classifier(state: &AppState, job: &Map<String, Value>) -> bool {
     let name = job.get("model").and_then(Value::as_str);
@@ -148,7 +138,7 @@ pub fn openai_request(
         Some(v @ Value::Object(o)) if !o.is_empty() => Ok((route.for_body(v), v.clone())),
         Some(v) if truthy(Some(v)) => Err(bad_input(format!(
             "openai_input must be the JSON object of the {name} request, got {}",
-            kind_of(v)
+            type_name(v)
         ))),
         _ => Err(bad_input(format!(
             "Missing input: openai_input must hold the body of the {name} request"
@@ -162,7 +152,7 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> Result<Reply, Api
         Some(other) => {
             return Err(bad_input(format!(
                 "openai_route must be a string, got {}",
-                kind_of(other)
+                type_name(other)
             )))
         }
         None => unreachable!("checked by the caller"),
@@ -200,7 +190,7 @@ pub async fn run(state: &AppState, input: &Value) -> JobResult {
     let Some(job) = input.as_object() else {
         return bad_input(format!(
             "Invalid input: the job's input must be a JSON object, got {}",
-            kind_of(input)
+            type_name(input)
         ))
         .into();
     };
