@@ -39,6 +39,14 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// Every kind, for a plugin that serves them all.
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::Embed,
+        ModelKind::Rerank,
+        ModelKind::Classify,
+        ModelKind::Clip,
+    ];
+
     /// The lower-case name used in configuration, logs and the API.
     pub fn as_str(self) -> &'static str {
         match self {

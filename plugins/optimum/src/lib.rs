@@ -27,13 +27,7 @@ impl Backend for Optimum {
             name: "optimum".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: format!("onnxruntime ({})", rt.library.display()).into(),
-            kinds: vec![
-                ModelKind::Embed,
-                ModelKind::Rerank,
-                ModelKind::Classify,
-                ModelKind::Clip,
-            ]
-            .into(),
+            kinds: ModelKind::ALL.to_vec().into(),
             devices: devices.into(),
             dtypes: vec![DType::Auto, DType::Fp32, DType::Fp16, DType::Int8].into(),
         })

@@ -37,13 +37,7 @@ impl Backend for Torch {
             name: "torch".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: device::runtime().into(),
-            kinds: vec![
-                ModelKind::Embed,
-                ModelKind::Rerank,
-                ModelKind::Classify,
-                ModelKind::Clip,
-            ]
-            .into(),
+            kinds: ModelKind::ALL.to_vec().into(),
             devices: devices.into(),
             dtypes: vec![DType::Auto, DType::Fp32, DType::Fp16, DType::Bf16].into(),
         })
