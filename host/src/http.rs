@@ -1,6 +1,8 @@
-//! The HTTP server: OpenAI-style routes answering plain OpenAI JSON with HTTP status codes and
-//! the `{"error": {...}}` envelope. Routes are served under `/v1`, `/openai/v1` and, as
-//! Infinity does, at the root (`/embeddings`, `/rerank`, `/models`).
+//! The HTTP router: every [`Route`] mounted at its paths (the OpenAI-style ones under `/v1`,
+//! `/openai/v1` and, as Infinity does, at the root; TEI's and Cohere's at theirs), the local
+//! RunPod API, `/health` and `/metrics`, behind the API key when there is one, with one log
+//! line and the request metrics per request. Answers and their error shapes are
+//! `respond.rs`'s.
 
 use crate::api::{ApiError, AppState, ErrorKind};
 use crate::metrics::Metrics;

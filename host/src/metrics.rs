@@ -228,8 +228,8 @@ impl Metrics {
         }
     }
 
-    /// The per-batch series of `model`, resolved once so that a batch records them without
-    /// looking labels up.
+    /// The series of `model`: the per-batch and tokenization ones resolved once, so that a
+    /// batch records them without looking labels up, and its failures by reason.
     pub fn for_model(&self, model: &str) -> ModelMetrics {
         ModelMetrics {
             queue_seconds: self.queue_seconds.with_label_values(&[model]),

@@ -57,7 +57,8 @@ pub const ROUTE_NAMES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/class
                                /predict, /tokenize, /decode, /info, /v2/embed, /v2/rerank";
 
 impl Route {
-    /// The route an `openai_route` names, before the body is looked at (see [`Route::for_body`]).
+    /// The route an `openai_route` (or the gateway's path) names; on `/rerank` a body in TEI's
+    /// shape makes it TEI's (see [`Route::for_body`]).
     pub fn named(name: &str) -> Option<Route> {
         Some(match name {
             "/v1/models" => Route::Models,
@@ -77,7 +78,20 @@ impl Route {
 
     /// Whether the route reads a request body (the others are `GET`s).
     pub fn takes_body(self) -> bool {
-        !matches!(self, Route::Models | Route::TeiInfo)
+        match self {
+            Route::Models | Route::TeiInfo => false,
+            Route::Embeddings
+            | Route::Rerank
+            | Route::Classify
+            | Route::TeiRoot
+            | Route::TeiEmbed
+            | Route::TeiRerank
+            | Route::TeiPredict
+            | Route::TeiTokenize
+            | Route::TeiDecode
+            | Route::CohereEmbed
+            | Route::CohereRerank => true,
+        }
     }
 
     /// The route a body asks for: a rerank in TEI's shape (`texts`, no `documents`) is TEI's.
@@ -95,7 +109,13 @@ impl Route {
         match self {
             Route::Models | Route::Embeddings | Route::Rerank | Route::Classify => Dialect::OpenAi,
             Route::CohereEmbed | Route::CohereRerank => Dialect::Cohere,
-            _ => Dialect::Tei,
+            Route::TeiRoot
+            | Route::TeiEmbed
+            | Route::TeiRerank
+            | Route::TeiPredict
+            | Route::TeiTokenize
+            | Route::TeiDecode
+            | Route::TeiInfo => Dialect::Tei,
         }
     }
 }

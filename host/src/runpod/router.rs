@@ -135,7 +135,15 @@ pub fn openai_request(
         return Ok((route, Value::Null));
     }
     match openai_input {
-        Some(v @ Value::Object(o)) if !o.is_empty() => Ok((route.for_body(v), v.clone())),
+        // TEI's rerank shape is told apart on `/rerank` only, as on the worker's routes before.
+        Some(v @ Value::Object(o)) if !o.is_empty() => {
+            let route = if name == "/rerank" {
+                route.for_body(v)
+            } else {
+                route
+            };
+            Ok((route, v.clone()))
+        }
         Some(v) if truthy(Some(v)) => Err(bad_input(format!(
             "openai_input must be the JSON object of the {name} request, got {}",
             type_name(v)
@@ -229,6 +237,22 @@ mod tests {
             assert!(truthy(Some(&t)), "{t}");
         }
         assert!(!truthy(None));
+    }
+
+    #[test]
+    fn tei_rerank_bodies_are_told_apart_on_slash_rerank_only() {
+        let tei = json!({"query": "q", "texts": ["a"]});
+        let route = |name: &str| openai_request(name, Some(&tei)).map(|(r, _)| r);
+        assert_eq!(route("/rerank"), Ok(Route::TeiRerank));
+        assert_eq!(route("/v1/rerank"), Ok(Route::Rerank));
+        assert_eq!(
+            openai_request("/v1/models", None).map(|(r, _)| r),
+            Ok(Route::Models)
+        );
+        let e = openai_request("/v1/embeddings", None).unwrap_err();
+        assert!(e.message.starts_with("Missing input"), "{}", e.message);
+        let e = openai_request("/v1/nope", Some(&tei)).unwrap_err();
+        assert!(e.message.contains("Invalid OpenAI Route"), "{}", e.message);
     }
 
     #[test]

@@ -270,7 +270,7 @@ pub fn decode(state: &AppState, value: &Value) -> Result<Vec<String>, ApiError> 
 
 /// `GET /info`: TEI's model information for the first model (`model_type` `embedding` with
 /// its pooling, `reranker`, or `classifier` with its labels), with ember's additions (`backend`, `prompts`, `models`).
-pub fn info(state: &AppState) -> Result<Value, ApiError> {
+pub fn info(state: &AppState) -> Result<Info<'_>, ApiError> {
     let Some(model) = state.models.first() else {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
@@ -292,21 +292,56 @@ pub fn info(state: &AppState) -> Result<Value, ApiError> {
             "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}),
         (None, _) => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
     };
-    Ok(json!({
-        "model_id": model.id,
-        "model_sha": null,
-        "served_model_name": model.id,
-        "model_type": model_type,
-        "max_input_length": abi.max_input_tokens,
-        "max_client_batch_size": state.max_items,
-        "auto_truncate": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "sha": null,
-        "docker_label": null,
-        "backend": state.backend,
-        "device": model.device,
-        "dimensions": model.dim,
-        "prompts": model.manifest.prompts,
-        "models": state.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-    }))
+    Ok(Info {
+        model_id: &model.id,
+        model_sha: None,
+        served_model_name: &model.id,
+        model_type,
+        max_input_length: abi.max_input_tokens,
+        max_client_batch_size: state.max_items,
+        auto_truncate: true,
+        version: env!("CARGO_PKG_VERSION"),
+        sha: None,
+        docker_label: None,
+        backend: &state.backend,
+        device: &model.device,
+        dimensions: model.dim,
+        prompts: &model.manifest.prompts,
+        models: state.models.iter().map(|m| m.id.as_str()).collect(),
+    })
+}
+
+/// TEI's `/info` answer, with ember's additions.
+#[derive(Debug, Serialize)]
+pub struct Info<'a> {
+    /// The first model's id.
+    pub model_id: &'a str,
+    /// Always null: ember does not track the repository's revision here.
+    pub model_sha: Option<&'a str>,
+    /// The same id.
+    pub served_model_name: &'a str,
+    /// `{"embedding": {"pooling"}}`, `{"reranker": {...}}` or `{"classifier": {...}}`.
+    pub model_type: Value,
+    /// Longest input in tokens.
+    pub max_input_length: u32,
+    /// Most inputs per request.
+    pub max_client_batch_size: usize,
+    /// Always true: long inputs are truncated unless a request says otherwise.
+    pub auto_truncate: bool,
+    /// ember's version.
+    pub version: &'static str,
+    /// Always null.
+    pub sha: Option<&'a str>,
+    /// Always null.
+    pub docker_label: Option<&'a str>,
+    /// The backend plugin.
+    pub backend: &'a str,
+    /// The first model's device.
+    pub device: &'a str,
+    /// Its vector length.
+    pub dimensions: usize,
+    /// Its named prompts.
+    pub prompts: &'a std::collections::BTreeMap<String, String>,
+    /// Every deployed model's id.
+    pub models: Vec<&'a str>,
 }
