@@ -188,7 +188,8 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
          - **1×1**: one client sending one text at a time; *direct p50* is one plugin call of \
          one text.\n\
          - **cold start**: process start to first embedding after evicting from the page cache \
-         every file the server maps (binary, plugin, runtime libraries) and the model's files \
+         every file the server maps (binary, plugin, runtime libraries), the model's files and \
+         what the server made of them in its cache (the ctranslate2 conversion) \
          ({:.0} MiB here, {:.0} MiB of it kept by other processes' mappings); **warm start** \
          the same with all of it cached.\n\
          - **RSS after load**: resident memory after the first embedding; **peak RSS**: the \

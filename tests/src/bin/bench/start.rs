@@ -42,13 +42,17 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// `runs` warm and `runs` cold starts of the server with `env`, serving `model_dir`.
-pub fn measure(env: &[(&str, &str)], model_dir: &Path, runs: usize) -> Startup {
-    // A first start reads everything into the page cache and shows what the server maps.
+/// `runs` warm and `runs` cold starts of the server with `env`, reading the files under
+/// `dirs` (the model, and the server's cache with what it converted from it).
+pub fn measure(env: &[(&str, &str)], dirs: &[&Path], runs: usize) -> Startup {
+    // A first start reads everything into the page cache, converts what it converts, and
+    // shows what the server maps.
     let (_, server, _) = first_embedding(env);
     let mut files = mapped_files(server.pid());
     drop(server);
-    files.extend(files_under(model_dir));
+    for dir in dirs {
+        files.extend(files_under(dir));
+    }
     let (mut warm, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let (ms, _server, mib) = first_embedding(env);
