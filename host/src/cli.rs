@@ -113,7 +113,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             // The API is always served; the flag is accepted for docker-compose files
             // written for the worker (`--rp_serve_api --rp_api_host=0.0.0.0`).
             "--rp_serve_api" | "--rp-serve-api" => {}
-            "--rp_api_host" | "--rp-api-host" => host = value(true)?,
+            "--rp_api_host" | "--rp-api-host" => {
+                let v = value(true)?.unwrap_or_default();
+                // Checked as HOST is, so a bad address fails here and names the flag.
+                host = Some(crate::config::parse_host(name, &v).map_err(|e| e.0)?);
+            }
             "--rp_api_port" | "--rp-api-port" => {
                 let v = value(true)?.unwrap_or_default();
                 port = Some(
@@ -181,6 +185,15 @@ mod tests {
             Command::TestInput(TestInput::File("job.json".into()))
         );
         assert!(p(&["--rp_api_port", "x"]).unwrap_err().contains("port"));
+        let e = p(&["--rp_api_host", "999.1.1.1"]).unwrap_err();
+        assert!(e.contains("--rp_api_host"), "{e}");
+        assert_eq!(
+            p(&["--rp_api_host", "[::1]"]).unwrap(),
+            Command::Serve {
+                host: Some("::1".into()),
+                port: None
+            }
+        );
         assert!(p(&["--bogus"]).unwrap_err().contains("unknown argument"));
         let Command::PluginCheck(c) = p(&["plugin", "check", "x.so", "--model=m"]).unwrap() else {
             panic!("expected plugin check")

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use declare::Setting;
-pub use parse::{parse_device, parse_dtype};
+pub use parse::{host as parse_host, parse_device, parse_dtype};
 pub use source::{RawSettings, DEFAULT_FILE};
 
 /// A configuration error: one line for the operator.
