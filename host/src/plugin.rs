@@ -5,7 +5,7 @@
 //! abi_stable checks the layout of its root module, so an incompatible plugin is refused with
 //! a message naming the file and both versions. Plugins are never unloaded.
 
-use abi_stable::library::{lib_header_from_raw_library, RawLibrary};
+use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
 use ember_plugin_api::{
     AbiVersion, DType, HostContext, LoadRequest, LogLevel, ModelBox, PluginError, PluginInfo,
@@ -63,6 +63,16 @@ extern "C" fn host_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         LogLevel::Warn => tracing::warn!(plugin = target, "{message}"),
         LogLevel::Info => tracing::info!(plugin = target, "{message}"),
         LogLevel::Debug => tracing::debug!(plugin = target, "{message}"),
+    }
+}
+
+/// Why `dlopen` refused a plugin, on one line: the loader's own words (for example the runtime
+/// library it could not find), not abi_stable's multi-line wrapping of them.
+fn open_error(e: LibraryError) -> String {
+    match e {
+        LibraryError::OpenError { err, .. } => std::error::Error::source(&*err)
+            .map_or_else(|| err.to_string(), |cause| cause.to_string()),
+        other => other.to_string(),
     }
 }
 
@@ -143,7 +153,7 @@ impl Plugin {
             reason,
         };
         let path = path.canonicalize().map_err(|e| invalid(e.to_string()))?;
-        let raw = RawLibrary::load_at(&path).map_err(|e| invalid(e.to_string()))?;
+        let raw = RawLibrary::load_at(&path).map_err(|e| invalid(open_error(e)))?;
         // Plugins are never unloaded: their code and statics live as long as the process.
         let raw: &'static RawLibrary = Box::leak(Box::new(raw));
         // SAFETY: the symbol is a plain `extern "C" fn() -> AbiVersion` in every ember plugin,
@@ -206,5 +216,29 @@ impl Plugin {
     /// Loads a model.
     pub fn load_model(&self, request: &LoadRequest) -> Result<ModelBox, PluginError> {
         (self.module.load_model())(request).into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_dlopen_refuses_is_reported_on_one_line_in_the_loaders_words() {
+        let dir = std::env::temp_dir().join(format!("ember-plugin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("libember_garbage.so");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let loaded = Plugin::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Err(e) = loaded else {
+            panic!("a file of text loaded as a plugin");
+        };
+        let message = e.to_string();
+        assert!(matches!(e, LoadError::Invalid { .. }), "{message}");
+        assert!(!message.contains('\n'), "{message:?}");
+        assert!(message.contains("libember_garbage.so"), "{message}");
+        // glibc's own words for a file that is not a shared object.
+        assert!(message.contains("ELF header"), "{message}");
     }
 }

@@ -219,7 +219,7 @@ pub fn run(args: &CheckArgs, out: Box<dyn Write>, live: bool) -> Report {
     report.add(
         "load model",
         Outcome::Pass(format!(
-            "{} model from {} on {} ({}), dim {}, concurrent calls {}",
+            "{} model from {} on {} ({}), dim {}, concurrent calls {}{}",
             prepared.manifest.abi.kind.as_str(),
             prepared.local.backend_files.join(", "),
             d.device,
@@ -229,11 +229,22 @@ pub fn run(args: &CheckArgs, out: Box<dyn Write>, live: bool) -> Report {
                 "allowed"
             } else {
                 "serialised by the host"
-            }
+            },
+            auto_note(args.dtype, d.dtype),
         )),
     );
     check_model(&mut report, &prepared, &prepared.runner, model, args);
     report
+}
+
+/// Where `auto` resolved to a lower precision, a note that the tolerances stay fp32's and how
+/// to check with the resolved precision's own.
+fn auto_note(asked: DType, loaded: DType) -> String {
+    if asked != DType::Auto || loaded == DType::Fp32 || loaded == DType::Auto {
+        return String::new();
+    }
+    let name = loaded.as_str();
+    format!("; auto resolved to {name}, held to fp32's tolerances (--dtype {name} uses {name}'s)")
 }
 
 fn check_model(
@@ -284,4 +295,20 @@ pub fn main(args: &CheckArgs) -> u8 {
         }
     );
     u8::from(report.failures > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_resolved_to_a_lower_precision_says_how_to_check_with_its_tolerances() {
+        let note = auto_note(DType::Auto, DType::Int8);
+        assert!(note.contains("auto resolved to int8"), "{note}");
+        assert!(note.contains("--dtype int8"), "{note}");
+        assert_eq!(auto_note(DType::Auto, DType::Fp32), "");
+        assert_eq!(auto_note(DType::Fp16, DType::Fp16), "");
+        // The tolerances themselves still follow what was asked.
+        assert_eq!(Tolerance::of(DType::Auto), Tolerance::of(DType::Fp32));
+    }
 }

@@ -54,7 +54,8 @@ const NEEDS: cuda::Needs = cuda::Needs {
 };
 
 /// Where the request's model is to run: the driver preflight's decision for this runtime (the
-/// CPU without asking when this onnxruntime has no CUDA provider and `DEVICE` is `auto`).
+/// CPU when this onnxruntime has no CUDA provider and `DEVICE` is `auto`, with a warning where
+/// the machine has an NVIDIA driver).
 pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
     let rt = runtime::get()?;
     Ok(match request.device.kind {
@@ -65,6 +66,12 @@ pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
                  (install the onnxruntime-gpu wheel)",
             ))
         }
+        // A GPU this onnxruntime cannot use is worth a warning; a machine without one is not.
+        DeviceKind::Auto if !rt.cuda_available && cuda::driver_present() => cuda::fall_back(
+            "optimum",
+            request.device,
+            "this onnxruntime has no CUDA execution provider (the GPU image ships onnxruntime-gpu)",
+        )?,
         DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
         _ => cuda::preflight("optimum", request.device, &NEEDS)?,
     })

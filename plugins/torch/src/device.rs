@@ -96,6 +96,7 @@ fn start_cuda() -> Result<(), String> {
             match unsafe { Library::open(Some("libtorch_cuda.so"), RTLD_NOW | RTLD_LOCAL) } {
                 Ok(lib) => {
                     std::mem::forget(lib);
+                    crate::aten::use_cudnn_attention(false);
                     Ok(())
                 }
                 Err(e) => Err(format!(

@@ -6,6 +6,7 @@
 //! Qwen3, Llama, Mistral, Gemma 3 (last-token or mean states, score and yes/no heads); CLIP
 //! (text and vision towers with their projections).
 
+pub mod aten;
 mod clip;
 mod deberta;
 mod decoder;
