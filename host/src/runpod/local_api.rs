@@ -224,19 +224,19 @@ async fn gateway(
         "/v1/{}",
         params.get("route").map(String::as_str).unwrap_or("")
     );
-    let request = if method == Method::GET {
-        router::openai_request(&name, None)
+    let parsed = if method == Method::GET {
+        None
     } else {
         match json_body(&headers, body, state.app.max_request_bytes) {
-            Ok(body) => router::openai_request(&name, Some(&body)),
-            Err(e) => Err(e),
+            Ok(body) => Some(body),
+            Err(e) => return e.into_response(),
         }
     };
-    let (route, body) = match request {
+    let (route, body) = match router::openai_request(&name, parsed.as_ref()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match routes::answer(&state.app, route, &body).await {
+    match routes::answer(&state.app, route, body).await {
         Ok(reply) => reply.into_response(),
         Err(e) => e.into_response(),
     }

@@ -39,22 +39,27 @@ struct Posted<'a> {
 
 impl JobResult {
     /// The job's output, with a rejection rendered as the worker's error object; `None` for
-    /// a failed job.
-    pub fn output(&self) -> Option<Box<RawValue>> {
+    /// a failed job. Moves the output's JSON text rather than copying it.
+    pub fn into_output(self) -> Option<Box<RawValue>> {
         match self {
-            JobResult::Output(v) => Some(v.clone()),
-            JobResult::Rejected(e) => {
-                serde_json::value::to_raw_value(&error_object(e.kind, e.message.clone())).ok()
-            }
+            JobResult::Output(v) => Some(v),
+            JobResult::Rejected(e) => rejection(&e),
             JobResult::Failed(_) => None,
         }
     }
 
     /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
     pub fn to_platform(&self) -> String {
-        let output = self.output();
+        let rejected;
         let posted = Posted {
-            output: output.as_deref(),
+            output: match self {
+                JobResult::Output(v) => Some(v),
+                JobResult::Rejected(e) => {
+                    rejected = rejection(e);
+                    rejected.as_deref()
+                }
+                JobResult::Failed(_) => None,
+            },
             error: match self {
                 JobResult::Failed(e) => Some(e),
                 _ => None,
@@ -63,6 +68,11 @@ impl JobResult {
         // Serialising JSON text and a string cannot fail.
         serde_json::to_string(&posted).unwrap_or_default()
     }
+}
+
+/// The worker's error object of a rejected job, as JSON text.
+fn rejection(e: &ApiError) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(&error_object(e.kind, e.message.clone())).ok()
 }
 
 /// The worker's error object for an error's kind and message.
@@ -120,19 +130,19 @@ fn for_classifier(state: &AppState, job: &Map<String, Value>) -> bool {
         .is_ok_and(|m| m.manifest.abi.kind == ModelKind::Classify)
 }
 
-/// The route an `openai_route` names and the body it is answered with (`Null` for routes
-/// that take none), or why there is none.
-pub fn openai_request(
+/// The route an `openai_route` names and the body it is answered with (borrowed from
+/// `openai_input`; `Null` for routes that take none), or why there is none.
+pub fn openai_request<'a>(
     name: &str,
-    openai_input: Option<&Value>,
-) -> Result<(Route, Value), ApiError> {
+    openai_input: Option<&'a Value>,
+) -> Result<(Route, &'a Value), ApiError> {
     let Some(route) = Route::named(name) else {
         return Err(bad_input(format!(
             "Invalid OpenAI Route: {name} (supported: {ROUTE_NAMES})"
         )));
     };
     if !route.takes_body() {
-        return Ok((route, Value::Null));
+        return Ok((route, &Value::Null));
     }
     match openai_input {
         // TEI's rerank shape is told apart on `/rerank` only, as on the worker's routes before.
@@ -142,7 +152,7 @@ pub fn openai_request(
             } else {
                 route
             };
-            Ok((route, v.clone()))
+            Ok((route, v))
         }
         Some(v) if truthy(Some(v)) => Err(bad_input(format!(
             "openai_input must be the JSON object of the {name} request, got {}",
@@ -166,7 +176,7 @@ async fn openai(state: &AppState, job: &Map<String, Value>) -> Result<Reply, Api
         None => unreachable!("checked by the caller"),
     };
     let (route, body) = openai_request(name, job.get("openai_input"))?;
-    let reply = routes::answer(state, route, &body).await?;
+    let reply = routes::answer(state, route, body).await?;
     // The worker list-wraps embeddings on this route; the platform's gateway unwraps.
     Ok(if route == Route::Embeddings {
         reply.list_wrapped()

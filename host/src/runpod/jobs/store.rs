@@ -120,7 +120,7 @@ impl Body {
                 key: "error",
             },
             r => {
-                let output = r.output();
+                let output = r.into_output();
                 Body {
                     bytes: output.as_ref().map_or(4, |o| o.get().len()),
                     output,
