@@ -247,7 +247,7 @@ fn each_lie_fails_the_check_it_breaks() {
     let liar_model = LiarModel::create("lies", true);
     let model = liar_model.dir.clone();
     // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
-    let cases: [(&str, &str, &[&str]); 7] = [
+    let cases: [(&str, &str, &[&str]); 8] = [
         (
             "constant",
             "distinct inputs",
@@ -291,6 +291,18 @@ fn each_lie_fails_the_check_it_breaks() {
                 "determinism",
                 "distinct inputs",
                 "padding",
+                "parity",
+            ],
+        ),
+        (
+            "overrun",
+            "very long input",
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "threads",
                 "parity",
             ],
         ),

@@ -42,6 +42,8 @@ pub struct OnnxModel {
     dim: usize,
     device: String,
     dtype: DType,
+    /// The manifest's longest input in tokens (0: not known).
+    max_tokens: usize,
 }
 
 /// The token inputs of a batch, by the names optimum exports use.
@@ -94,6 +96,20 @@ fn onnx_files<'a>(request: &'a LoadRequest, prefix: &str, half: bool) -> Option<
 }
 
 impl OnnxModel {
+    /// Refuses, as the caller's error, a batch longer than the model's inputs: the host
+    /// truncates to the manifest's `max_input_tokens`, and a graph run past its position
+    /// table fails deep inside onnxruntime as an internal error.
+    fn check_length(&self, batch: &TokenBatch) -> Result<(), PluginError> {
+        let seq = batch.seq_len as usize;
+        if self.max_tokens > 0 && seq > self.max_tokens {
+            return Err(PluginError::invalid_input(format!(
+                "sequences of {seq} tokens are longer than the model's {} (max_input_tokens)",
+                self.max_tokens
+            )));
+        }
+        Ok(())
+    }
+
     /// The classification head's logits of every row, row-major `[rows, labels]`.
     fn logits(&self, tokens: &TokenBatch) -> Result<Vec<f32>, PluginError> {
         let Kind::Classifier { graph, output } = &self.kind else {
@@ -105,6 +121,7 @@ impl OnnxModel {
         if rows == 0 {
             return Ok(Vec::new());
         }
+        self.check_length(tokens)?;
         let positions = positions(tokens);
         let out = graph.run(feeds_for(graph, tokens, &positions), output)?;
         let labels = self.dim;
@@ -209,6 +226,7 @@ impl OnnxModel {
             dim,
             device,
             dtype,
+            max_tokens: manifest.max_input_tokens as usize,
         };
         if let Kind::Clip { .. } = model.kind {
             // The projection size is not in the manifest: ask the graph.
@@ -332,6 +350,7 @@ impl Model for OnnxModel {
         if rows == 0 {
             return Ok(EmbeddingBatch::empty(self.dim as u32));
         }
+        self.check_length(batch)?;
         match &self.kind {
             Kind::Encoder {
                 graph,

@@ -17,7 +17,9 @@
 //!   0.98 to the honest ones), as if quantisation error excused it;
 //! - `noisy`: adds a little noise that changes from call to call (not deterministic);
 //! - `racy`: allows concurrent calls, but a call that overlaps another returns garbage (as a
-//!   plugin sharing a scratch buffer between calls would).
+//!   plugin sharing a scratch buffer between calls would);
+//! - `overrun`: answers inputs of more than 1024 tokens with an internal error, as an ONNX
+//!   graph run past its position table does, instead of refusing them as invalid input.
 //!
 //! `EMBER_LIAR_RECORD`, when set, names a file to which every `embed_tokens` call appends one
 //! line, `rows seq_len kept`, where `kept` counts the positions the attention mask keeps, so
@@ -46,6 +48,7 @@ enum Lie {
     Int8,
     Noisy,
     Racy,
+    Overrun,
 }
 
 impl Lie {
@@ -59,10 +62,11 @@ impl Lie {
             "int8" => Lie::Int8,
             "noisy" => Lie::Noisy,
             "racy" => Lie::Racy,
+            "overrun" => Lie::Overrun,
             other => {
                 return Err(PluginError::invalid_input(format!(
                     "EMBER_LIAR={other:?}: expected honest, constant, unmasked, promptful, nan, \
-                     int8, noisy or racy"
+                     int8, noisy, racy or overrun"
                 )))
             }
         })
@@ -136,6 +140,11 @@ impl Model for LiarModel {
                 rows * seq,
                 batch.input_ids.len(),
                 batch.attention_mask.len()
+            )));
+        }
+        if self.lie == Lie::Overrun && seq > 1024 {
+            return Err(PluginError::internal(format!(
+                "forward: indices element out of data bounds, idx={seq}"
             )));
         }
         if let Some(file) = &self.record {
