@@ -130,6 +130,67 @@ pub fn to(base: &str, corpus: &[String], s: Scenario, secs: f64) -> Measured {
     )
 }
 
+/// What the first request of a batch shape a fresh server has not seen costs over a repeat of
+/// the same request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewShapes {
+    /// Median over the shapes of the first request's extra time, ms.
+    pub p50_ms: f64,
+    /// The largest extra time, ms.
+    pub max_ms: f64,
+}
+
+/// How many new shapes [`new_shapes`] times.
+pub const SHAPES_COUNT: usize = 8;
+
+/// Rows × words of the requests [`new_shapes`] sends, each a shape the warm-up (one batch of
+/// `BATCH_SIZES` rows) and the others did not make.
+const SHAPES: [(usize, usize); SHAPES_COUNT] = [
+    (1, 5),
+    (2, 17),
+    (3, 29),
+    (5, 41),
+    (7, 53),
+    (9, 70),
+    (13, 90),
+    (17, 110),
+];
+
+/// Sends each of [`SHAPES`] twice to a server that has only warmed up and returns what the
+/// first request took over the second: the cost of a runtime that prepares work per input
+/// shape (kernel selection, graph builds), paid by the first caller of every new shape.
+pub fn new_shapes(server: &Server, corpus: &[String]) -> NewShapes {
+    let words: Vec<&str> = corpus.iter().flat_map(|t| t.split(' ')).collect();
+    let timed = |input: &[String]| {
+        let t = Instant::now();
+        let (status, body) = server.post("/v1/embeddings", &json!({ "input": input }));
+        assert_eq!(status, 200, "{body}");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let mut extra: Vec<f64> = SHAPES
+        .iter()
+        .enumerate()
+        .map(|(k, &(rows, n))| {
+            let input: Vec<String> = (0..rows)
+                .map(|r| {
+                    let start = (k * 131 + r * 17) % words.len();
+                    (0..n)
+                        .map(|j| words[(start + j) % words.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            let first = timed(&input);
+            (first - timed(&input)).max(0.0)
+        })
+        .collect();
+    extra.sort_by(f64::total_cmp);
+    NewShapes {
+        p50_ms: percentile(&extra, 0.5),
+        max_ms: extra.last().copied().unwrap_or(0.0),
+    }
+}
+
 /// What the plugin does when called directly, without HTTP or queue.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Direct {

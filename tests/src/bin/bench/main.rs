@@ -162,6 +162,13 @@ fn main() -> anyhow::Result<()> {
                 direct.one.texts_per_s, direct.one.p50_ms, direct.sorted.texts_per_s
             );
             let server = Server::start(env);
+            let fresh = load::new_shapes(&server, &corpus);
+            println!(
+                "first request of {} new batch shapes, over a repeat: p50 {:.1} ms, most {:.1} ms",
+                load::SHAPES_COUNT,
+                fresh.p50_ms,
+                fresh.max_ms
+            );
             let run = |clients, batch| {
                 let m = load::server(&server, &corpus, Scenario { clients, batch }, secs);
                 println!(
@@ -175,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             peak_mib[i] = peak_mib[i].max(server.memory_mib("VmHWM"));
             rounds_of[i].push(report::Round {
                 direct,
+                fresh,
                 one,
                 big,
                 small,

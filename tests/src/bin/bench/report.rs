@@ -1,6 +1,6 @@
 //! The benchmark's results as a Markdown document.
 
-use crate::load::{Direct, Measured};
+use crate::load::{Direct, Measured, NewShapes};
 use crate::start::Startup;
 use std::fmt::Write;
 
@@ -9,6 +9,8 @@ use std::fmt::Write;
 pub struct Round {
     /// The plugin called directly.
     pub direct: Direct,
+    /// The fresh server's first request of each new batch shape.
+    pub fresh: NewShapes,
     /// The server with 1 client sending 1 text.
     pub one: Measured,
     /// The server with 8 clients sending 32 texts.
@@ -134,15 +136,16 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "| backend | 8×32 texts/s (of direct) | 32×1 texts/s (of direct) | 32×1 / 8×32 | \
-         1×1 p50 / p99 ms (direct p50) | cold start | warm start | RSS after load | peak RSS |"
+         1×1 p50 / p99 ms (direct p50) | cold start | warm start | RSS after load | peak RSS | \
+         new shape extra p50 / max ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let sorted = |r: &Round| r.direct.sorted.texts_per_s;
         let _ = writeln!(
             out,
             "| {} | {:.0} ({}) | {:.0} ({}) | {} | {:.1} / {:.1} ({:.1}) | {:.2} s | {:.2} s | \
-             {:.0} MiB | {:.0} MiB |",
+             {:.0} MiB | {:.0} MiB | {:.1} / {:.1} |",
             r.backend,
             r.median(|r| r.big.texts_per_s),
             r.ratio(|r| r.big.texts_per_s, sorted),
@@ -156,6 +159,8 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
             r.startup.warm_ms / 1e3,
             r.startup.rss_mib,
             r.peak_mib,
+            r.median(|r| r.fresh.p50_ms),
+            r.median(|r| r.fresh.max_ms),
         );
     }
     let find = |name: &str| rows.iter().find(|r| r.backend == name);
@@ -193,7 +198,11 @@ pub fn markdown(setup: &Setup, rows: &[Row]) -> String {
          ({:.0} MiB here, {:.0} MiB of it kept by other processes' mappings); **warm start** \
          the same with all of it cached.\n\
          - **RSS after load**: resident memory after the first embedding; **peak RSS**: the \
-         most resident memory of the server in any round.",
+         most resident memory of the server in any round.\n\
+         - **new shape extra**: what a freshly started server's first request of each of 8 \
+         batch shapes it has not seen (1 to 17 texts of 5 to 110 words) takes over the same \
+         request repeated: what a runtime that prepares work per input shape costs the first \
+         caller of each.",
         rows.iter()
             .map(|r| r.startup.evicted_mib)
             .fold(0.0, f64::max),
