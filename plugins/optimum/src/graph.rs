@@ -66,7 +66,8 @@ pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
                  (install the onnxruntime-gpu wheel)",
             ))
         }
-        // A GPU this onnxruntime cannot use is worth a warning; a machine without one is not.
+        // A machine with an NVIDIA driver that this onnxruntime cannot use is worth a warning;
+        // one without a driver is not.
         DeviceKind::Auto if !rt.cuda_available && cuda::driver_present() => cuda::fall_back(
             "optimum",
             request.device,

@@ -16,10 +16,13 @@ extern "C" {
 /// Lets `scaled_dot_product_attention` on CUDA use cuDNN's attention, or not.
 ///
 /// The GPU path turns it off: libtorch prefers it for fp16/bf16 on Hopper, and cuDNN builds an
-/// execution graph for every new (batch, length) shape. On an H200 the first batch of a new
-/// shape took up to 1 s (a 32-row warm-up 1.9 s in fp16 against 0.34 s in fp32), and a server
-/// meets a new shape with nearly every batch. Without it libtorch picks its memory-efficient
-/// kernels, which need no per-shape build.
+/// execution graph for every new (batch, length) shape. On an H200 the first fp16 batch of a
+/// new shape took up to 1.9 s (the 32-row warm-up; 0.34 s in fp32), and a server meets a new
+/// shape with nearly every batch. Without it libtorch picks its memory-efficient kernels,
+/// which need no per-shape build.
+///
+/// The setting is a plain flag that attention reads: change it before any model runs on CUDA
+/// (the plugin does so once, when it starts libtorch's CUDA backend).
 pub fn use_cudnn_attention(enabled: bool) {
     // SAFETY: `at::globalContext()` returns the process-wide context, alive as long as
     // libtorch; `setSDPUseCuDNN(bool)` is a plain setter of it.
