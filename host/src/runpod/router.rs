@@ -51,18 +51,21 @@ impl JobResult {
     /// The body RunPod expects for this result (`{"output": ...}` or `{"error": ...}`).
     pub fn to_platform(&self) -> String {
         let rejected;
-        let posted = Posted {
-            output: match self {
-                JobResult::Output(v) => Some(v),
-                JobResult::Rejected(e) => {
-                    rejected = rejection(e);
-                    rejected.as_deref()
-                }
-                JobResult::Failed(_) => None,
+        let posted = match self {
+            JobResult::Output(v) => Posted {
+                output: Some(v),
+                error: None,
             },
-            error: match self {
-                JobResult::Failed(e) => Some(e),
-                _ => None,
+            JobResult::Rejected(e) => {
+                rejected = rejection(e);
+                Posted {
+                    output: rejected.as_deref(),
+                    error: None,
+                }
+            }
+            JobResult::Failed(e) => Posted {
+                output: None,
+                error: Some(e),
             },
         };
         // Serialising JSON text and a string cannot fail.

@@ -68,12 +68,15 @@ pub fn placement(request: &LoadRequest) -> Result<Placement, PluginError> {
         }
         // A machine with an NVIDIA driver that this onnxruntime cannot use is worth a warning;
         // one without a driver is not.
-        DeviceKind::Auto if !rt.cuda_available && cuda::driver_present() => cuda::fall_back(
-            "optimum",
-            request.device,
-            "this onnxruntime has no CUDA execution provider (the GPU image ships onnxruntime-gpu)",
-        )?,
-        DeviceKind::Auto if !rt.cuda_available => Placement::Cpu,
+        DeviceKind::Auto if !rt.cuda_available => match cuda::driver_present() {
+            true => cuda::fall_back(
+                "optimum",
+                request.device,
+                "this onnxruntime has no CUDA execution provider (the GPU image ships \
+                 onnxruntime-gpu)",
+            )?,
+            false => Placement::Cpu,
+        },
         _ => cuda::preflight("optimum", request.device, &NEEDS)?,
     })
 }
