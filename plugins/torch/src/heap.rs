@@ -42,3 +42,13 @@ fn set() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set() {}
+
+/// Hands the heap's free pages back to the kernel (once a model has loaded and the tensors
+/// read from its checkpoint are gone).
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -397,6 +397,12 @@ impl TorchModel {
             })?;
             build_encoder(family, weights, &cfg, rerank)?
         };
+        if device == Device::Cpu {
+            // The checkpoint's tensors the layers copied (weights laid out for the CPU) are
+            // free now: give their pages back rather than keep them as a second copy's worth
+            // of free heap.
+            crate::heap::return_free_memory();
+        }
         plugin_info!(
             "torch",
             "loaded {} ({}, width {}, {}) on {} in {}",
