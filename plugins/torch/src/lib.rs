@@ -14,7 +14,7 @@ mod device;
 mod encoder;
 pub mod error;
 mod heap;
-pub mod mkl;
+mod mkl;
 mod model;
 mod modernbert;
 mod nn;

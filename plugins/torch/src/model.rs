@@ -379,7 +379,9 @@ impl TorchModel {
         let rerank = matches!(manifest.kind, ModelKind::Rerank | ModelKind::Classify);
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         let built = if manifest.kind == ModelKind::Clip {
-            build_clip(&weights, &cfg)?
+            let built = build_clip(&weights, &cfg)?;
+            drop(weights);
+            built
         } else if decoder::implements(model_type) {
             build_decoder(request, weights, &cfg)?
         } else if model_type == "modernbert" {
@@ -398,9 +400,9 @@ impl TorchModel {
             build_encoder(family, weights, &cfg, rerank)?
         };
         if device == Device::Cpu {
-            // The checkpoint's tensors the layers copied (weights laid out for the CPU) are
-            // free now: give their pages back rather than keep them as a second copy's worth
-            // of free heap.
+            // The checkpoint's tensors are gone now (the weights the layers laid out for the
+            // CPU, and those no layer used): give their pages back rather than keep them as
+            // free heap.
             crate::heap::return_free_memory();
         }
         plugin_info!(

@@ -48,7 +48,7 @@ impl Linear {
         }
     }
 
-    /// Reads `{name}.weight` and `{name}.bias`.
+    /// Reads `{name}.weight` (taking it out of `w`) and `{name}.bias`.
     pub fn load(w: &Weights, name: &str) -> Result<Linear, PluginError> {
         let bias = format!("{name}.bias");
         let bias = if w.has(&bias) {
@@ -56,7 +56,7 @@ impl Linear {
         } else {
             None
         };
-        Linear::new(w.get(&format!("{name}.weight"))?, bias)
+        Linear::new(w.take(&format!("{name}.weight"))?, bias)
             .map_err(|e| crate::error::from_tch(&format!("laying out {name}.weight"), e))
     }
 
@@ -97,7 +97,11 @@ impl Linear {
             return x.f_linear(&self.weight, self.bias.as_ref());
         }
         let mut shape = x.size();
-        let inputs = shape.pop().unwrap_or(1);
+        let Some(inputs) = shape.pop() else {
+            return Err(TchError::Shape(
+                "a linear layer's input has no dimension".into(),
+            ));
+        };
         let rows = x.f_reshape([-1, inputs])?;
         let out = match &self.bias {
             Some(b) => b.f_addmm(&rows, &self.weight)?,

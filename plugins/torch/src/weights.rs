@@ -3,7 +3,8 @@
 
 use ember_plugin_api::PluginError;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -27,7 +28,11 @@ pub fn select(listing: &[String]) -> Result<Vec<String>, PluginError> {
 
 /// Named weights of a model.
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
+    /// In a cell: a layer that keeps its weight in a layout of its own takes the checkpoint's
+    /// tensor out as it loads, so that a model never holds both copies of its weights at once.
+    tensors: RefCell<HashMap<String, Tensor>>,
+    /// Names taken out, for a clear error if one is asked for again.
+    taken: RefCell<HashSet<String>>,
     prefix: String,
 }
 
@@ -81,14 +86,16 @@ impl Weights {
             }
         }
         Ok(Weights {
-            tensors,
+            tensors: RefCell::new(tensors),
+            taken: RefCell::default(),
             prefix: String::new(),
         })
     }
 
     /// Whether a tensor of this name (under the current prefix) exists.
     pub fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(&format!("{}{name}", self.prefix))
+        let full = format!("{}{name}", self.prefix);
+        self.tensors.borrow().contains_key(&full) || self.taken.borrow().contains(&full)
     }
 
     /// Uses `prefix` (for example `bert.`) for the following lookups.
@@ -100,11 +107,31 @@ impl Weights {
     /// A tensor by name, under the current prefix.
     pub fn get(&self, name: &str) -> Result<Tensor, PluginError> {
         let full = format!("{}{name}", self.prefix);
-        self.tensors
-            .get(&full)
-            .map(|t| t.shallow_clone())
-            .ok_or_else(|| {
-                PluginError::invalid_input(format!("the checkpoint has no tensor {full}"))
-            })
+        let tensor = self.tensors.borrow().get(&full).map(|t| t.shallow_clone());
+        tensor.ok_or_else(|| self.missing(full))
+    }
+
+    /// A tensor by name, under the current prefix, taken out: its memory goes when the caller
+    /// drops it, and it cannot be asked for again.
+    pub fn take(&self, name: &str) -> Result<Tensor, PluginError> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self.tensors.borrow_mut().remove(&full);
+        match tensor {
+            Some(t) => {
+                self.taken.borrow_mut().insert(full);
+                Ok(t)
+            }
+            None => Err(self.missing(full)),
+        }
+    }
+
+    fn missing(&self, full: String) -> PluginError {
+        if self.taken.borrow().contains(&full) {
+            PluginError::internal(format!(
+                "weight {full} was read twice by the model's layers"
+            ))
+        } else {
+            PluginError::invalid_input(format!("the checkpoint has no tensor {full}"))
+        }
     }
 }
