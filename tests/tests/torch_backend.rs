@@ -226,8 +226,8 @@ fn mkl_picks_its_kernels_by_instruction_set_on_any_cpu() {
         eprintln!("skipped: this CPU has no AVX2, for which MKL has no faster path to choose");
         return;
     }
-    let plugin = ember_host::plugin::Plugin::load(&bin_dir().join("libember_torch.so"))
-        .expect("the torch plugin loads");
+    let file = ember_host::plugin::find("torch", Some(&bin_dir())).expect("the torch plugin");
+    let plugin = ember_host::plugin::Plugin::load(&file).expect("the torch plugin loads");
     // SAFETY: RTLD_NOLOAD only returns the handle of the libtorch_cpu the plugin loaded
     // (matched by its soname, wherever it was found), and `mkl_serv_cpu_detect` is MKL's
     // exported `int (void)` that reads the CPU's features.

@@ -218,8 +218,8 @@ fn unprefixed(weights: Weights, prefix: &str, probe: &str) -> Weights {
     }
 }
 
-fn build_clip(weights: &Weights, cfg: &Value) -> Result<Built, PluginError> {
-    let clip = tch::no_grad(|| Clip::load(weights, cfg))?;
+fn build_clip(weights: Weights, cfg: &Value) -> Result<Built, PluginError> {
+    let clip = tch::no_grad(|| Clip::load(&weights, cfg))?;
     Ok(Built {
         width: clip.dim,
         max_positions: clip.max_positions,
@@ -379,9 +379,7 @@ impl TorchModel {
         let rerank = matches!(manifest.kind, ModelKind::Rerank | ModelKind::Classify);
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         let built = if manifest.kind == ModelKind::Clip {
-            let built = build_clip(&weights, &cfg)?;
-            drop(weights);
-            built
+            build_clip(weights, &cfg)?
         } else if decoder::implements(model_type) {
             build_decoder(request, weights, &cfg)?
         } else if model_type == "modernbert" {

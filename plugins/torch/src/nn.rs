@@ -16,10 +16,10 @@ pub fn int(cfg: &Value, keys: &[&str]) -> Result<i64, PluginError> {
 
 /// A dense layer.
 pub struct Linear {
-    /// `[in, out]` when `transposed` (on the CPU), `[out, in]` as checkpoints store it otherwise.
+    /// `[in, out]` on the CPU (see [`Linear::new`]), `[out, in]` as checkpoints store it
+    /// elsewhere.
     weight: Tensor,
     bias: Option<Tensor>,
-    transposed: bool,
 }
 
 impl Linear {
@@ -33,19 +33,16 @@ impl Linear {
     /// elsewhere the checkpoint's layout stays (and a large model never holds two copies of a
     /// weight on the GPU while it loads).
     fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Linear, TchError> {
-        if weight.device() == Device::Cpu && weight.dim() == 2 {
-            Ok(Linear {
-                weight: weight.f_transpose(0, 1)?.f_contiguous()?,
-                bias,
-                transposed: true,
-            })
-        } else {
-            Ok(Linear {
-                weight,
-                bias,
-                transposed: false,
-            })
-        }
+        let weight = match weight.device() {
+            Device::Cpu => weight.f_transpose(0, 1)?.f_contiguous()?,
+            _ => weight,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Whether the weight is stored `[in, out]` (on the CPU).
+    fn transposed(&self) -> bool {
+        self.weight.device() == Device::Cpu
     }
 
     /// Reads `{name}.weight` (taking it out of `w`) and `{name}.bias`.
@@ -62,7 +59,7 @@ impl Linear {
 
     /// Outputs of the layer.
     fn outputs(&self) -> i64 {
-        self.weight.size()[if self.transposed { 1 } else { 0 }]
+        self.weight.size()[if self.transposed() { 1 } else { 0 }]
     }
 
     /// One layer computing `layers` side by side (their outputs concatenated in order), so
@@ -83,17 +80,19 @@ impl Linear {
         };
         // The layers of one model share a device, hence a layout: outputs are columns when
         // transposed, rows otherwise.
-        let transposed = layers.first().is_some_and(|l| l.transposed);
+        let outputs_dim = match layers.first().is_some_and(Linear::transposed) {
+            true => 1,
+            false => 0,
+        };
         Ok(Linear {
-            weight: Tensor::f_cat(&weights, if transposed { 1 } else { 0 })?,
+            weight: Tensor::f_cat(&weights, outputs_dim)?,
             bias,
-            transposed,
         })
     }
 
     /// `x W^T + b`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        if !self.transposed {
+        if !self.transposed() {
             return x.f_linear(&self.weight, self.bias.as_ref());
         }
         let mut shape = x.size();
