@@ -231,6 +231,7 @@ pub fn router(state: Arc<AppState>, jobs: Arc<JobStore>, api_key: Option<&str>) 
         // Hugging Face TEI's routes (its `/rerank` shape is told apart by `texts`).
         .route("/", at(Route::TeiRoot).get(local_api::health))
         .route("/embed", at(Route::TeiEmbed))
+        .route("/embed_all", at(Route::TeiEmbedAll))
         .route("/predict", at(Route::TeiPredict))
         .route("/tokenize", at(Route::TeiTokenize))
         .route("/decode", at(Route::TeiDecode))

@@ -3,13 +3,15 @@
 //! A plugin is `libember_<backend>.so`, looked for in `PLUGIN_DIR`, else next to the `ember`
 //! binary, then in `/usr/local/lib/ember`. Its ABI major is read from a plain C symbol before
 //! abi_stable checks the layout of its root module, so an incompatible plugin is refused with
-//! a message naming the file and both versions. Plugins are never unloaded.
+//! a message naming the file and both versions; a plugin of an older minor loads, without the
+//! functions later minors added (found through their own symbols). Plugins are never unloaded.
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
+use ember_plugin_api::abi::Extensions31Fn;
 use ember_plugin_api::{
-    AbiVersion, DType, HostContext, LoadRequest, LogLevel, ModelBox, PluginError, PluginInfo,
-    PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL,
+    AbiVersion, DType, Extensions31, HostContext, LoadRequest, LogLevel, ModelBox, PluginError,
+    PluginInfo, PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_SYMBOL,
 };
 use std::path::{Path, PathBuf};
 
@@ -53,6 +55,8 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// Its ABI version.
     pub abi: AbiVersion,
+    /// The functions of ABI 3.1, when it was built against 3.1 or later.
+    pub extensions: Option<Extensions31>,
 }
 
 extern "C" fn host_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
@@ -176,6 +180,17 @@ impl Plugin {
                 found,
             });
         }
+        // SAFETY: a plugin of 3.1 or later exports the symbol with this signature (the SDK's
+        // export_plugin! does); the table it returns never changes, and the library stays
+        // loaded for the life of the process.
+        let extensions = match found.minor {
+            0 => None,
+            _ => unsafe {
+                raw.get::<Extensions31Fn>(EXTENSIONS_3_1_SYMBOL)
+                    .ok()
+                    .map(|f| (*f)())
+            },
+        };
         // SAFETY: the library stays loaded for the life of the process (leaked above).
         let header =
             unsafe { lib_header_from_raw_library(raw) }.map_err(|e| invalid(e.to_string()))?;
@@ -198,6 +213,7 @@ impl Plugin {
             path,
             info,
             abi: found,
+            extensions,
         })
     }
 
@@ -213,7 +229,8 @@ impl Plugin {
             .map(|v| v.into_iter().map(|s| s.into_string()).collect())
     }
 
-    /// Loads a model.
+    /// Loads a model (the engine loads through `ModelRunner::load`, which adds the functions of
+    /// later minors).
     pub fn load_model(&self, request: &LoadRequest) -> Result<ModelBox, PluginError> {
         (self.module.load_model())(request).into_result()
     }

@@ -24,6 +24,8 @@ pub enum Route {
     TeiRoot,
     /// TEI's `/embed`.
     TeiEmbed,
+    /// TEI's `/embed_all`: every token's state.
+    TeiEmbedAll,
     /// TEI's `/rerank` with `texts`.
     TeiRerank,
     /// TEI's `/predict`.
@@ -54,7 +56,8 @@ pub enum Dialect {
 /// The route names a RunPod job's `openai_route` (and the gateway) accepts, for error messages.
 pub const ROUTE_NAMES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify (or \
                                /classify), and the TEI and Cohere routes /embed, /rerank, \
-                               /predict, /tokenize, /decode, /info, /v2/embed, /v2/rerank";
+                               /embed_all, /predict, /tokenize, /decode, /info, /v2/embed, \
+                               /v2/rerank";
 
 impl Route {
     /// The route an `openai_route` (or the gateway's path) names; on `/rerank` a body in TEI's
@@ -66,6 +69,7 @@ impl Route {
             "/v1/rerank" | "/rerank" => Route::Rerank,
             "/v1/classify" | "/classify" => Route::Classify,
             "/embed" => Route::TeiEmbed,
+            "/embed_all" => Route::TeiEmbedAll,
             "/predict" => Route::TeiPredict,
             "/tokenize" => Route::TeiTokenize,
             "/decode" => Route::TeiDecode,
@@ -85,6 +89,7 @@ impl Route {
             | Route::Classify
             | Route::TeiRoot
             | Route::TeiEmbed
+            | Route::TeiEmbedAll
             | Route::TeiRerank
             | Route::TeiPredict
             | Route::TeiTokenize
@@ -111,6 +116,7 @@ impl Route {
             Route::CohereEmbed | Route::CohereRerank => Dialect::Cohere,
             Route::TeiRoot
             | Route::TeiEmbed
+            | Route::TeiEmbedAll
             | Route::TeiRerank
             | Route::TeiPredict
             | Route::TeiTokenize
@@ -195,6 +201,7 @@ pub async fn answer(state: &AppState, route: Route, body: &Value) -> Result<Repl
         }
         Route::TeiRoot => Reply::plain(&tei::root(state, body).await?),
         Route::TeiEmbed => Reply::plain(&tei::embed(state, body).await?),
+        Route::TeiEmbedAll => Reply::plain(&tei::embed_all(state, body).await?),
         Route::TeiRerank => Reply::plain(&tei::rerank(state, body).await?),
         Route::TeiPredict => Reply::plain(&tei::predict(state, body).await?),
         Route::TeiTokenize => Reply::plain(&tei::tokenize(state, body).await?),

@@ -103,7 +103,7 @@ pub async fn prepare_reporting(
     };
     let p = plugin.clone();
     let req = request.clone();
-    let runner = tokio::task::spawn_blocking(move || p.load_model(&req).map(ModelRunner::new))
+    let runner = tokio::task::spawn_blocking(move || ModelRunner::load(&p, &req))
         .await?
         .map_err(|e| {
             anyhow!(
@@ -170,6 +170,7 @@ async fn deploy(
     } = prepare_reporting(plugin, m, settings, &|phase| progress.set(index, phase)).await?;
     let kind = manifest.abi.kind;
     let described = runner.described.clone();
+    let outputs = runner.outputs;
     progress.set(index, Phase::WarmingUp);
     let rows = m.batch_size as usize;
     // A model that fails its warm-up is dropped on the blocking thread too.
@@ -187,8 +188,8 @@ async fn deploy(
     let reloader = plugin.clone();
     let head = manifest.head.clone();
     let reload: Reload = Box::new(move || {
-        reloader.load_model(&request).and_then(|handle| {
-            ModelRunner::new(handle)
+        ModelRunner::load(&reloader, &request).and_then(|runner| {
+            runner
                 .with_head(head.clone())
                 .map_err(ember_plugin_api::PluginError::internal)
         })
@@ -242,6 +243,7 @@ async fn deploy(
         engine,
         dim: described.embedding_dim as usize,
         device: described.device.to_string(),
+        outputs,
         calibration: tokio::sync::OnceCell::new(),
     })
 }

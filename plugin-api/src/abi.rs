@@ -6,8 +6,8 @@
 #![allow(non_local_definitions)]
 
 use crate::types::{
-    AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch,
-    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch,
+    AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, Outputs,
+    PairBatch, PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch, TokenStates,
 };
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
@@ -17,7 +17,12 @@ use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// Major version of the ABI this crate defines; a host loads only plugins of its own major.
 pub const ABI_MAJOR: u32 = 3;
-/// Minor version of the ABI this crate defines; new minors only append optional functions.
+/// Minor version of the ABI this crate defines; new minors only add optional functions.
+/// 3.1 added [`Extensions31`] (token states).
+#[cfg(not(feature = "abi-3-0"))]
+pub const ABI_MINOR: u32 = 1;
+/// Minor version of the ABI this crate defines (built as 3.0, by the `abi-3-0` feature).
+#[cfg(feature = "abi-3-0")]
 pub const ABI_MINOR: u32 = 0;
 /// This crate's ABI version.
 pub const ABI_VERSION: AbiVersion = AbiVersion {
@@ -67,6 +72,29 @@ pub trait ModelHandle: Send + Sync {
 /// An owned model handle as it crosses the boundary.
 pub type ModelBox = ModelHandle_TO<'static, RBox<()>>;
 
+/// Name of the C symbol that returns a plugin's [`Extensions31`]; plugins of ABI 3.0 lack it.
+pub const EXTENSIONS_3_1_SYMBOL: &[u8] = b"ember_plugin_extensions_3_1\0";
+
+/// Signature of the [`EXTENSIONS_3_1_SYMBOL`] function.
+pub type Extensions31Fn = extern "C" fn() -> Extensions31;
+
+/// The model functions ABI 3.1 added, each taking a handle the same plugin returned.
+///
+/// They live outside [`ModelHandle`]'s vtable because abi_stable refuses to load a library
+/// whose vtable has fewer entries than the host's: appending methods there would lock out
+/// every plugin of an older minor. Each minor that adds functions adds its own table under
+/// its own symbol, and a table never changes once released, so a host finds exactly the
+/// tables a plugin was built with.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct Extensions31 {
+    /// The outputs the model offers besides its kind's own.
+    pub outputs: extern "C" fn(model: &ModelBox) -> Outputs,
+    /// Each row's state of every live token, offered when [`Outputs::TOKEN_STATES`] is.
+    pub token_states:
+        extern "C" fn(model: &ModelBox, batch: &TokenBatch) -> RResult<TokenStates, PluginError>,
+}
+
 /// The root module of a plugin: its entry points, found by the host at load.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -90,7 +118,9 @@ impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "ember_plugin";
     const NAME: &'static str = "ember_plugin";
-    // abi_stable compares these at load: the major must match. They follow ABI_MAJOR/MINOR.
+    // abi_stable compares these at load and refuses a library whose minor is below the host's,
+    // so they stay at the major's first minor: a plugin of an older minor must load. ember's
+    // own minor is what `ember_plugin_abi_version` reports.
     const VERSION_STRINGS: VersionStrings = VersionStrings::new("3.0.0");
 }
 
@@ -101,6 +131,6 @@ mod tests {
     #[test]
     fn version_strings_follow_abi_constants() {
         let v = <PluginModRef as RootModule>::VERSION_STRINGS;
-        assert_eq!(v.version.as_str(), format!("{ABI_MAJOR}.{ABI_MINOR}.0"));
+        assert_eq!(v.version.as_str(), format!("{ABI_MAJOR}.0.0"));
     }
 }

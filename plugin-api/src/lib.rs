@@ -10,8 +10,8 @@ pub mod sdk;
 pub mod types;
 
 pub use abi::{
-    HostContext, ModelBox, ModelHandle, PluginMod, PluginModRef, ABI_MAJOR, ABI_MINOR, ABI_VERSION,
-    ABI_VERSION_SYMBOL,
+    Extensions31, HostContext, ModelBox, ModelHandle, PluginMod, PluginModRef, ABI_MAJOR,
+    ABI_MINOR, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_SYMBOL,
 };
 pub use sdk::{Backend, Model};
 pub use types::*;

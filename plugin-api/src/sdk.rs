@@ -2,13 +2,15 @@
 //! backend with [`crate::export_plugin!`]. The SDK turns panics into [`PluginError`]s, so a
 //! plugin never unwinds into the host.
 
-use crate::abi::{HostContext, ModelBox, ModelHandle, ModelHandle_TO, PluginMod, PluginModRef};
+use crate::abi::{
+    Extensions31, HostContext, ModelBox, ModelHandle, ModelHandle_TO, PluginMod, PluginModRef,
+};
 use crate::types::{
-    DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, PairBatch, PixelBatch,
-    PluginError, PluginInfo, ScoreBatch, TokenBatch,
+    DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, Outputs, PairBatch,
+    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch, TokenStates,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
@@ -59,6 +61,21 @@ pub trait Model: Send + Sync + 'static {
     fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
         let _ = batch;
         Err(PluginError::unsupported("this model is not a classifier"))
+    }
+
+    /// The outputs the model offers besides its kind's own; say [`Outputs::TOKEN_STATES`]
+    /// when [`Model::token_states`] answers.
+    fn outputs(&self) -> Outputs {
+        Outputs::NONE
+    }
+
+    /// Each row's state of every token its attention mask keeps (the states pooling reads,
+    /// before pooling, not normalised), ragged: see [`TokenStates`].
+    fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
+        let _ = batch;
+        Err(PluginError::unsupported(
+            "this model does not produce token states",
+        ))
     }
 }
 
@@ -168,9 +185,45 @@ impl ModelHandle for Guarded {
     }
 }
 
-/// Wraps a plain [`Model`] into the ABI's owned handle.
+/// Wraps a plain [`Model`] into the ABI's owned handle (one that [`extensions_3_1`]'s
+/// functions can take back to the model).
 pub fn into_model_box(model: Box<dyn Model>) -> ModelBox {
-    ModelHandle_TO::from_value(Guarded(model), TD_Opaque)
+    ModelHandle_TO::from_value(Guarded(model), TD_CanDowncast)
+}
+
+/// The model behind a handle this plugin made.
+fn model_of(handle: &ModelBox) -> Result<&dyn Model, PluginError> {
+    handle
+        .obj
+        .downcast_as::<Guarded>()
+        .map(|g| g.0.as_ref())
+        .map_err(|_| PluginError::internal("the handle is not one of this plugin's models"))
+}
+
+extern "C" fn outputs(handle: &ModelBox) -> Outputs {
+    // Infallible at the ABI; a panic here offers nothing extra.
+    catch_unwind(AssertUnwindSafe(|| model_of(handle).map(|m| m.outputs())))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(Outputs::NONE)
+}
+
+extern "C" fn token_states(
+    handle: &ModelBox,
+    batch: &TokenBatch,
+) -> RResult<TokenStates, PluginError> {
+    guard("token_states", || {
+        batch.validate()?;
+        model_of(handle)?.token_states(batch)
+    })
+}
+
+/// The functions of ABI 3.1 over this SDK's models (exported by [`crate::export_plugin!`]).
+pub fn extensions_3_1() -> Extensions31 {
+    Extensions31 {
+        outputs,
+        token_states,
+    }
 }
 
 extern "C" fn init<B: Backend>(host: HostContext) -> RResult<PluginInfo, PluginError> {
@@ -219,6 +272,8 @@ macro_rules! export_plugin {
             $crate::ABI_VERSION
         }
 
+        $crate::__export_extensions!();
+
         // The symbol abi_stable 0.11 looks up (its ROOT_MODULE_LOADER_NAME; a test in
         // ember-plugin-api checks the spelling), so that plugins need not depend on abi_stable.
         #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
@@ -237,6 +292,28 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+/// Exports the function tables of the minors after 3.0 (used by [`crate::export_plugin!`]).
+#[cfg(not(feature = "abi-3-0"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_extensions {
+    () => {
+        /// The functions of plugin ABI 3.1.
+        #[no_mangle]
+        pub extern "C" fn ember_plugin_extensions_3_1() -> $crate::abi::Extensions31 {
+            $crate::sdk::extensions_3_1()
+        }
+    };
+}
+
+/// Built as ABI 3.0 (the `abi-3-0` feature): no tables after 3.0.
+#[cfg(feature = "abi-3-0")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_extensions {
+    () => {};
 }
 
 /// Forwards a host log call to stderr; used by tools that load a plugin outside the host.
@@ -320,9 +397,37 @@ mod tests {
         let e = m.embed_tokens(&good).into_result().unwrap_err();
         assert!(e.message.contains("forward exploded"), "{}", e.message);
         let e = m
-            .score_pairs(&PairBatch { tokens: good })
+            .score_pairs(&PairBatch {
+                tokens: good.clone(),
+            })
             .into_result()
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Unsupported);
+        // The functions of 3.1 find the model behind the handle, with the defaults it keeps.
+        let ext = extensions_3_1();
+        assert_eq!((ext.outputs)(&m), Outputs::NONE);
+        let e = (ext.token_states)(&m, &good).into_result().unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unsupported);
+        let e = (ext.token_states)(&m, &short_pooling)
+            .into_result()
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput, "{}", e.message);
+    }
+
+    #[test]
+    fn token_states_check_their_offsets_against_the_rows_asked_for() {
+        let s = TokenStates::from_rows(2, &[3, 1], (0..8).map(|x| x as f32).collect());
+        assert_eq!(s.offsets.as_slice(), &[0, 3, 4]);
+        s.validate(&[3, 1]).unwrap();
+        assert_eq!(s.row(1), &[6.0, 7.0]);
+        assert!(s.validate(&[2, 2]).unwrap_err().contains("offsets"));
+        let short = TokenStates::from_rows(2, &[3, 1], vec![0.0; 7]);
+        assert!(short.validate(&[3, 1]).unwrap_err().contains("7 values"));
+        assert!(Outputs::TOKEN_STATES.has(Outputs::TOKEN_STATES));
+        assert!(!Outputs::NONE.has(Outputs::TOKEN_STATES));
+        assert_eq!(
+            Outputs(1 << 40).with(Outputs::TOKEN_STATES).names(),
+            ["token_states"]
+        );
     }
 }

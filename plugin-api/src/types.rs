@@ -1,7 +1,8 @@
 //! The data that crosses the plugin boundary: requests, batches, results and errors.
 //!
 //! Every type here is `#[repr(C)]` and derives `StableAbi`, so its layout is checked when a
-//! plugin is loaded. Changing a type here is an ABI major bump.
+//! plugin is loaded. Changing a type here is an ABI major bump; a new type that only methods
+//! appended in a minor use (such as [`TokenStates`]) is not.
 
 use abi_stable::std_types::{ROption, RString, RVec};
 use abi_stable::StableAbi;
@@ -437,6 +438,107 @@ pub struct LogitBatch {
     pub labels: u32,
     /// `rows * labels` values.
     pub values: RVec<f32>,
+}
+
+/// The outputs a model offers besides its kind's own (ABI 3.1), as a set of flags: a host
+/// ignores flags it does not know, so later minors add flags without a new layout.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outputs(pub u64);
+
+impl Outputs {
+    /// No output besides the kind's own (what a plugin built against ABI 3.0 offers).
+    pub const NONE: Outputs = Outputs(0);
+    /// Per-token states ([`Extensions31::token_states`](crate::abi::Extensions31)).
+    pub const TOKEN_STATES: Outputs = Outputs(1);
+
+    /// Whether every flag of `other` is set.
+    pub fn has(self, other: Outputs) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// The union of both sets.
+    pub fn with(self, other: Outputs) -> Outputs {
+        Outputs(self.0 | other.0)
+    }
+
+    /// Names of the known flags set, for logs and `/v1/models`.
+    pub fn names(self) -> Vec<&'static str> {
+        [(Outputs::TOKEN_STATES, "token_states")]
+            .into_iter()
+            .filter(|(flag, _)| self.has(*flag))
+            .map(|(_, name)| name)
+            .collect()
+    }
+}
+
+/// Each row's state of every token its attention mask keeps (ABI 3.1), ragged: row `r`'s
+/// states are `values[offsets[r] * dim .. offsets[r + 1] * dim]`, one `dim`-wide state per
+/// live token, in sequence order. Not normalised.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct TokenStates {
+    /// Number of rows (equals the input's rows).
+    pub rows: u32,
+    /// Width of each state.
+    pub dim: u32,
+    /// `rows + 1` increasing token offsets, starting at 0.
+    pub offsets: RVec<u32>,
+    /// `offsets[rows] * dim` values.
+    pub values: RVec<f32>,
+}
+
+impl TokenStates {
+    /// The states of `rows` rows of `lengths[r]` tokens each, from their values concatenated.
+    pub fn from_rows(dim: usize, lengths: &[usize], values: Vec<f32>) -> TokenStates {
+        let offsets: Vec<u32> = std::iter::once(0)
+            .chain(lengths.iter().scan(0u32, |sum, &n| {
+                *sum += n as u32;
+                Some(*sum)
+            }))
+            .collect();
+        TokenStates {
+            rows: lengths.len() as u32,
+            dim: dim as u32,
+            offsets: offsets.into(),
+            values: values.into(),
+        }
+    }
+
+    /// Checks that the offsets and values agree with each other and with `lengths`, the live
+    /// tokens of the rows asked for.
+    pub fn validate(&self, lengths: &[usize]) -> Result<(), String> {
+        let dim = self.dim as usize;
+        let expected: Vec<u32> = std::iter::once(0)
+            .chain(lengths.iter().scan(0u32, |sum, &n| {
+                *sum += n as u32;
+                Some(*sum)
+            }))
+            .collect();
+        if self.rows as usize != lengths.len() || self.offsets.as_slice() != expected.as_slice() {
+            return Err(format!(
+                "token states of {} rows with offsets {:?} for {} rows of {:?} live tokens",
+                self.rows,
+                self.offsets.as_slice(),
+                lengths.len(),
+                lengths
+            ));
+        }
+        let tokens = *expected.last().unwrap_or(&0) as usize;
+        if dim == 0 || self.values.len() != tokens * dim {
+            return Err(format!(
+                "token states hold {} values for {tokens} tokens of width {dim}",
+                self.values.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Row `r`'s states, `[tokens, dim]` flat.
+    pub fn row(&self, r: usize) -> &[f32] {
+        let dim = self.dim as usize;
+        &self.values[self.offsets[r] as usize * dim..self.offsets[r + 1] as usize * dim]
+    }
 }
 
 /// Why a plugin call failed; decides the HTTP status the host answers with.

@@ -94,6 +94,17 @@ impl LiarModel {
     /// The honest (unnormalised) embedding of `text`: lowercase words separated by single
     /// spaces, each a whole entry of vocab.txt.
     pub fn expected(&self, text: &str) -> Vec<f32> {
+        let states = self.expected_states(text);
+        let mut v = [0f32; LIAR_DIM];
+        for row in &states {
+            v.iter_mut().zip(row).for_each(|(o, x)| *o += x);
+        }
+        v.iter().map(|x| x / states.len() as f32).collect()
+    }
+
+    /// The honest token states of `text` (as [`LiarModel::expected`] reads it): the table's
+    /// row of each of `[CLS] words... [SEP]`.
+    pub fn expected_states(&self, text: &str) -> Vec<Vec<f32>> {
         let id = |w: &str| {
             self.vocab
                 .iter()
@@ -103,12 +114,9 @@ impl LiarModel {
         let mut ids = vec![id("[CLS]")];
         ids.extend(text.split(' ').map(id));
         ids.push(id("[SEP]"));
-        let mut v = [0f32; LIAR_DIM];
-        for i in &ids {
-            let row = &self.table[i * LIAR_DIM..(i + 1) * LIAR_DIM];
-            v.iter_mut().zip(row).for_each(|(o, x)| *o += x);
-        }
-        v.iter().map(|x| x / ids.len() as f32).collect()
+        ids.iter()
+            .map(|i| self.table[i * LIAR_DIM..(i + 1) * LIAR_DIM].to_vec())
+            .collect()
     }
 }
 

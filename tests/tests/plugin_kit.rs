@@ -64,7 +64,7 @@ fn broken_plugins_fail_the_checker_with_messages_naming_the_problem() {
     assert_eq!(code, 1, "{report}");
     assert!(
         report.contains(&format!("ABI {}.0", ember_plugin_api::ABI_MAJOR + 1))
-            && report.contains(&format!("expects ABI {}.0", ember_plugin_api::ABI_MAJOR)),
+            && report.contains(&format!("expects ABI {}", ember_plugin_api::ABI_VERSION)),
         "{report}"
     );
 
@@ -230,6 +230,7 @@ fn the_honest_liar_passes_every_check_including_parity() {
         "padding",
         "pooling mask",
         "threads",
+        "token states",
         "parity",
     ]) {
         assert_outcome(&report, name, "PASS", "honest");
@@ -247,7 +248,7 @@ fn each_lie_fails_the_check_it_breaks() {
     let liar_model = LiarModel::create("lies", true);
     let model = liar_model.dir.clone();
     // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
-    let cases: [(&str, &str, &[&str]); 8] = [
+    let cases: [(&str, &str, &[&str]); 9] = [
         (
             "constant",
             "distinct inputs",
@@ -291,6 +292,19 @@ fn each_lie_fails_the_check_it_breaks() {
                 "determinism",
                 "distinct inputs",
                 "padding",
+                "parity",
+            ],
+        ),
+        (
+            "states",
+            "token states",
+            &[
+                "output shape",
+                "determinism",
+                "distinct inputs",
+                "padding",
+                "pooling mask",
+                "threads",
                 "parity",
             ],
         ),

@@ -205,10 +205,10 @@ pub async fn predictions<'a>(
         let logits = match out {
             Output::Logits(logits) => logits,
             Output::Score(logit) => vec![logit],
-            Output::Vector(_) => {
+            Output::Vector(_) | Output::States { .. } => {
                 return Err(ApiError::new(
                     ErrorKind::Internal,
-                    "the model returned a vector where logits were expected",
+                    "the model returned vectors where logits were expected",
                 ))
             }
         };

@@ -7,6 +7,7 @@ mod embeddings;
 mod error;
 pub(crate) mod fields;
 mod rerank;
+mod token_states;
 
 pub use classify::{
     classify, predictions, Activation, Classified, ClassifyRequest, ClassifyResponse, Prediction,
@@ -18,13 +19,14 @@ pub use embeddings::{
 };
 pub use error::{ApiError, ErrorKind};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
+pub use token_states::{token_states, TokenStatesRequest};
 
 use crate::engine::{Engine, Payload};
 use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::models::manifest::Manifest;
 use crate::text::{TextEncoder, TextError, Tokens};
-use ember_plugin_api::ModelKind;
+use ember_plugin_api::{ModelKind, Outputs};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -44,6 +46,8 @@ pub struct DeployedModel {
     pub dim: usize,
     /// Device it runs on.
     pub device: String,
+    /// The outputs its plugin offers besides its kind's own.
+    pub outputs: Outputs,
     /// Its raw vectors of the int8/uint8 calibration corpus, once a request needed them.
     pub calibration: tokio::sync::OnceCell<Arc<Vec<Vec<f32>>>>,
 }
@@ -51,12 +55,14 @@ pub struct DeployedModel {
 impl DeployedModel {
     /// What the model can do, as the API reports it.
     pub fn capabilities(&self) -> Vec<&'static str> {
-        match self.manifest.abi.kind {
+        let mut kind = match self.manifest.abi.kind {
             ModelKind::Embed => vec!["embed"],
             ModelKind::Rerank => vec!["rerank"],
             ModelKind::Clip => vec!["embed", "image_embed"],
             ModelKind::Classify => vec!["classify"],
-        }
+        };
+        kind.extend(self.outputs.names());
+        kind
     }
 
     /// The 400 for a request that needs a capability this model lacks, blaming `param`.

@@ -17,6 +17,8 @@ use std::ops::Range;
 pub enum Key {
     /// Texts to embed.
     Embed,
+    /// Texts whose token states are asked for.
+    States,
     /// Query–document pairs to score.
     Score,
     /// Texts to classify.

@@ -12,7 +12,10 @@ impl Worker {
         items
             .iter()
             .filter_map(|it| match &it.payload {
-                Payload::Tokens(t) | Payload::Pair(t) | Payload::Classify(t) => Some(t),
+                Payload::Tokens(t)
+                | Payload::States(t)
+                | Payload::Pair(t)
+                | Payload::Classify(t) => Some(t),
                 Payload::Pixels { .. } => None,
             })
             .collect()
@@ -25,6 +28,25 @@ impl Worker {
     ) -> Result<Vec<Output>, PluginError> {
         let batch = pad(&Self::tokens(items), self.limits.pad_id);
         vectors(runner.embed_tokens(&batch)?, items.len())
+    }
+
+    pub(super) fn token_states(
+        &self,
+        runner: &ModelRunner,
+        items: &[Item],
+    ) -> Result<Vec<Output>, PluginError> {
+        let batch = pad(&Self::tokens(items), self.limits.pad_id);
+        let states = runner.token_states(&batch)?;
+        states
+            .validate(&batch.row_lengths())
+            .map_err(|e| PluginError::internal(format!("plugin returned {e}")))?;
+        let dim = states.dim as usize;
+        Ok((0..items.len())
+            .map(|r| Output::States {
+                dim,
+                values: states.row(r).to_vec(),
+            })
+            .collect())
     }
 
     pub(super) fn score(

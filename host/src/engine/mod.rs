@@ -56,6 +56,8 @@ use worker::Worker;
 pub enum Payload {
     /// A tokenized text to embed.
     Tokens(Tokens),
+    /// A tokenized text whose token states are asked for.
+    States(Tokens),
     /// A query–document pair tokenized together, to score.
     Pair(Tokens),
     /// A tokenized text (or pair of texts) to classify.
@@ -77,6 +79,10 @@ impl Payload {
         match self {
             Payload::Tokens(t) => Shape {
                 key: Key::Embed,
+                tokens: t.len().max(1),
+            },
+            Payload::States(t) => Shape {
+                key: Key::States,
                 tokens: t.len().max(1),
             },
             Payload::Pair(t) => Shape {
@@ -107,6 +113,13 @@ pub enum Output {
     Score(f32),
     /// A classifier's raw logit of each label.
     Logits(Vec<f32>),
+    /// The state of each token, `[tokens, dim]` flat.
+    States {
+        /// Width of each state.
+        dim: usize,
+        /// The states, token after token.
+        values: Vec<f32>,
+    },
 }
 
 /// Why an item was not computed.

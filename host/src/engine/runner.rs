@@ -2,9 +2,10 @@
 //! modules.
 
 use crate::models::dense::Head;
+use crate::plugin::Plugin;
 use ember_plugin_api::{
-    EmbeddingBatch, LoadedModel, LogitBatch, ModelBox, PairBatch, PixelBatch, PluginError,
-    ScoreBatch, TokenBatch,
+    EmbeddingBatch, Extensions31, LoadRequest, LoadedModel, LogitBatch, ModelBox, Outputs,
+    PairBatch, PixelBatch, PluginError, ScoreBatch, TokenBatch, TokenStates,
 };
 
 /// A loaded model as the engine sees it.
@@ -12,6 +13,10 @@ pub struct ModelRunner {
     handle: ModelBox,
     /// What the model reported at load (its width after the head).
     pub described: LoadedModel,
+    /// The outputs it offers besides its kind's own (none from a plugin of ABI 3.0).
+    pub outputs: Outputs,
+    /// The plugin's functions of ABI 3.1, if it has them.
+    extensions: Option<Extensions31>,
     /// The pipeline's Dense modules, applied to what the plugin returns.
     head: Head,
 }
@@ -23,8 +28,25 @@ impl ModelRunner {
         ModelRunner {
             handle,
             described,
+            outputs: Outputs::NONE,
+            extensions: None,
             head: Head::default(),
         }
+    }
+
+    /// Loads a model of `plugin`, with the plugin's functions of the minors after 3.0.
+    pub fn load(plugin: &Plugin, request: &LoadRequest) -> Result<ModelRunner, PluginError> {
+        plugin
+            .load_model(request)
+            .map(|handle| ModelRunner::new(handle).with_extensions(plugin.extensions))
+    }
+
+    /// Gives the runner the functions of ABI 3.1 of the plugin that made its handle (none
+    /// for a plugin of 3.0), and learns the outputs the model offers through them.
+    pub fn with_extensions(mut self, extensions: Option<Extensions31>) -> ModelRunner {
+        self.outputs = extensions.map_or(Outputs::NONE, |e| (e.outputs)(&self.handle));
+        self.extensions = extensions;
+        self
     }
 
     /// Adds the sentence-transformers Dense modules after the plugin's pooled output; refuses
@@ -74,6 +96,16 @@ impl ModelRunner {
     /// Every label's logit for each row of a token batch (classifiers).
     pub fn classify_tokens(&self, batch: &TokenBatch) -> Result<LogitBatch, PluginError> {
         self.handle.classify_tokens(batch).into_result()
+    }
+
+    /// Each row's state of every live token, before pooling and the Dense modules.
+    pub fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
+        match &self.extensions {
+            Some(e) => (e.token_states)(&self.handle, batch).into_result(),
+            None => Err(PluginError::unsupported(
+                "the plugin was built against ember's plugin ABI 3.0, which has no token states",
+            )),
+        }
     }
 
     /// Embeds preprocessed images.

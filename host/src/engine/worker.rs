@@ -124,6 +124,7 @@ impl Worker {
         }
         let outputs = catch_unwind(AssertUnwindSafe(|| match key {
             Key::Embed => self.embed(runner, items),
+            Key::States => self.token_states(runner, items),
             Key::Score => self.score(runner, items),
             Key::Classify => self.classify(runner, items),
             Key::Image { height, width } => Self::embed_images(runner, items, height, width),

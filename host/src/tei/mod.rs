@@ -1,5 +1,6 @@
 //! Hugging Face text-embeddings-inference (TEI) routes, with TEI's request and response shapes
 //! and error shape (`{"error", "error_type"}`, 422 for invalid input): `POST /embed`,
+//! `POST /embed_all` (every token's state, for models whose plugin offers them),
 //! `POST /rerank` with `texts`, `POST /predict`, `POST /tokenize`, `POST /decode`,
 //! `GET /info`, and `POST /`, which answers as `/embed`, `/rerank` or `/predict` by the
 //! model's kind, as TEI does (it is where `huggingface_hub`'s `InferenceClient` posts; its
@@ -8,7 +9,7 @@
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
-use crate::api::{EmbeddingsRequest, RerankRequest};
+use crate::api::{EmbeddingsRequest, RerankRequest, TokenStatesRequest};
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -69,6 +70,22 @@ pub async fn embed(state: &AppState, value: &Value) -> Result<Vec<Vec<f32>>, Api
         .await
         .map_err(|e| e.renamed("input", "inputs"))?;
     Ok(done.vectors)
+}
+
+/// `POST /embed_all`: `inputs` (a string or a list), `truncate`, `truncation_direction`,
+/// `prompt_name`; answers each input's token states, `[inputs][tokens][dim]`.
+pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, embeds)?;
+    let req = TokenStatesRequest {
+        model: Some(model.id.clone()),
+        input: texts(body, "inputs", state.max_items)?,
+        prompt_name: opt_str(body, "prompt_name")?,
+        truncation: truncation(body)?,
+    };
+    api::token_states(state, req)
+        .await
+        .map_err(|e| e.renamed("input", "inputs"))
 }
 
 /// One document of TEI's rerank answer.

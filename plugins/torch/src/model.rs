@@ -13,7 +13,7 @@ use crate::pool::pool;
 use crate::weights::Weights;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
-    PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch, TokenStates,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -159,6 +159,27 @@ enum Inner {
     },
     /// Text and vision towers.
     Clip(Clip),
+}
+
+impl Inner {
+    /// Token states `[rows, seq, hidden]` of a text model (zero on padding for some).
+    fn states(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        match self {
+            Inner::Encoder { encoder, .. } => encoder.forward(ids, types, mask),
+            Inner::Deberta { model, .. } => model.forward(ids, types, mask),
+            Inner::Modern { model, .. } => model.forward(ids, mask),
+            Inner::Decoder { decoder, .. } => decoder.forward(ids, mask),
+            Inner::Clip(_) => Err(TchError::Kind(
+                "a CLIP text tower pools inside; its token states are not offered".into(),
+            )),
+        }
+    }
+
+    /// Whether the model offers its token states: text embedders do; CLIP towers (which pool
+    /// inside) and models that end in a head do not.
+    fn offers_states(&self, headed: bool) -> bool {
+        !headed && !matches!(self, Inner::Clip(_))
+    }
 }
 
 /// A model on libtorch.
@@ -574,23 +595,12 @@ impl Model for TorchModel {
         let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
             let (ids, types, mask, pooled) = self.inputs(batch)?;
             match &*inner {
-                Inner::Encoder { encoder, .. } => {
-                    let states = encoder.forward(&ids, &types, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &pooled)?)
-                }
-                Inner::Decoder { decoder, .. } => {
-                    let states = decoder.forward(&ids, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &pooled)?)
-                }
-                Inner::Modern { model, .. } => {
-                    let states = model.forward(&ids, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &pooled)?)
-                }
-                Inner::Deberta { model, .. } => {
-                    let states = model.forward(&ids, &types, &mask)?;
-                    to_vec(&pool(self.pooling, &states, &pooled)?)
-                }
                 Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
+                text => to_vec(&pool(
+                    self.pooling,
+                    &text.states(&ids, &types, &mask)?,
+                    &pooled,
+                )?),
             }
         })
         .map_err(|e| from_tch("embedding tokens", e))?;
@@ -599,6 +609,41 @@ impl Model for TorchModel {
             dim,
             values: values.into(),
         })
+    }
+
+    fn outputs(&self) -> Outputs {
+        match error::lock(&self.inner).offers_states(self.headed) {
+            true => Outputs::TOKEN_STATES,
+            false => Outputs::NONE,
+        }
+    }
+
+    fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
+        let inner = error::lock(&self.inner);
+        if !inner.offers_states(self.headed) {
+            return Err(PluginError::unsupported(
+                "this model offers no token states (CLIP towers and models that end in a \
+                 classification head do not)",
+            ));
+        }
+        let hidden = self.hidden as usize;
+        let lengths = batch.row_lengths();
+        if batch.rows == 0 {
+            return Ok(TokenStates::from_rows(hidden, &lengths, Vec::new()));
+        }
+        self.check(batch)?;
+        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
+            let (ids, types, mask, _) = self.inputs(batch)?;
+            let states = inner.states(&ids, &types, &mask)?;
+            let live = mask.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
+            to_vec(
+                &states
+                    .f_reshape([-1, self.hidden])?
+                    .f_index_select(0, &live)?,
+            )
+        })
+        .map_err(|e| from_tch("computing token states", e))?;
+        Ok(TokenStates::from_rows(hidden, &lengths, values))
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {

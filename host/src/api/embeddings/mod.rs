@@ -198,7 +198,7 @@ async fn load_images(
 /// The prompt to prepend: the one `name`d; else the one the model defines for `input_type`
 /// (none when it defines none for it: its default is not meant for that kind of text); else
 /// the model's default. A name the model does not define is refused, listing the ones it does.
-fn prompt<'m>(
+pub(crate) fn prompt<'m>(
     model: &'m DeployedModel,
     name: Option<&str>,
     input_type: Option<InputType>,

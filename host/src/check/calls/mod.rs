@@ -14,6 +14,7 @@ use ember_plugin_api::{
 use std::sync::Mutex;
 
 mod invariance;
+mod states;
 
 /// What the plugin reports about itself.
 pub fn capabilities(plugin: &Plugin) -> Outcome {
@@ -169,6 +170,9 @@ impl<'a> Suite<'a> {
         ];
         if self.kind == ModelKind::Clip {
             out.push(("image batch", Suite::images));
+        }
+        if self.kind == ModelKind::Embed {
+            out.push(("token states", Suite::token_states));
         }
         out
     }

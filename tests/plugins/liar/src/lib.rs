@@ -19,7 +19,12 @@
 //! - `racy`: allows concurrent calls, but a call that overlaps another returns garbage (as a
 //!   plugin sharing a scratch buffer between calls would);
 //! - `overrun`: answers inputs of more than 1024 tokens with an internal error, as an ONNX
-//!   graph run past its position table does, instead of refusing them as invalid input.
+//!   graph run past its position table does, instead of refusing them as invalid input;
+//! - `states`: its token states (the table's row of each live token when honest) are scaled,
+//!   so that they no longer pool to its embeddings.
+//!
+//! Built with the `abi-3-0` feature, it is a plugin of ember's plugin ABI 3.0, without token
+//! states (tests check that such a plugin still loads and serves).
 //!
 //! `EMBER_LIAR_RECORD`, when set, names a file to which every `embed_tokens` call appends one
 //! line, `rows seq_len kept`, where `kept` counts the positions the attention mask keeps, so
@@ -49,6 +54,7 @@ enum Lie {
     Noisy,
     Racy,
     Overrun,
+    States,
 }
 
 impl Lie {
@@ -63,10 +69,11 @@ impl Lie {
             "noisy" => Lie::Noisy,
             "racy" => Lie::Racy,
             "overrun" => Lie::Overrun,
+            "states" => Lie::States,
             other => {
                 return Err(PluginError::invalid_input(format!(
                     "EMBER_LIAR={other:?}: expected honest, constant, unmasked, promptful, nan, \
-                     int8, noisy, racy or overrun"
+                     int8, noisy, racy, overrun or states"
                 )))
             }
         })
@@ -85,6 +92,20 @@ pub struct LiarModel {
 }
 
 impl LiarModel {
+    /// The table's row of token `id`.
+    fn row(&self, id: i64) -> Result<&[f32], PluginError> {
+        let i = usize::try_from(id)
+            .ok()
+            .filter(|i| *i < self.vocab)
+            .ok_or_else(|| {
+                PluginError::invalid_input(format!(
+                    "token id {id} is outside the vocabulary ({} entries)",
+                    self.vocab
+                ))
+            })?;
+        Ok(&self.table[i * self.dim..(i + 1) * self.dim])
+    }
+
     /// The static embedding of row `r` over the positions `mask` keeps (all when `None`).
     fn mean(
         &self,
@@ -99,17 +120,7 @@ impl LiarModel {
             if mask.is_some_and(|m| m[r * seq + t] == 0) {
                 continue;
             }
-            let id = batch.input_ids[r * seq + t];
-            let id = usize::try_from(id)
-                .ok()
-                .filter(|i| *i < self.vocab)
-                .ok_or_else(|| {
-                    PluginError::invalid_input(format!(
-                        "token id {id} is outside the vocabulary ({} entries)",
-                        self.vocab
-                    ))
-                })?;
-            let row = &self.table[id * self.dim..(id + 1) * self.dim];
+            let row = self.row(batch.input_ids[r * seq + t])?;
             out.iter_mut().zip(row).for_each(|(o, x)| *o += x);
             count += 1.0;
         }
@@ -195,6 +206,28 @@ impl Model for LiarModel {
             dim: self.dim as u32,
             values: values.into(),
         })
+    }
+
+    fn outputs(&self) -> ember_plugin_api::Outputs {
+        ember_plugin_api::Outputs::TOKEN_STATES
+    }
+
+    fn token_states(
+        &self,
+        batch: &TokenBatch,
+    ) -> Result<ember_plugin_api::TokenStates, PluginError> {
+        let scale = if self.lie == Lie::States { 2.0 } else { 1.0 };
+        let mut values = Vec::new();
+        for (t, id) in batch.input_ids.iter().enumerate() {
+            if batch.attention_mask[t] != 0 {
+                values.extend(self.row(*id)?.iter().map(|x| x * scale));
+            }
+        }
+        Ok(ember_plugin_api::TokenStates::from_rows(
+            self.dim,
+            &batch.row_lengths(),
+            values,
+        ))
     }
 }
 
