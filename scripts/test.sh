@@ -7,11 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
-cargo build --release --locked -p ember-abi-mismatch -p ember-broken -p ember-liar
-# The liar as a plugin of ABI 3.0, in a target directory of its own: its feature changes
-# ember-plugin-api, so it never shares a build (or an output path) with the workspace.
-cargo build --release --locked -p ember-liar --features abi-3-0 \
-  --target-dir "${CARGO_TARGET_DIR:-target}/abi-3-0"
+cargo build --release --locked -p ember-abi-mismatch -p ember-broken -p ember-liar \
+  -p ember-liar30
 LOG=$(mktemp)
 CHECK_HOME=$(mktemp -d)
 trap 'rm -rf "$LOG" "$CHECK_HOME"' EXIT

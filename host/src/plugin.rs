@@ -6,12 +6,15 @@
 //! a message naming the file and both versions; a plugin of an older minor loads, without the
 //! functions later minors added (found through their own symbols). Plugins are never unloaded.
 
+use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RStr, RString, RVec};
-use ember_plugin_api::abi::Extensions31Fn;
+use abi_stable::StableAbi;
+use ember_plugin_api::abi::{Extensions31Fn, LayoutFn};
 use ember_plugin_api::{
     AbiVersion, DType, Extensions31, HostContext, LoadRequest, LogLevel, ModelBox, PluginError,
-    PluginInfo, PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_SYMBOL,
+    PluginInfo, PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_LAYOUT_SYMBOL,
+    EXTENSIONS_3_1_SYMBOL,
 };
 use std::path::{Path, PathBuf};
 
@@ -148,6 +151,38 @@ pub fn find(backend: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, LoadErr
     })
 }
 
+/// The table of ABI 3.1 of a plugin that reports 3.1 or later, once its layout is checked
+/// against the host's.
+fn extensions_3_1(raw: &'static RawLibrary) -> Result<Extensions31, String> {
+    let missing = |symbol: &[u8]| {
+        format!(
+            "the plugin reports ABI 3.1 or later but lacks its symbol {} (plugins are \
+             exported with ember_plugin_api::export_plugin!)",
+            String::from_utf8_lossy(symbol.strip_suffix(b"\0").unwrap_or(symbol))
+        )
+    };
+    // SAFETY: a plugin of 3.1 or later exports both symbols with these signatures (the SDK's
+    // export_plugin! does); the layout function only returns a static, and the table is read
+    // only once its layout matches the host's. The library is never unloaded.
+    unsafe {
+        let layout = raw
+            .get::<LayoutFn>(EXTENSIONS_3_1_LAYOUT_SYMBOL)
+            .map_err(|_| missing(EXTENSIONS_3_1_LAYOUT_SYMBOL))?;
+        check_layout_compatibility(<Extensions31 as StableAbi>::LAYOUT, (*layout)()).map_err(
+            |e| {
+                tracing::debug!("layout of the plugin's table of ABI 3.1: {e}");
+                "the layout of its table of ABI 3.1 differs from the host's (RUST_LOG=debug \
+                 shows how)"
+                    .to_string()
+            },
+        )?;
+        let table = raw
+            .get::<Extensions31Fn>(EXTENSIONS_3_1_SYMBOL)
+            .map_err(|_| missing(EXTENSIONS_3_1_SYMBOL))?;
+        Ok((*table)())
+    }
+}
+
 impl Plugin {
     /// Loads the plugin at `path`, checks its ABI and initialises it.
     pub fn load(path: &Path) -> Result<Plugin, LoadError> {
@@ -180,17 +215,6 @@ impl Plugin {
                 found,
             });
         }
-        // SAFETY: a plugin of 3.1 or later exports the symbol with this signature (the SDK's
-        // export_plugin! does); the table it returns never changes, and the library stays
-        // loaded for the life of the process.
-        let extensions = match found.minor {
-            0 => None,
-            _ => unsafe {
-                raw.get::<Extensions31Fn>(EXTENSIONS_3_1_SYMBOL)
-                    .ok()
-                    .map(|f| (*f)())
-            },
-        };
         // SAFETY: the library stays loaded for the life of the process (leaked above).
         let header =
             unsafe { lib_header_from_raw_library(raw) }.map_err(|e| invalid(e.to_string()))?;
@@ -208,6 +232,10 @@ impl Plugin {
                 path: shown.clone(),
                 error,
             })?;
+        let extensions = match found.minor {
+            0 => None,
+            _ => Some(extensions_3_1(raw).map_err(invalid)?),
+        };
         Ok(Plugin {
             module,
             path,

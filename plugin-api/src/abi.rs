@@ -19,11 +19,7 @@ use abi_stable::{declare_root_module_statics, StableAbi};
 pub const ABI_MAJOR: u32 = 3;
 /// Minor version of the ABI this crate defines; new minors only add optional functions.
 /// 3.1 added [`Extensions31`] (token states).
-#[cfg(not(feature = "abi-3-0"))]
 pub const ABI_MINOR: u32 = 1;
-/// Minor version of the ABI this crate defines (built as 3.0, by the `abi-3-0` feature).
-#[cfg(feature = "abi-3-0")]
-pub const ABI_MINOR: u32 = 0;
 /// This crate's ABI version.
 pub const ABI_VERSION: AbiVersion = AbiVersion {
     major: ABI_MAJOR,
@@ -78,7 +74,15 @@ pub const EXTENSIONS_3_1_SYMBOL: &[u8] = b"ember_plugin_extensions_3_1\0";
 /// Signature of the [`EXTENSIONS_3_1_SYMBOL`] function.
 pub type Extensions31Fn = extern "C" fn() -> Extensions31;
 
-/// The model functions ABI 3.1 added, each taking a handle the same plugin returned.
+/// Name of the C symbol that returns the layout of a plugin's [`Extensions31`], which the host
+/// checks before it calls [`EXTENSIONS_3_1_SYMBOL`].
+pub const EXTENSIONS_3_1_LAYOUT_SYMBOL: &[u8] = b"ember_plugin_extensions_3_1_layout\0";
+
+/// Signature of the [`EXTENSIONS_3_1_LAYOUT_SYMBOL`] function.
+pub type LayoutFn = extern "C" fn() -> &'static abi_stable::type_layout::TypeLayout;
+
+/// The model functions ABI 3.1 added, each taking a handle the same plugin returned (one the
+/// SDK's [`crate::sdk::into_model_box`] made; other handles get an `Internal` error).
 ///
 /// They live outside [`ModelHandle`]'s vtable because abi_stable refuses to load a library
 /// whose vtable has fewer entries than the host's: appending methods there would lock out

@@ -11,7 +11,8 @@ pub mod types;
 
 pub use abi::{
     Extensions31, HostContext, ModelBox, ModelHandle, PluginMod, PluginModRef, ABI_MAJOR,
-    ABI_MINOR, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_SYMBOL,
+    ABI_MINOR, ABI_VERSION, ABI_VERSION_SYMBOL, EXTENSIONS_3_1_LAYOUT_SYMBOL,
+    EXTENSIONS_3_1_SYMBOL,
 };
 pub use sdk::{Backend, Model};
 pub use types::*;
@@ -23,4 +24,6 @@ pub mod reexports {
         __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
     pub use abi_stable::std_types::{RResult, RString, RVec};
+    pub use abi_stable::type_layout::TypeLayout;
+    pub use abi_stable::StableAbi;
 }

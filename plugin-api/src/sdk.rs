@@ -256,7 +256,8 @@ pub fn root_module<B: Backend>() -> PluginModRef {
     .leak_into_prefix()
 }
 
-/// Exports a [`Backend`] as an ember plugin: the ABI version symbol and the root module.
+/// Exports a [`Backend`] as an ember plugin: the ABI version symbol, the root module and the
+/// function tables of the minors after 3.0.
 ///
 /// ```text
 /// struct MyBackend;
@@ -266,13 +267,36 @@ pub fn root_module<B: Backend>() -> PluginModRef {
 #[macro_export]
 macro_rules! export_plugin {
     ($backend:ty) => {
+        $crate::export_plugin!(@root $backend, $crate::ABI_VERSION);
+
+        /// The layout of this plugin's table of ABI 3.1, checked by the host before it reads
+        /// the table.
+        #[no_mangle]
+        pub extern "C" fn ember_plugin_extensions_3_1_layout(
+        ) -> &'static $crate::reexports::TypeLayout {
+            <$crate::abi::Extensions31 as $crate::reexports::StableAbi>::LAYOUT
+        }
+
+        /// The functions of plugin ABI 3.1.
+        #[no_mangle]
+        pub extern "C" fn ember_plugin_extensions_3_1() -> $crate::abi::Extensions31 {
+            $crate::sdk::extensions_3_1()
+        }
+    };
+    // A plugin as ABI 3.0 built them (version 3.0, no later tables): for ember's own tests of
+    // hosts loading older plugins.
+    (@abi_3_0 $backend:ty) => {
+        $crate::export_plugin!(@root $backend, $crate::AbiVersion {
+            major: $crate::ABI_MAJOR,
+            minor: 0,
+        });
+    };
+    (@root $backend:ty, $version:expr) => {
         /// Reports the plugin's ABI version; read by the host before anything else.
         #[no_mangle]
         pub extern "C" fn ember_plugin_abi_version() -> $crate::AbiVersion {
-            $crate::ABI_VERSION
+            $version
         }
-
-        $crate::__export_extensions!();
 
         // The symbol abi_stable 0.11 looks up (its ROOT_MODULE_LOADER_NAME; a test in
         // ember-plugin-api checks the spelling), so that plugins need not depend on abi_stable.
@@ -292,28 +316,6 @@ macro_rules! export_plugin {
             }
         };
     };
-}
-
-/// Exports the function tables of the minors after 3.0 (used by [`crate::export_plugin!`]).
-#[cfg(not(feature = "abi-3-0"))]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __export_extensions {
-    () => {
-        /// The functions of plugin ABI 3.1.
-        #[no_mangle]
-        pub extern "C" fn ember_plugin_extensions_3_1() -> $crate::abi::Extensions31 {
-            $crate::sdk::extensions_3_1()
-        }
-    };
-}
-
-/// Built as ABI 3.0 (the `abi-3-0` feature): no tables after 3.0.
-#[cfg(feature = "abi-3-0")]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __export_extensions {
-    () => {};
 }
 
 /// Forwards a host log call to stderr; used by tools that load a plugin outside the host.

@@ -1,8 +1,9 @@
 //! The data that crosses the plugin boundary: requests, batches, results and errors.
 //!
 //! Every type here is `#[repr(C)]` and derives `StableAbi`, so its layout is checked when a
-//! plugin is loaded. Changing a type here is an ABI major bump; a new type that only methods
-//! appended in a minor use (such as [`TokenStates`]) is not.
+//! plugin is loaded. Changing a type here is an ABI major bump; a new type that only a minor's
+//! own function table uses (such as [`TokenStates`]) is not, its layout being checked with
+//! that table's.
 
 use abi_stable::std_types::{ROption, RString, RVec};
 use abi_stable::StableAbi;
@@ -472,6 +473,16 @@ impl Outputs {
     }
 }
 
+/// The offsets of rows of `lengths` tokens: 0, then the running sums.
+fn offsets_of(lengths: &[usize]) -> Vec<u32> {
+    std::iter::once(0)
+        .chain(lengths.iter().scan(0u32, |sum, &n| {
+            *sum += n as u32;
+            Some(*sum)
+        }))
+        .collect()
+}
+
 /// Each row's state of every token its attention mask keeps (ABI 3.1), ragged: row `r`'s
 /// states are `values[offsets[r] * dim .. offsets[r + 1] * dim]`, one `dim`-wide state per
 /// live token, in sequence order. Not normalised.
@@ -491,16 +502,10 @@ pub struct TokenStates {
 impl TokenStates {
     /// The states of `rows` rows of `lengths[r]` tokens each, from their values concatenated.
     pub fn from_rows(dim: usize, lengths: &[usize], values: Vec<f32>) -> TokenStates {
-        let offsets: Vec<u32> = std::iter::once(0)
-            .chain(lengths.iter().scan(0u32, |sum, &n| {
-                *sum += n as u32;
-                Some(*sum)
-            }))
-            .collect();
         TokenStates {
             rows: lengths.len() as u32,
             dim: dim as u32,
-            offsets: offsets.into(),
+            offsets: offsets_of(lengths).into(),
             values: values.into(),
         }
     }
@@ -509,12 +514,7 @@ impl TokenStates {
     /// tokens of the rows asked for.
     pub fn validate(&self, lengths: &[usize]) -> Result<(), String> {
         let dim = self.dim as usize;
-        let expected: Vec<u32> = std::iter::once(0)
-            .chain(lengths.iter().scan(0u32, |sum, &n| {
-                *sum += n as u32;
-                Some(*sum)
-            }))
-            .collect();
+        let expected = offsets_of(lengths);
         if self.rows as usize != lengths.len() || self.offsets.as_slice() != expected.as_slice() {
             return Err(format!(
                 "token states of {} rows with offsets {:?} for {} rows of {:?} live tokens",
@@ -534,7 +534,7 @@ impl TokenStates {
         Ok(())
     }
 
-    /// Row `r`'s states, `[tokens, dim]` flat.
+    /// Row `r`'s states, `[tokens, dim]` flat (panics unless [`TokenStates::validate`] passed).
     pub fn row(&self, r: usize) -> &[f32] {
         let dim = self.dim as usize;
         &self.values[self.offsets[r] as usize * dim..self.offsets[r + 1] as usize * dim]

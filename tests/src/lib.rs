@@ -39,16 +39,6 @@ pub fn bin_dir() -> PathBuf {
     target.join("release")
 }
 
-/// Where scripts/test.sh builds the liar test plugin against plugin ABI 3.0 (its own target
-/// directory beside the release one, so that it never replaces the current liar).
-pub fn old_abi_dir() -> PathBuf {
-    bin_dir()
-        .parent()
-        .expect("the release directory has a parent")
-        .join("abi-3-0")
-        .join("release")
-}
-
 /// Directory of the generated test models (`EMBER_FIXTURES`, else ./fixtures).
 pub fn fixtures() -> PathBuf {
     std::env::var_os("EMBER_FIXTURES")

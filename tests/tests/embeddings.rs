@@ -109,7 +109,10 @@ fn response_shape_base64_dimensions_and_openai_prefix() {
         fixture("all-MiniLM-L6-v2").display().to_string()
     );
     assert_eq!(models["data"][0]["backend"], "optimum");
-    assert_eq!(models["data"][0]["capabilities"], json!(["embed"]));
+    assert_eq!(
+        models["data"][0]["capabilities"],
+        json!(["embed", "token_states"])
+    );
     assert_eq!(models["data"][0]["dimensions"], 384);
     assert_eq!(server.get("/health").0, 200);
 }

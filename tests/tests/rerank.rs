@@ -100,7 +100,10 @@ fn capabilities_decide_what_a_model_answers() {
     let (status, models) = server.get("/v1/models");
     assert_eq!(status, 200);
     assert_eq!(models["data"][0]["capabilities"], json!(["rerank"]));
-    assert_eq!(models["data"][1]["capabilities"], json!(["embed"]));
+    assert_eq!(
+        models["data"][1]["capabilities"],
+        json!(["embed", "token_states"])
+    );
 
     assert_error_contains(
         server.post(

@@ -1,10 +1,12 @@
-//! Token states (plugin ABI 3.1) over TEI's `/embed_all`: the torch backend's states pool to the
+//! Token states (plugin ABI 3.1) over TEI's `/embed_all`: each backend's states pool to the
 //! reference embeddings of each architecture; the liar's are its table's rows; a plugin built
 //! against ABI 3.0 still loads and serves embeddings, and refuses token states by name.
 
 use ember_e2e::liar::LiarModel;
 use ember_e2e::parity::{cosine, vectors};
 use ember_e2e::*;
+use ember_host::models::manifest;
+use ember_plugin_api::{pooling, Pooling};
 use serde_json::{json, Value};
 
 /// `[inputs][tokens][dim]` of an `/embed_all` answer.
@@ -29,38 +31,66 @@ fn states(body: &Value) -> Vec<Vec<Vec<f32>>> {
         .collect()
 }
 
-/// The pooling a fixture's `1_Pooling/config.json` names: `mean`, `cls` or `lasttoken`.
-fn pooling_of(fixture_name: &str) -> String {
+/// The pooling of a fixture's `1_Pooling/config.json`, as the host reads it.
+fn pooling_of(fixture_name: &str) -> Pooling {
     let path = fixture(fixture_name).join("1_Pooling/config.json");
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if let Some(mode) = cfg["pooling_mode"].as_str() {
-        return mode.to_string();
-    }
-    for (key, mode) in [
-        ("pooling_mode_cls_token", "cls"),
-        ("pooling_mode_lasttoken", "lasttoken"),
-        ("pooling_mode_mean_tokens", "mean"),
-    ] {
-        if cfg[key] == json!(true) {
-            return mode.into();
-        }
-    }
-    panic!("{}: no pooling mode ember's test knows", path.display())
+    manifest::pooling_of(&cfg).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Pools one input's token states as sentence-transformers' `Pooling` does.
-fn pool(mode: &str, tokens: &[Vec<f32>]) -> Vec<f32> {
-    match mode {
-        "cls" => tokens[0].clone(),
-        "lasttoken" => tokens[tokens.len() - 1].clone(),
-        "mean" => {
-            let mut v = vec![0f32; tokens[0].len()];
-            for t in tokens {
-                v.iter_mut().zip(t).for_each(|(o, x)| *o += x);
-            }
-            v.iter().map(|x| x / tokens.len() as f32).collect()
+fn pool(mode: Pooling, tokens: &[Vec<f32>]) -> Vec<f32> {
+    let flat: Vec<f32> = tokens.concat();
+    pooling::pool(
+        mode,
+        &flat,
+        &vec![1; tokens.len()],
+        1,
+        tokens.len(),
+        tokens[0].len(),
+    )
+}
+
+/// Serves fixture `name` with `backend` (and `env`), and checks that its token states over
+/// `/embed_all` are one per token and pool, as the fixture pools, to the reference embeddings.
+fn assert_states_pool_to_reference(backend: &str, name: &str, env: &[(&str, &str)]) {
+    let server = serve_fixtures(backend, &[name], env);
+    let what = format!("{backend} {name}");
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let caps = &models["data"][0]["capabilities"];
+    assert_eq!(caps, &json!(["embed", "token_states"]), "{what}: {models}");
+    let reference = reference(name);
+    let texts: Vec<&Value> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(4)
+        .collect();
+    let (status, body) = server.post("/embed_all", &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{what}: {body}");
+    let got = states(&body);
+    assert_eq!(got.len(), texts.len(), "{what}");
+    let mode = pooling_of(name);
+    for (i, tokens) in got.iter().enumerate() {
+        if let Some(count) = reference["token_counts"][i].as_u64() {
+            assert_eq!(
+                tokens.len() as u64,
+                count,
+                "{what} text {i}: one state per token"
+            );
         }
-        other => panic!("pooling {other}"),
+        let want: Vec<f32> = reference["embeddings"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let c = cosine(&pool(mode, tokens), &want);
+        assert!(
+            c > 0.99999,
+            "{what} text {i}: {mode:?} pooling of the states at cosine {c}"
+        );
     }
 }
 
@@ -74,53 +104,59 @@ fn torch_token_states_pool_to_the_reference_embeddings_of_each_architecture() {
         "tiny-modernbert",
         "tiny-qwen3",
     ] {
-        let server = serve_fixtures("torch", &[name], &[]);
-        let (status, models) = server.get("/v1/models");
-        assert_eq!(status, 200);
-        let caps = &models["data"][0]["capabilities"];
-        assert_eq!(caps, &json!(["embed", "token_states"]), "{name}: {models}");
-        let reference = reference(name);
-        let texts: Vec<&Value> = reference["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .take(4)
-            .collect();
-        let (status, body) = server.post("/embed_all", &json!({"inputs": texts}));
-        assert_eq!(status, 200, "{name}: {body}");
-        let got = states(&body);
-        assert_eq!(got.len(), texts.len(), "{name}");
-        let mode = pooling_of(name);
-        for (i, tokens) in got.iter().enumerate() {
-            if let Some(count) = reference["token_counts"][i].as_u64() {
-                assert_eq!(
-                    tokens.len() as u64,
-                    count,
-                    "{name} text {i}: one state per token"
-                );
-            }
-            let want: Vec<f32> = reference["embeddings"][i]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            let c = cosine(&pool(&mode, tokens), &want);
-            assert!(
-                c > 0.99999,
-                "{name} text {i}: {mode} of the states at cosine {c}"
-            );
-        }
+        assert_states_pool_to_reference("torch", name, &[]);
     }
 }
 
 #[test]
-fn models_without_token_states_refuse_embed_all_naming_the_capability() {
-    let server = serve_fixtures("torch", &["tiny-rerank-bert"], &[]);
-    let (status, body) = server.post("/embed_all", &json!({"inputs": "hello"}));
-    assert_eq!(status, 422, "{body}");
+fn optimum_and_ctranslate2_token_states_pool_to_the_reference_embeddings() {
+    for name in ["all-MiniLM-L6-v2", "tiny-modernbert", "tiny-qwen3"] {
+        assert_states_pool_to_reference("optimum", name, &[]);
+    }
+    let home = std::env::temp_dir().join(format!("ember-states-ct2-{}", std::process::id()));
+    let home_str = home.display().to_string();
+    for name in ["all-MiniLM-L6-v2", "tiny-bert-lasttoken"] {
+        assert_states_pool_to_reference(
+            "ctranslate2",
+            name,
+            &[("DTYPES", "fp32"), ("HF_HOME", &home_str)],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn embed_all_finds_the_model_with_states_refuses_others_and_bounds_its_answer() {
+    let server = serve_fixtures(
+        "torch",
+        &["tiny-rerank-bert", "tiny-clip", "all-MiniLM-L6-v2"],
+        &[],
+    );
+    // Without `model`: the first model that offers token states, not the first embedder.
+    let (status, body) = server.post("/embed_all", &json!({"inputs": "Hello, world!"}));
+    assert_eq!(status, 200, "{body}");
+    let got = states(&body);
+    assert_eq!(
+        (got[0].len(), got[0][0].len()),
+        (6, 384),
+        "MiniLM's 6 tokens"
+    );
+    for refused in ["tiny-rerank-bert", "tiny-clip"] {
+        let model = fixture(refused).display().to_string();
+        let (status, body) = server.post("/embed_all", &json!({"inputs": "hello", "model": model}));
+        assert_eq!(status, 422, "{refused}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains("'token_states' capability"), "{message}");
+    }
+    // 50 texts of 256 tokens of 384 values: 4.9 Mi values, over the bound, refused unrun.
+    let long = reference("all-MiniLM-L6-v2")["texts"][4].clone();
+    let (status, body) = server.post("/embed_all", &json!({"inputs": vec![long; 50]}));
+    assert_eq!(status, 413, "{body}");
     let message = body["error"].as_str().unwrap();
-    assert!(message.contains("'token_states' capability"), "{message}");
+    assert!(
+        message.contains("12800 tokens of 384") && message.contains("fewer or shorter inputs"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -165,20 +201,9 @@ fn the_liars_token_states_are_its_table_rows_and_bad_input_is_named() {
 
 #[test]
 fn a_plugin_of_abi_3_0_loads_serves_embeddings_and_has_no_token_states() {
-    let old = old_abi_dir();
-    assert!(
-        old.join("libember_liar.so").exists(),
-        "{}: build it with scripts/test.sh (the liar with the abi-3-0 feature)",
-        old.display()
-    );
     let model = LiarModel::create("abi-3-0", true);
     let dir = model.dir.display().to_string();
-    let plugin_dir = old.display().to_string();
-    let server = Server::start(&[
-        ("BACKEND", "liar"),
-        ("MODEL_NAMES", &dir),
-        ("PLUGIN_DIR", &plugin_dir),
-    ]);
+    let server = Server::start(&[("BACKEND", "liar30"), ("MODEL_NAMES", &dir)]);
     let texts = ["hello world", "a cat sat on the mat"];
     let (status, body) = server.post("/v1/embeddings", &json!({"input": texts}));
     assert_eq!(status, 200, "{body}");
@@ -202,7 +227,7 @@ fn a_plugin_of_abi_3_0_loads_serves_embeddings_and_has_no_token_states() {
         "{body}"
     );
     // The checker reads its version and skips what 3.0 lacks.
-    let plugin = old.join("libember_liar.so");
+    let plugin = bin_dir().join("libember_liar30.so");
     let out = command(&[])
         .args(["plugin", "check"])
         .arg(&plugin)

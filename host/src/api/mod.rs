@@ -19,7 +19,7 @@ pub use embeddings::{
 };
 pub use error::{ApiError, ErrorKind};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
-pub use token_states::{token_states, TokenStatesRequest};
+pub use token_states::{token_states, TokenMatrix, TokenStatesRequest, MAX_STATE_VALUES};
 
 use crate::engine::{Engine, Payload};
 use crate::images::Images;

@@ -6,6 +6,12 @@ use super::{encode, ApiError, AppState, ErrorKind};
 use crate::engine::{Output, Payload};
 use crate::text::Truncation;
 use ember_plugin_api::Outputs;
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+
+/// Most state values (tokens × width) one request may ask for: 4 Mi floats, 16 MiB in memory
+/// and some 40 MB of JSON, whatever the model, so that no request can make the server hold
+/// gigabytes of states (2,048 inputs of 512 tokens of 1,024 would be 4 GiB).
+pub const MAX_STATE_VALUES: usize = 4 << 20;
 
 /// A validated request for token states.
 #[derive(Debug, Clone)]
@@ -20,12 +26,32 @@ pub struct TokenStatesRequest {
     pub truncation: Truncation,
 }
 
-/// Each text's token states, `[tokens][dim]`, in input order: every token the model reads,
-/// special tokens and the prompt included, not normalised.
+/// One text's token states, `[tokens][dim]`, serialised as a list of lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenMatrix {
+    /// Width of each state.
+    pub dim: usize,
+    /// The states, token after token.
+    pub values: Vec<f32>,
+}
+
+impl Serialize for TokenMatrix {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let rows = self.values.chunks(self.dim.max(1));
+        let mut seq = serializer.serialize_seq(Some(rows.len()))?;
+        for row in rows {
+            seq.serialize_element(row)?;
+        }
+        seq.end()
+    }
+}
+
+/// Each text's token states in input order: every token the model reads, special tokens and
+/// the prompt included, not normalised.
 pub async fn token_states(
     state: &AppState,
     req: TokenStatesRequest,
-) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+) -> Result<Vec<TokenMatrix>, ApiError> {
     let model = state.model(req.model.as_deref())?;
     if !model.outputs.has(Outputs::TOKEN_STATES) {
         return Err(model.lacks("token_states", "model"));
@@ -33,21 +59,37 @@ pub async fn token_states(
     let encoder = model.encoder.clone();
     let prompt = prompt(model, req.prompt_name.as_deref(), None)?.map(str::to_string);
     let (texts, how) = (req.input, req.truncation);
-    let (payloads, _) = encode(model, "input", Payload::States, move || match &prompt {
+    let (payloads, tokens) = encode(model, "input", Payload::States, move || match &prompt {
         // Every token is answered, so the prompt's are read like the text's.
         Some(p) => encoder.encode_prompted(p, &texts, true, how),
         None => encoder.encode_with(&texts, how),
     })
     .await?;
+    let width = match model.manifest.abi.hidden_size as usize {
+        0 => model.dim,
+        w => w,
+    };
+    if tokens * width > MAX_STATE_VALUES {
+        return Err(ApiError {
+            kind: ErrorKind::TooLarge,
+            ..ApiError::invalid(
+                "input",
+                format!(
+                    "the token states of these inputs hold {} values ({tokens} tokens of \
+                     {width}), over the {MAX_STATE_VALUES} one request may return; send fewer \
+                     or shorter inputs",
+                    tokens * width
+                ),
+            )
+        });
+    }
     model
         .engine
         .run(payloads)
         .await?
         .into_iter()
         .map(|out| match out {
-            Output::States { dim, values } => {
-                Ok(values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
-            }
+            Output::States { dim, values } => Ok(TokenMatrix { dim, values }),
             _ => Err(ApiError::new(
                 ErrorKind::Internal,
                 "the model returned something else than token states",

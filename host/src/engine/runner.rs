@@ -43,7 +43,7 @@ impl ModelRunner {
 
     /// Gives the runner the functions of ABI 3.1 of the plugin that made its handle (none
     /// for a plugin of 3.0), and learns the outputs the model offers through them.
-    pub fn with_extensions(mut self, extensions: Option<Extensions31>) -> ModelRunner {
+    fn with_extensions(mut self, extensions: Option<Extensions31>) -> ModelRunner {
         self.outputs = extensions.map_or(Outputs::NONE, |e| (e.outputs)(&self.handle));
         self.extensions = extensions;
         self

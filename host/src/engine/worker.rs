@@ -137,7 +137,9 @@ impl Worker {
         let seconds = started.elapsed().as_secs_f64();
         m.inference_seconds.observe(seconds);
         let outputs = outputs?;
-        if text {
+        // Token-state calls also copy every state back, which the cost of a call (learned for
+        // the calls most traffic makes) does not predict.
+        if text && key != Key::States {
             self.call_cost.borrow_mut().observe(padded, live, seconds);
         }
         if outputs.len() != rows {

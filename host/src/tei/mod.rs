@@ -9,8 +9,8 @@
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
-use crate::api::{EmbeddingsRequest, RerankRequest, TokenStatesRequest};
-use ember_plugin_api::ModelKind;
+use crate::api::{EmbeddingsRequest, RerankRequest, TokenMatrix, TokenStatesRequest};
+use ember_plugin_api::{ModelKind, Outputs};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -24,7 +24,7 @@ pub use predict::{predict, Predicted};
 pub(super) fn model_for<'a>(
     state: &'a AppState,
     body: &Map<String, Value>,
-    can: fn(ModelKind) -> bool,
+    can: impl Fn(&DeployedModel) -> bool,
 ) -> Result<&'a DeployedModel, ApiError> {
     let name = opt_str(body, "model")?;
     if name.is_some() || state.models.len() == 1 {
@@ -33,20 +33,24 @@ pub(super) fn model_for<'a>(
     state
         .models
         .iter()
-        .find(|m| can(m.manifest.abi.kind))
+        .find(|m| can(m))
         .ok_or_else(|| ApiError::invalid("model", "no deployed model can answer this route"))
 }
 
-fn embeds(kind: ModelKind) -> bool {
-    matches!(kind, ModelKind::Embed | ModelKind::Clip)
+fn embeds(m: &DeployedModel) -> bool {
+    matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip)
 }
 
-pub(super) fn classifies(kind: ModelKind) -> bool {
-    kind == ModelKind::Classify
+fn has_token_states(m: &DeployedModel) -> bool {
+    m.outputs.has(Outputs::TOKEN_STATES)
 }
 
-pub(super) fn reranks(kind: ModelKind) -> bool {
-    kind == ModelKind::Rerank
+pub(super) fn classifies(m: &DeployedModel) -> bool {
+    m.manifest.abi.kind == ModelKind::Classify
+}
+
+pub(super) fn reranks(m: &DeployedModel) -> bool {
+    m.manifest.abi.kind == ModelKind::Rerank
 }
 
 /// `POST /embed`: `inputs` (a string or a list), `normalize`, `truncate`,
@@ -74,9 +78,9 @@ pub async fn embed(state: &AppState, value: &Value) -> Result<Vec<Vec<f32>>, Api
 
 /// `POST /embed_all`: `inputs` (a string or a list), `truncate`, `truncation_direction`,
 /// `prompt_name`; answers each input's token states, `[inputs][tokens][dim]`.
-pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<TokenMatrix>, ApiError> {
     let body = object(value)?;
-    let model = model_for(state, body, embeds)?;
+    let model = model_for(state, body, has_token_states)?;
     let req = TokenStatesRequest {
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,

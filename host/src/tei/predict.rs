@@ -90,7 +90,7 @@ pub enum Predicted {
 /// batch.
 pub async fn predict(state: &AppState, value: &Value) -> Result<Predicted, ApiError> {
     let body = object(value)?;
-    let model = model_for(state, body, |k| classifies(k) || reranks(k))?;
+    let model = model_for(state, body, |m| classifies(m) || reranks(m))?;
     let (inputs, single) = predict_inputs(body, state.max_items)?;
     let raw = opt_bool(body, "raw_scores")?.unwrap_or(false);
     let req = ClassifyRequest {

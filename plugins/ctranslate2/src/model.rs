@@ -13,7 +13,7 @@ use ember_plugin_api::cuda;
 use ember_plugin_api::pooling::pool;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
-    PairBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+    Outputs, PairBatch, PluginError, Pooling, ScoreBatch, TokenBatch, TokenStates,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -320,6 +320,32 @@ impl Model for Ct2Model {
             dim,
             values: values.into(),
         })
+    }
+
+    fn outputs(&self) -> Outputs {
+        match self.head {
+            None => Outputs::TOKEN_STATES,
+            Some(_) => Outputs::NONE,
+        }
+    }
+
+    fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
+        if self.head.is_some() {
+            return Err(PluginError::unsupported(
+                "this model ends in a classification head: it offers no token states",
+            ));
+        }
+        if batch.rows == 0 {
+            return Ok(TokenStates::from_rows(self.hidden, &[], Vec::new()));
+        }
+        let s = self.states(batch)?;
+        // Row r's live tokens are the first lengths[r] of its `s.seq` states.
+        let row = s.seq * self.hidden;
+        let mut values = Vec::with_capacity(s.lengths.iter().sum::<usize>() * self.hidden);
+        for (states, &len) in s.values.chunks_exact(row).zip(&s.lengths) {
+            values.extend_from_slice(&states[..len * self.hidden]);
+        }
+        Ok(TokenStates::from_rows(self.hidden, &s.lengths, values))
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {

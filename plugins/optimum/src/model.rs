@@ -9,7 +9,7 @@ use ember_plugin_api::cuda::{self, Placement};
 use ember_plugin_api::pooling;
 use ember_plugin_api::{
     DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
-    PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch,
+    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch, TokenStates,
 };
 
 /// The graphs of a CLIP model.
@@ -179,9 +179,7 @@ impl OnnxModel {
                     )));
                 }
                 let (output, declared) = graph.pick_output(&["last_hidden_state"])?;
-                if !manifest.include_prompt
-                    && !matches!(output.as_str(), "last_hidden_state" | "token_embeddings")
-                {
+                if !manifest.include_prompt && !states_output(&output) {
                     return Err(PluginError::unsupported(format!(
                         "the model's pooling leaves the prompt's tokens out \
                          (include_prompt: false), which needs token states, but {} returns \
@@ -320,6 +318,11 @@ impl OnnxModel {
     }
 }
 
+/// Whether a graph output named `output` is token states (not a pooled embedding).
+fn states_output(output: &str) -> bool {
+    matches!(output, "last_hidden_state" | "token_embeddings")
+}
+
 /// Checks that a graph output holds one row of `dim` values per input.
 fn rows_of(shape: &[i64], data: Vec<f32>, rows: usize) -> Result<EmbeddingBatch, PluginError> {
     match shape {
@@ -416,6 +419,52 @@ impl Model for OnnxModel {
                 "this model ends in a classification head: it has no embeddings",
             )),
         }
+    }
+
+    fn outputs(&self) -> Outputs {
+        match &self.kind {
+            Kind::Encoder { output, .. } if states_output(output) => Outputs::TOKEN_STATES,
+            _ => Outputs::NONE,
+        }
+    }
+
+    fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
+        let Kind::Encoder { graph, output, .. } = &self.kind else {
+            return Err(PluginError::unsupported(
+                "this model offers no token states (CLIP graphs and classifiers do not)",
+            ));
+        };
+        if !states_output(output) {
+            return Err(PluginError::unsupported(format!(
+                "{} returns `{output}`, pooled inside the graph: it offers no token states",
+                graph.path
+            )));
+        }
+        let lengths = batch.row_lengths();
+        if batch.rows == 0 {
+            return Ok(TokenStates::from_rows(self.dim, &lengths, Vec::new()));
+        }
+        self.check_length(batch)?;
+        let (rows, seq) = (batch.rows as usize, batch.seq_len as usize);
+        let positions = positions(batch);
+        let out = graph.run(feeds_for(graph, batch, &positions), output)?;
+        let hidden = match out.shape.as_slice() {
+            [r, s, h] if *r as usize == rows && *s as usize == seq => *h as usize,
+            other => {
+                return Err(PluginError::internal(format!(
+                    "{} returned `{output}` of shape {other:?} for {rows} rows of {seq} tokens",
+                    graph.path
+                )))
+            }
+        };
+        let values = out
+            .data
+            .chunks_exact(hidden)
+            .zip(batch.attention_mask.iter())
+            .filter(|(_, m)| **m != 0)
+            .flat_map(|(state, _)| state.iter().copied())
+            .collect();
+        Ok(TokenStates::from_rows(hidden, &lengths, values))
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {

@@ -51,7 +51,10 @@ impl<'a> Suite<'a> {
                 scale = ratio;
             }
         }
-        if worst >= SAME_VECTOR && (scale - 1.0).abs() <= 1e-3 {
+        // The bar of a row alone against the same row in a batch: the states and the
+        // embeddings come from different calls, possibly of different shapes.
+        let bar = self.tolerance.padding;
+        if worst >= bar && (scale - 1.0).abs() <= 10.0 * (1.0 - bar) {
             Outcome::Pass(format!(
                 "{} tokens x {dim}; {} pooling of them gives the embeddings (cosine >= {worst:.6})",
                 states.offsets[states.rows as usize],
