@@ -77,6 +77,10 @@ Models:
                      random DistilBertForSequenceClassification with four labels and
                      problem_type multi_label_classification (sigmoid per label), with
                      onnx/model.onnx.
+  tiny-splade        random BertForMaskedLM (tied decoder, a negative decoder bias so that few
+                     vocabulary entries are active) packaged as a SparseEncoder (MLMTransformer,
+                     SpladePooling max), naver/splade-* style; reference.json `sparse` holds
+                     SparseEncoder.encode's vectors as sorted indices / values.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -1376,6 +1380,58 @@ def classify_distilbert(out: Path) -> None:
     classify_reference(dst)
 
 
+# SPLADE fixture: the MLM decoder's bias shifts logits this many standard deviations below
+# zero, so that about one token in a thousand is active per position, as in trained SPLADE
+# models (whose vectors keep a few hundred of 30522 entries).
+SPLADE_SHIFT = 3.1
+
+
+def tiny_splade(out: Path) -> None:
+    """tiny-splade: a random BertForMaskedLM (MiniLM's WordPiece tokenizer, tied decoder) packaged
+    as a sentence-transformers SparseEncoder (MLMTransformer, SpladePooling max/relu), as
+    naver/splade-* models are; reference.json holds SparseEncoder.encode's vectors as sorted
+    `indices` / `values` per text."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+    from transformers import BertForMaskedLM
+
+    dst = out / "tiny-splade"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD)
+    mlm = BertForMaskedLM(cfg).eval()
+    with torch.no_grad():
+        spread = SPREAD * cfg.hidden_size ** 0.5  # a logit's standard deviation
+        mlm.cls.predictions.bias.fill_(-SPLADE_SHIFT * spread)
+    mlm.save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    SparseEncoder(modules=[MLMTransformer(str(dst), max_seq_length=32),
+                           SpladePooling(pooling_strategy="max")], device="cpu").save(str(dst))
+    st = SparseEncoder(str(dst), device="cpu")
+    emb = st.encode(TEXTS, batch_size=4, convert_to_sparse_tensor=True).coalesce()
+    rows = [[] for _ in TEXTS]
+    for (r, i), v in zip(emb.indices().t().tolist(), emb.values().tolist()):
+        rows[r].append((i, v))
+    tok = st.tokenizer(TEXTS, truncation=True, max_length=st.max_seq_length)
+    sparse = [{"indices": [i for i, _ in sorted(row)], "values": [v for _, v in sorted(row)]}
+              for row in rows]
+    ref = {
+        "texts": TEXTS,
+        "sparse": sparse,
+        "vocab_size": cfg.vocab_size,
+        "token_counts": [len(ids) for ids in tok["input_ids"]],
+        "max_seq_length": st.max_seq_length,
+    }
+    (dst / "reference.json").write_text(json.dumps(ref))
+    active = [len(v["indices"]) for v in sparse]
+    if min(active) == 0 or max(active) > cfg.vocab_size // 4:
+        raise SystemExit(f"tiny-splade: active entries per text {active}, expected sparse vectors")
+    dense = emb.to_dense().numpy()
+    check_distinct("tiny-splade", TEXTS, dense)
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1438,6 +1494,8 @@ def main() -> None:
     classify_bert(out)
     torch.manual_seed(43)
     classify_distilbert(out)
+    torch.manual_seed(44)
+    tiny_splade(out)
     print(f"fixtures written to {out}")
 
 

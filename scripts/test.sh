@@ -43,7 +43,7 @@ grep -q "does NOT conform" "$LOG" && { echo "a plugin failed ember plugin check"
 # Every plugin built here must be in the list above (test plugins aside).
 for so in "$BIN"/libember_*.so; do
   name=$(basename "$so" .so); name=${name#libember_}
-  case "$name" in abimismatch|broken|liar) continue ;; esac
+  case "$name" in abimismatch|broken|liar|liar30) continue ;; esac
   grep -q "plugin check: .*libember_$name.so" "$LOG" \
     || { echo "plugin $name is not run through ember plugin check in scripts/test.sh" >&2; exit 1; }
 done

@@ -26,6 +26,8 @@ pub enum Route {
     TeiEmbed,
     /// TEI's `/embed_all`: every token's state.
     TeiEmbedAll,
+    /// TEI's `/embed_sparse`: SPLADE weights.
+    TeiEmbedSparse,
     /// TEI's `/rerank` with `texts`.
     TeiRerank,
     /// TEI's `/predict`.
@@ -56,8 +58,8 @@ pub enum Dialect {
 /// The route names a RunPod job's `openai_route` (and the gateway) accepts, for error messages.
 pub const ROUTE_NAMES: &str = "/v1/models, /v1/embeddings, /v1/rerank, /v1/classify (or \
                                /classify), and the TEI and Cohere routes /embed, /rerank, \
-                               /embed_all, /predict, /tokenize, /decode, /info, /v2/embed, \
-                               /v2/rerank";
+                               /embed_all, /embed_sparse, /predict, /tokenize, /decode, /info, \
+                               /v2/embed, /v2/rerank";
 
 impl Route {
     /// The route an `openai_route` (or the gateway's path) names; on `/rerank` a body in TEI's
@@ -70,6 +72,7 @@ impl Route {
             "/v1/classify" | "/classify" => Route::Classify,
             "/embed" => Route::TeiEmbed,
             "/embed_all" => Route::TeiEmbedAll,
+            "/embed_sparse" => Route::TeiEmbedSparse,
             "/predict" => Route::TeiPredict,
             "/tokenize" => Route::TeiTokenize,
             "/decode" => Route::TeiDecode,
@@ -90,6 +93,7 @@ impl Route {
             | Route::TeiRoot
             | Route::TeiEmbed
             | Route::TeiEmbedAll
+            | Route::TeiEmbedSparse
             | Route::TeiRerank
             | Route::TeiPredict
             | Route::TeiTokenize
@@ -117,6 +121,7 @@ impl Route {
             Route::TeiRoot
             | Route::TeiEmbed
             | Route::TeiEmbedAll
+            | Route::TeiEmbedSparse
             | Route::TeiRerank
             | Route::TeiPredict
             | Route::TeiTokenize
@@ -202,6 +207,7 @@ pub async fn answer(state: &AppState, route: Route, body: &Value) -> Result<Repl
         Route::TeiRoot => Reply::plain(&tei::root(state, body).await?),
         Route::TeiEmbed => Reply::plain(&tei::embed(state, body).await?),
         Route::TeiEmbedAll => Reply::plain(&tei::embed_all(state, body).await?),
+        Route::TeiEmbedSparse => Reply::plain(&tei::embed_sparse(state, body).await?),
         Route::TeiRerank => Reply::plain(&tei::rerank(state, body).await?),
         Route::TeiPredict => Reply::plain(&tei::predict(state, body).await?),
         Route::TeiTokenize => Reply::plain(&tei::tokenize(state, body).await?),

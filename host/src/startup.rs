@@ -12,7 +12,7 @@ use crate::runpod::router::{self, JobResult};
 use crate::runpod::worker;
 use crate::text::{TextEncoder, Truncation};
 use anyhow::{anyhow, Context};
-use ember_plugin_api::LoadRequest;
+use ember_plugin_api::{LoadRequest, Outputs};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -114,7 +114,17 @@ pub async fn prepare_reporting(
             )
         })?
         .with_head(manifest.head.clone())
-        .map_err(|e| anyhow!("model {}: {e}", m.name))?;
+        .map_err(|e| anyhow!("model {}: {e}", m.name))?
+        .with_sparse(manifest.sparse);
+    if manifest.sparse.is_some() && !runner.outputs.has(Outputs::SPARSE) {
+        return Err(anyhow!(
+            "model {} is a SPLADE model (its pipeline ends in SpladePooling), whose sparse \
+             weights backend {} does not compute for it (BACKEND=torch computes them for \
+             BertForMaskedLM checkpoints)",
+            m.name,
+            plugin.info.name
+        ));
+    }
     Ok(Prepared {
         local,
         manifest,
@@ -170,7 +180,12 @@ async fn deploy(
     } = prepare_reporting(plugin, m, settings, &|phase| progress.set(index, phase)).await?;
     let kind = manifest.abi.kind;
     let described = runner.described.clone();
-    let outputs = runner.outputs;
+    // Sparse weights are answered for SPLADE pipelines only: a masked-language checkpoint
+    // served as a dense embedder has the head, but no reduction of its logits is defined.
+    let outputs = match manifest.sparse {
+        Some(_) => runner.outputs,
+        None => runner.outputs.without(Outputs::SPARSE),
+    };
     progress.set(index, Phase::WarmingUp);
     let rows = m.batch_size as usize;
     // A model that fails its warm-up is dropped on the blocking thread too.
@@ -187,10 +202,12 @@ async fn deploy(
     );
     let reloader = plugin.clone();
     let head = manifest.head.clone();
+    let sparse = manifest.sparse;
     let reload: Reload = Box::new(move || {
         ModelRunner::load(&reloader, &request).and_then(|runner| {
             runner
                 .with_head(head.clone())
+                .map(|r| r.with_sparse(sparse))
                 .map_err(ember_plugin_api::PluginError::internal)
         })
     });

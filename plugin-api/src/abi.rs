@@ -7,7 +7,8 @@
 
 use crate::types::{
     AbiVersion, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, Outputs,
-    PairBatch, PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch, TokenStates,
+    PairBatch, PixelBatch, PluginError, PluginInfo, ScoreBatch, SparseBatch, SparseReduction,
+    TokenBatch, TokenStates,
 };
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
@@ -18,7 +19,7 @@ use abi_stable::{declare_root_module_statics, StableAbi};
 /// Major version of the ABI this crate defines; a host loads only plugins of its own major.
 pub const ABI_MAJOR: u32 = 3;
 /// Minor version of the ABI this crate defines; new minors only add optional functions.
-/// 3.1 added [`Extensions31`] (token states).
+/// 3.1 added [`Extensions31`] (token states, SPLADE weights).
 pub const ABI_MINOR: u32 = 1;
 /// This crate's ABI version.
 pub const ABI_VERSION: AbiVersion = AbiVersion {
@@ -97,6 +98,13 @@ pub struct Extensions31 {
     /// Each row's state of every live token, offered when [`Outputs::TOKEN_STATES`] is.
     pub token_states:
         extern "C" fn(model: &ModelBox, batch: &TokenBatch) -> RResult<TokenStates, PluginError>,
+    /// Each row's SPLADE weights, offered when [`Outputs::SPARSE`] is: the masked-language
+    /// head's logits reduced inside the plugin, so that no vocabulary-wide tensor crosses.
+    pub sparse: extern "C" fn(
+        model: &ModelBox,
+        batch: &TokenBatch,
+        reduction: SparseReduction,
+    ) -> RResult<SparseBatch, PluginError>,
 }
 
 /// The root module of a plugin: its entry points, found by the host at load.

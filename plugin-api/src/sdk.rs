@@ -7,7 +7,8 @@ use crate::abi::{
 };
 use crate::types::{
     DType, EmbeddingBatch, LoadRequest, LoadedModel, LogLevel, LogitBatch, Outputs, PairBatch,
-    PixelBatch, PluginError, PluginInfo, ScoreBatch, TokenBatch, TokenStates,
+    PixelBatch, PluginError, PluginInfo, ScoreBatch, SparseBatch, SparseReduction, TokenBatch,
+    TokenStates,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_CanDowncast;
@@ -75,6 +76,20 @@ pub trait Model: Send + Sync + 'static {
         let _ = batch;
         Err(PluginError::unsupported(
             "this model does not produce token states",
+        ))
+    }
+
+    /// Each row's SPLADE weights: the masked-language head's logits of the tokens the
+    /// attention mask keeps, reduced as `reduction` says; say [`Outputs::SPARSE`] in
+    /// [`Model::outputs`] when implemented.
+    fn sparse(
+        &self,
+        batch: &TokenBatch,
+        reduction: SparseReduction,
+    ) -> Result<SparseBatch, PluginError> {
+        let _ = (batch, reduction);
+        Err(PluginError::unsupported(
+            "this model has no masked-language head: it produces no sparse weights",
         ))
     }
 }
@@ -218,11 +233,23 @@ extern "C" fn token_states(
     })
 }
 
+extern "C" fn sparse(
+    handle: &ModelBox,
+    batch: &TokenBatch,
+    reduction: SparseReduction,
+) -> RResult<SparseBatch, PluginError> {
+    guard("sparse", || {
+        batch.validate()?;
+        model_of(handle)?.sparse(batch, reduction)
+    })
+}
+
 /// The functions of ABI 3.1 over this SDK's models (exported by [`crate::export_plugin!`]).
 pub fn extensions_3_1() -> Extensions31 {
     Extensions31 {
         outputs,
         token_states,
+        sparse,
     }
 }
 
@@ -431,5 +458,25 @@ mod tests {
             Outputs(1 << 40).with(Outputs::TOKEN_STATES).names(),
             ["token_states"]
         );
+        let both = Outputs::TOKEN_STATES.with(Outputs::SPARSE);
+        assert_eq!(both.names(), ["token_states", "sparse"]);
+        assert_eq!(both.without(Outputs::SPARSE), Outputs::TOKEN_STATES);
+    }
+
+    #[test]
+    fn sparse_batches_check_offsets_order_and_values() {
+        let b = SparseBatch::from_rows(vec![(vec![3, 9], vec![0.5, 1.0]), (vec![], vec![])]);
+        assert_eq!(b.offsets.as_slice(), &[0, 2, 2]);
+        b.validate(2, 10).unwrap();
+        assert_eq!(b.row(0), (&[3u32, 9][..], &[0.5f32, 1.0][..]));
+        assert!(b.validate(3, 10).is_err());
+        assert!(b
+            .validate(2, 9)
+            .unwrap_err()
+            .contains("below the vocabulary"));
+        let unsorted = SparseBatch::from_rows(vec![(vec![9, 3], vec![0.5, 1.0])]);
+        assert!(unsorted.validate(1, 10).unwrap_err().contains("ascend"));
+        let zero = SparseBatch::from_rows(vec![(vec![1], vec![0.0])]);
+        assert!(zero.validate(1, 10).unwrap_err().contains("positive"));
     }
 }

@@ -452,6 +452,8 @@ impl Outputs {
     pub const NONE: Outputs = Outputs(0);
     /// Per-token states ([`Extensions31::token_states`](crate::abi::Extensions31)).
     pub const TOKEN_STATES: Outputs = Outputs(1);
+    /// SPLADE's sparse vocabulary weights ([`Extensions31::sparse`](crate::abi::Extensions31)).
+    pub const SPARSE: Outputs = Outputs(2);
 
     /// Whether every flag of `other` is set.
     pub fn has(self, other: Outputs) -> bool {
@@ -463,13 +465,21 @@ impl Outputs {
         Outputs(self.0 | other.0)
     }
 
+    /// This set without the flags of `other`.
+    pub fn without(self, other: Outputs) -> Outputs {
+        Outputs(self.0 & !other.0)
+    }
+
     /// Names of the known flags set, for logs and `/v1/models`.
     pub fn names(self) -> Vec<&'static str> {
-        [(Outputs::TOKEN_STATES, "token_states")]
-            .into_iter()
-            .filter(|(flag, _)| self.has(*flag))
-            .map(|(_, name)| name)
-            .collect()
+        [
+            (Outputs::TOKEN_STATES, "token_states"),
+            (Outputs::SPARSE, "sparse"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| self.has(*flag))
+        .map(|(_, name)| name)
+        .collect()
     }
 }
 
@@ -538,6 +548,93 @@ impl TokenStates {
     pub fn row(&self, r: usize) -> &[f32] {
         let dim = self.dim as usize;
         &self.values[self.offsets[r] as usize * dim..self.offsets[r + 1] as usize * dim]
+    }
+}
+
+/// How a masked-language model's logits over a row's tokens become one weight per
+/// vocabulary entry (sentence-transformers' `SpladePooling`, ABI 3.1): each logit `x` becomes
+/// `log(1 + relu(x))` (twice `log1p` with [`SparseReduction::log1p_twice`]), then the tokens
+/// the attention mask keeps are reduced per entry by their max, or their sum.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseReduction {
+    /// Sum over the tokens instead of the max (`pooling_strategy: "sum"`, SPLADE v1).
+    pub sum: bool,
+    /// `log1p` applied twice (`activation_function: "log1p_relu"`, OpenSearch's models).
+    pub log1p_twice: bool,
+}
+
+/// Each row's non-zero vocabulary weights (ABI 3.1), ragged: row `r`'s entries are
+/// `indices[offsets[r]..offsets[r + 1]]` (ascending token ids) with their `values` (> 0).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct SparseBatch {
+    /// Number of rows (equals the input's rows).
+    pub rows: u32,
+    /// `rows + 1` increasing entry offsets, starting at 0.
+    pub offsets: RVec<u32>,
+    /// Token ids, ascending within each row.
+    pub indices: RVec<u32>,
+    /// The weight of each of `indices`.
+    pub values: RVec<f32>,
+}
+
+impl SparseBatch {
+    /// A batch of rows given as (ascending ids, weights) each.
+    pub fn from_rows(rows: Vec<(Vec<u32>, Vec<f32>)>) -> SparseBatch {
+        let lengths: Vec<usize> = rows.iter().map(|(i, _)| i.len()).collect();
+        let (mut indices, mut values) = (Vec::new(), Vec::new());
+        for (i, v) in rows {
+            indices.extend(i);
+            values.extend(v);
+        }
+        SparseBatch {
+            rows: lengths.len() as u32,
+            offsets: offsets_of(&lengths).into(),
+            indices: indices.into(),
+            values: values.into(),
+        }
+    }
+
+    /// Checks the offsets against `rows` rows, the indices (ascending per row, below `vocab`)
+    /// and the values (finite, positive).
+    pub fn validate(&self, rows: usize, vocab: u32) -> Result<(), String> {
+        let n = self.indices.len();
+        let offsets = self.offsets.as_slice();
+        if self.rows as usize != rows
+            || offsets.len() != rows + 1
+            || offsets.first() != Some(&0)
+            || offsets.last() != Some(&(n as u32))
+            || offsets.windows(2).any(|w| w[0] > w[1])
+            || self.values.len() != n
+        {
+            return Err(format!(
+                "sparse rows {} with {} offsets, {n} indices and {} values for {rows} rows",
+                self.rows,
+                offsets.len(),
+                self.values.len()
+            ));
+        }
+        for r in 0..rows {
+            let (ids, values) = self.row(r);
+            if ids.windows(2).any(|w| w[0] >= w[1]) || ids.iter().any(|&i| i >= vocab) {
+                return Err(format!(
+                    "sparse row {r}: indices must ascend and stay below the vocabulary of {vocab}"
+                ));
+            }
+            if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(format!(
+                    "sparse row {r}: values must be finite and positive"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `r`'s ids and weights (panics unless [`SparseBatch::validate`] passed).
+    pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);
+        (&self.indices[a..b], &self.values[a..b])
     }
 }
 

@@ -205,7 +205,7 @@ pub async fn predictions<'a>(
         let logits = match out {
             Output::Logits(logits) => logits,
             Output::Score(logit) => vec![logit],
-            Output::Vector(_) | Output::States { .. } => {
+            Output::Vector(_) | Output::States { .. } | Output::Sparse { .. } => {
                 return Err(ApiError::new(
                     ErrorKind::Internal,
                     "the model returned vectors where logits were expected",

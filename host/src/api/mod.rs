@@ -7,6 +7,7 @@ mod embeddings;
 mod error;
 pub(crate) mod fields;
 mod rerank;
+mod sparse;
 mod token_states;
 
 pub use classify::{
@@ -19,7 +20,8 @@ pub use embeddings::{
 };
 pub use error::{ApiError, ErrorKind};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
-pub use token_states::{token_states, TokenMatrix, TokenStatesRequest, MAX_STATE_VALUES};
+pub use sparse::{sparse_embeddings, SparseVector};
+pub use token_states::{token_states, TextsRequest, TokenMatrix, MAX_STATE_VALUES};
 
 use crate::engine::{Engine, Payload};
 use crate::images::Images;
@@ -61,6 +63,10 @@ impl DeployedModel {
             ModelKind::Clip => vec!["embed", "image_embed"],
             ModelKind::Classify => vec!["classify"],
         };
+        // A SPLADE model's embeddings are its sparse weights.
+        if self.manifest.sparse.is_some() {
+            kind.retain(|c| *c != "embed");
+        }
         kind.extend(self.outputs.names());
         kind
     }

@@ -13,9 +13,9 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 /// gigabytes of states (2,048 inputs of 512 tokens of 1,024 would be 4 GiB).
 pub const MAX_STATE_VALUES: usize = 4 << 20;
 
-/// A validated request for token states.
+/// A validated request for an output of each text (token states, sparse weights).
 #[derive(Debug, Clone)]
-pub struct TokenStatesRequest {
+pub struct TextsRequest {
     /// The model asked for, or the default.
     pub model: Option<String>,
     /// The texts.
@@ -50,7 +50,7 @@ impl Serialize for TokenMatrix {
 /// the prompt included, not normalised.
 pub async fn token_states(
     state: &AppState,
-    req: TokenStatesRequest,
+    req: TextsRequest,
 ) -> Result<Vec<TokenMatrix>, ApiError> {
     let model = state.model(req.model.as_deref())?;
     if !model.outputs.has(Outputs::TOKEN_STATES) {

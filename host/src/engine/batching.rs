@@ -19,6 +19,8 @@ pub enum Key {
     Embed,
     /// Texts whose token states are asked for.
     States,
+    /// Texts whose SPLADE weights are asked for.
+    Sparse,
     /// Query–document pairs to score.
     Score,
     /// Texts to classify.

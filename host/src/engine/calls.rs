@@ -14,6 +14,7 @@ impl Worker {
             .filter_map(|it| match &it.payload {
                 Payload::Tokens(t)
                 | Payload::States(t)
+                | Payload::Sparse(t)
                 | Payload::Pair(t)
                 | Payload::Classify(t) => Some(t),
                 Payload::Pixels { .. } => None,
@@ -45,6 +46,28 @@ impl Worker {
             .map(|r| Output::States {
                 dim,
                 values: states.row(r).to_vec(),
+            })
+            .collect())
+    }
+
+    pub(super) fn sparse(
+        &self,
+        runner: &ModelRunner,
+        items: &[Item],
+    ) -> Result<Vec<Output>, PluginError> {
+        let batch = pad(&Self::tokens(items), self.limits.pad_id);
+        let sparse = runner.sparse(&batch)?;
+        // Ids are the model's (its masked-language head's rows), which the host does not know.
+        sparse
+            .validate(items.len(), u32::MAX)
+            .map_err(|e| PluginError::internal(format!("plugin returned {e}")))?;
+        Ok((0..items.len())
+            .map(|r| {
+                let (indices, values) = sparse.row(r);
+                Output::Sparse {
+                    indices: indices.to_vec(),
+                    values: values.to_vec(),
+                }
             })
             .collect())
     }

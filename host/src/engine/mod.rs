@@ -58,6 +58,8 @@ pub enum Payload {
     Tokens(Tokens),
     /// A tokenized text whose token states are asked for.
     States(Tokens),
+    /// A tokenized text whose SPLADE weights are asked for.
+    Sparse(Tokens),
     /// A query–document pair tokenized together, to score.
     Pair(Tokens),
     /// A tokenized text (or pair of texts) to classify.
@@ -83,6 +85,10 @@ impl Payload {
             },
             Payload::States(t) => Shape {
                 key: Key::States,
+                tokens: t.len().max(1),
+            },
+            Payload::Sparse(t) => Shape {
+                key: Key::Sparse,
                 tokens: t.len().max(1),
             },
             Payload::Pair(t) => Shape {
@@ -113,6 +119,13 @@ pub enum Output {
     Score(f32),
     /// A classifier's raw logit of each label.
     Logits(Vec<f32>),
+    /// Non-zero vocabulary weights: ascending token ids and their weights.
+    Sparse {
+        /// Token ids.
+        indices: Vec<u32>,
+        /// Their weights.
+        values: Vec<f32>,
+    },
     /// The state of each token, `[tokens, dim]` flat.
     States {
         /// Width of each state.

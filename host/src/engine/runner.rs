@@ -5,7 +5,8 @@ use crate::models::dense::Head;
 use crate::plugin::Plugin;
 use ember_plugin_api::{
     EmbeddingBatch, Extensions31, LoadRequest, LoadedModel, LogitBatch, ModelBox, Outputs,
-    PairBatch, PixelBatch, PluginError, ScoreBatch, TokenBatch, TokenStates,
+    PairBatch, PixelBatch, PluginError, ScoreBatch, SparseBatch, SparseReduction, TokenBatch,
+    TokenStates,
 };
 
 /// A loaded model as the engine sees it.
@@ -17,6 +18,8 @@ pub struct ModelRunner {
     pub outputs: Outputs,
     /// The plugin's functions of ABI 3.1, if it has them.
     extensions: Option<Extensions31>,
+    /// How a SPLADE model's logits are reduced (its `SpladePooling`), for sparse calls.
+    sparse: Option<SparseReduction>,
     /// The pipeline's Dense modules, applied to what the plugin returns.
     head: Head,
 }
@@ -30,6 +33,7 @@ impl ModelRunner {
             described,
             outputs: Outputs::NONE,
             extensions: None,
+            sparse: None,
             head: Head::default(),
         }
     }
@@ -46,6 +50,13 @@ impl ModelRunner {
     fn with_extensions(mut self, extensions: Option<Extensions31>) -> ModelRunner {
         self.outputs = extensions.map_or(Outputs::NONE, |e| (e.outputs)(&self.handle));
         self.extensions = extensions;
+        self
+    }
+
+    /// Makes sparse calls reduce as a SPLADE pipeline's `SpladePooling` says (none: the model
+    /// is not a SPLADE model).
+    pub fn with_sparse(mut self, reduction: Option<SparseReduction>) -> ModelRunner {
+        self.sparse = reduction;
         self
     }
 
@@ -106,6 +117,16 @@ impl ModelRunner {
                 "the plugin was built against ember's plugin ABI 3.0, which has no token states",
             )),
         }
+    }
+
+    /// Each row's SPLADE weights, reduced as the model's pipeline says.
+    pub fn sparse(&self, batch: &TokenBatch) -> Result<SparseBatch, PluginError> {
+        let (Some(e), Some(reduction)) = (&self.extensions, self.sparse) else {
+            return Err(PluginError::unsupported(
+                "the model is not a SPLADE model served by a plugin that computes sparse weights",
+            ));
+        };
+        (e.sparse)(&self.handle, batch, reduction).into_result()
     }
 
     /// Embeds preprocessed images.

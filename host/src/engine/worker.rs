@@ -125,6 +125,7 @@ impl Worker {
         let outputs = catch_unwind(AssertUnwindSafe(|| match key {
             Key::Embed => self.embed(runner, items),
             Key::States => self.token_states(runner, items),
+            Key::Sparse => self.sparse(runner, items),
             Key::Score => self.score(runner, items),
             Key::Classify => self.classify(runner, items),
             Key::Image { height, width } => Self::embed_images(runner, items, height, width),
@@ -137,9 +138,9 @@ impl Worker {
         let seconds = started.elapsed().as_secs_f64();
         m.inference_seconds.observe(seconds);
         let outputs = outputs?;
-        // Token-state calls also copy every state back, which the cost of a call (learned for
-        // the calls most traffic makes) does not predict.
-        if text && key != Key::States {
+        // Token-state and sparse calls also compute and copy more than a call's states, which
+        // the cost of a call (learned for the calls most traffic makes) does not predict.
+        if text && !matches!(key, Key::States | Key::Sparse) {
             self.call_cost.borrow_mut().observe(padded, live, seconds);
         }
         if outputs.len() != rows {

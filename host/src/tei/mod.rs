@@ -1,6 +1,7 @@
 //! Hugging Face text-embeddings-inference (TEI) routes, with TEI's request and response shapes
 //! and error shape (`{"error", "error_type"}`, 422 for invalid input): `POST /embed`,
 //! `POST /embed_all` (every token's state, for models whose plugin offers them),
+//! `POST /embed_sparse` (SPLADE models),
 //! `POST /rerank` with `texts`, `POST /predict`, `POST /tokenize`, `POST /decode`,
 //! `GET /info`, and `POST /`, which answers as `/embed`, `/rerank` or `/predict` by the
 //! model's kind, as TEI does (it is where `huggingface_hub`'s `InferenceClient` posts; its
@@ -9,7 +10,7 @@
 
 use crate::api::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation, type_name};
 use crate::api::{self, ApiError, AppState, DeployedModel, EncodingFormat, ErrorKind};
-use crate::api::{EmbeddingsRequest, RerankRequest, TokenMatrix, TokenStatesRequest};
+use crate::api::{EmbeddingsRequest, RerankRequest, TextsRequest, TokenMatrix};
 use ember_plugin_api::{ModelKind, Outputs};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -81,7 +82,7 @@ pub async fn embed(state: &AppState, value: &Value) -> Result<Vec<Vec<f32>>, Api
 pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<TokenMatrix>, ApiError> {
     let body = object(value)?;
     let model = model_for(state, body, has_token_states)?;
-    let req = TokenStatesRequest {
+    let req = TextsRequest {
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,
         prompt_name: opt_str(body, "prompt_name")?,
@@ -90,6 +91,45 @@ pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<TokenMatri
     api::token_states(state, req)
         .await
         .map_err(|e| e.renamed("input", "inputs"))
+}
+
+/// One entry of TEI's sparse embedding.
+#[derive(Debug, Serialize)]
+pub struct SparseValue {
+    /// The token id.
+    pub index: u32,
+    /// Its weight.
+    pub value: f32,
+}
+
+/// `POST /embed_sparse` (SPLADE models): `inputs` (a string or a list), `truncate`,
+/// `truncation_direction`, `prompt_name`; answers each input's non-zero weights as
+/// `[{index, value}]`, ascending ids.
+pub async fn embed_sparse(
+    state: &AppState,
+    value: &Value,
+) -> Result<Vec<Vec<SparseValue>>, ApiError> {
+    let body = object(value)?;
+    let model = model_for(state, body, |m| m.manifest.sparse.is_some())?;
+    let req = TextsRequest {
+        model: Some(model.id.clone()),
+        input: texts(body, "inputs", state.max_items)?,
+        prompt_name: opt_str(body, "prompt_name")?,
+        truncation: truncation(body)?,
+    };
+    let vectors = api::sparse_embeddings(state, req)
+        .await
+        .map_err(|e| e.renamed("input", "inputs"))?;
+    Ok(vectors
+        .into_iter()
+        .map(|v| {
+            v.indices
+                .into_iter()
+                .zip(v.values)
+                .map(|(index, value)| SparseValue { index, value })
+                .collect()
+        })
+        .collect())
 }
 
 /// One document of TEI's rerank answer.

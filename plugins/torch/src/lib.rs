@@ -20,6 +20,7 @@ mod modernbert;
 mod nn;
 pub mod pool;
 mod rotary;
+mod splade;
 mod weights;
 
 use ember_plugin_api::{

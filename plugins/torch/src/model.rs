@@ -10,10 +10,12 @@ use crate::error::{self, from_tch};
 use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
 use crate::pool::pool;
+use crate::splade::MlmHead;
 use crate::weights::Weights;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
-    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch, TokenStates,
+    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, SparseBatch, SparseReduction,
+    TokenBatch, TokenStates,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -137,10 +139,12 @@ enum DecoderHead {
 
 /// The tensors of a model (tch tensors are `Send` but not `Sync`).
 enum Inner {
-    /// An embedder (no head) or a reranker.
+    /// An embedder (no head) or a reranker; a BERT masked-language model keeps its MLM head
+    /// for SPLADE.
     Encoder {
         encoder: Encoder,
         head: Option<Head>,
+        mlm: Option<MlmHead>,
     },
     /// A DeBERTa-v2/v3 embedder (no head) or reranker.
     Deberta {
@@ -252,12 +256,14 @@ fn build_clip(weights: Weights, cfg: &Value) -> Result<Built, PluginError> {
     })
 }
 
-/// BERT, RoBERTa-family, DistilBERT and MPNet, with their classification heads.
+/// BERT, RoBERTa-family, DistilBERT and MPNet, with their classification heads; with
+/// `masked_lm`, a BERT masked-language model's head for SPLADE.
 fn build_encoder(
     family: Family,
     weights: Weights,
     cfg: &Value,
     rerank: bool,
+    masked_lm: bool,
 ) -> Result<Built, PluginError> {
     let weights = unprefixed(
         weights,
@@ -265,8 +271,14 @@ fn build_encoder(
         "embeddings.word_embeddings.weight",
     );
     let encoder = tch::no_grad(|| Encoder::load(family, &weights, cfg))?;
+    let words = weights.get("embeddings.word_embeddings.weight")?;
+    // Heads live outside the encoder's prefix.
+    let plain = weights.with_prefix("");
+    let mlm = match masked_lm && family == Family::Bert {
+        true => Some(tch::no_grad(|| MlmHead::load(&plain, words, cfg))?),
+        false => None,
+    };
     let head = if rerank {
-        let plain = weights.with_prefix("");
         Some(match family {
             Family::Bert => Head::Bert {
                 pooler: Linear::load(&plain, "bert.pooler.dense")?,
@@ -291,7 +303,7 @@ fn build_encoder(
         segments: encoder.segments(),
         what: format!("{family:?}"),
         head: head.as_ref().map(|_| "classification head"),
-        inner: Inner::Encoder { encoder, head },
+        inner: Inner::Encoder { encoder, head, mlm },
     })
 }
 
@@ -416,7 +428,8 @@ impl TorchModel {
                     decoder::SUPPORTED
                 ))
             })?;
-            build_encoder(family, weights, &cfg, rerank)?
+            let masked_lm = manifest.architecture.ends_with("ForMaskedLM");
+            build_encoder(family, weights, &cfg, rerank, masked_lm)?
         };
         if device == Device::Cpu {
             // The checkpoint's tensors are gone now (the weights the layers laid out for the
@@ -525,6 +538,7 @@ impl TorchModel {
                 Inner::Encoder {
                     encoder,
                     head: Some(head),
+                    ..
                 } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
                 Inner::Decoder {
                     decoder,
@@ -612,10 +626,55 @@ impl Model for TorchModel {
     }
 
     fn outputs(&self) -> Outputs {
-        match error::lock(&self.inner).offers_states(self.headed) {
+        let inner = error::lock(&self.inner);
+        let states = match inner.offers_states(self.headed) {
             true => Outputs::TOKEN_STATES,
             false => Outputs::NONE,
+        };
+        match &*inner {
+            Inner::Encoder { mlm: Some(_), .. } => states.with(Outputs::SPARSE),
+            _ => states,
         }
+    }
+
+    fn sparse(
+        &self,
+        batch: &TokenBatch,
+        reduction: SparseReduction,
+    ) -> Result<SparseBatch, PluginError> {
+        let inner = error::lock(&self.inner);
+        let Inner::Encoder {
+            encoder,
+            mlm: Some(mlm),
+            ..
+        } = &*inner
+        else {
+            return Err(PluginError::unsupported(
+                "this model has no masked-language head (the torch backend reads BERT's, of \
+                 BertForMaskedLM checkpoints): it produces no sparse weights",
+            ));
+        };
+        if batch.rows == 0 {
+            return Ok(SparseBatch::from_rows(Vec::new()));
+        }
+        self.check(batch)?;
+        let (cells, values) = tch::no_grad(|| -> Result<(Vec<i64>, Vec<f32>), TchError> {
+            let (ids, types, mask, _) = self.inputs(batch)?;
+            let weights = mlm.splade(&encoder.forward(&ids, &types, &mask)?, &mask, reduction)?;
+            // (row, id) of every non-zero weight, in row-major order.
+            let at = weights.f_nonzero()?;
+            let values = weights.f_index(&[Some(at.f_select(1, 0)?), Some(at.f_select(1, 1)?)])?;
+            let cells = Vec::<i64>::try_from(&at.f_to_device(Device::Cpu)?.f_reshape(-1)?)?;
+            Ok((cells, to_vec(&values)?))
+        })
+        .map_err(|e| from_tch("computing sparse weights", e))?;
+        let mut rows: Vec<(Vec<u32>, Vec<f32>)> = vec![Default::default(); batch.rows as usize];
+        for (cell, value) in cells.chunks_exact(2).zip(values) {
+            let row = &mut rows[cell[0] as usize];
+            row.0.push(cell[1] as u32);
+            row.1.push(value);
+        }
+        Ok(SparseBatch::from_rows(rows))
     }
 
     fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {

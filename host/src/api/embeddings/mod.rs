@@ -303,6 +303,16 @@ pub async fn embeddings(
 /// Refuses `req` unless `model` can answer it as asked (modality, `dimensions`, prompts).
 pub fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<(), ApiError> {
     let modality = modality(&req.modality)?;
+    if model.manifest.sparse.is_some() {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "model '{}' is a SPLADE model: its embeddings are sparse vocabulary weights, \
+                 answered by POST /embed_sparse",
+                model.id
+            ),
+        ));
+    }
     if let Some(d) = req.dimensions {
         if d > model.dim {
             return Err(ApiError::invalid(

@@ -14,7 +14,7 @@ use super::ModelError;
 use crate::images::Preprocessor;
 use crate::text::PairTemplate;
 use abi_stable::std_types::{RNone, RSome, RString};
-use ember_plugin_api::{ImageSpec, ModelKind, ModelManifest, Pooling};
+use ember_plugin_api::{ImageSpec, ModelKind, ModelManifest, Pooling, SparseReduction};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +38,9 @@ pub struct Manifest {
     pub pair_template: Option<PairTemplate>,
     /// A classifier's labels and how its logits become scores.
     pub classes: Option<Classes>,
+    /// A SPLADE pipeline's reduction of its masked-language logits (`SpladePooling`): the
+    /// model's embeddings are sparse vocabulary weights, not dense vectors.
+    pub sparse: Option<SparseReduction>,
 }
 
 /// A sequence classifier's labels (`id2label`) and its problem type.
@@ -178,6 +181,26 @@ pub fn pooling_of(pool: &Value) -> Result<Pooling, String> {
     }
 }
 
+/// Reads a `SpladePooling` config (sentence-transformers' defaults where it is silent: max
+/// over the tokens, relu).
+pub fn splade_of(pool: &Value) -> Result<SparseReduction, String> {
+    let sum = match pool.get("pooling_strategy").and_then(Value::as_str) {
+        None | Some("max") => false,
+        Some("sum") => true,
+        Some(other) => return Err(format!("pooling_strategy {other:?}: expected max or sum")),
+    };
+    let log1p_twice = match pool.get("activation_function").and_then(Value::as_str) {
+        None | Some("relu") => false,
+        Some("log1p_relu") => true,
+        Some(other) => {
+            return Err(format!(
+                "activation_function {other:?}: expected relu or log1p_relu"
+            ))
+        }
+    };
+    Ok(SparseReduction { sum, log1p_twice })
+}
+
 /// Reads the manifest of the model in `dir`; `name` is used in messages.
 pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let err = |file: &str, reason: String| ModelError::Config {
@@ -211,6 +234,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut normalized_by_model = false;
     let mut dense = Vec::new();
     let mut pooling_reads_prompt = true;
+    let mut sparse = None;
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
         ModelKind::Rerank | ModelKind::Classify => None,
@@ -233,7 +257,13 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                 ));
             }
             match ty.rsplit('.').next().unwrap_or_default() {
-                "Transformer" => {}
+                // A SPLADE model's transformer returns its masked-language logits.
+                "Transformer" | "MLMTransformer" => {}
+                "SpladePooling" => {
+                    let file = format!("{path}/config.json");
+                    let pool = read_json(name, dir, &file)?.unwrap_or(Value::Null);
+                    sparse = Some(splade_of(&pool).map_err(|r| err(&file, r))?);
+                }
                 // CLIP-like models run their towers as a whole, as CLIPModel does.
                 "CLIPModel" if kind == ModelKind::Clip => {}
                 "Pooling" => {
@@ -253,8 +283,8 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                         "modules.json",
                         format!(
                             "module {ty:?} ({path}) is not one ember implements (Transformer, \
-                             Pooling, Dense, Normalize); serving the model without it would \
-                             give wrong vectors"
+                             Pooling, Dense, Normalize, MLMTransformer, SpladePooling); serving \
+                             the model without it would give wrong vectors"
                         ),
                     ))
                 }
@@ -382,6 +412,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         pair_template,
         preprocessor,
         classes,
+        sparse,
     })
 }
 

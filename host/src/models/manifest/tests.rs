@@ -134,3 +134,25 @@ fn a_causal_qwen3_is_a_yes_no_reranker_unless_it_has_a_pipeline() {
     assert_eq!(m.pair_template, None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn splade_pooling_reads_its_strategy_and_activation() {
+    let default = splade_of(&json!({})).unwrap();
+    assert_eq!(
+        default,
+        SparseReduction {
+            sum: false,
+            log1p_twice: false
+        }
+    );
+    let v1 = json!({"pooling_strategy": "sum", "activation_function": "log1p_relu"});
+    assert_eq!(
+        splade_of(&v1).unwrap(),
+        SparseReduction {
+            sum: true,
+            log1p_twice: true
+        }
+    );
+    let bad = splade_of(&json!({"pooling_strategy": "mean"})).unwrap_err();
+    assert!(bad.contains("pooling_strategy \"mean\""), "{bad}");
+}

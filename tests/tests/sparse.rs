@@ -1,0 +1,108 @@
+//! SPLADE models (a masked-language model behind sentence-transformers' `SpladePooling`) over
+//! TEI's `/embed_sparse`: the torch backend's weights equal `SparseEncoder.encode`'s, and what
+//! cannot serve them says so.
+
+use ember_e2e::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// A sparse vector as id → weight.
+fn entries(indices: &Value, values: &Value) -> BTreeMap<u64, f64> {
+    let ids = indices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap());
+    let weights = values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap());
+    ids.zip(weights).collect()
+}
+
+#[test]
+fn torch_splade_weights_equal_sparse_encoders() {
+    let server = serve_fixtures("torch", &["tiny-splade"], &[]);
+    let (_, models) = server.get("/v1/models");
+    assert_eq!(
+        models["data"][0]["capabilities"],
+        json!(["token_states", "sparse"]),
+        "{models}"
+    );
+    let reference = reference("tiny-splade");
+    let texts = reference["texts"].as_array().unwrap();
+    let (status, body) = server.post("/embed_sparse", &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{body}");
+    let got = body.as_array().unwrap();
+    assert_eq!(got.len(), texts.len());
+    for (i, (row, want)) in got
+        .iter()
+        .zip(reference["sparse"].as_array().unwrap())
+        .enumerate()
+    {
+        let ids: Vec<Value> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["index"].clone())
+            .collect();
+        let weights: Vec<Value> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["value"].clone())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
+            "text {i}: ids ascend"
+        );
+        let got = entries(&json!(ids), &json!(weights));
+        let want = entries(&want["indices"], &want["values"]);
+        // Every entry of either side within 1e-4 of the other's (an entry missing on one side
+        // counts as 0 there: a logit within rounding of 0 may land on either side).
+        let worst = got
+            .keys()
+            .chain(want.keys())
+            .map(|id| (got.get(id).unwrap_or(&0.0) - want.get(id).unwrap_or(&0.0)).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "text {i}: an entry differs by {worst}");
+        assert!(
+            got.len().abs_diff(want.len()) <= 1 && !want.is_empty(),
+            "text {i}: {} entries against {}",
+            got.len(),
+            want.len()
+        );
+    }
+    // Dense embeddings of a SPLADE model are refused, naming the route that answers.
+    let (status, body) = server.post("/v1/embeddings", &json!({"input": "hello"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/embed_sparse"),
+        "{body}"
+    );
+}
+
+#[test]
+fn dense_models_and_backends_without_splade_say_so() {
+    let server = serve_fixtures("torch", &["all-MiniLM-L6-v2"], &[]);
+    let (status, body) = server.post("/embed_sparse", &json!({"inputs": "hello"}));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("'sparse' capability"),
+        "{body}"
+    );
+    drop(server);
+    let model = fixture("tiny-splade").display().to_string();
+    Server::assert_refused(
+        &[("BACKEND", "candle"), ("MODEL_NAMES", &model)],
+        1,
+        &["SPLADE model", "BACKEND=torch"],
+    );
+}
