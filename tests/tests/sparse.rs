@@ -74,6 +74,15 @@ fn torch_splade_weights_equal_sparse_encoders() {
             want.len()
         );
     }
+    // TEI's root route answers a SPLADE model as /embed_sparse; /info names its pooling.
+    let (status, root) = server.post("/", &json!({"inputs": texts[0]}));
+    assert_eq!(status, 200, "{root}");
+    assert_eq!(root[0], body[0], "the root route answers as /embed_sparse");
+    let (_, info) = server.get("/info");
+    assert_eq!(
+        info["model_type"]["embedding"]["pooling"], "splade",
+        "{info}"
+    );
     // Dense embeddings of a SPLADE model are refused, naming the route that answers.
     let (status, body) = server.post("/v1/embeddings", &json!({"input": "hello"}));
     assert_eq!(status, 400, "{body}");

@@ -39,7 +39,7 @@ pub(super) fn model_for<'a>(
 }
 
 fn embeds(m: &DeployedModel) -> bool {
-    matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip)
+    matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip) && m.manifest.sparse.is_none()
 }
 
 fn has_token_states(m: &DeployedModel) -> bool {
@@ -194,6 +194,8 @@ pub enum RootAnswer {
     Predicted(Predicted),
     /// `/embed`'s.
     Vectors(Vec<Vec<f32>>),
+    /// `/embed_sparse`'s (SPLADE models).
+    Sparse(Vec<Vec<SparseValue>>),
 }
 
 /// `POST /`: `/embed`, `/rerank` or `/predict` by the model's kind, as TEI's root route is.
@@ -206,6 +208,9 @@ pub async fn root(state: &AppState, value: &Value) -> Result<RootAnswer, ApiErro
             RootAnswer::Predicted(text_classification(state, body).await?)
         }
         ModelKind::Classify => RootAnswer::Predicted(predict(state, value).await?),
+        ModelKind::Embed if model.manifest.sparse.is_some() => {
+            RootAnswer::Sparse(embed_sparse(state, value).await?)
+        }
         ModelKind::Embed | ModelKind::Clip => RootAnswer::Vectors(embed(state, value).await?),
     })
 }
@@ -351,6 +356,8 @@ pub fn info(state: &AppState) -> Result<Info<'_>, ApiError> {
         }
         (None, ModelKind::Rerank) => json!({"reranker": {
             "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}),
+        // TEI reports a SPLADE model's pooling as "splade".
+        (None, _) if model.manifest.sparse.is_some() => json!({"embedding": {"pooling": "splade"}}),
         (None, _) => json!({"embedding": {"pooling": abi.pooling.as_str()}}),
     };
     Ok(Info {

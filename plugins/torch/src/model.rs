@@ -274,7 +274,8 @@ fn build_encoder(
     let words = weights.get("embeddings.word_embeddings.weight")?;
     // Heads live outside the encoder's prefix.
     let plain = weights.with_prefix("");
-    let mlm = match masked_lm && family == Family::Bert {
+    // A *ForMaskedLM config over a bare encoder's weights loads as the embedder it is.
+    let mlm = match masked_lm && family == Family::Bert && MlmHead::present(&plain) {
         true => Some(tch::no_grad(|| MlmHead::load(&plain, words, cfg))?),
         false => None,
     };

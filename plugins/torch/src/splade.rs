@@ -24,6 +24,11 @@ pub struct MlmHead {
 }
 
 impl MlmHead {
+    /// Whether a checkpoint without prefix has a BERT masked-language head.
+    pub fn present(plain: &Weights) -> bool {
+        plain.has("cls.predictions.transform.dense.weight")
+    }
+
     /// Reads `cls.predictions.*` of a checkpoint without prefix; `words` is the encoder's word
     /// embedding table, the decoder when the checkpoint ties it (stores no decoder weight).
     pub fn load(plain: &Weights, words: Tensor, cfg: &Value) -> Result<MlmHead, PluginError> {
@@ -32,9 +37,11 @@ impl MlmHead {
             true => plain.get(&format!("{p}.decoder.weight"))?,
             false => words,
         };
-        let bias = match plain.has(&format!("{p}.bias")) {
-            true => plain.get(&format!("{p}.bias"))?,
-            false => plain.get(&format!("{p}.decoder.bias"))?,
+        // The decoder's own bias is the one its forward adds; `cls.predictions.bias` is the
+        // same tensor when tied, and what older checkpoints store alone.
+        let bias = match plain.has(&format!("{p}.decoder.bias")) {
+            true => plain.get(&format!("{p}.decoder.bias"))?,
+            false => plain.get(&format!("{p}.bias"))?,
         };
         Ok(MlmHead {
             dense: Linear::load(plain, &format!("{p}.transform.dense"))?,
@@ -86,10 +93,10 @@ impl MlmHead {
                 w = w.f_log1p()?;
             }
             let rows_of = row_of.f_narrow(0, start, n)?;
-            out = match reduction.sum {
-                true => out.f_index_add(0, &rows_of, &w)?,
+            let _ = match reduction.sum {
+                true => out.f_index_add_(0, &rows_of, &w)?,
                 // Weights are >= 0, so the zeros `out` starts from never win a max.
-                false => out.f_index_reduce(0, &rows_of, &w, "amax", true)?,
+                false => out.f_index_reduce_(0, &rows_of, &w, "amax", true)?,
             };
             start += n;
         }

@@ -41,6 +41,8 @@ pub struct Manifest {
     /// A SPLADE pipeline's reduction of its masked-language logits (`SpladePooling`): the
     /// model's embeddings are sparse vocabulary weights, not dense vectors.
     pub sparse: Option<SparseReduction>,
+    /// A SPLADE model's `max_active_dims`: only its largest weights are kept.
+    pub sparse_top_k: Option<usize>,
 }
 
 /// A sequence classifier's labels (`id2label`) and its problem type.
@@ -235,6 +237,8 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut dense = Vec::new();
     let mut pooling_reads_prompt = true;
     let mut sparse = None;
+    // The module before the current one, to check that SPLADE's modules come as a pair.
+    let mut previous = "";
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
         ModelKind::Rerank | ModelKind::Classify => None,
@@ -256,7 +260,25 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                     ),
                 ));
             }
-            match ty.rsplit('.').next().unwrap_or_default() {
+            let module = ty.rsplit('.').next().unwrap_or_default();
+            let misplaced = match (previous, module) {
+                ("SpladePooling", _) => Some("follows SpladePooling, which must be last"),
+                ("MLMTransformer", m) if m != "SpladePooling" => {
+                    Some("follows MLMTransformer, whose logits only SpladePooling reads")
+                }
+                (p, "SpladePooling") if p != "MLMTransformer" && p != "Transformer" => {
+                    Some("must follow the (MLM) transformer directly")
+                }
+                _ => None,
+            };
+            if let Some(why) = misplaced {
+                return Err(err(
+                    "modules.json",
+                    format!("module {ty} ({path}) {why}: a SPLADE pipeline is an MLMTransformer and a SpladePooling"),
+                ));
+            }
+            previous = module;
+            match module {
                 // A SPLADE model's transformer returns its masked-language logits.
                 "Transformer" | "MLMTransformer" => {}
                 "SpladePooling" => {
@@ -304,6 +326,18 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                 .collect()
         })
         .unwrap_or_default();
+    let sparse_top_k = match st_config.as_ref().and_then(|c| c.get("max_active_dims")) {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(k) if k > 0 => Some(k as usize),
+            _ => {
+                return Err(err(
+                    "config_sentence_transformers.json",
+                    format!("max_active_dims must be a positive integer, got {v}"),
+                ))
+            }
+        },
+    };
     let default_prompt_name = st_config
         .as_ref()
         .and_then(|c| c.get("default_prompt_name"))
@@ -413,6 +447,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         preprocessor,
         classes,
         sparse,
+        sparse_top_k,
     })
 }
 

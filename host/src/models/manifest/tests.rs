@@ -156,3 +156,58 @@ fn splade_pooling_reads_its_strategy_and_activation() {
     let bad = splade_of(&json!({"pooling_strategy": "mean"})).unwrap_err();
     assert!(bad.contains("pooling_strategy \"mean\""), "{bad}");
 }
+
+#[test]
+fn a_splade_pipeline_is_an_mlm_transformer_then_splade_pooling_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("ember-manifest-splade-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_SpladePooling")).unwrap();
+    let w = |f: &str, v: Value| std::fs::write(dir.join(f), v.to_string()).unwrap();
+    w(
+        "config.json",
+        json!({"architectures": ["BertForMaskedLM"], "model_type": "bert",
+        "hidden_size": 8, "max_position_embeddings": 64}),
+    );
+    let mlm = json!({"path": "", "type": "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"});
+    let splade = json!({"path": "1_SpladePooling", "type": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"});
+    let pooling = json!({"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"});
+    let normalize =
+        json!({"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"});
+    w(
+        "1_SpladePooling/config.json",
+        json!({"pooling_strategy": "max"}),
+    );
+    w("modules.json", json!([mlm, splade]));
+    w(
+        "config_sentence_transformers.json",
+        json!({"max_active_dims": 64}),
+    );
+    let m = read("x", &dir).unwrap();
+    assert_eq!(
+        m.sparse,
+        Some(SparseReduction {
+            sum: false,
+            log1p_twice: false
+        })
+    );
+    assert_eq!(m.sparse_top_k, Some(64));
+    for (modules, needle) in [
+        (json!([mlm, pooling]), "follows MLMTransformer"),
+        (json!([mlm, splade, normalize]), "follows SpladePooling"),
+        (json!([splade]), "must follow the (MLM) transformer"),
+    ] {
+        w("modules.json", modules);
+        let e = read("x", &dir).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    w("modules.json", json!([mlm, splade]));
+    w(
+        "config_sentence_transformers.json",
+        json!({"max_active_dims": 0}),
+    );
+    let e = read("x", &dir).unwrap_err().to_string();
+    assert!(
+        e.contains("max_active_dims must be a positive integer"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
