@@ -1,9 +1,8 @@
 //! SPLADE embeddings (TEI's `/embed_sparse`): each input's non-zero vocabulary weights, for
 //! models whose sentence-transformers pipeline ends in `SpladePooling`.
 
-use super::embeddings::prompt;
 use super::token_states::TextsRequest;
-use super::{encode, ApiError, AppState, ErrorKind};
+use super::{ApiError, AppState, ErrorKind};
 use crate::engine::{Output, Payload};
 use serde::Serialize;
 
@@ -25,14 +24,7 @@ pub async fn sparse_embeddings(
     if model.manifest.sparse.is_none() {
         return Err(model.lacks("sparse", "model"));
     }
-    let encoder = model.encoder.clone();
-    let prompt = prompt(model, req.prompt_name.as_deref(), None)?.map(str::to_string);
-    let (texts, how) = (req.input, req.truncation);
-    let (payloads, _) = encode(model, "input", Payload::Sparse, move || match &prompt {
-        Some(p) => encoder.encode_prompted(p, &texts, true, how),
-        None => encoder.encode_with(&texts, how),
-    })
-    .await?;
+    let (payloads, _) = req.tokenized(model, Payload::Sparse).await?;
     let vectors: Vec<SparseVector> = model
         .engine
         .run(payloads)

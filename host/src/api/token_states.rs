@@ -2,9 +2,9 @@
 //! pooling, for models whose plugin offers them ([`Outputs::TOKEN_STATES`]).
 
 use super::embeddings::prompt;
-use super::{encode, ApiError, AppState, ErrorKind};
+use super::{encode, ApiError, AppState, DeployedModel, ErrorKind};
 use crate::engine::{Output, Payload};
-use crate::text::Truncation;
+use crate::text::{Tokens, Truncation};
 use ember_plugin_api::Outputs;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
@@ -24,6 +24,25 @@ pub struct TextsRequest {
     pub prompt_name: Option<String>,
     /// What to do with a text longer than the model takes.
     pub truncation: Truncation,
+}
+
+impl TextsRequest {
+    /// The texts tokenized for `model` (the prompt prepended; every token, the prompt's
+    /// included, is read, as an answer per token needs), as `payload`s, and their tokens.
+    pub(super) async fn tokenized(
+        self,
+        model: &DeployedModel,
+        payload: fn(Tokens) -> Payload,
+    ) -> Result<(Vec<Payload>, usize), ApiError> {
+        let encoder = model.encoder.clone();
+        let prompt = prompt(model, self.prompt_name.as_deref(), None)?.map(str::to_string);
+        let (texts, how) = (self.input, self.truncation);
+        encode(model, "input", payload, move || match &prompt {
+            Some(p) => encoder.encode_prompted(p, &texts, true, how),
+            None => encoder.encode_with(&texts, how),
+        })
+        .await
+    }
 }
 
 /// One text's token states, `[tokens][dim]`, serialised as a list of lists.
@@ -56,15 +75,7 @@ pub async fn token_states(
     if !model.outputs.has(Outputs::TOKEN_STATES) {
         return Err(model.lacks("token_states", "model"));
     }
-    let encoder = model.encoder.clone();
-    let prompt = prompt(model, req.prompt_name.as_deref(), None)?.map(str::to_string);
-    let (texts, how) = (req.input, req.truncation);
-    let (payloads, tokens) = encode(model, "input", Payload::States, move || match &prompt {
-        // Every token is answered, so the prompt's are read like the text's.
-        Some(p) => encoder.encode_prompted(p, &texts, true, how),
-        None => encoder.encode_with(&texts, how),
-    })
-    .await?;
+    let (payloads, tokens) = req.tokenized(model, Payload::States).await?;
     let width = match model.manifest.abi.hidden_size as usize {
         0 => model.dim,
         w => w,
