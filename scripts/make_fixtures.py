@@ -81,6 +81,12 @@ Models:
                      vocabulary entries are active) packaged as a SparseEncoder (MLMTransformer,
                      SpladePooling max), naver/splade-* style; reference.json `sparse` holds
                      SparseEncoder.encode's vectors as sorted indices / values.
+  tiny-colbert, tiny-colbert-st
+                     random BERT with a 32 -> 16 projection as PyLate saves ColBERT models
+                     (markers, query expansion unattended, punctuation skiplist) and as
+                     sentence-transformers' MultiVectorEncoder saves the same model;
+                     reference.json holds MultiVectorEncoder's query / document vectors and
+                     MaxSim scores against one query.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -1432,6 +1438,104 @@ def tiny_splade(out: Path) -> None:
     check_distinct("tiny-splade", TEXTS, dense)
 
 
+# ColBERT fixture: the query every text is ranked against (MaxSim), and the widths PyLate
+# configures (small, so that the long text is cut and short queries are expanded).
+COLBERT_QUERY = "what does the quick fox jump over?"
+COLBERT_QUERY_LENGTH = 16
+COLBERT_DOCUMENT_LENGTH = 40
+
+
+def colbert_reference(model_dir: Path) -> dict:
+    """sentence-transformers' MultiVectorEncoder outputs of model_dir: each text's query and
+    document vectors, and the MaxSim score of every text (as a document) for COLBERT_QUERY."""
+    from sentence_transformers import MultiVectorEncoder
+
+    mve = MultiVectorEncoder(str(model_dir), device="cpu")
+    queries = mve.encode_query(TEXTS, batch_size=4)
+    documents = mve.encode_document(TEXTS, batch_size=4)
+    query = mve.encode_query([COLBERT_QUERY])
+    scores = mve.similarity(query, documents)[0].tolist()
+    return {
+        "texts": TEXTS,
+        "queries": [q.tolist() for q in queries],
+        "documents": [d.tolist() for d in documents],
+        "query": COLBERT_QUERY,
+        "scores": scores,
+        "dim": mve.get_embedding_dimension(),
+    }
+
+
+def tiny_colbert(out: Path) -> None:
+    """tiny-colbert: a random BERT with a 32 -> 16 projection, saved as PyLate saves ColBERT
+    models (answerdotai/answerai-colbert-small-v1's layout: modules Transformer and
+    pylate.models.Dense.Dense, markers [unused0] / [unused1], query expansion with [MASK]
+    tokens the text does not attend to, a punctuation skiplist for documents), and
+    tiny-colbert-st: the same model as sentence-transformers' MultiVectorEncoder saves it
+    (MultiVectorMask and Normalize modules, the settings on the modules). reference.json holds
+    MultiVectorEncoder's query and document vectors of every text and the MaxSim scores of
+    the texts against one query."""
+    import string
+
+    from safetensors.torch import save_file
+    from sentence_transformers import MultiVectorEncoder
+
+    dst = out / "tiny-colbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD)
+    BertModel(cfg).eval().save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    (dst / "1_Dense").mkdir()
+    save_file({"linear.weight": (torch.randn(16, 32) * SPREAD).contiguous()},
+              dst / "1_Dense" / "model.safetensors")
+    (dst / "1_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 32, "out_features": 16, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (dst / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": 48, "do_lower_case": False}))
+    (dst / "config_sentence_transformers.json").write_text(json.dumps({
+        "model_type": "ColBERT", "query_prefix": "[unused0]", "document_prefix": "[unused1]",
+        "query_length": COLBERT_QUERY_LENGTH, "document_length": COLBERT_DOCUMENT_LENGTH,
+        "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation),
+        "do_query_expansion": True, "similarity_fn_name": "MaxSim", "prompts": {},
+        "default_prompt_name": None}))
+    ref = colbert_reference(dst)
+    (dst / "reference.json").write_text(json.dumps(ref))
+    export_onnx(dst)
+
+    mve = MultiVectorEncoder(str(dst), device="cpu")
+    # The bugs the tests must catch: expansion tokens attended, the skiplist ignored.
+    mve[0].query_expansion = {**mve[0].query_expansion, "attend": True}
+    attended = mve.encode_query(["a"])[0]
+    check_caught("tiny-colbert", "attending the query expansion", attended.flatten().tolist(),
+                 np.asarray(ref["queries"][2]).flatten().tolist())
+    lengths = [len(d) for d in ref["documents"]]
+    print(f"tiny-colbert: document vectors per text {lengths}; scores {ref['scores']}")
+    if len(ref["documents"][5]) != 3:  # "?!": [CLS] [unused1] [SEP], the marks skipped
+        raise SystemExit("tiny-colbert: the skiplist did not drop the punctuation of '?!'")
+    means = [np.asarray(d).mean(axis=0) for d in ref["documents"]]
+    check_distinct("tiny-colbert", TEXTS, means)
+    s = sorted(ref["scores"])
+    if min(b - a for a, b in zip(s, s[1:])) < 10 * RERANK_TOLERANCE:
+        raise SystemExit(f"tiny-colbert: MaxSim scores {ref['scores']} too close to rank")
+
+    native = out / "tiny-colbert-st"
+    shutil.rmtree(native, ignore_errors=True)
+    MultiVectorEncoder(str(dst), device="cpu").save(str(native))
+    shutil.copytree(dst / "onnx", native / "onnx")
+    ref_native = colbert_reference(native)
+    for side in ["queries", "documents"]:
+        for a, b in zip(ref[side], ref_native[side]):
+            if np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5:
+                raise SystemExit(f"tiny-colbert-st: its {side} differ from PyLate's layout")
+    (native / "reference.json").write_text(json.dumps(ref_native))
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1496,6 +1600,8 @@ def main() -> None:
     classify_distilbert(out)
     torch.manual_seed(44)
     tiny_splade(out)
+    torch.manual_seed(45)
+    tiny_colbert(out)
     print(f"fixtures written to {out}")
 
 

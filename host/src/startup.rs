@@ -4,13 +4,14 @@ use crate::api::{AppState, DeployedModel};
 use crate::config::{ModelSettings, Settings};
 use crate::engine::{Engine, EngineLimits, ModelRunner, Reload};
 use crate::metrics::Metrics;
+use crate::models::multi_vector::MultiVector;
 use crate::models::{manifest, resolve};
 use crate::plugin::Plugin;
 use crate::readiness::{Gate, Phase, Progress};
 use crate::runpod::jobs::JobStore;
 use crate::runpod::router::{self, JobResult};
 use crate::runpod::worker;
-use crate::text::{TextEncoder, Truncation};
+use crate::text::{LateEncoder, TextEncoder, Truncation};
 use anyhow::{anyhow, Context};
 use ember_plugin_api::{LoadRequest, Outputs};
 use serde_json::Value;
@@ -125,6 +126,19 @@ pub async fn prepare_reporting(
             plugin.info.name
         ));
     }
+    if let Some(mv) = &manifest.multi_vector {
+        check_late(mv, &runner).map_err(|e| {
+            anyhow!(
+                "model {} is a multi-vector (ColBERT) model, {e}; backend {} offers {}",
+                m.name,
+                plugin.info.name,
+                match runner.outputs.names().join(", ") {
+                    o if o.is_empty() => "no outputs besides embeddings".to_string(),
+                    o => o,
+                }
+            )
+        })?;
+    }
     Ok(Prepared {
         local,
         manifest,
@@ -132,6 +146,24 @@ pub async fn prepare_reporting(
         runner,
         request,
     })
+}
+
+/// Why `runner` cannot serve the multi-vector pipeline `mv`, if it cannot: its vectors are
+/// made from token states (with ColBERT's unattended query expansion, of positions attention
+/// skips), of the width its Dense modules read.
+fn check_late(mv: &MultiVector, runner: &ModelRunner) -> Result<(), String> {
+    if !runner.outputs.has(Outputs::TOKEN_STATES) {
+        return Err("whose vectors are made from token states".into());
+    }
+    let unattended = mv.spec.expansion.as_ref().is_some_and(|e| !e.attend);
+    if unattended && !runner.outputs.has(Outputs::UNATTENDED_STATES) {
+        return Err(
+            "whose query expansion needs the states of tokens attention skips \
+                    (BACKEND=torch and optimum compute them)"
+                .into(),
+        );
+    }
+    mv.head.check(runner.described.embedding_dim as usize)
 }
 
 /// Runs one batch of `batch_size` inputs through a freshly loaded model so that the first
@@ -252,13 +284,25 @@ async fn deploy(
         .rev()
         .collect::<Vec<_>>()
         .join("/");
+    let late = match &manifest.multi_vector {
+        Some(mv) => Some(Arc::new(
+            LateEncoder::new(&encoder, mv.spec.clone())
+                .with_context(|| format!("model {}", m.name))?,
+        )),
+        None => None,
+    };
+    let dim = match &manifest.multi_vector {
+        Some(mv) => mv.head.output_dim(described.embedding_dim as usize),
+        None => described.embedding_dim as usize,
+    };
     Ok(DeployedModel {
         id: m.name.clone(),
         alias,
         manifest,
         encoder: Arc::new(encoder),
+        late,
         engine,
-        dim: described.embedding_dim as usize,
+        dim,
         device: described.device.to_string(),
         outputs,
         calibration: tokio::sync::OnceCell::new(),

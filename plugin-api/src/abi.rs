@@ -95,7 +95,8 @@ pub type LayoutFn = extern "C" fn() -> &'static abi_stable::type_layout::TypeLay
 pub struct Extensions31 {
     /// The outputs the model offers besides its kind's own.
     pub outputs: extern "C" fn(model: &ModelBox) -> Outputs,
-    /// Each row's state of every live token, offered when [`Outputs::TOKEN_STATES`] is.
+    /// Each row's state of every live token, offered when [`Outputs::TOKEN_STATES`] is (with
+    /// [`Outputs::UNATTENDED_STATES`]: of every position its pooling mask keeps).
     pub token_states:
         extern "C" fn(model: &ModelBox, batch: &TokenBatch) -> RResult<TokenStates, PluginError>,
     /// Each row's SPLADE weights, offered when [`Outputs::SPARSE`] is: the masked-language

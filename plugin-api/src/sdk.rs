@@ -71,7 +71,9 @@ pub trait Model: Send + Sync + 'static {
     }
 
     /// Each row's state of every token its attention mask keeps (the states pooling reads,
-    /// before pooling, not normalised), ragged: see [`TokenStates`].
+    /// before pooling, not normalised), ragged: see [`TokenStates`]. A model that says
+    /// [`Outputs::UNATTENDED_STATES`] answers the positions of [`TokenBatch::pooling_mask`]
+    /// instead, which may include positions attention skips.
     fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
         let _ = batch;
         Err(PluginError::unsupported(

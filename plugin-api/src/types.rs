@@ -290,7 +290,9 @@ pub struct TokenBatch {
     pub token_type_ids: RVec<i64>,
     /// The positions pooling reads, 1 or 0, `rows * seq_len` values; empty means the attention
     /// mask. The host sends one when a model's pooling leaves the prompt's tokens out
-    /// (`include_prompt: false`): it is the attention mask with each row's prompt zeroed.
+    /// (`include_prompt: false`): it is the attention mask with each row's prompt zeroed. In a
+    /// token-state call to a model that says [`Outputs::UNATTENDED_STATES`] it may also keep
+    /// positions after a row's attended tokens (ColBERT's query expansion).
     pub pooling_mask: RVec<i64>,
 }
 
@@ -330,14 +332,20 @@ impl TokenBatch {
 
     /// Number of real tokens of each row (the sum of its attention mask).
     pub fn row_lengths(&self) -> Vec<usize> {
+        self.counts(&self.attention_mask)
+    }
+
+    /// Number of positions of each row whose token state is asked for: those its pooling mask
+    /// keeps (see [`Outputs::UNATTENDED_STATES`]).
+    pub fn state_lengths(&self) -> Vec<usize> {
+        self.counts(self.pooling_mask())
+    }
+
+    /// Per row, the positions of `mask` that are set.
+    fn counts(&self, mask: &[i64]) -> Vec<usize> {
         let s = self.seq_len as usize;
         (0..self.rows as usize)
-            .map(|r| {
-                self.attention_mask[r * s..(r + 1) * s]
-                    .iter()
-                    .filter(|&&m| m != 0)
-                    .count()
-            })
+            .map(|r| mask[r * s..(r + 1) * s].iter().filter(|&&m| m != 0).count())
             .collect()
     }
 }
@@ -454,6 +462,11 @@ impl Outputs {
     pub const TOKEN_STATES: Outputs = Outputs(1);
     /// SPLADE's sparse vocabulary weights ([`Extensions31::sparse`](crate::abi::Extensions31)).
     pub const SPARSE: Outputs = Outputs(2);
+    /// Token states of positions attention skips: with this flag, `token_states` answers
+    /// the positions of the batch's pooling mask, which may keep positions its attention mask
+    /// does not (ColBERT's query expansion: tokens that read the text but that the text does
+    /// not read). Without it, the host sends token-state calls no such positions.
+    pub const UNATTENDED_STATES: Outputs = Outputs(4);
 
     /// Whether every flag of `other` is set.
     pub fn has(self, other: Outputs) -> bool {
@@ -470,7 +483,8 @@ impl Outputs {
         Outputs(self.0 & !other.0)
     }
 
-    /// Names of the known flags set, for logs and `/v1/models`.
+    /// Names of the known outputs set, for logs and `/v1/models` (flags that qualify another
+    /// output, as [`Outputs::UNATTENDED_STATES`] does, are not named).
     pub fn names(self) -> Vec<&'static str> {
         [
             (Outputs::TOKEN_STATES, "token_states"),

@@ -6,6 +6,7 @@ pub mod compact;
 mod embeddings;
 mod error;
 pub(crate) mod fields;
+mod multi_vector;
 mod rerank;
 mod sparse;
 mod token_states;
@@ -27,7 +28,7 @@ use crate::engine::{Engine, Payload};
 use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::models::manifest::Manifest;
-use crate::text::{TextEncoder, TextError, Tokens};
+use crate::text::{LateEncoder, TextEncoder, TextError, Tokens};
 use ember_plugin_api::{ModelKind, Outputs};
 use serde::Serialize;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct DeployedModel {
     pub manifest: Manifest,
     /// Its tokenizer.
     pub encoder: Arc<TextEncoder>,
+    /// Its tokenizer for queries and documents, when it is a late-interaction model.
+    pub late: Option<Arc<LateEncoder>>,
     /// Its batching engine.
     pub engine: Engine,
     /// Length of its vectors.
@@ -63,9 +66,13 @@ impl DeployedModel {
             ModelKind::Clip => vec!["embed", "image_embed"],
             ModelKind::Classify => vec!["classify"],
         };
-        // A SPLADE model's embeddings are its sparse weights.
+        // A SPLADE model's embeddings are its sparse weights; a late-interaction model's are
+        // one vector per token, which also rerank.
         if self.manifest.sparse.is_some() {
             kind.retain(|c| *c != "embed");
+        }
+        if self.manifest.multi_vector.is_some() {
+            kind = vec!["multi_vector", "rerank"];
         }
         kind.extend(self.outputs.names());
         kind

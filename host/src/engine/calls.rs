@@ -39,7 +39,7 @@ impl Worker {
         let batch = pad(&Self::tokens(items), self.limits.pad_id);
         let states = runner.token_states(&batch)?;
         states
-            .validate(&batch.row_lengths())
+            .validate(&batch.state_lengths())
             .map_err(|e| PluginError::internal(format!("plugin returned {e}")))?;
         let dim = states.dim as usize;
         Ok((0..items.len())
@@ -161,18 +161,19 @@ pub fn pad(rows: &[&Tokens], pad_id: i64) -> TokenBatch {
     let mut types = Vec::with_capacity(n);
     for t in rows {
         let padding = seq - t.len();
+        let attended = t.len() - t.unattended.min(t.len());
         ids.extend_from_slice(&t.ids);
         ids.extend(std::iter::repeat_n(pad_id, padding));
-        mask.extend(std::iter::repeat_n(1i64, t.len()));
-        mask.extend(std::iter::repeat_n(0i64, padding));
+        mask.extend(std::iter::repeat_n(1i64, attended));
+        mask.extend(std::iter::repeat_n(0i64, seq - attended));
         types.extend_from_slice(&t.type_ids);
         types.extend(std::iter::repeat_n(0i64, padding));
     }
     let mut pooling = Vec::new();
-    if rows.iter().any(|t| t.unpooled > 0) {
-        pooling = mask.clone();
-        for (r, t) in rows.iter().enumerate() {
-            pooling[r * seq..r * seq + t.unpooled.min(seq)].fill(0);
+    if rows.iter().any(|t| t.unpooled > 0 || t.unattended > 0) {
+        for t in rows {
+            let kept = |i: usize| i >= t.unpooled && i < t.len();
+            pooling.extend((0..seq).map(|i| i64::from(kept(i))));
         }
     }
     TokenBatch {
@@ -195,11 +196,13 @@ mod tests {
             ids: vec![1, 2, 3],
             type_ids: vec![0, 0, 0],
             unpooled: 0,
+            unattended: 0,
         };
         let b = Tokens {
             ids: vec![4],
             type_ids: vec![0],
             unpooled: 0,
+            unattended: 0,
         };
         let batch = pad(&[&a, &b], 9);
         assert_eq!(batch.seq_len, 3);
@@ -216,15 +219,39 @@ mod tests {
             ids: vec![1, 2, 3, 4],
             type_ids: vec![0; 4],
             unpooled: 2,
+            unattended: 0,
         };
         let bare = Tokens {
             ids: vec![5, 6],
             type_ids: vec![0; 2],
             unpooled: 0,
+            unattended: 0,
         };
         let batch = pad(&[&prompted, &bare], 0);
         assert_eq!(batch.attention_mask.as_slice(), &[1, 1, 1, 1, 1, 1, 0, 0]);
         assert_eq!(batch.pooling_mask.as_slice(), &[0, 0, 1, 1, 1, 1, 0, 0]);
         batch.validate().unwrap();
+    }
+
+    #[test]
+    fn pad_keeps_unattended_tokens_out_of_attention_only() {
+        let expanded = Tokens {
+            ids: vec![1, 2, 7, 7],
+            type_ids: vec![0; 4],
+            unpooled: 0,
+            unattended: 2,
+        };
+        let short = Tokens {
+            ids: vec![5],
+            type_ids: vec![0],
+            unpooled: 0,
+            unattended: 0,
+        };
+        let batch = pad(&[&expanded, &short], 0);
+        assert_eq!(batch.input_ids.as_slice(), &[1, 2, 7, 7, 5, 0, 0, 0]);
+        assert_eq!(batch.attention_mask.as_slice(), &[1, 1, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(batch.pooling_mask.as_slice(), &[1, 1, 1, 1, 1, 0, 0, 0]);
+        assert_eq!(batch.row_lengths(), [2, 1]);
+        assert_eq!(batch.state_lengths(), [4, 1]);
     }
 }

@@ -122,8 +122,10 @@ fn matvec(weight: &[f32], cols: usize, x: &[f32]) -> Vec<f32> {
 }
 
 impl Dense {
-    /// Reads the Dense module at `path` (its `config.json` and `model.safetensors`).
-    pub fn read(name: &str, dir: &Path, path: &str) -> Result<Dense, ModelError> {
+    /// Reads the Dense module at `path` (its `config.json` and `model.safetensors`), which
+    /// must map the pipeline's `stream` (`sentence_embedding`, or each token's
+    /// `token_embeddings` in a multi-vector model) to itself.
+    pub fn read(name: &str, dir: &Path, path: &str, stream: &str) -> Result<Dense, ModelError> {
         let err = |file: &str, reason: String| ModelError::Config {
             name: name.into(),
             file: format!("{path}/{file}"),
@@ -145,17 +147,17 @@ impl Dense {
         let input = config
             .get("module_input_name")
             .and_then(Value::as_str)
-            .unwrap_or("sentence_embedding");
+            .unwrap_or(stream);
         let output = config
             .get("module_output_name")
             .and_then(Value::as_str)
             .unwrap_or(input);
-        if input != "sentence_embedding" || output != "sentence_embedding" {
+        if input != stream || output != stream {
             return Err(err(
                 "config.json",
                 format!(
-                    "reads {input:?} and writes {output:?}; ember applies Dense modules to the \
-                     pooled sentence embedding only"
+                    "reads {input:?} and writes {output:?}; in this pipeline ember applies \
+                     Dense modules to {stream:?} only"
                 ),
             ));
         }
@@ -333,7 +335,7 @@ mod tests {
                 ("linear.bias", vec![2], vec![0.0, -1.0]),
             ],
         );
-        let d = Dense::read("m", &root, "2_Dense").unwrap();
+        let d = Dense::read("m", &root, "2_Dense", "sentence_embedding").unwrap();
         // [1 - 3, 0.5 * 6 - 1] = [-2, 2] -> ReLU -> [0, 2]
         assert_eq!(d.apply(&[1.0, 2.0, 3.0]), vec![0.0, 2.0]);
         let head = Head(vec![d]);
@@ -352,7 +354,7 @@ mod tests {
                                "use_residual": true}),
             &[("linear.weight", vec![2, 2], vec![1.0, 0.0, 0.0, 1.0])],
         );
-        let r = Dense::read("m", &root, "3_Dense").unwrap();
+        let r = Dense::read("m", &root, "3_Dense", "sentence_embedding").unwrap();
         let got = r.apply(&[0.5, -1.0]);
         assert!((got[0] - (0.5f32.tanh() + 0.5)).abs() < 1e-6, "{got:?}");
         assert!((got[1] - ((-1.0f32).tanh() - 1.0)).abs() < 1e-6, "{got:?}");
@@ -363,7 +365,9 @@ mod tests {
             serde_json::json!({"in_features": 3, "out_features": 2, "bias": false}),
             &[("linear.weight", vec![3, 2], vec![0.0; 6])],
         );
-        let e = Dense::read("m", &root, "4_Dense").unwrap_err().to_string();
+        let e = Dense::read("m", &root, "4_Dense", "sentence_embedding")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("4_Dense/model.safetensors") && e.contains("[2, 3]"),
             "{e}"

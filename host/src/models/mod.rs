@@ -3,6 +3,7 @@
 
 pub mod dense;
 pub mod manifest;
+pub mod multi_vector;
 pub mod resolve;
 
 /// Why a model could not be resolved or understood.

@@ -1,7 +1,10 @@
 //! Tokenization with the model's `tokenizer.json`, truncated to the model's max length.
 
 mod inspect;
+mod late;
 mod pairs;
+
+pub use late::{Expansion, LateEncoder, LateSpec, Side};
 
 pub use inspect::TokenInfo;
 use pairs::Framed;
@@ -56,6 +59,9 @@ pub struct Tokens {
     /// Leading tokens pooling leaves out: the prompt's (and the special token before it) when
     /// the model's pooling excludes the prompt, else 0.
     pub unpooled: usize,
+    /// Trailing tokens attention does not read but whose states are asked for (ColBERT's
+    /// query expansion), else 0.
+    pub unattended: usize,
 }
 
 impl Tokens {
@@ -76,6 +82,7 @@ impl From<&tokenizers::Encoding> for Tokens {
             ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
             type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
             unpooled: 0,
+            unattended: 0,
         }
     }
 }
@@ -193,6 +200,56 @@ impl TextEncoder {
             left_pair: std::sync::OnceLock::new(),
             whole: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A copy that reads at most `max_len` tokens (never more than this one reads) and keeps
+    /// each of `markers` whole, as one special token; pairs are not formatted.
+    pub fn derived(&self, max_len: usize, markers: &[String]) -> Result<TextEncoder, TextError> {
+        let max_len = max_len.min(self.max_len);
+        let mut tokenizer = self.tokenizer.clone();
+        let special: Vec<tokenizers::AddedToken> = markers
+            .iter()
+            .map(|m| tokenizers::AddedToken::from(m.as_str(), true).normalized(false))
+            .collect();
+        tokenizer.add_special_tokens(&special);
+        let mut pair_tokenizer = tokenizer.clone();
+        for (t, strategy) in [
+            (&mut tokenizer, TruncationStrategy::LongestFirst),
+            (&mut pair_tokenizer, TruncationStrategy::OnlySecond),
+        ] {
+            t.with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy,
+                direction: TruncationDirection::Right,
+                stride: 0,
+            }))
+            .map_err(|e| TextError::Load(format!("truncation: {e}")))?;
+        }
+        Ok(TextEncoder {
+            tokenizer,
+            pair_tokenizer,
+            max_len,
+            pad_id: self.pad_id,
+            framed: None,
+            left: std::sync::OnceLock::new(),
+            left_pair: std::sync::OnceLock::new(),
+            whole: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The id of `token` in the vocabulary (added tokens included), if it has one.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.tokenizer.token_to_id(token).map(i64::from)
+    }
+
+    /// Whether `token` is in the vocabulary but splits into several pieces when tokenized (as
+    /// `[unused0]` does on a BERT tokenizer, unless it is registered as a special token).
+    pub fn splits(&self, token: &str) -> bool {
+        self.tokenizer.token_to_id(token).is_some()
+            && self
+                .tokenizer
+                .encode_fast(token, false)
+                .map_or(true, |e| e.get_tokens() != [token])
     }
 
     /// Tokenizes texts with `prompt` in front of each, as sentence-transformers does; unless

@@ -91,6 +91,7 @@ impl TextEncoder {
                         type_ids: vec![0; ids.len()],
                         ids,
                         unpooled: 0,
+                        unattended: 0,
                     })
                 })
                 .collect();

@@ -423,7 +423,10 @@ impl Model for OnnxModel {
 
     fn outputs(&self) -> Outputs {
         match &self.kind {
-            Kind::Encoder { output, .. } if states_output(output) => Outputs::TOKEN_STATES,
+            // The graph computes every position, attention reading the masked ones only.
+            Kind::Encoder { output, .. } if states_output(output) => {
+                Outputs::TOKEN_STATES.with(Outputs::UNATTENDED_STATES)
+            }
             _ => Outputs::NONE,
         }
     }
@@ -440,7 +443,7 @@ impl Model for OnnxModel {
                 graph.path
             )));
         }
-        let lengths = batch.row_lengths();
+        let lengths = batch.state_lengths();
         if batch.rows == 0 {
             return Ok(TokenStates::from_rows(self.dim, &lengths, Vec::new()));
         }
@@ -460,7 +463,7 @@ impl Model for OnnxModel {
         let values = out
             .data
             .chunks_exact(hidden)
-            .zip(batch.attention_mask.iter())
+            .zip(batch.pooling_mask().iter())
             .filter(|(_, m)| **m != 0)
             .flat_map(|(state, _)| state.iter().copied())
             .collect();

@@ -150,6 +150,19 @@ impl Encoder {
 
     /// Token states `[rows, seq, hidden]` for ids, segment ids and mask `[rows, seq]`.
     pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor, TchError> {
+        self.forward_at(ids, types, mask, mask)
+    }
+
+    /// Token states `[rows, seq, hidden]` of the positions `computed` keeps (zero elsewhere),
+    /// attention reading only the positions `mask` keeps: a computed position outside the mask
+    /// reads the text without being read (ColBERT's query expansion).
+    pub fn forward_at(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        mask: &Tensor,
+        computed: &Tensor,
+    ) -> Result<Tensor, TchError> {
         let (rows, seq) = ids.size2()?;
         let device = ids.device();
         let positions = if self.family.offset_positions() {
@@ -175,7 +188,7 @@ impl Encoder {
         let x = self.embed_norm.forward(&x)?;
         let live = mask.f_ne(0)?;
         let mask_or_bias = self.attention_mask(&live, seq)?;
-        let tokens = Tokens::of(&live)?;
+        let tokens = Tokens::of(&computed.f_ne(0)?)?;
         let hidden = self.hidden;
         let head = hidden / self.heads;
         let mut x = tokens.gather(&x)?;

@@ -633,7 +633,10 @@ impl Model for TorchModel {
             false => Outputs::NONE,
         };
         match &*inner {
-            Inner::Encoder { mlm: Some(_), .. } => states.with(Outputs::SPARSE),
+            Inner::Encoder { mlm: Some(_), .. } => states
+                .with(Outputs::SPARSE)
+                .with(Outputs::UNATTENDED_STATES),
+            Inner::Encoder { .. } if !self.headed => states.with(Outputs::UNATTENDED_STATES),
             _ => states,
         }
     }
@@ -687,15 +690,32 @@ impl Model for TorchModel {
             ));
         }
         let hidden = self.hidden as usize;
-        let lengths = batch.row_lengths();
         if batch.rows == 0 {
-            return Ok(TokenStates::from_rows(hidden, &lengths, Vec::new()));
+            return Ok(TokenStates::from_rows(hidden, &[], Vec::new()));
         }
         self.check(batch)?;
+        // Positions the pooling mask keeps beyond the attention mask are computed by BERT-family
+        // encoders only (the others leave padding unattended and uncomputed).
+        let unattended = batch.has_pooling_mask()
+            && batch
+                .pooling_mask
+                .iter()
+                .zip(batch.attention_mask.iter())
+                .any(|(&p, &a)| p != 0 && a == 0);
+        if unattended && !matches!(&*inner, Inner::Encoder { .. }) {
+            return Err(PluginError::invalid_input(
+                "token states of unattended positions (a pooling mask beyond the attention \
+                 mask) are computed for BERT-family encoders only",
+            ));
+        }
+        let lengths = batch.state_lengths();
         let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask, _) = self.inputs(batch)?;
-            let states = inner.states(&ids, &types, &mask)?;
-            let live = mask.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
+            let (ids, types, mask, at) = self.inputs(batch)?;
+            let states = match &*inner {
+                Inner::Encoder { encoder, .. } => encoder.forward_at(&ids, &types, &mask, &at)?,
+                other => other.states(&ids, &types, &mask)?,
+            };
+            let live = at.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
             to_vec(
                 &states
                     .f_reshape([-1, self.hidden])?

@@ -277,6 +277,9 @@ pub async fn embeddings(
     req: EmbeddingsRequest,
 ) -> Result<EmbeddingsResponse, ApiError> {
     let model = state.model(req.model.as_deref())?;
+    if model.manifest.multi_vector.is_some() {
+        return super::multi_vector::embeddings(model, req).await;
+    }
     // Refused before the writer calibrates anything for it.
     check(model, &req)?;
     check_format(&req, req.encoding_format, "encoding_format")?;
@@ -309,6 +312,17 @@ pub fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<(), ApiEr
             format!(
                 "model '{}' is a SPLADE model: its embeddings are sparse vocabulary weights, \
                  answered by POST /embed_sparse",
+                model.id
+            ),
+        ));
+    }
+    if model.manifest.multi_vector.is_some() {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "model '{}' is a multi-vector (late-interaction) model: its embeddings are one \
+                 vector per token, answered by POST /v1/embeddings, and POST /v1/rerank scores \
+                 documents with them",
                 model.id
             ),
         ));

@@ -63,6 +63,8 @@ pub enum Embedding {
     Base64(String),
     /// Quantised codes (`int8`, `uint8`, `binary`, `ubinary`).
     Codes(Vec<i16>),
+    /// One vector per token (multi-vector models), as a list of lists.
+    Vectors(crate::api::TokenMatrix),
 }
 
 /// One embedding in a response.

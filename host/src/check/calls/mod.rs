@@ -300,6 +300,7 @@ impl<'a> Suite<'a> {
             type_ids: vec![0; n],
             ids,
             unpooled: 0,
+            unattended: 0,
         };
         match self.run(&[&long]) {
             Ok(_) => Outcome::Pass(format!("{n} tokens answered")),

@@ -91,6 +91,7 @@ fn toks(first: i64, len: usize) -> Payload {
         type_ids: vec![0; len],
         ids,
         unpooled: 0,
+        unattended: 0,
     })
 }
 

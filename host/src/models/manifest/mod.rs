@@ -10,6 +10,7 @@
 //! CLIP-like models `preprocessor_config.json` (the image preprocessing).
 
 use super::dense::{Dense, Head};
+use super::multi_vector::{self, MultiVector, Sources};
 use super::ModelError;
 use crate::images::Preprocessor;
 use crate::text::PairTemplate;
@@ -43,6 +44,9 @@ pub struct Manifest {
     pub sparse: Option<SparseReduction>,
     /// A SPLADE model's `max_active_dims`: only its largest weights are kept.
     pub sparse_top_k: Option<usize>,
+    /// A late-interaction (ColBERT) pipeline: the model's embeddings are one vector per
+    /// token, made from its token states.
+    pub multi_vector: Option<MultiVector>,
 }
 
 /// A sequence classifier's labels (`id2label`) and its problem type.
@@ -239,6 +243,11 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let mut sparse = None;
     // The module before the current one, to check that SPLADE's modules come as a pair.
     let mut previous = "";
+    let st_config = read_json(name, dir, "config_sentence_transformers.json")?;
+    // A late-interaction pipeline's Dense modules map each token's state, and its
+    // MultiVectorMask says which tokens keep a vector.
+    let mut late = false;
+    let mut late_mask = None;
     // A cross-encoder's head is part of its transformer (sequence classification).
     let pipeline = match kind {
         ModelKind::Rerank | ModelKind::Classify => None,
@@ -248,6 +257,12 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         let list = modules
             .as_array()
             .ok_or_else(|| err("modules.json", "expected a list of modules".into()))?;
+        let types: Vec<&str> = list
+            .iter()
+            .filter_map(|m| m.get("type").and_then(Value::as_str))
+            .map(|t| t.rsplit('.').next().unwrap_or_default())
+            .collect();
+        late = multi_vector::declared(st_config.as_ref(), &types);
         for m in list {
             let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
             let path = m.get("path").and_then(Value::as_str).unwrap_or_default();
@@ -288,6 +303,19 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                 }
                 // CLIP-like models run their towers as a whole, as CLIPModel does.
                 "CLIPModel" if kind == ModelKind::Clip => {}
+                "Pooling" if late => {
+                    return Err(err(
+                        "modules.json",
+                        format!(
+                            "module {ty} ({path}) pools a late-interaction model's tokens, \
+                             whose vectors are one per token"
+                        ),
+                    ))
+                }
+                "MultiVectorMask" if late => {
+                    let file = format!("{path}/config.json");
+                    late_mask = Some(read_json(name, dir, &file)?.unwrap_or(Value::Null));
+                }
                 "Pooling" => {
                     let file = format!("{path}/config.json");
                     let pool = read_json(name, dir, &file)?
@@ -298,14 +326,21 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                         .and_then(Value::as_bool)
                         .unwrap_or(true);
                 }
-                "Dense" => dense.push(Dense::read(name, dir, path)?),
+                "Dense" => {
+                    let stream = match late {
+                        true => "token_embeddings",
+                        false => "sentence_embedding",
+                    };
+                    dense.push(Dense::read(name, dir, path, stream)?)
+                }
                 "Normalize" => normalized_by_model = true,
                 _ => {
                     return Err(err(
                         "modules.json",
                         format!(
                             "module {ty:?} ({path}) is not one ember implements (Transformer, \
-                             Pooling, Dense, Normalize, MLMTransformer, SpladePooling); serving \
+                             Pooling, Dense, Normalize, MLMTransformer, SpladePooling, \
+                             MultiVectorMask); serving \
                              the model without it would give wrong vectors"
                         ),
                     ))
@@ -315,8 +350,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     }
 
     // Prompts prepended to the texts, as SentenceTransformer.encode(prompt_name=...) does.
-    let st_config = read_json(name, dir, "config_sentence_transformers.json")?;
-    let prompts: BTreeMap<String, String> = st_config
+    let mut prompts: BTreeMap<String, String> = st_config
         .as_ref()
         .and_then(|c| c.get("prompts"))
         .and_then(Value::as_object)
@@ -369,11 +403,45 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             p
         }
     });
-    let st_max =
-        read_json(name, dir, "sentence_bert_config.json")?.and_then(|v| uint(&v, "max_seq_length"));
-    let tok_max = read_json(name, dir, "tokenizer_config.json")?
-        .and_then(|v| uint(&v, "model_max_length"))
+    let st_model = read_json(name, dir, "sentence_bert_config.json")?;
+    let st_max = st_model.as_ref().and_then(|v| uint(v, "max_seq_length"));
+    let tokenizer_config = read_json(name, dir, "tokenizer_config.json")?;
+    let tok_max = tokenizer_config
+        .as_ref()
+        .and_then(|v| uint(v, "model_max_length"))
         .filter(|&v| v < 1_000_000);
+    let multi_vector = match late {
+        false => None,
+        true => {
+            let file = "config_sentence_transformers.json";
+            let special = read_json(name, dir, "special_tokens_map.json")?;
+            let mv = multi_vector::read(
+                Sources {
+                    st_config: st_config.as_ref(),
+                    transformer: st_model.as_ref(),
+                    mask: late_mask.as_ref(),
+                    prompts: &prompts,
+                    mask_token: multi_vector::mask_token(&[
+                        tokenizer_config.as_ref(),
+                        special.as_ref(),
+                    ]),
+                },
+                Head(std::mem::take(&mut dense)),
+                normalized_by_model,
+            )
+            .map_err(|r| err(file, r))?;
+            // The markers are the model's query and document prompts.
+            for (side, prefix) in [
+                ("query", &mv.spec.query_prefix),
+                ("document", &mv.spec.document_prefix),
+            ] {
+                if !prefix.is_empty() {
+                    prompts.insert(side.to_string(), prefix.clone());
+                }
+            }
+            Some(mv)
+        }
+    };
     let max_input_tokens = st_max
         .or(tok_max)
         .or(positions)
@@ -448,6 +516,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         classes,
         sparse,
         sparse_top_k,
+        multi_vector,
     })
 }
 

@@ -1,0 +1,185 @@
+//! Tokenization for late-interaction (ColBERT) models: each text marked as a query or a
+//! document, cut to that side's length, queries expanded with mask tokens, and the tokens whose
+//! vectors the model drops (its skiplist) marked.
+
+use super::{TextEncoder, TextError, Tokens, Truncation};
+use std::collections::HashSet;
+
+/// Which side of a late-interaction match a text is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A search query.
+    Query,
+    /// A searched document.
+    Document,
+}
+
+impl Side {
+    /// `query` or `document`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Query => "query",
+            Side::Document => "document",
+        }
+    }
+}
+
+/// ColBERT's query expansion: queries shorter than `length` tokens are filled up to it with
+/// `token` (the mask token), whose vectors count in the match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expansion {
+    /// The width queries are filled up to.
+    pub length: usize,
+    /// Whether that width is also the longest query (`fixed`), or only the shortest (`min`).
+    pub fixed: bool,
+    /// Whether the text's tokens read the filler (`attend`); classic ColBERT's do not.
+    pub attend: bool,
+    /// The filler token.
+    pub token: String,
+}
+
+/// How a late-interaction model tokenizes, as its sentence-transformers or PyLate
+/// configuration says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LateSpec {
+    /// Text prepended to queries (PyLate's `query_prefix`, e.g. `[unused0]`).
+    pub query_prefix: String,
+    /// Text prepended to documents.
+    pub document_prefix: String,
+    /// Whether prefixes that are one vocabulary entry but split when tokenized are made
+    /// special tokens, so that they stay whole (PyLate's markers, which it inserts as tokens).
+    pub whole_markers: bool,
+    /// Longest query in tokens, when shorter than the model reads.
+    pub query_length: Option<usize>,
+    /// Longest document in tokens, when shorter than the model reads.
+    pub document_length: Option<usize>,
+    /// Query expansion, when the model uses it.
+    pub expansion: Option<Expansion>,
+    /// Tokens whose vectors are dropped (punctuation, for PyLate's models).
+    pub skiplist: Vec<String>,
+    /// Whether the skiplist applies to queries.
+    pub skip_queries: bool,
+    /// Whether the skiplist applies to documents.
+    pub skip_documents: bool,
+}
+
+/// A late-interaction model's tokenizer for both sides.
+pub struct LateEncoder {
+    spec: LateSpec,
+    query: TextEncoder,
+    document: TextEncoder,
+    /// The expansion filler's id.
+    filler: i64,
+    /// Ids of the skiplist's tokens.
+    skip: HashSet<i64>,
+}
+
+impl LateEncoder {
+    /// The tokenizer of `spec` made from the model's own.
+    pub fn new(base: &TextEncoder, spec: LateSpec) -> Result<LateEncoder, TextError> {
+        // As sentence-transformers' MultiVectorEncoder registers a legacy marker: the prefix
+        // itself, else its first word, when it is one vocabulary entry that tokenizing splits.
+        let mut markers = Vec::new();
+        if spec.whole_markers {
+            for prefix in [&spec.query_prefix, &spec.document_prefix] {
+                let first = prefix.split_whitespace().next().unwrap_or_default();
+                if let Some(c) = [prefix.as_str(), first]
+                    .into_iter()
+                    .find(|c| !c.is_empty() && base.token_id(c).is_some())
+                {
+                    if base.splits(c) && !markers.iter().any(|m| m == c) {
+                        markers.push(c.to_string());
+                    }
+                }
+            }
+        }
+        let query_cap = match &spec.expansion {
+            Some(e) if e.fixed => e.length,
+            Some(e) => spec.query_length.map_or(base.max_len, |q| q.max(e.length)),
+            None => spec.query_length.unwrap_or(base.max_len),
+        };
+        let query = base.derived(query_cap, &markers)?;
+        let document = base.derived(spec.document_length.unwrap_or(base.max_len), &markers)?;
+        let filler = match &spec.expansion {
+            Some(e) => query.token_id(&e.token).ok_or_else(|| {
+                TextError::Load(format!(
+                    "the query expansion token {:?} is not in the vocabulary",
+                    e.token
+                ))
+            })?,
+            None => 0,
+        };
+        // As the model does: a skiplist word that is not one vocabulary entry is left out.
+        let skip = spec
+            .skiplist
+            .iter()
+            .filter_map(|w| document.token_id(w))
+            .collect();
+        Ok(LateEncoder {
+            spec,
+            query,
+            document,
+            filler,
+            skip,
+        })
+    }
+
+    /// Longest text of `side` in tokens.
+    pub fn max_len(&self, side: Side) -> usize {
+        match side {
+            Side::Query => self.query.max_len,
+            Side::Document => self.document.max_len,
+        }
+    }
+
+    /// The model's base tokenizer for `side` (to cut texts to a number of tokens).
+    pub fn encoder(&self, side: Side) -> &TextEncoder {
+        match side {
+            Side::Query => &self.query,
+            Side::Document => &self.document,
+        }
+    }
+
+    /// Tokenizes texts as `side`: marked, cut to the side's length, queries expanded
+    /// (blocking).
+    pub fn encode(
+        &self,
+        side: Side,
+        texts: &[String],
+        truncation: Truncation,
+    ) -> Result<Vec<Tokens>, TextError> {
+        let (encoder, prefix) = match side {
+            Side::Query => (&self.query, &self.spec.query_prefix),
+            Side::Document => (&self.document, &self.spec.document_prefix),
+        };
+        let mut tokens = match prefix.is_empty() {
+            true => encoder.encode_with(texts, truncation)?,
+            false => encoder.encode_prompted(prefix, texts, true, truncation)?,
+        };
+        if let (Side::Query, Some(e)) = (side, &self.spec.expansion) {
+            for t in &mut tokens {
+                let fill = e.length.saturating_sub(t.len());
+                t.ids.extend(std::iter::repeat_n(self.filler, fill));
+                t.type_ids.extend(std::iter::repeat_n(0, fill));
+                if !e.attend {
+                    t.unattended = fill;
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Which of a `side` text's tokens keep their vector: all but the skiplist's, on the
+    /// sides it applies to.
+    pub fn kept(&self, side: Side, tokens: &Tokens) -> Vec<bool> {
+        let skips = match side {
+            Side::Query => self.spec.skip_queries,
+            Side::Document => self.spec.skip_documents,
+        };
+        tokens
+            .ids
+            .iter()
+            .map(|id| !(skips && self.skip.contains(id)))
+            .collect()
+    }
+}
