@@ -87,6 +87,9 @@ Models:
                      sentence-transformers' MultiVectorEncoder saves the same model;
                      reference.json holds MultiVectorEncoder's query / document vectors and
                      MaxSim scores against one query.
+  tiny-bge-m3        random XLM-RoBERTa as BAAI/bge-m3 is published (CLS pooling, Normalize,
+                     FlagEmbedding's sparse_linear.pt and colbert_linear.pt); reference.json
+                     holds dense, sparse and ColBERT outputs by FlagEmbedding's formulas.
   images/            test images (PNG RGB/RGBA/grayscale, JPEG, GIF, WebP) and bad inputs
                      (1x1, truncated JPEG, an HTML page, a 50-megapixel PNG).
 
@@ -1536,6 +1539,80 @@ def tiny_colbert(out: Path) -> None:
     (native / "reference.json").write_text(json.dumps(ref_native))
 
 
+def tiny_bge_m3(out: Path) -> None:
+    """tiny-bge-m3: a random XLM-RoBERTa laid out as BAAI/bge-m3 is published: a
+    sentence-transformers pipeline (CLS pooling, Normalize) for the dense vector, and
+    FlagEmbedding's sparse_linear.pt (Linear(hidden, 1)) and colbert_linear.pt
+    (Linear(hidden, hidden)) saved with torch.save. reference.json holds the three outputs of
+    every text computed with FlagEmbedding's BGEM3 formulas from transformers' last hidden
+    states: dense = normalize(h[CLS]); sparse = per token id the largest relu(sparse_linear(h))
+    over its tokens, the cls, eos, pad and unk ids left out and only positive weights kept
+    (_process_token_weights); colbert = normalize(colbert_linear(h[1:])) over every token but
+    the first (_colbert_embedding, _process_colbert_vecs)."""
+    from transformers import XLMRobertaModel
+
+    dst = out / "tiny-bge-m3"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = xlmr_tokenizer(dst)
+    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, initializer_range=SPREAD)
+    XLMRobertaModel(cfg, add_pooling_layer=False).eval().save_pretrained(dst)
+    word = models.Transformer(str(dst), max_seq_length=40)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="cls")
+    SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(dst))
+    sparse_linear = torch.nn.Linear(32, 1)
+    colbert_linear = torch.nn.Linear(32, 32)
+    with torch.no_grad():  # most tokens get a positive weight, as in the trained head
+        sparse_linear.bias.fill_(1.0)
+    torch.save(sparse_linear.state_dict(), dst / "sparse_linear.pt")
+    torch.save(colbert_linear.state_dict(), dst / "colbert_linear.pt")
+    export_onnx(dst, with_token_types=False)
+
+    tok = AutoTokenizer.from_pretrained(dst)
+    model = AutoModel.from_pretrained(dst).eval()
+    enc = tok(TEXTS, padding=True, truncation=True, max_length=40, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+        dense = torch.nn.functional.normalize(h[:, 0], dim=-1)
+        weights = torch.relu(sparse_linear(h)).squeeze(-1)
+        colbert = colbert_linear(h[:, 1:]) * enc["attention_mask"][:, 1:][:, :, None].float()
+        colbert = torch.nn.functional.normalize(colbert, dim=-1)
+    unused = {tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+    sparse, vectors = [], []
+    for i in range(len(TEXTS)):
+        best = {}
+        for w, idx in zip(weights[i].tolist(), enc["input_ids"][i].tolist()):
+            if idx not in unused and w > 0 and w > best.get(idx, 0):
+                best[idx] = w
+        ids = sorted(best)
+        sparse.append({"indices": ids, "values": [best[i] for i in ids],
+                       "tokens": tok.convert_ids_to_tokens(ids)})
+        live = int(enc["attention_mask"][i].sum())
+        vectors.append(colbert[i, :live - 1].tolist())
+    st = SentenceTransformer(str(dst), device="cpu")
+    st_dense = st.encode(TEXTS, convert_to_numpy=True)
+    if np.abs(st_dense - dense.numpy()).max() > 1e-5:
+        raise SystemExit("tiny-bge-m3: sentence-transformers' dense vectors differ from h[CLS]")
+    ref = {
+        "texts": TEXTS,
+        "embeddings": dense.tolist(),
+        "sparse": sparse,
+        "colbert": vectors,
+        "token_counts": [int(m.sum()) for m in enc["attention_mask"]],
+        "max_seq_length": 40,
+        "normalized_by_model": True,
+    }
+    (dst / "reference.json").write_text(json.dumps(ref))
+    check_distinct("tiny-bge-m3", TEXTS, ref["embeddings"])
+    active = [len(v["indices"]) for v in sparse]
+    print(f"tiny-bge-m3: sparse entries per text {active}")
+    if min(active) == 0:
+        raise SystemExit("tiny-bge-m3: a text has no sparse weights")
+
+
 def main() -> None:
     """Build every fixture into the directory named on the command line."""
     out = Path(sys.argv[1])
@@ -1602,6 +1679,8 @@ def main() -> None:
     tiny_splade(out)
     torch.manual_seed(45)
     tiny_colbert(out)
+    torch.manual_seed(46)
+    tiny_bge_m3(out)
     print(f"fixtures written to {out}")
 
 

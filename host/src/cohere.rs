@@ -146,6 +146,8 @@ pub async fn embed(state: &AppState, value: &Value) -> Result<Embedded, ApiError
         normalize: true,
         truncation: truncation(body)?,
         max_tokens: opt_positive(body, "max_tokens")?,
+        outputs: None,
+        return_tokens: false,
     };
     let cohere_names = |e: ApiError| {
         e.renamed("input", key)

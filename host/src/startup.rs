@@ -126,7 +126,9 @@ pub async fn prepare_reporting(
             plugin.info.name
         ));
     }
-    if let Some(mv) = &manifest.multi_vector {
+    let mut manifest = manifest;
+    check_heads(&m.name, &mut manifest, &runner)?;
+    if let Some(mv) = manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
         check_late(mv, &runner).map_err(|e| {
             anyhow!(
                 "model {} is a multi-vector (ColBERT) model, {e}; backend {} offers {}",
@@ -146,6 +148,49 @@ pub async fn prepare_reporting(
         runner,
         request,
     })
+}
+
+/// Checks bge-m3's heads (lexical and multi-vector, made from token states) against what
+/// `runner` offers: heads that read another width stop the start-up; without token states
+/// they are dropped with a warning, and the model serves its dense embeddings.
+fn check_heads(
+    name: &str,
+    manifest: &mut manifest::Manifest,
+    runner: &ModelRunner,
+) -> anyhow::Result<()> {
+    let extra = manifest.multi_vector.as_ref().is_some_and(|mv| !mv.primary);
+    if manifest.lexical.is_none() && !extra {
+        return Ok(());
+    }
+    if !runner.outputs.has(Outputs::TOKEN_STATES) {
+        tracing::warn!(
+            model = name,
+            "the model has bge-m3's sparse_linear.pt / colbert_linear.pt heads, which read token \
+             states this backend does not offer; serving its dense embeddings only"
+        );
+        manifest.lexical = None;
+        manifest.multi_vector = None;
+        return Ok(());
+    }
+    // The width of the states the heads read (the dense embedding may be narrower, after
+    // Dense modules).
+    let hidden = match manifest.abi.hidden_size {
+        0 => runner.described.embedding_dim as usize,
+        h => h as usize,
+    };
+    if let Some(l) = manifest.lexical.as_ref().filter(|l| l.width() != hidden) {
+        return Err(anyhow!(
+            "model {name}: {} reads states of {} values, but the model's are {hidden} wide",
+            crate::models::bge_m3::SPARSE_FILE,
+            l.width()
+        ));
+    }
+    if let Some(mv) = manifest.multi_vector.as_ref().filter(|mv| !mv.primary) {
+        mv.head
+            .check(hidden)
+            .map_err(|e| anyhow!("model {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Why `runner` cannot serve the multi-vector pipeline `mv`, if it cannot: its vectors are
@@ -284,14 +329,14 @@ async fn deploy(
         .rev()
         .collect::<Vec<_>>()
         .join("/");
-    let late = match &manifest.multi_vector {
+    let late = match manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
         Some(mv) => Some(Arc::new(
             LateEncoder::new(&encoder, mv.spec.clone())
                 .with_context(|| format!("model {}", m.name))?,
         )),
         None => None,
     };
-    let dim = match &manifest.multi_vector {
+    let dim = match manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
         Some(mv) => mv.head.output_dim(described.embedding_dim as usize),
         None => described.embedding_dim as usize,
     };

@@ -6,6 +6,7 @@ pub mod compact;
 mod embeddings;
 mod error;
 pub(crate) mod fields;
+mod hybrid;
 mod multi_vector;
 mod rerank;
 mod sparse;
@@ -20,6 +21,7 @@ pub use embeddings::{
     EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Finish, InputType, Vectors, Writer,
 };
 pub use error::{ApiError, ErrorKind};
+pub use hybrid::{Packed, SparseEmbedding, Wants};
 pub use rerank::{query, rerank, RerankRequest, RerankResponse, RerankResult};
 pub use sparse::{sparse_embeddings, SparseVector};
 pub use token_states::{token_states, TextsRequest, TokenMatrix, MAX_STATE_VALUES};
@@ -71,8 +73,20 @@ impl DeployedModel {
         if self.manifest.sparse.is_some() {
             kind.retain(|c| *c != "embed");
         }
-        if self.manifest.multi_vector.is_some() {
+        if self.manifest.is_multi_vector() {
             kind = vec!["multi_vector", "rerank"];
+        }
+        // bge-m3's heads: sparse weights and token vectors besides its dense embeddings.
+        if self.manifest.lexical.is_some() {
+            kind.push("sparse");
+        }
+        if self
+            .manifest
+            .multi_vector
+            .as_ref()
+            .is_some_and(|m| !m.primary)
+        {
+            kind.push("multi_vector");
         }
         kind.extend(self.outputs.names());
         kind

@@ -116,13 +116,14 @@ pub async fn embeddings(
     let data = matrices
         .into_iter()
         .enumerate()
-        .map(|(index, m)| EmbeddingData {
-            object: "embedding",
-            embedding: match base64 {
-                true => Writer::Base64.write(m.values),
-                false => Embedding::Vectors(m),
-            },
-            index,
+        .map(|(index, m)| {
+            EmbeddingData::of(
+                index,
+                match base64 {
+                    true => Writer::Base64.write(m.values),
+                    false => Embedding::Vectors(m),
+                },
+            )
         })
         .collect();
     Ok(EmbeddingsResponse {
@@ -218,7 +219,12 @@ fn parts(model: &DeployedModel) -> Result<(&Arc<LateEncoder>, &MultiVector), Api
 
 /// One text's vectors: each kept token's state through the Dense modules, at unit length
 /// when the pipeline normalises.
-fn project(pipeline: &MultiVector, dim: usize, states: &[f32], kept: &[bool]) -> TokenMatrix {
+pub(super) fn project(
+    pipeline: &MultiVector,
+    dim: usize,
+    states: &[f32],
+    kept: &[bool],
+) -> TokenMatrix {
     let width = pipeline.head.output_dim(dim);
     let mut values = Vec::with_capacity(kept.len() * width);
     for (state, _) in states

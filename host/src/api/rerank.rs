@@ -137,7 +137,7 @@ fn sigmoid(x: f32) -> f32 {
 /// Scores the documents of a validated request against its query.
 pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankResponse, ApiError> {
     let model = state.model(req.model.as_deref())?;
-    if model.manifest.multi_vector.is_some() {
+    if model.manifest.is_multi_vector() {
         return super::multi_vector::rerank(model, req).await;
     }
     if model.manifest.abi.kind != ModelKind::Rerank {

@@ -1,6 +1,9 @@
-//! SPLADE embeddings (TEI's `/embed_sparse`): each input's non-zero vocabulary weights, for
-//! models whose sentence-transformers pipeline ends in `SpladePooling`.
+//! Sparse embeddings (TEI's `/embed_sparse`): each input's non-zero vocabulary weights, for
+//! models whose sentence-transformers pipeline ends in `SpladePooling` and for bge-m3's
+//! lexical head.
 
+use super::embeddings::{prompt, Finish};
+use super::hybrid::{from_states, Wants};
 use super::token_states::TextsRequest;
 use super::{ApiError, AppState, ErrorKind};
 use crate::engine::{Output, Payload};
@@ -21,10 +24,33 @@ pub async fn sparse_embeddings(
     req: TextsRequest,
 ) -> Result<Vec<SparseVector>, ApiError> {
     let model = state.model(req.model.as_deref())?;
+    if model.manifest.lexical.is_some() {
+        let prompt = prompt(model, req.prompt_name.as_deref(), None)?.map(str::to_string);
+        let wants = Wants {
+            sparse: true,
+            ..Wants::default()
+        };
+        let finish = Finish {
+            normalize: false,
+            dimensions: None,
+        };
+        let (computed, _) =
+            from_states(model, req.input, prompt, req.truncation, wants, finish).await?;
+        return Ok(computed.into_iter().filter_map(|c| c.sparse).collect());
+    }
+    Ok(splade(state, req).await?.0)
+}
+
+/// Each text's SPLADE weights, in input order, and the tokens read.
+pub(super) async fn splade(
+    state: &AppState,
+    req: TextsRequest,
+) -> Result<(Vec<SparseVector>, usize), ApiError> {
+    let model = state.model(req.model.as_deref())?;
     if model.manifest.sparse.is_none() {
         return Err(model.lacks("sparse", "model"));
     }
-    let (payloads, _) = req.tokenized(model, Payload::Sparse).await?;
+    let (payloads, tokens) = req.tokenized(model, Payload::Sparse).await?;
     let vectors: Vec<SparseVector> = model
         .engine
         .run(payloads)
@@ -54,7 +80,7 @@ pub async fn sparse_embeddings(
             )
         });
     }
-    Ok(vectors)
+    Ok((vectors, tokens))
 }
 
 /// Most entries one answer may hold (4 Mi: some 60 MB of JSON). Trained SPLADE models keep a

@@ -36,7 +36,13 @@ impl Worker {
         runner: &ModelRunner,
         items: &[Item],
     ) -> Result<Vec<Output>, PluginError> {
-        let batch = pad(&Self::tokens(items), self.limits.pad_id);
+        let rows = Self::tokens(items);
+        let mut batch = pad(&rows, self.limits.pad_id);
+        // States are asked for every token a row has; positions past the attention mask
+        // (ColBERT's query expansion) are the only ones a pooling mask adds.
+        if rows.iter().all(|t| t.unattended == 0) {
+            batch.pooling_mask = Default::default();
+        }
         let states = runner.token_states(&batch)?;
         states
             .validate(&batch.state_lengths())

@@ -214,6 +214,25 @@ impl Dense {
         })
     }
 
+    /// A plain linear layer (`out x in` weight, optional bias, no activation) named `path`.
+    pub fn linear(
+        path: &str,
+        in_features: usize,
+        out_features: usize,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Dense {
+        Dense {
+            path: path.to_string(),
+            in_features,
+            out_features,
+            weight,
+            bias,
+            activation: Activation::Identity,
+            residual: Residual::None,
+        }
+    }
+
     /// `activation(W x + b)`, plus the residual when the module has one.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = matvec(&self.weight, self.in_features, x);

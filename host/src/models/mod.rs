@@ -1,6 +1,7 @@
 //! Models: resolving a `MODEL_NAMES` entry to a local directory, and reading its
 //! configuration into a [`ember_plugin_api::ModelManifest`].
 
+pub mod bge_m3;
 pub mod dense;
 pub mod manifest;
 pub mod multi_vector;

@@ -16,6 +16,9 @@ pub struct MultiVector {
     pub head: Head,
     /// Whether each token's vector is scaled to unit length (a Normalize module).
     pub normalized: bool,
+    /// Whether these vectors are the model's embeddings (ColBERT), rather than an output
+    /// besides its dense ones (bge-m3).
+    pub primary: bool,
 }
 
 /// The punctuation PyLate skips in documents by default (Python's `string.punctuation`).
@@ -156,6 +159,7 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             skiplist,
             skip_queries: false,
             skip_documents: true,
+            skip_first: false,
         }
     } else {
         let t = src.transformer;
@@ -197,6 +201,7 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             skiplist,
             skip_queries: tasks.iter().any(|t| t == "query"),
             skip_documents: tasks.iter().any(|t| t == "document"),
+            skip_first: false,
         }
     };
     Ok(MultiVector {
@@ -204,14 +209,16 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
         head,
         // PyLate's pipelines normalise each token's vector without saying so.
         normalized: normalized || legacy(st),
+        primary: true,
     })
 }
 
-/// The tokenizer's mask token, as `tokenizer_config.json` or `special_tokens_map.json` name
-/// it (a string, or an object with its `content`).
-pub fn mask_token(configs: &[Option<&Value>]) -> Option<String> {
+/// The tokenizer's special token `key` (`mask_token`, `cls_token`, ...), as
+/// `tokenizer_config.json` or `special_tokens_map.json` name it (a string, or an object with
+/// its `content`).
+pub fn special_token(configs: &[Option<&Value>], key: &str) -> Option<String> {
     configs.iter().flatten().find_map(|c| {
-        let m = c.get("mask_token")?;
+        let m = c.get(key)?;
         m.as_str()
             .or_else(|| m.get("content").and_then(Value::as_str))
             .map(String::from)
@@ -320,8 +327,14 @@ mod tests {
     fn the_mask_token_is_read_in_either_form() {
         let a = json!({"mask_token": "[MASK]"});
         let b = json!({"mask_token": {"content": "<mask>", "lstrip": true}});
-        assert_eq!(mask_token(&[None, Some(&a)]).as_deref(), Some("[MASK]"));
-        assert_eq!(mask_token(&[Some(&b), Some(&a)]).as_deref(), Some("<mask>"));
-        assert_eq!(mask_token(&[None]), None);
+        assert_eq!(
+            special_token(&[None, Some(&a)], "mask_token").as_deref(),
+            Some("[MASK]")
+        );
+        assert_eq!(
+            special_token(&[Some(&b), Some(&a)], "mask_token").as_deref(),
+            Some("<mask>")
+        );
+        assert_eq!(special_token(&[None], "mask_token"), None);
     }
 }

@@ -33,6 +33,9 @@ const HOST_FILES: &[&str] = &[
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
     "preprocessor_config.json",
+    // bge-m3's lexical and multi-vector heads (FlagEmbedding's layout).
+    "sparse_linear.pt",
+    "colbert_linear.pt",
 ];
 
 /// Whether a repository file is one the host reads (including `N_Pooling/config.json` and

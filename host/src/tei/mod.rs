@@ -39,7 +39,14 @@ pub(super) fn model_for<'a>(
 }
 
 fn embeds(m: &DeployedModel) -> bool {
-    matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip) && m.manifest.sparse.is_none()
+    matches!(m.manifest.abi.kind, ModelKind::Embed | ModelKind::Clip)
+        && m.manifest.sparse.is_none()
+        && !m.manifest.is_multi_vector()
+}
+
+/// Whether the model answers sparse weights (SPLADE, bge-m3's lexical head).
+fn sparse(m: &DeployedModel) -> bool {
+    m.manifest.sparse.is_some() || m.manifest.lexical.is_some()
 }
 
 fn has_token_states(m: &DeployedModel) -> bool {
@@ -70,6 +77,8 @@ pub async fn embed(state: &AppState, value: &Value) -> Result<Vec<Vec<f32>>, Api
         normalize: opt_bool(body, "normalize")?.unwrap_or(true),
         truncation: truncation(body)?,
         max_tokens: None,
+        outputs: None,
+        return_tokens: false,
     };
     let done = api::vectors(state, req)
         .await
@@ -110,7 +119,7 @@ pub async fn embed_sparse(
     value: &Value,
 ) -> Result<Vec<Vec<SparseValue>>, ApiError> {
     let body = object(value)?;
-    let model = model_for(state, body, |m| m.manifest.sparse.is_some())?;
+    let model = model_for(state, body, sparse)?;
     let req = TextsRequest {
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,
@@ -148,7 +157,8 @@ pub struct Rank {
 /// a list of `{index, score, text?}`, best first.
 pub async fn rerank(state: &AppState, value: &Value) -> Result<Vec<Rank>, ApiError> {
     let body = object(value)?;
-    let model = model_for(state, body, reranks)?;
+    // A multi-vector model ranks by MaxSim.
+    let model = model_for(state, body, |m| reranks(m) || m.manifest.is_multi_vector())?;
     let query = api::query(body)?;
     let documents = match body.get("texts") {
         Some(Value::Array(_)) => texts(body, "texts", state.max_items)?,
@@ -203,6 +213,7 @@ pub async fn root(state: &AppState, value: &Value) -> Result<RootAnswer, ApiErro
     let body = object(value)?;
     let model = model_for(state, body, |_| true)?;
     Ok(match model.manifest.abi.kind {
+        _ if model.manifest.is_multi_vector() => RootAnswer::Ranks(rerank(state, value).await?),
         ModelKind::Rerank => RootAnswer::Ranks(rerank(state, value).await?),
         ModelKind::Classify if body.contains_key("parameters") => {
             RootAnswer::Predicted(text_classification(state, body).await?)

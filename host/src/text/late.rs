@@ -61,6 +61,8 @@ pub struct LateSpec {
     pub skip_queries: bool,
     /// Whether the skiplist applies to documents.
     pub skip_documents: bool,
+    /// Whether the first token (`[CLS]` / `<s>`) has no vector (bge-m3's ColBERT head).
+    pub skip_first: bool,
 }
 
 /// A late-interaction model's tokenizer for both sides.
@@ -170,7 +172,7 @@ impl LateEncoder {
     }
 
     /// Which of a `side` text's tokens keep their vector: all but the skiplist's, on the
-    /// sides it applies to.
+    /// sides it applies to (and the first, when the model says so).
     pub fn kept(&self, side: Side, tokens: &Tokens) -> Vec<bool> {
         let skips = match side {
             Side::Query => self.spec.skip_queries,
@@ -179,7 +181,8 @@ impl LateEncoder {
         tokens
             .ids
             .iter()
-            .map(|id| !(skips && self.skip.contains(id)))
+            .enumerate()
+            .map(|(i, id)| !(skips && self.skip.contains(id) || i == 0 && self.spec.skip_first))
             .collect()
     }
 }

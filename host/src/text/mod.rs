@@ -237,6 +237,11 @@ impl TextEncoder {
         })
     }
 
+    /// The text of token `id` as the vocabulary writes it (`##ing`, `▁word`), if it has one.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
     /// The id of `token` in the vocabulary (added tokens included), if it has one.
     pub fn token_id(&self, token: &str) -> Option<i64> {
         self.tokenizer.token_to_id(token).map(i64::from)

@@ -1,7 +1,8 @@
 //! `/v1/embeddings`: text and image inputs, float, base64 or compact vectors, `dimensions`.
 
 use super::compact::Precision;
-use super::fields::{object, opt_positive, opt_str, texts, truncation};
+use super::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation};
+use super::hybrid::Wants;
 use super::{encode, ApiError, AppState, DeployedModel, ErrorKind, Usage};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
@@ -40,6 +41,10 @@ pub struct EmbeddingsRequest {
     pub truncation: Truncation,
     /// Embed only each text's first this many tokens (Cohere's `max_tokens`).
     pub max_tokens: Option<usize>,
+    /// The outputs asked for (`outputs`), when the request names them; else the model's own.
+    pub outputs: Option<Wants>,
+    /// Whether sparse weights come with their tokens' text (`return_tokens`).
+    pub return_tokens: bool,
 }
 
 /// What the texts of a request are, as clients that do not know the model's prompt names say
@@ -124,6 +129,8 @@ impl EmbeddingsRequest {
             normalize: true,
             truncation: truncation(body)?,
             max_tokens: None,
+            outputs: Wants::parse(body)?,
+            return_tokens: opt_bool(body, "return_tokens")?.unwrap_or(false),
         })
     }
 
@@ -277,8 +284,9 @@ pub async fn embeddings(
     req: EmbeddingsRequest,
 ) -> Result<EmbeddingsResponse, ApiError> {
     let model = state.model(req.model.as_deref())?;
-    if model.manifest.multi_vector.is_some() {
-        return super::multi_vector::embeddings(model, req).await;
+    let wants = req.outputs.unwrap_or_else(|| Wants::default_for(model));
+    if wants != Wants::DENSE || Wants::default_for(model) != Wants::DENSE {
+        return super::hybrid::embeddings(state, model, req, wants).await;
     }
     // Refused before the writer calibrates anything for it.
     check(model, &req)?;
@@ -289,11 +297,7 @@ pub async fn embeddings(
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, v)| EmbeddingData {
-            object: "embedding",
-            embedding: writer.write(v),
-            index,
-        })
+        .map(|(index, v)| EmbeddingData::of(index, writer.write(v)))
         .collect();
     Ok(EmbeddingsResponse {
         object: "list",
@@ -311,12 +315,12 @@ pub fn check(model: &DeployedModel, req: &EmbeddingsRequest) -> Result<(), ApiEr
             "model",
             format!(
                 "model '{}' is a SPLADE model: its embeddings are sparse vocabulary weights, \
-                 answered by POST /embed_sparse",
+                 answered by POST /v1/embeddings (as sparse_embedding) and POST /embed_sparse",
                 model.id
             ),
         ));
     }
-    if model.manifest.multi_vector.is_some() {
+    if model.manifest.is_multi_vector() {
         return Err(ApiError::invalid(
             "model",
             format!(

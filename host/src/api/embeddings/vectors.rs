@@ -72,10 +72,31 @@ pub enum Embedding {
 pub struct EmbeddingData {
     /// Always `embedding`.
     pub object: &'static str,
-    /// Numbers, or a base64 string of little-endian float32.
-    pub embedding: Embedding,
+    /// Numbers, or a base64 string of little-endian float32 (absent when `outputs` leaves the
+    /// model's embedding out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Embedding>,
+    /// Sparse weights, when `outputs` asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse_embedding: Option<crate::api::SparseEmbedding>,
+    /// One vector per token, when `outputs` asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_vector_embedding: Option<Embedding>,
     /// Position in the input.
     pub index: usize,
+}
+
+impl EmbeddingData {
+    /// The entry of input `index` holding its `embedding` only.
+    pub fn of(index: usize, embedding: Embedding) -> EmbeddingData {
+        EmbeddingData {
+            object: "embedding",
+            embedding: Some(embedding),
+            sparse_embedding: None,
+            multi_vector_embedding: None,
+            index,
+        }
+    }
 }
 
 /// The OpenAI embeddings response.

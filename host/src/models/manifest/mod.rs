@@ -9,6 +9,7 @@
 //! (`model_max_length`, used when sentence-transformers wrote no `max_seq_length`), and for
 //! CLIP-like models `preprocessor_config.json` (the image preprocessing).
 
+use super::bge_m3::{self, Lexical};
 use super::dense::{Dense, Head};
 use super::multi_vector::{self, MultiVector, Sources};
 use super::ModelError;
@@ -44,9 +45,18 @@ pub struct Manifest {
     pub sparse: Option<SparseReduction>,
     /// A SPLADE model's `max_active_dims`: only its largest weights are kept.
     pub sparse_top_k: Option<usize>,
-    /// A late-interaction (ColBERT) pipeline: the model's embeddings are one vector per
-    /// token, made from its token states.
+    /// A late-interaction pipeline, made from the model's token states: its embeddings (one
+    /// vector per token, ColBERT), or an output besides its dense ones (bge-m3's).
     pub multi_vector: Option<MultiVector>,
+    /// bge-m3's lexical head: sparse weights made from the model's token states.
+    pub lexical: Option<Lexical>,
+}
+
+impl Manifest {
+    /// Whether the model's embeddings are one vector per token (a ColBERT model).
+    pub fn is_multi_vector(&self) -> bool {
+        self.multi_vector.as_ref().is_some_and(|m| m.primary)
+    }
 }
 
 /// A sequence classifier's labels (`id2label`) and its problem type.
@@ -410,21 +420,31 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         .as_ref()
         .and_then(|v| uint(v, "model_max_length"))
         .filter(|&v| v < 1_000_000);
+    let special = read_json(name, dir, "special_tokens_map.json")?;
+    let token = |key: &str| {
+        multi_vector::special_token(&[tokenizer_config.as_ref(), special.as_ref()], key)
+    };
+    let (lexical, extra_vectors) = match kind {
+        ModelKind::Embed if !late && sparse.is_none() => {
+            let special = ["cls_token", "eos_token", "pad_token", "unk_token"]
+                .into_iter()
+                .filter_map(token)
+                .collect();
+            bge_m3::read(dir, special).map_err(|(file, r)| err(&file, r))?
+        }
+        _ => (None, None),
+    };
     let multi_vector = match late {
-        false => None,
+        false => extra_vectors,
         true => {
             let file = "config_sentence_transformers.json";
-            let special = read_json(name, dir, "special_tokens_map.json")?;
             let mv = multi_vector::read(
                 Sources {
                     st_config: st_config.as_ref(),
                     transformer: st_model.as_ref(),
                     mask: late_mask.as_ref(),
                     prompts: &prompts,
-                    mask_token: multi_vector::mask_token(&[
-                        tokenizer_config.as_ref(),
-                        special.as_ref(),
-                    ]),
+                    mask_token: token("mask_token"),
                 },
                 Head(std::mem::take(&mut dense)),
                 normalized_by_model,
@@ -517,6 +537,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         sparse,
         sparse_top_k,
         multi_vector,
+        lexical,
     })
 }
 
