@@ -79,8 +79,9 @@ Models:
                      onnx/model.onnx.
   tiny-splade        random BertForMaskedLM (tied decoder, a negative decoder bias so that few
                      vocabulary entries are active) packaged as a SparseEncoder (MLMTransformer,
-                     SpladePooling max), naver/splade-* style; reference.json `sparse` holds
-                     SparseEncoder.encode's vectors as sorted indices / values.
+                     SpladePooling max), naver/splade-* style, with onnx/model.onnx (`logits`);
+                     reference.json `sparse` holds SparseEncoder.encode's vectors as sorted
+                     indices / values.
   tiny-colbert, tiny-colbert-st
                      random BERT with a 32 -> 16 projection as PyLate saves ColBERT models
                      (markers, query expansion unattended, punctuation skiplist) and as
@@ -1395,6 +1396,31 @@ def classify_distilbert(out: Path) -> None:
 SPLADE_SHIFT = 3.1
 
 
+def export_mlm_onnx(model_dir: Path) -> None:
+    """onnx/model.onnx of a masked-language model: the `logits` of every token over the
+    vocabulary, as optimum's fill-mask export (sentence-transformers' ONNX backend for
+    SparseEncoder) writes it."""
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    ids = torch.tensor([[1, 7, 8, 2], [1, 7, 2, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    dyn = {0: "batch", 1: "sequence"}
+    export(Logits(model), (ids, mask, torch.zeros_like(ids)), model_dir / "onnx" / "model.onnx",
+           names, ["logits"], {n: dyn for n in names + ["logits"]})
+
+
 def tiny_splade(out: Path) -> None:
     """tiny-splade: a random BertForMaskedLM (MiniLM's WordPiece tokenizer, tied decoder) packaged
     as a sentence-transformers SparseEncoder (MLMTransformer, SpladePooling max/relu), as
@@ -1418,6 +1444,7 @@ def tiny_splade(out: Path) -> None:
         shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     SparseEncoder(modules=[MLMTransformer(str(dst), max_seq_length=32),
                            SpladePooling(pooling_strategy="max")], device="cpu").save(str(dst))
+    export_mlm_onnx(dst)
     st = SparseEncoder(str(dst), device="cpu")
     emb = st.encode(TEXTS, batch_size=4, convert_to_sparse_tensor=True).coalesce()
     rows = [[] for _ in TEXTS]
@@ -1499,8 +1526,9 @@ def tiny_colbert(out: Path) -> None:
     (dst / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    # Documents may be longer than max_seq_length: the side lengths override it.
     (dst / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": 48, "do_lower_case": False}))
+        {"max_seq_length": 32, "do_lower_case": False}))
     (dst / "config_sentence_transformers.json").write_text(json.dumps({
         "model_type": "ColBERT", "query_prefix": "[unused0]", "document_prefix": "[unused1]",
         "query_length": COLBERT_QUERY_LENGTH, "document_length": COLBERT_DOCUMENT_LENGTH,

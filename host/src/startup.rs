@@ -128,7 +128,10 @@ pub async fn prepare_reporting(
     }
     let mut manifest = manifest;
     check_heads(&m.name, &mut manifest, &runner)?;
-    if let Some(mv) = manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
+    if let Some(lexical) = manifest.lexical.as_mut() {
+        lexical.resolve(|t| encoder.token_id(t));
+    }
+    if let Some(mv) = manifest.primary_multi_vector() {
         check_late(mv, &runner).map_err(|e| {
             anyhow!(
                 "model {} is a multi-vector (ColBERT) model, {e}; backend {} offers {}",
@@ -204,11 +207,35 @@ fn check_late(mv: &MultiVector, runner: &ModelRunner) -> Result<(), String> {
     if unattended && !runner.outputs.has(Outputs::UNATTENDED_STATES) {
         return Err(
             "whose query expansion needs the states of tokens attention skips \
-                    (BACKEND=torch and optimum compute them)"
+             (BACKEND=optimum computes them, and torch for BERT-family and ModernBERT \
+             encoders)"
                 .into(),
         );
     }
     mv.head.check(runner.described.embedding_dim as usize)
+}
+
+/// What a model's warm-up batch computes: what its requests will ask for most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Warm {
+    /// The call of the model's kind (embeddings, scores, logits).
+    Kind(ember_plugin_api::ModelKind),
+    /// SPLADE weights.
+    Sparse,
+    /// Token states (multi-vector models).
+    States,
+}
+
+impl Warm {
+    fn of(manifest: &manifest::Manifest) -> Warm {
+        if manifest.sparse.is_some() {
+            Warm::Sparse
+        } else if manifest.is_multi_vector() {
+            Warm::States
+        } else {
+            Warm::Kind(manifest.abi.kind)
+        }
+    }
 }
 
 /// Runs one batch of `batch_size` inputs through a freshly loaded model so that the first
@@ -217,22 +244,26 @@ fn check_late(mv: &MultiVector, runner: &ModelRunner) -> Result<(), String> {
 fn warm_up(
     runner: &ModelRunner,
     encoder: &TextEncoder,
-    kind: ember_plugin_api::ModelKind,
+    warm: Warm,
     batch_size: usize,
 ) -> anyhow::Result<std::time::Duration> {
     use ember_plugin_api::{ModelKind, PairBatch};
     let started = Instant::now();
     let text = "ember warms up the model with one batch of the configured size.".to_string();
     let texts = vec![text.clone(); batch_size.max(1)];
-    let tokens = match kind {
-        ModelKind::Rerank => encoder.encode_pairs(&text, &texts, Truncation::Right)?,
+    let tokens = match warm {
+        Warm::Kind(ModelKind::Rerank) => encoder.encode_pairs(&text, &texts, Truncation::Right)?,
         _ => encoder.encode(&texts)?,
     };
     let batch = crate::engine::pad(&tokens.iter().collect::<Vec<_>>(), encoder.pad_id);
-    let result = match kind {
-        ModelKind::Rerank => runner.score_pairs(&PairBatch { tokens: batch }).map(|_| ()),
-        ModelKind::Classify => runner.classify_tokens(&batch).map(|_| ()),
-        ModelKind::Embed | ModelKind::Clip => runner.embed_tokens(&batch).map(|_| ()),
+    let result = match warm {
+        Warm::Sparse => runner.sparse(&batch).map(|_| ()),
+        Warm::States => runner.token_states(&batch).map(|_| ()),
+        Warm::Kind(ModelKind::Rerank) => {
+            runner.score_pairs(&PairBatch { tokens: batch }).map(|_| ())
+        }
+        Warm::Kind(ModelKind::Classify) => runner.classify_tokens(&batch).map(|_| ()),
+        Warm::Kind(ModelKind::Embed | ModelKind::Clip) => runner.embed_tokens(&batch).map(|_| ()),
     };
     result.map_err(|e| anyhow!("warm-up batch failed: {}", e.message))?;
     Ok(started.elapsed())
@@ -265,9 +296,10 @@ async fn deploy(
     };
     progress.set(index, Phase::WarmingUp);
     let rows = m.batch_size as usize;
+    let warm = Warm::of(&manifest);
     // A model that fails its warm-up is dropped on the blocking thread too.
     let (runner, encoder, warm) = tokio::task::spawn_blocking(move || {
-        warm_up(&runner, &encoder, kind, rows).map(|warm| (runner, encoder, warm))
+        warm_up(&runner, &encoder, warm, rows).map(|warm| (runner, encoder, warm))
     })
     .await?
     .with_context(|| format!("model {}", m.name))?;
@@ -329,14 +361,14 @@ async fn deploy(
         .rev()
         .collect::<Vec<_>>()
         .join("/");
-    let late = match manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
+    let late = match manifest.primary_multi_vector() {
         Some(mv) => Some(Arc::new(
             LateEncoder::new(&encoder, mv.spec.clone())
                 .with_context(|| format!("model {}", m.name))?,
         )),
         None => None,
     };
-    let dim = match manifest.multi_vector.as_ref().filter(|mv| mv.primary) {
+    let dim = match manifest.primary_multi_vector() {
         Some(mv) => mv.head.output_dim(described.embedding_dim as usize),
         None => described.embedding_dim as usize,
     };

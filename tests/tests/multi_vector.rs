@@ -188,11 +188,27 @@ fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
                     json!({"input": "a", "prompt_name": "passage"}),
                     "prompt_name",
                 ),
+                (
+                    json!({"input": "a", "truncation_direction": "left"}),
+                    "truncation_direction",
+                ),
             ] {
                 let (status, got) = server.post("/v1/embeddings", &body);
                 assert_eq!(status, 400, "{body}: {got}");
                 assert_eq!(got["error"]["param"], param, "{got}");
             }
+            // usage counts the query's own tokens ([CLS] [unused0] a [SEP]), not its filler.
+            let (status, got) = server.post(
+                "/v1/embeddings",
+                &json!({"input": "a", "input_type": "query"}),
+            );
+            assert_eq!(status, 200, "{got}");
+            assert_eq!(got["usage"]["prompt_tokens"], 4, "{got}");
+            assert_eq!(
+                got["data"][0]["embedding"].as_array().unwrap().len(),
+                16,
+                "a vector for each of the query's 16 positions"
+            );
             let (status, got) = server.post("/embed", &json!({"inputs": "a"}));
             assert!(status >= 400, "{got}");
             assert!(got.to_string().contains("/v1/embeddings"), "{got}");

@@ -231,6 +231,7 @@ fn the_honest_liar_passes_every_check_including_parity() {
         "pooling mask",
         "threads",
         "token states",
+        "sparse weights",
         "parity",
     ]) {
         assert_outcome(&report, name, "PASS", "honest");
@@ -248,7 +249,7 @@ fn each_lie_fails_the_check_it_breaks() {
     let liar_model = LiarModel::create("lies", true);
     let model = liar_model.dir.clone();
     // (lie, the check it must fail, checks it must still pass: the failure is for this reason)
-    let cases: [(&str, &str, &[&str]); 9] = [
+    let cases: [(&str, &str, &[&str]); 10] = [
         (
             "constant",
             "distinct inputs",
@@ -304,6 +305,18 @@ fn each_lie_fails_the_check_it_breaks() {
                 "distinct inputs",
                 "padding",
                 "pooling mask",
+                "threads",
+                "parity",
+            ],
+        ),
+        (
+            "sparse",
+            "sparse weights",
+            &[
+                "output shape",
+                "determinism",
+                "token states",
+                "padding",
                 "threads",
                 "parity",
             ],

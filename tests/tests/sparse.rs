@@ -22,6 +22,39 @@ fn entries(indices: &Value, values: &Value) -> BTreeMap<u64, f64> {
 }
 
 #[test]
+fn optimum_splade_weights_equal_sparse_encoders() {
+    // A masked-language export's logits, reduced in the plugin.
+    let server = serve_fixtures("optimum", &["tiny-splade"], &[]);
+    let reference = reference("tiny-splade");
+    let texts = reference["texts"].as_array().unwrap();
+    let (status, body) = server.post("/embed_sparse", &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{body}");
+    for (i, (row, want)) in body
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["sparse"].as_array().unwrap())
+        .enumerate()
+    {
+        let row = row.as_array().unwrap();
+        let ids: Vec<Value> = row.iter().map(|e| e["index"].clone()).collect();
+        let weights: Vec<Value> = row.iter().map(|e| e["value"].clone()).collect();
+        let got = entries(&json!(ids), &json!(weights));
+        let want = entries(&want["indices"], &want["values"]);
+        let worst = got
+            .keys()
+            .chain(want.keys())
+            .map(|id| (got.get(id).unwrap_or(&0.0) - want.get(id).unwrap_or(&0.0)).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-4,
+            "optimum text {i}: an entry differs by {worst}"
+        );
+        assert!(got.len().abs_diff(want.len()) <= 1 && !want.is_empty());
+    }
+}
+
+#[test]
 fn torch_splade_weights_equal_sparse_encoders() {
     let server = serve_fixtures("torch", &["tiny-splade"], &[]);
     let (_, models) = server.get("/v1/models");

@@ -9,11 +9,11 @@ use super::embeddings::{
 use super::fields::type_name;
 use super::multi_vector::project;
 use super::sparse::SparseVector;
-use super::token_states::{TextsRequest, TokenMatrix, MAX_STATE_VALUES};
-use super::{text_error, tokenized, ApiError, AppState, DeployedModel, ErrorKind, Usage};
+use super::token_states::{state_budget, states_of, TextsRequest, TokenMatrix};
+use super::{text_error, tokenized, ApiError, AppState, DeployedModel, Usage};
 use crate::api::Embedding;
-use crate::engine::{Output, Payload};
-use crate::text::{TextEncoder, Truncation};
+use crate::engine::Payload;
+use crate::text::{Side, TextEncoder, Truncation};
 use base64::Engine as _;
 use ember_plugin_api::ModelKind;
 use serde::Serialize;
@@ -146,6 +146,23 @@ pub(super) struct Computed {
     pub vectors: Option<TokenMatrix>,
 }
 
+/// Whether vectors of several outputs are written in base64 (`float` or `base64`; compact
+/// encodings are for the dense embedding alone, so they are refused for other outputs).
+pub(super) fn float_or_base64(format: EncodingFormat) -> Result<bool, ApiError> {
+    match format {
+        EncodingFormat::Float => Ok(false),
+        EncodingFormat::Base64 => Ok(true),
+        EncodingFormat::Compact(p) => Err(ApiError::invalid(
+            "encoding_format",
+            format!(
+                "encoding_format {} is offered for the dense embedding alone; with sparse or \
+                 multi-vector outputs use float or base64",
+                p.name()
+            ),
+        )),
+    }
+}
+
 /// `/v1/embeddings` with `outputs` other than the model's dense embedding alone.
 pub async fn embeddings(
     state: &AppState,
@@ -154,7 +171,17 @@ pub async fn embeddings(
     wants: Wants,
 ) -> Result<EmbeddingsResponse, ApiError> {
     let m = &model.manifest;
-    if m.abi.kind != ModelKind::Embed || req.modality != "text" {
+    if req.modality != "text" {
+        return Err(ApiError::invalid(
+            "modality",
+            format!(
+                "model '{}' answers sparse or multi-vector outputs of texts: modality must be \
+                 'text'",
+                model.id
+            ),
+        ));
+    }
+    if m.abi.kind != ModelKind::Embed {
         return Err(ApiError::invalid(
             "outputs",
             format!(
@@ -177,20 +204,7 @@ pub async fn embeddings(
     if m.is_multi_vector() && wants.only_multi_vector() {
         return super::multi_vector::embeddings(model, req).await;
     }
-    let base64 = match req.encoding_format {
-        EncodingFormat::Float => false,
-        EncodingFormat::Base64 => true,
-        EncodingFormat::Compact(p) => {
-            return Err(ApiError::invalid(
-                "encoding_format",
-                format!(
-                    "encoding_format {} applies to dense embeddings alone; with sparse or \
-                     multi-vector outputs use float or base64",
-                    p.name()
-                ),
-            ))
-        }
-    };
+    let base64 = float_or_base64(req.encoding_format)?;
     if req.dimensions.is_some() && !wants.dense {
         return Err(ApiError::invalid(
             "dimensions",
@@ -214,6 +228,7 @@ pub async fn embeddings(
                 model: Some(model.id.clone()),
                 input: req.input,
                 prompt_name: req.prompt_name,
+                input_type: req.input_type,
                 truncation: req.truncation,
             };
             let (vectors, tokens) = super::sparse::splade(state, texts).await?;
@@ -278,21 +293,7 @@ pub(super) async fn from_states(
     .await?
     .map_err(|e| text_error("input", e))?;
     let count: usize = tokens.iter().map(|t| t.len()).sum();
-    let width = (model.manifest.abi.hidden_size as usize).max(model.dim);
-    if count * width > MAX_STATE_VALUES {
-        return Err(ApiError {
-            kind: ErrorKind::TooLarge,
-            ..ApiError::invalid(
-                "input",
-                format!(
-                    "these inputs' {count} tokens of {width} states each would hold {} values, \
-                     over the {MAX_STATE_VALUES} one request may compute; send fewer or \
-                     shorter inputs",
-                    count * width
-                ),
-            )
-        });
-    }
+    state_budget(model, count, "input")?;
     // The states of every token are asked for; pooling leaves the prompt out here.
     let texts: Vec<(Vec<i64>, usize)> = tokens
         .iter_mut()
@@ -303,27 +304,12 @@ pub(super) async fn from_states(
         .run(tokens.into_iter().map(Payload::States).collect())
         .await?;
     let manifest = model.manifest.clone();
-    let skip: Vec<i64> = manifest
-        .lexical
-        .as_ref()
-        .map(|l| {
-            l.special
-                .iter()
-                .filter_map(|t| model.encoder.token_id(t))
-                .collect()
-        })
-        .unwrap_or_default();
     let computed = tokio::task::spawn_blocking(move || {
         outputs
             .into_iter()
             .zip(texts)
             .map(|(out, (ids, unpooled))| {
-                let Output::States { dim, values } = out else {
-                    return Err(ApiError::new(
-                        ErrorKind::Internal,
-                        "the model returned something else than token states",
-                    ));
-                };
+                let (dim, values) = states_of(out)?;
                 let len = ids.len();
                 let dense = wants.dense.then(|| {
                     let mask: Vec<i64> = (0..len).map(|i| i64::from(i >= unpooled)).collect();
@@ -341,20 +327,19 @@ pub(super) async fn from_states(
                 });
                 let sparse = match (&manifest.lexical, wants.sparse) {
                     (Some(l), true) => {
-                        let (indices, values) = l.weights(&values, &ids, &skip);
+                        let (indices, values) = l.weights(&values, &ids);
                         Some(SparseVector { indices, values })
                     }
                     _ => None,
                 };
                 let vectors = match (&manifest.multi_vector, wants.multi_vector) {
                     (Some(mv), true) => {
-                        let kept: Vec<bool> =
-                            (0..len).map(|i| !(i == 0 && mv.spec.skip_first)).collect();
+                        let kept = mv.spec.kept(Side::Document, &ids, &Default::default());
                         Some(project(mv, dim, &values, &kept))
                     }
                     _ => None,
                 };
-                Ok(Computed {
+                Ok::<_, ApiError>(Computed {
                     dense,
                     sparse,
                     vectors,

@@ -3,72 +3,88 @@
 //! vectors and each document's.
 
 use super::embeddings::{
-    Embedding, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, InputType,
-    Writer,
+    Embedding, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, InputType, Writer,
 };
+use super::hybrid::float_or_base64;
 use super::rerank::{RerankRequest, RerankResponse, RerankResult};
-use super::token_states::{TokenMatrix, MAX_STATE_VALUES};
-use super::{text_error, tokenized, ApiError, DeployedModel, ErrorKind, Usage};
-use crate::engine::{Output, Payload};
+use super::token_states::{state_budget, states_of, TokenMatrix};
+use super::{text_error, tokenized, ApiError, DeployedModel, Usage};
+use crate::engine::Payload;
 use crate::models::multi_vector::MultiVector;
-use crate::text::{LateEncoder, Side, Tokens, Truncation};
+use crate::text::{LateEncoder, Side, TextError, Truncation};
 use std::sync::Arc;
 
-/// Each text's vectors as `side` (in input order), and the tokens read.
+/// Each group's texts' vectors (one group per side of a request: texts, their side, the
+/// field they came in), in input order, from one pass through the model; and the real
+/// tokens read (the query expansion's filler left out).
 pub async fn multi_vectors(
     model: &DeployedModel,
-    texts: Vec<String>,
-    side: Side,
+    groups: Vec<(Vec<String>, Side, &'static str)>,
     truncation: Truncation,
-    param: &str,
-) -> Result<(Vec<TokenMatrix>, usize), ApiError> {
+) -> Result<(Vec<Vec<TokenMatrix>>, usize), ApiError> {
     let (late, pipeline) = parts(model)?;
+    if truncation == Truncation::Left {
+        return Err(ApiError::invalid(
+            "truncation_direction",
+            format!(
+                "model '{}' is a multi-vector model, whose texts begin with their query or \
+                 document marker: cutting their start would cut it off; they are truncated at \
+                 their end",
+                model.id
+            ),
+        ));
+    }
     let encoder = late.clone();
-    let (tokens, kept) = tokenized(model, move || {
-        let tokens = encoder.encode(side, &texts, truncation)?;
-        let kept: Vec<Vec<bool>> = tokens.iter().map(|t| encoder.kept(side, t)).collect();
-        Ok((tokens, kept))
+    let sides: Vec<(Side, &'static str)> = groups.iter().map(|g| (g.1, g.2)).collect();
+    // Each group's tokenizer error blames its own field.
+    let encoded = tokenized(model, move || {
+        Ok(groups
+            .into_iter()
+            .map(|(texts, side, param)| {
+                let tokens = encoder
+                    .encode(side, &texts, truncation)
+                    .map_err(|e| (param, e))?;
+                let kept: Vec<Vec<bool>> =
+                    tokens.iter().map(|(t, _)| encoder.kept(side, t)).collect();
+                Ok((tokens, kept))
+            })
+            .collect::<Result<Vec<_>, (&str, TextError)>>())
     })
     .await?
-    .map_err(|e| text_error(param, e))?;
-    let count: usize = tokens.iter().map(Tokens::len).sum();
-    let width = model.manifest.abi.hidden_size as usize;
-    if count * width.max(model.dim) > MAX_STATE_VALUES {
-        return Err(ApiError {
-            kind: ErrorKind::TooLarge,
-            ..ApiError::invalid(
-                param,
-                format!(
-                    "the token vectors of these inputs would hold {} values ({count} tokens \
-                     of {}), over the {MAX_STATE_VALUES} one request may compute; send fewer \
-                     or shorter inputs",
-                    count * width.max(model.dim),
-                    width.max(model.dim)
-                ),
-            )
-        });
+    .map_err(|e| text_error("input", e))?
+    .map_err(|(param, e)| text_error(param, e))?;
+    let (mut payloads, mut kept, mut sizes, mut real, mut read) =
+        (Vec::new(), Vec::new(), Vec::new(), 0, 0);
+    for (tokens, k) in encoded {
+        sizes.push(tokens.len());
+        kept.extend(k);
+        for (t, n) in tokens {
+            real += n;
+            read += t.len();
+            payloads.push(Payload::States(t));
+        }
     }
-    let outputs = model
-        .engine
-        .run(tokens.into_iter().map(Payload::States).collect())
-        .await?;
+    let param = sides.last().map_or("input", |s| s.1);
+    state_budget(model, read, param)?;
+    let outputs = model.engine.run(payloads).await?;
     let pipeline = pipeline.clone();
     let matrices = tokio::task::spawn_blocking(move || {
         outputs
             .into_iter()
             .zip(kept)
-            .map(|(out, kept)| match out {
-                Output::States { dim, values } => Ok(project(&pipeline, dim, &values, &kept)),
-                _ => Err(ApiError::new(
-                    ErrorKind::Internal,
-                    "the model returned something else than token states",
-                )),
+            .map(|(out, kept)| {
+                states_of(out).map(|(dim, values)| project(&pipeline, dim, &values, &kept))
             })
             .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| ApiError::internal(format!("projecting token vectors failed: {e}")))??;
-    Ok((matrices, count))
+    let mut matrices = matrices.into_iter();
+    let groups = sizes
+        .into_iter()
+        .map(|n| matrices.by_ref().take(n).collect())
+        .collect();
+    Ok((groups, real))
 }
 
 /// `/v1/embeddings` for a multi-vector model: each text's vectors, `[tokens][dim]` (or their
@@ -97,23 +113,12 @@ pub async fn embeddings(
             ),
         ));
     }
-    let base64 = match req.encoding_format {
-        EncodingFormat::Float => false,
-        EncodingFormat::Base64 => true,
-        EncodingFormat::Compact(p) => {
-            return Err(ApiError::invalid(
-                "encoding_format",
-                format!(
-                    "encoding_format {} is not offered for multi-vector models; use float or \
-                     base64",
-                    p.name()
-                ),
-            ))
-        }
-    };
+    let base64 = float_or_base64(req.encoding_format)?;
     let side = side_of(model, req.prompt_name.as_deref(), req.input_type)?;
-    let (matrices, tokens) = multi_vectors(model, req.input, side, req.truncation, "input").await?;
-    let data = matrices
+    let (mut groups, tokens) =
+        multi_vectors(model, vec![(req.input, side, "input")], req.truncation).await?;
+    let data = groups
+        .remove(0)
         .into_iter()
         .enumerate()
         .map(|(index, m)| {
@@ -177,22 +182,35 @@ pub async fn rerank(model: &DeployedModel, req: RerankRequest) -> Result<RerankR
         }
         None => req.documents.clone(),
     };
-    let (query, query_tokens) =
-        multi_vectors(model, vec![req.query], Side::Query, req.truncation, "query").await?;
-    let (docs, doc_tokens) = multi_vectors(
-        model,
-        documents,
-        Side::Document,
-        req.truncation,
-        "documents",
-    )
-    .await?;
-    let mut results: Vec<RerankResult> = docs
-        .iter()
+    let groups = vec![
+        (vec![req.query], Side::Query, "query"),
+        (documents, Side::Document, "documents"),
+    ];
+    let (mut vectors, tokens) = multi_vectors(model, groups, req.truncation).await?;
+    let docs = vectors.pop().unwrap_or_default();
+    let query = vectors
+        .pop()
+        .and_then(|q| q.into_iter().next())
+        .ok_or_else(|| ApiError::internal("the query has no vectors"))?;
+    // MeanMaxSim divides by the query's vectors.
+    let scale = match parts(model)?.1.mean {
+        true => 1.0 / query.rows().max(1) as f32,
+        false => 1.0,
+    };
+    // A few hundred million multiply-adds for the longest requests: off the async threads.
+    let scores = tokio::task::spawn_blocking(move || {
+        docs.iter()
+            .map(|d| max_sim(&query, d) * scale)
+            .collect::<Vec<f32>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("scoring failed: {e}")))?;
+    let mut results: Vec<RerankResult> = scores
+        .into_iter()
         .enumerate()
-        .map(|(index, d)| RerankResult {
+        .map(|(index, relevance_score)| RerankResult {
             index,
-            relevance_score: max_sim(&query[0], d),
+            relevance_score,
             document: req.return_documents.then(|| req.documents[index].clone()),
         })
         .collect();
@@ -205,7 +223,7 @@ pub async fn rerank(model: &DeployedModel, req: RerankRequest) -> Result<RerankR
         object: "rerank",
         results,
         model: model.id.clone(),
-        usage: Usage::of(query_tokens + doc_tokens),
+        usage: Usage::of(tokens),
     })
 }
 

@@ -91,6 +91,51 @@ fn embed(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<
     compare("texts", &embed_texts(p, runner, &texts)?, &want, min)
 }
 
+/// A SPLADE model's weights against `sparse` (`indices` / `values` per text, as
+/// `SparseEncoder.encode` gives them): every entry of either side within the dtype's
+/// tolerance of the other's (an entry absent on one side counting as 0 there).
+fn sparse(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        indices: Vec<u32>,
+        values: Vec<f32>,
+    }
+    let texts = strings(&r["texts"]).ok_or("reference.json has no texts")?;
+    let want: Vec<Row> = serde_json::from_value(r["sparse"].clone())
+        .map_err(|e| format!("reference.json has no sparse weights ({e})"))?;
+    let tokens = p.encoder.encode(&texts).map_err(|e| e.to_string())?;
+    let batch = pad(&tokens.iter().collect::<Vec<_>>(), p.encoder.pad_id);
+    let got = runner.sparse(&batch).map_err(|e| describe(&e))?;
+    got.validate(texts.len(), u32::MAX)?;
+    let bar = (10.0 * (1.0 - t.parity)) as f32;
+    let mut worst = 0f32;
+    for (i, w) in want.iter().enumerate() {
+        let (ids, values) = got.row(i);
+        let mine: std::collections::BTreeMap<u32, f32> =
+            ids.iter().copied().zip(values.iter().copied()).collect();
+        let theirs: std::collections::BTreeMap<u32, f32> = w
+            .indices
+            .iter()
+            .copied()
+            .zip(w.values.iter().copied())
+            .collect();
+        for id in mine.keys().chain(theirs.keys()) {
+            let d = (mine.get(id).unwrap_or(&0.0) - theirs.get(id).unwrap_or(&0.0)).abs();
+            if d.is_nan() || d > bar {
+                return Err(format!(
+                    "text {i}: the weight of id {id} differs from the reference by {d} (over \
+                     {bar})"
+                ));
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok(format!(
+        "{} texts' sparse weights (largest difference {worst:.2e})",
+        want.len()
+    ))
+}
+
 fn rerank(p: &Prepared, runner: &ModelRunner, r: &Value, t: Tolerance) -> Result<String, String> {
     let max = t.score;
     let mut done = Vec::new();
@@ -239,6 +284,7 @@ pub fn check(p: &Prepared, runner: &ModelRunner, dir: &Path, t: Tolerance) -> Ou
         Err(e) => return Outcome::Fail(format!("{}: {e}", path.display())),
     };
     let result = match p.manifest.abi.kind {
+        ModelKind::Embed if p.manifest.sparse.is_some() => sparse(p, runner, &r, t),
         ModelKind::Embed => embed(p, runner, &r, t),
         ModelKind::Rerank => rerank(p, runner, &r, t),
         ModelKind::Clip => clip(p, runner, &r, dir, t),

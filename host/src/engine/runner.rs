@@ -121,12 +121,27 @@ impl ModelRunner {
 
     /// Each row's SPLADE weights, reduced as the model's pipeline says.
     pub fn sparse(&self, batch: &TokenBatch) -> Result<SparseBatch, PluginError> {
-        let (Some(e), Some(reduction)) = (&self.extensions, self.sparse) else {
+        let Some(reduction) = self.sparse else {
             return Err(PluginError::unsupported(
                 "the model is not a SPLADE model served by a plugin that computes sparse weights",
             ));
         };
-        (e.sparse)(&self.handle, batch, reduction).into_result()
+        self.sparse_as(batch, reduction)
+    }
+
+    /// Each row's sparse weights reduced as `reduction` says (the conformance checker tries
+    /// each reduction).
+    pub fn sparse_as(
+        &self,
+        batch: &TokenBatch,
+        reduction: SparseReduction,
+    ) -> Result<SparseBatch, PluginError> {
+        match &self.extensions {
+            Some(e) => (e.sparse)(&self.handle, batch, reduction).into_result(),
+            None => Err(PluginError::unsupported(
+                "the plugin was built against ember's plugin ABI 3.0, which has no sparse weights",
+            )),
+        }
     }
 
     /// Embeds preprocessed images.

@@ -21,6 +21,8 @@ pub struct Lexical {
     /// Tokens whose weights are never answered (FlagEmbedding's `unused_tokens`: the
     /// tokenizer's cls, eos, pad and unk tokens), by name.
     pub special: Vec<String>,
+    /// Their ids, once [`Lexical::resolve`] found them in the tokenizer.
+    skip: Vec<i64>,
 }
 
 impl Lexical {
@@ -29,12 +31,17 @@ impl Lexical {
         self.weight.len()
     }
 
+    /// Finds the special tokens' ids with `id_of` (the model's tokenizer).
+    pub fn resolve(&mut self, id_of: impl Fn(&str) -> Option<i64>) {
+        self.skip = self.special.iter().filter_map(|t| id_of(t)).collect();
+    }
+
     /// A text's weights from its token states (`[tokens, width]`) and ids: per id the largest
     /// positive `relu(w · state + b)`, special ids left out; ids ascending.
-    pub fn weights(&self, states: &[f32], ids: &[i64], skip: &[i64]) -> (Vec<u32>, Vec<f32>) {
+    pub fn weights(&self, states: &[f32], ids: &[i64]) -> (Vec<u32>, Vec<f32>) {
         let mut best = std::collections::BTreeMap::<u32, f32>::new();
         for (state, &id) in states.chunks_exact(self.width().max(1)).zip(ids) {
-            if skip.contains(&id) {
+            if self.skip.contains(&id) {
                 continue;
             }
             let w = state
@@ -110,6 +117,7 @@ pub fn read(
                 weight,
                 bias: bias.map_or(0.0, |b| b[0]),
                 special,
+                skip: Vec::new(),
             })
         }
     };
@@ -135,6 +143,8 @@ pub fn read(
                 )]),
                 normalized: true,
                 primary: false,
+                // FlagEmbedding's colbert_score divides by the query's vectors.
+                mean: true,
             })
         }
     };
@@ -147,14 +157,16 @@ mod tests {
 
     #[test]
     fn lexical_weights_keep_each_ids_best_positive_weight() {
-        let lex = Lexical {
+        let mut lex = Lexical {
             weight: vec![1.0, -1.0],
             bias: 0.5,
-            special: vec![],
+            special: vec!["<s>".into()],
+            skip: vec![],
         };
+        lex.resolve(|t| (t == "<s>").then_some(0));
         // Token states of ids 0 (special), 7, 9, 7: weights 3.5, 1.5, -0.5 (dropped), 2.5.
         let states = [3.0, 0.0, 2.0, 1.0, 0.0, 1.0, 2.0, 0.0];
-        let (ids, weights) = lex.weights(&states, &[0, 7, 9, 7], &[0]);
+        let (ids, weights) = lex.weights(&states, &[0, 7, 9, 7]);
         assert_eq!(ids, [7]);
         assert_eq!(weights, [2.5]);
     }

@@ -19,6 +19,8 @@ pub struct MultiVector {
     /// Whether these vectors are the model's embeddings (ColBERT), rather than an output
     /// besides its dense ones (bge-m3).
     pub primary: bool,
+    /// Whether a match's score is divided by the query's vectors (`meanmaxsim`).
+    pub mean: bool,
 }
 
 /// The punctuation PyLate skips in documents by default (Python's `string.punctuation`).
@@ -60,12 +62,19 @@ pub struct Sources<'a> {
     pub st_config: Option<&'a Value>,
     /// The transformer module's `sentence_bert_config.json`.
     pub transformer: Option<&'a Value>,
-    /// The `MultiVectorMask` module's `config.json`, when the pipeline has one.
-    pub mask: Option<&'a Value>,
+    /// The `MultiVectorMask` module's `config.json` and its path, when the pipeline has one.
+    pub mask: Option<(&'a str, &'a Value)>,
     /// The model's prompts.
     pub prompts: &'a BTreeMap<String, String>,
-    /// The tokenizer's mask token, the default expansion filler.
+    /// The default expansion filler: the tokenizer's mask token, else its end token.
     pub mask_token: Option<String>,
+}
+
+/// A setting's error: the file that holds it, and why.
+type Blame = (String, String);
+
+fn blame(file: &str) -> impl Fn(String) -> Blame + '_ {
+    move |reason| (file.to_string(), reason)
 }
 
 fn usize_of(v: Option<&Value>, key: &str) -> Result<Option<usize>, String> {
@@ -115,8 +124,11 @@ fn expansion_of(v: &Value, filler: Option<&str>) -> Result<Option<Expansion>, St
 }
 
 /// Reads the pipeline of a late-interaction model whose Dense modules are `head` and whose
-/// pipeline ends in a Normalize module when `normalized`; an error says which setting is wrong.
-pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVector, String> {
+/// pipeline ends in a Normalize module when `normalized`; an error names the file and the
+/// setting that is wrong.
+pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVector, Blame> {
+    const ST: &str = "config_sentence_transformers.json";
+    const TRANSFORMER: &str = "sentence_bert_config.json";
     let st = src.st_config;
     let filler = src.mask_token.as_deref();
     let prompt = |name: &str| src.prompts.get(name).cloned().unwrap_or_default();
@@ -129,9 +141,9 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             let p = prompt(name);
             format!("{m}{}", p.strip_prefix(m).unwrap_or(&p))
         };
-        let mut query_length = usize_of(st, "query_length")?;
+        let mut query_length = usize_of(st, "query_length").map_err(blame(ST))?;
         let expansion = match c.get("query_expansion") {
-            Some(e) => expansion_of(e, filler)?,
+            Some(e) => expansion_of(e, filler).map_err(blame(ST))?,
             None if c.get("do_query_expansion").and_then(Value::as_bool) == Some(false) => None,
             None => Some(Expansion {
                 length: query_length.take().unwrap_or(32),
@@ -141,12 +153,16 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
                     .find_map(|k| c.get(*k).and_then(Value::as_bool))
                     .unwrap_or(false),
                 token: filler
-                    .ok_or("query expansion is on, but the tokenizer has no mask token")?
+                    .ok_or_else(|| {
+                        blame(ST)(
+                            "query expansion is on, but the tokenizer has no mask token".into(),
+                        )
+                    })?
                     .to_string(),
             }),
         };
         let skiplist = match c.get("skiplist_words") {
-            Some(v) if !v.is_null() => words(v, "skiplist_words")?,
+            Some(v) if !v.is_null() => words(v, "skiplist_words").map_err(blame(ST))?,
             _ => PUNCTUATION.chars().map(String::from).collect(),
         };
         LateSpec {
@@ -154,54 +170,61 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             document_prefix: marker("document_prefix", "document"),
             whole_markers: true,
             query_length,
-            document_length: usize_of(st, "document_length")?,
+            document_length: usize_of(st, "document_length").map_err(blame(ST))?,
             expansion,
             skiplist,
             skip_queries: false,
             skip_documents: true,
             skip_first: false,
+            max_positions: None,
         }
     } else {
         let t = src.transformer;
         let expansion = match t.and_then(|t| t.get("query_expansion")) {
-            Some(e) => expansion_of(e, filler)?,
+            Some(e) => expansion_of(e, filler).map_err(blame(TRANSFORMER))?,
             None => None,
         };
         let (mut skiplist, mut tasks) = (Vec::new(), vec!["document".to_string()]);
-        if let Some(m) = src.mask {
+        if let Some((file, m)) = src.mask {
+            let bad = blame(file);
             if m.get("keep_only_token_ids").is_some_and(|k| !k.is_null()) {
-                return Err(
-                    "MultiVectorMask keep_only_token_ids (image-patch documents) is not \
-                            supported"
-                        .into(),
-                );
+                return Err(bad(
+                    "keep_only_token_ids (image-patch documents) is not supported".into(),
+                ));
             }
             if let Some(w) = m.get("skiplist_words").filter(|w| !w.is_null()) {
-                skiplist = words(w, "skiplist_words")?;
+                skiplist = words(w, "skiplist_words").map_err(&bad)?;
             }
             match m.get("skiplist_tasks") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(one)) => tasks = vec![one.clone()],
-                Some(v) => tasks = words(v, "skiplist_tasks")?,
+                Some(v) => tasks = words(v, "skiplist_tasks").map_err(&bad)?,
             }
         } else if expansion.is_some() {
-            return Err(
-                "query_expansion is set but no MultiVectorMask module follows the \
-                        transformer, so the expansion would not be scored"
+            return Err(blame("modules.json")(
+                "query_expansion is set but no MultiVectorMask module follows the transformer, \
+                 so the expansion would not be scored"
                     .into(),
-            );
+            ));
         }
+        // As encode_document does, the first of these prompts the model defines.
+        let document = ["document", "passage", "corpus"]
+            .into_iter()
+            .map(prompt)
+            .find(|p| !p.is_empty())
+            .unwrap_or_default();
         LateSpec {
             query_prefix: prompt("query"),
-            document_prefix: prompt("document"),
+            document_prefix: document,
             whole_markers: false,
-            query_length: usize_of(t, "query_length")?,
-            document_length: usize_of(t, "document_length")?,
+            query_length: usize_of(t, "query_length").map_err(blame(TRANSFORMER))?,
+            document_length: usize_of(t, "document_length").map_err(blame(TRANSFORMER))?,
             expansion,
             skiplist,
             skip_queries: tasks.iter().any(|t| t == "query"),
             skip_documents: tasks.iter().any(|t| t == "document"),
             skip_first: false,
+            max_positions: None,
         }
     };
     Ok(MultiVector {
@@ -210,6 +233,10 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
         // PyLate's pipelines normalise each token's vector without saying so.
         normalized: normalized || legacy(st),
         primary: true,
+        mean: st
+            .and_then(|c| c.get("similarity_fn_name"))
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("meanmaxsim")),
     })
 }
 
@@ -239,7 +266,7 @@ mod tests {
         Sources {
             st_config: st,
             transformer: t,
-            mask: m,
+            mask: m.map(|m| ("2_MultiVectorMask/config.json", m)),
             prompts: p,
             mask_token: Some("[MASK]".into()),
         }
@@ -306,21 +333,27 @@ mod tests {
         let e = s.expansion.as_ref().unwrap();
         assert_eq!((e.length, e.fixed, e.attend), (16, false, true));
         assert!(s.skip_queries && s.skip_documents && !s.whole_markers);
-        let e = read(
+        let (file, e) = read(
             sources(Some(&st), Some(&t), None, &prompts),
             Head::default(),
             true,
         )
         .unwrap_err();
-        assert!(e.contains("MultiVectorMask"), "{e}");
+        assert!(
+            e.contains("MultiVectorMask") && file == "modules.json",
+            "{e}"
+        );
         let bad = json!({"query_expansion": {"strategy": "fixed"}});
-        let e = read(
+        let (file, e) = read(
             sources(Some(&st), Some(&bad), Some(&m), &prompts),
             Head::default(),
             true,
         )
         .unwrap_err();
-        assert!(e.contains("length"), "{e}");
+        assert!(
+            e.contains("length") && file == "sentence_bert_config.json",
+            "{e}"
+        );
     }
 
     #[test]

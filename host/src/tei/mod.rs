@@ -95,6 +95,7 @@ pub async fn embed_all(state: &AppState, value: &Value) -> Result<Vec<TokenMatri
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,
         prompt_name: opt_str(body, "prompt_name")?,
+        input_type: None,
         truncation: truncation(body)?,
     };
     api::token_states(state, req)
@@ -124,6 +125,7 @@ pub async fn embed_sparse(
         model: Some(model.id.clone()),
         input: texts(body, "inputs", state.max_items)?,
         prompt_name: opt_str(body, "prompt_name")?,
+        input_type: None,
         truncation: truncation(body)?,
     };
     let vectors = api::sparse_embeddings(state, req)

@@ -63,6 +63,24 @@ pub struct LateSpec {
     pub skip_documents: bool,
     /// Whether the first token (`[CLS]` / `<s>`) has no vector (bge-m3's ColBERT head).
     pub skip_first: bool,
+    /// Most positions the model has (its position table): the side lengths may exceed its
+    /// `max_seq_length`, as sentence-transformers lets them, but not this.
+    pub max_positions: Option<usize>,
+}
+
+impl LateSpec {
+    /// Which of a `side` text's tokens (`ids`) keep their vector: all but those in `skip`
+    /// (on the sides the skiplist applies to), and the first when the model says so.
+    pub fn kept(&self, side: Side, ids: &[i64], skip: &HashSet<i64>) -> Vec<bool> {
+        let skips = match side {
+            Side::Query => self.skip_queries,
+            Side::Document => self.skip_documents,
+        };
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| !(skips && skip.contains(id) || i == 0 && self.skip_first))
+            .collect()
+    }
 }
 
 /// A late-interaction model's tokenizer for both sides.
@@ -100,8 +118,24 @@ impl LateEncoder {
             Some(e) => spec.query_length.map_or(base.max_len, |q| q.max(e.length)),
             None => spec.query_length.unwrap_or(base.max_len),
         };
+        let document_cap = spec.document_length.unwrap_or(base.max_len);
+        let floor = spec.expansion.as_ref().map_or(0, |e| e.length);
+        if let Some(p) = spec.max_positions {
+            if let Some((what, n)) = [
+                ("query length", query_cap),
+                ("query expansion length", floor),
+                ("document length", document_cap),
+            ]
+            .into_iter()
+            .find(|(_, n)| *n > p)
+            {
+                return Err(TextError::Load(format!(
+                    "the {what} of {n} tokens is more than the model's {p} positions"
+                )));
+            }
+        }
         let query = base.derived(query_cap, &markers)?;
-        let document = base.derived(spec.document_length.unwrap_or(base.max_len), &markers)?;
+        let document = base.derived(document_cap, &markers)?;
         let filler = match &spec.expansion {
             Some(e) => query.token_id(&e.token).ok_or_else(|| {
                 TextError::Load(format!(
@@ -143,13 +177,13 @@ impl LateEncoder {
     }
 
     /// Tokenizes texts as `side`: marked, cut to the side's length, queries expanded
-    /// (blocking).
+    /// (blocking); with each text's real tokens (the expansion's filler left out).
     pub fn encode(
         &self,
         side: Side,
         texts: &[String],
         truncation: Truncation,
-    ) -> Result<Vec<Tokens>, TextError> {
+    ) -> Result<Vec<(Tokens, usize)>, TextError> {
         let (encoder, prefix) = match side {
             Side::Query => (&self.query, &self.spec.query_prefix),
             Side::Document => (&self.document, &self.spec.document_prefix),
@@ -158,6 +192,7 @@ impl LateEncoder {
             true => encoder.encode_with(texts, truncation)?,
             false => encoder.encode_prompted(prefix, texts, true, truncation)?,
         };
+        let real: Vec<usize> = tokens.iter().map(Tokens::len).collect();
         if let (Side::Query, Some(e)) = (side, &self.spec.expansion) {
             for t in &mut tokens {
                 let fill = e.length.saturating_sub(t.len());
@@ -168,21 +203,11 @@ impl LateEncoder {
                 }
             }
         }
-        Ok(tokens)
+        Ok(tokens.into_iter().zip(real).collect())
     }
 
-    /// Which of a `side` text's tokens keep their vector: all but the skiplist's, on the
-    /// sides it applies to (and the first, when the model says so).
+    /// Which of a `side` text's tokens keep their vector (see [`LateSpec::kept`]).
     pub fn kept(&self, side: Side, tokens: &Tokens) -> Vec<bool> {
-        let skips = match side {
-            Side::Query => self.spec.skip_queries,
-            Side::Document => self.spec.skip_documents,
-        };
-        tokens
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| !(skips && self.skip.contains(id) || i == 0 && self.spec.skip_first))
-            .collect()
+        self.spec.kept(side, &tokens.ids, &self.skip)
     }
 }

@@ -202,10 +202,10 @@ impl TextEncoder {
         })
     }
 
-    /// A copy that reads at most `max_len` tokens (never more than this one reads) and keeps
-    /// each of `markers` whole, as one special token; pairs are not formatted.
+    /// A copy that reads at most `max_len` tokens (which may be more than this one reads: the
+    /// caller checks it against the model's positions) and keeps each of `markers` whole, as
+    /// one special token; pairs are not formatted.
     pub fn derived(&self, max_len: usize, markers: &[String]) -> Result<TextEncoder, TextError> {
-        let max_len = max_len.min(self.max_len);
         let mut tokenizer = self.tokenizer.clone();
         let special: Vec<tokenizers::AddedToken> = markers
             .iter()

@@ -1,7 +1,7 @@
-//! The three kinds of model this backend runs on ONNX graphs: embedders (token states pooled
-//! here, or an already pooled output), cross-encoders (a `logits` output, one per pair) and
-//! CLIP (a combined graph with `text_embeds` and `image_embeds`, or separate text and vision
-//! graphs).
+//! The kinds of model this backend runs on ONNX graphs: embedders (token states pooled here,
+//! or an already pooled output), SPLADE models (a masked-language export's `logits`, reduced
+//! here to sparse weights), cross-encoders (a `logits` output, one per pair) and CLIP (a
+//! combined graph with `text_embeds` and `image_embeds`, or separate text and vision graphs).
 
 use crate::files;
 use crate::graph::{self, Feed, Graph};
@@ -9,7 +9,8 @@ use ember_plugin_api::cuda::{self, Placement};
 use ember_plugin_api::pooling;
 use ember_plugin_api::{
     DType, EmbeddingBatch, ImageSpec, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
-    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, TokenBatch, TokenStates,
+    Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, SparseBatch, SparseReduction,
+    TokenBatch, TokenStates,
 };
 
 /// The graphs of a CLIP model.
@@ -28,6 +29,13 @@ enum Kind {
     },
     /// A sequence-classification export (`logits`): a reranker (one label) or a classifier.
     Classifier { graph: Graph, output: String },
+    /// A masked-language export (`logits` of every token over the vocabulary), served for a
+    /// SPLADE pipeline: its logits are reduced here, never answered whole.
+    MaskedLm {
+        graph: Graph,
+        /// The vocabulary's size, when the graph declares it.
+        vocab: Option<usize>,
+    },
     Clip {
         graphs: ClipGraphs,
         text_output: String,
@@ -165,6 +173,25 @@ impl OnnxModel {
             })
         };
         let (kind, dim, device) = match manifest.kind {
+            ModelKind::Embed if manifest.architecture.ends_with("ForMaskedLM") => {
+                let graph = Graph::open(request, single()?, placement)?;
+                graph.require_inputs(&["input_ids", "attention_mask"])?;
+                if !graph.output_names().contains(&"logits") {
+                    return Err(PluginError::unsupported(format!(
+                        "{} is the export of a masked-language model ({}) without a `logits` \
+                         output; export it with optimum's fill-mask task for SPLADE",
+                        graph.path, manifest.architecture
+                    )));
+                }
+                let (_, vocab) = graph.pick_output(&["logits"])?;
+                let device = graph.device.clone();
+                let vocab = vocab.map(|v| v as usize);
+                (
+                    Kind::MaskedLm { graph, vocab },
+                    manifest.hidden_size as usize,
+                    device,
+                )
+            }
             ModelKind::Embed => {
                 let graph = Graph::open(request, single()?, placement)?;
                 graph.require_inputs(&["input_ids", "attention_mask"])?;
@@ -318,6 +345,48 @@ impl OnnxModel {
     }
 }
 
+/// Most logits one masked-language run may return (64 Mi floats, 256 MiB).
+const LOGITS_PER_RUN: usize = 64 << 20;
+
+/// Rows `first..end` of a batch, as a batch of their own.
+fn rows_of_batch(batch: &TokenBatch, first: usize, end: usize) -> TokenBatch {
+    let s = batch.seq_len as usize;
+    let cut = |v: &[i64]| v[first * s..end * s].to_vec().into();
+    TokenBatch {
+        rows: (end - first) as u32,
+        seq_len: batch.seq_len,
+        input_ids: cut(&batch.input_ids),
+        attention_mask: cut(&batch.attention_mask),
+        token_type_ids: cut(&batch.token_type_ids),
+        pooling_mask: Default::default(),
+    }
+}
+
+/// SPLADE's weights of one row from its tokens' logits (`vocab` each): `log(1 + relu(x))`
+/// (twice `log1p` when asked), reduced per entry by max or sum; the non-zero entries, ids
+/// ascending.
+fn reduce<'a>(
+    tokens: impl Iterator<Item = &'a [f32]>,
+    vocab: usize,
+    reduction: SparseReduction,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut acc = vec![0f32; vocab];
+    for logits in tokens {
+        for (a, &x) in acc.iter_mut().zip(logits) {
+            let mut w = x.max(0.0).ln_1p();
+            if reduction.log1p_twice {
+                w = w.ln_1p();
+            }
+            *a = if reduction.sum { *a + w } else { a.max(w) };
+        }
+    }
+    acc.iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 0.0)
+        .map(|(i, w)| (i as u32, *w))
+        .unzip()
+}
+
 /// Whether a graph output named `output` is token states (not a pooled embedding).
 fn states_output(output: &str) -> bool {
     matches!(output, "last_hidden_state" | "token_embeddings")
@@ -418,11 +487,15 @@ impl Model for OnnxModel {
             Kind::Classifier { .. } => Err(PluginError::unsupported(
                 "this model ends in a classification head: it has no embeddings",
             )),
+            Kind::MaskedLm { .. } => Err(PluginError::unsupported(
+                "this is a masked-language export: it answers sparse weights, not embeddings",
+            )),
         }
     }
 
     fn outputs(&self) -> Outputs {
         match &self.kind {
+            Kind::MaskedLm { .. } => Outputs::SPARSE,
             // The graph computes every position, attention reading the masked ones only.
             Kind::Encoder { output, .. } if states_output(output) => {
                 Outputs::TOKEN_STATES.with(Outputs::UNATTENDED_STATES)
@@ -468,6 +541,52 @@ impl Model for OnnxModel {
             .flat_map(|(state, _)| state.iter().copied())
             .collect();
         Ok(TokenStates::from_rows(hidden, &lengths, values))
+    }
+
+    fn sparse(
+        &self,
+        batch: &TokenBatch,
+        reduction: SparseReduction,
+    ) -> Result<SparseBatch, PluginError> {
+        let Kind::MaskedLm { graph, vocab } = &self.kind else {
+            return Err(PluginError::unsupported(
+                "this model is not a masked-language export: it produces no sparse weights",
+            ));
+        };
+        let (rows, seq) = (batch.rows as usize, batch.seq_len as usize);
+        if rows == 0 {
+            return Ok(SparseBatch::from_rows(Vec::new()));
+        }
+        self.check_length(batch)?;
+        // The logits of a run are rows x seq x vocab floats: rows go through in groups that
+        // keep them within LOGITS_PER_RUN.
+        let per_run = (LOGITS_PER_RUN / (seq.max(1) * vocab.unwrap_or(32_000).max(1))).max(1);
+        let mut out = Vec::with_capacity(rows);
+        for first in (0..rows).step_by(per_run) {
+            let part = rows_of_batch(batch, first, (first + per_run).min(rows));
+            let positions = positions(&part);
+            let logits = graph.run(feeds_for(graph, &part, &positions), "logits")?;
+            let n = part.rows as usize;
+            let v = match logits.shape.as_slice() {
+                [r, s, v] if *r as usize == n && *s as usize == seq && *v > 0 => *v as usize,
+                other => {
+                    return Err(PluginError::internal(format!(
+                        "{} answered logits of shape {other:?} for {n} rows of {seq} tokens",
+                        graph.path
+                    )))
+                }
+            };
+            for r in 0..n {
+                let mask = &part.attention_mask[r * seq..(r + 1) * seq];
+                let rows = logits.data[r * seq * v..(r + 1) * seq * v].chunks_exact(v);
+                out.push(reduce(
+                    rows.zip(mask).filter(|(_, m)| **m != 0).map(|(l, _)| l),
+                    v,
+                    reduction,
+                ));
+            }
+        }
+        Ok(SparseBatch::from_rows(out))
     }
 
     fn score_pairs(&self, batch: &PairBatch) -> Result<ScoreBatch, PluginError> {

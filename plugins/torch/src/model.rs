@@ -636,7 +636,9 @@ impl Model for TorchModel {
             Inner::Encoder { mlm: Some(_), .. } => states
                 .with(Outputs::SPARSE)
                 .with(Outputs::UNATTENDED_STATES),
-            Inner::Encoder { .. } if !self.headed => states.with(Outputs::UNATTENDED_STATES),
+            Inner::Encoder { .. } | Inner::Modern { .. } if !self.headed => {
+                states.with(Outputs::UNATTENDED_STATES)
+            }
             _ => states,
         }
     }
@@ -694,18 +696,19 @@ impl Model for TorchModel {
             return Ok(TokenStates::from_rows(hidden, &[], Vec::new()));
         }
         self.check(batch)?;
-        // Positions the pooling mask keeps beyond the attention mask are computed by BERT-family
-        // encoders only (the others leave padding unattended and uncomputed).
+        // Positions the pooling mask keeps beyond the attention mask: BERT-family encoders
+        // compute them on request, ModernBERT computes every position; the others' states
+        // there are not what transformers computes.
         let unattended = batch.has_pooling_mask()
             && batch
                 .pooling_mask
                 .iter()
                 .zip(batch.attention_mask.iter())
                 .any(|(&p, &a)| p != 0 && a == 0);
-        if unattended && !matches!(&*inner, Inner::Encoder { .. }) {
+        if unattended && !matches!(&*inner, Inner::Encoder { .. } | Inner::Modern { .. }) {
             return Err(PluginError::invalid_input(
                 "token states of unattended positions (a pooling mask beyond the attention \
-                 mask) are computed for BERT-family encoders only",
+                 mask) are computed for BERT-family and ModernBERT encoders only",
             ));
         }
         let lengths = batch.state_lengths();

@@ -14,6 +14,7 @@ use ember_plugin_api::{
 use std::sync::Mutex;
 
 mod invariance;
+mod sparse;
 mod states;
 
 /// What the plugin reports about itself.
@@ -173,6 +174,7 @@ impl<'a> Suite<'a> {
         }
         if self.kind == ModelKind::Embed {
             out.push(("token states", Suite::token_states));
+            out.push(("sparse weights", Suite::sparse_weights));
         }
         out
     }

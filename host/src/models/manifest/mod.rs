@@ -55,7 +55,12 @@ pub struct Manifest {
 impl Manifest {
     /// Whether the model's embeddings are one vector per token (a ColBERT model).
     pub fn is_multi_vector(&self) -> bool {
-        self.multi_vector.as_ref().is_some_and(|m| m.primary)
+        self.primary_multi_vector().is_some()
+    }
+
+    /// The late-interaction pipeline that makes the model's embeddings (a ColBERT model's).
+    pub fn primary_multi_vector(&self) -> Option<&MultiVector> {
+        self.multi_vector.as_ref().filter(|m| m.primary)
     }
 }
 
@@ -324,7 +329,8 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                 }
                 "MultiVectorMask" if late => {
                     let file = format!("{path}/config.json");
-                    late_mask = Some(read_json(name, dir, &file)?.unwrap_or(Value::Null));
+                    let config = read_json(name, dir, &file)?.unwrap_or(Value::Null);
+                    late_mask = Some((file, config));
                 }
                 "Pooling" => {
                     let file = format!("{path}/config.json");
@@ -437,19 +443,19 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let multi_vector = match late {
         false => extra_vectors,
         true => {
-            let file = "config_sentence_transformers.json";
-            let mv = multi_vector::read(
+            let mut mv = multi_vector::read(
                 Sources {
                     st_config: st_config.as_ref(),
                     transformer: st_model.as_ref(),
-                    mask: late_mask.as_ref(),
+                    mask: late_mask.as_ref().map(|(f, c)| (f.as_str(), c)),
                     prompts: &prompts,
-                    mask_token: token("mask_token"),
+                    mask_token: token("mask_token").or_else(|| token("eos_token")),
                 },
                 Head(std::mem::take(&mut dense)),
                 normalized_by_model,
             )
-            .map_err(|r| err(file, r))?;
+            .map_err(|(file, r)| err(&file, r))?;
+            mv.spec.max_positions = positions.map(|p| p as usize);
             // The markers are the model's query and document prompts.
             for (side, prefix) in [
                 ("query", &mv.spec.query_prefix),
@@ -462,11 +468,24 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
             Some(mv)
         }
     };
-    let max_input_tokens = st_max
+    let mut max_input_tokens = st_max
         .or(tok_max)
         .or(positions)
         .unwrap_or(512)
         .min(positions.unwrap_or(u64::MAX));
+    // A late-interaction model's side lengths override max_seq_length, as
+    // sentence-transformers applies them (GTE-ModernColBERT: 299, and documents of 300).
+    if let Some(s) = multi_vector.as_ref().filter(|m| m.primary).map(|m| &m.spec) {
+        let sides = [
+            s.query_length,
+            s.document_length,
+            s.expansion.as_ref().map(|e| e.length),
+        ];
+        let longest = sides.into_iter().flatten().max().unwrap_or(0) as u64;
+        max_input_tokens = max_input_tokens
+            .max(longest)
+            .min(positions.unwrap_or(u64::MAX));
+    }
 
     let hidden_size = uint(text_config, "hidden_size")
         .or_else(|| uint(text_config, "d_model"))

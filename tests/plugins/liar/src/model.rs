@@ -25,6 +25,8 @@ enum Lie {
     Racy,
     Overrun,
     States,
+    /// Sparse weights that ignore the reduction asked for.
+    Sparse,
 }
 
 impl Lie {
@@ -40,10 +42,11 @@ impl Lie {
             "racy" => Lie::Racy,
             "overrun" => Lie::Overrun,
             "states" => Lie::States,
+            "sparse" => Lie::Sparse,
             other => {
                 return Err(PluginError::invalid_input(format!(
                     "EMBER_LIAR={other:?}: expected honest, constant, unmasked, promptful, nan, \
-                     int8, noisy, racy, overrun or states"
+                     int8, noisy, racy, overrun, states or sparse"
                 )))
             }
         })
@@ -179,7 +182,40 @@ impl Model for LiarModel {
     }
 
     fn outputs(&self) -> ember_plugin_api::Outputs {
-        ember_plugin_api::Outputs::TOKEN_STATES
+        ember_plugin_api::Outputs::TOKEN_STATES.with(ember_plugin_api::Outputs::SPARSE)
+    }
+
+    /// A masked-language head of the table: each token's logit is positive for its own id
+    /// alone (`4 |first value| + 0.1`), so a row's weights sit on its token ids.
+    fn sparse(
+        &self,
+        batch: &TokenBatch,
+        reduction: ember_plugin_api::SparseReduction,
+    ) -> Result<ember_plugin_api::SparseBatch, PluginError> {
+        let honest = self.lie != Lie::Sparse;
+        let seq = batch.seq_len as usize;
+        let mut rows = Vec::with_capacity(batch.rows as usize);
+        for r in 0..batch.rows as usize {
+            let mut weights = std::collections::BTreeMap::<u32, f32>::new();
+            for t in r * seq..(r + 1) * seq {
+                if batch.attention_mask[t] == 0 {
+                    continue;
+                }
+                let id = batch.input_ids[t];
+                let mut w = (4.0 * self.row(id)?[0].abs() + 0.1).ln_1p();
+                if reduction.log1p_twice && honest {
+                    w = w.ln_1p();
+                }
+                let e = weights.entry(id as u32).or_insert(0.0);
+                *e = if reduction.sum && honest {
+                    *e + w
+                } else {
+                    e.max(w)
+                };
+            }
+            rows.push(weights.into_iter().unzip());
+        }
+        Ok(ember_plugin_api::SparseBatch::from_rows(rows))
     }
 
     fn token_states(
