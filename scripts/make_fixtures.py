@@ -88,6 +88,8 @@ Models:
                      sentence-transformers' MultiVectorEncoder saves the same model;
                      reference.json holds MultiVectorEncoder's query / document vectors and
                      MaxSim scores against one query.
+  tiny-colbert-modernbert
+                     the tiny ModernBERT in PyLate's ColBERT layout (GTE-ModernColBERT's).
   tiny-bge-m3        random XLM-RoBERTa as BAAI/bge-m3 is published (CLS pooling, Normalize,
                      FlagEmbedding's sparse_linear.pt and colbert_linear.pt); reference.json
                      holds dense, sparse and ColBERT outputs by FlagEmbedding's formulas.
@@ -1495,28 +1497,14 @@ def colbert_reference(model_dir: Path) -> dict:
     }
 
 
-def tiny_colbert(out: Path) -> None:
-    """tiny-colbert: a random BERT with a 32 -> 16 projection, saved as PyLate saves ColBERT
-    models (answerdotai/answerai-colbert-small-v1's layout: modules Transformer and
-    pylate.models.Dense.Dense, markers [unused0] / [unused1], query expansion with [MASK]
-    tokens the text does not attend to, a punctuation skiplist for documents), and
-    tiny-colbert-st: the same model as sentence-transformers' MultiVectorEncoder saves it
-    (MultiVectorMask and Normalize modules, the settings on the modules). reference.json holds
-    MultiVectorEncoder's query and document vectors of every text and the MaxSim scores of
-    the texts against one query."""
+def pylate_layout(dst: Path) -> None:
+    """The files PyLate writes beside a 32-wide transformer in dst: a 32 -> 16 projection
+    (pylate.models.Dense.Dense, no bias), modules.json, and its ColBERT settings (markers
+    [unused0] / [unused1], query expansion not attended, punctuation skiplist)."""
     import string
 
     from safetensors.torch import save_file
-    from sentence_transformers import MultiVectorEncoder
 
-    dst = out / "tiny-colbert"
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD)
-    BertModel(cfg).eval().save_pretrained(dst)
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
-        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     (dst / "1_Dense").mkdir()
     save_file({"linear.weight": (torch.randn(16, 32) * SPREAD).contiguous()},
               dst / "1_Dense" / "model.safetensors")
@@ -1535,16 +1523,62 @@ def tiny_colbert(out: Path) -> None:
         "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation),
         "do_query_expansion": True, "similarity_fn_name": "MaxSim", "prompts": {},
         "default_prompt_name": None}))
+
+
+def check_expansion_caught(dst: Path, ref: dict) -> None:
+    """Fail unless attending the query expansion (a bug the tests must catch) moves a short
+    query's vectors below MAX_COSINE of the reference's."""
+    from sentence_transformers import MultiVectorEncoder
+
+    mve = MultiVectorEncoder(str(dst), device="cpu")
+    mve[0].query_expansion = {**mve[0].query_expansion, "attend": True}
+    attended = mve.encode_query(["a"])[0]
+    check_caught(dst.name, "attending the query expansion", attended.flatten().tolist(),
+                 np.asarray(ref["queries"][2]).flatten().tolist())
+
+
+def tiny_colbert_modernbert(out: Path) -> None:
+    """tiny-colbert-modernbert: the tiny ModernBERT (local attention windows) in PyLate's
+    ColBERT layout, as lightonai/GTE-ModernColBERT-v1 is; reference.json as tiny-colbert's."""
+    from transformers import ModernBertModel
+
+    dst = out / "tiny-colbert-modernbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    save_modernbert_tokenizer(dst)
+    ModernBertModel(modernbert_config()).eval().save_pretrained(dst)
+    pylate_layout(dst)
+    ref = colbert_reference(dst)
+    (dst / "reference.json").write_text(json.dumps(ref))
+    export_onnx(dst, with_token_types=False)
+    check_expansion_caught(dst, ref)
+    check_distinct(dst.name, TEXTS, [np.asarray(d).mean(axis=0) for d in ref["documents"]])
+
+
+def tiny_colbert(out: Path) -> None:
+    """tiny-colbert: a random BERT with a 32 -> 16 projection, saved as PyLate saves ColBERT
+    models (answerdotai/answerai-colbert-small-v1's layout: modules Transformer and
+    pylate.models.Dense.Dense, markers [unused0] / [unused1], query expansion with [MASK]
+    tokens the text does not attend to, a punctuation skiplist for documents), and
+    tiny-colbert-st: the same model as sentence-transformers' MultiVectorEncoder saves it
+    (MultiVectorMask and Normalize modules, the settings on the modules). reference.json holds
+    MultiVectorEncoder's query and document vectors of every text and the MaxSim scores of
+    the texts against one query."""
+    from sentence_transformers import MultiVectorEncoder
+
+    dst = out / "tiny-colbert"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD)
+    BertModel(cfg).eval().save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    pylate_layout(dst)
     ref = colbert_reference(dst)
     (dst / "reference.json").write_text(json.dumps(ref))
     export_onnx(dst)
-
-    mve = MultiVectorEncoder(str(dst), device="cpu")
-    # The bugs the tests must catch: expansion tokens attended, the skiplist ignored.
-    mve[0].query_expansion = {**mve[0].query_expansion, "attend": True}
-    attended = mve.encode_query(["a"])[0]
-    check_caught("tiny-colbert", "attending the query expansion", attended.flatten().tolist(),
-                 np.asarray(ref["queries"][2]).flatten().tolist())
+    check_expansion_caught(dst, ref)
     lengths = [len(d) for d in ref["documents"]]
     print(f"tiny-colbert: document vectors per text {lengths}; scores {ref['scores']}")
     if len(ref["documents"][5]) != 3:  # "?!": [CLS] [unused1] [SEP], the marks skipped
@@ -1709,6 +1743,8 @@ def main() -> None:
     tiny_colbert(out)
     torch.manual_seed(46)
     tiny_bge_m3(out)
+    torch.manual_seed(47)
+    tiny_colbert_modernbert(out)
     print(f"fixtures written to {out}")
 
 

@@ -207,8 +207,8 @@ fn check_late(mv: &MultiVector, runner: &ModelRunner) -> Result<(), String> {
     if unattended && !runner.outputs.has(Outputs::UNATTENDED_STATES) {
         return Err(
             "whose query expansion needs the states of tokens attention skips \
-             (BACKEND=optimum computes them, and torch for BERT-family and ModernBERT \
-             encoders)"
+             (BACKEND=torch computes them for BERT-family and ModernBERT encoders, \
+             optimum for BERT-family exports)"
                 .into(),
         );
     }

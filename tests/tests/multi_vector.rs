@@ -1,5 +1,5 @@
-//! Multi-vector (ColBERT) models, in PyLate's layout and in sentence-transformers'
-//! MultiVectorEncoder one: each text's token vectors equal MultiVectorEncoder's as a query
+//! Multi-vector (ColBERT) models, in PyLate's layout (on BERT and on ModernBERT) and in
+//! sentence-transformers' MultiVectorEncoder one: each text's token vectors equal MultiVectorEncoder's as a query
 //! (markers, unattended query expansion) and as a document (skiplist, length), over
 //! `/v1/embeddings` and RunPod jobs, and `/v1/rerank` ranks documents by MaxSim as the
 //! reference does, on every backend that computes the states they need.
@@ -106,7 +106,10 @@ fn assert_ranked(results: &Value, reference: &Value, label: &str) {
 #[test]
 fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
     for backend in ["torch", "optimum"] {
-        for name in ["tiny-colbert", "tiny-colbert-st"] {
+        for name in ["tiny-colbert", "tiny-colbert-st", "tiny-colbert-modernbert"] {
+            if backend == "optimum" && name == "tiny-colbert-modernbert" {
+                continue;
+            }
             let label = format!("{backend} {name}");
             let server = serve_fixtures(backend, &[name], &[]);
             let (_, models) = server.get("/v1/models");
@@ -132,7 +135,7 @@ fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
                 body["results"][0]["document"],
                 texts[body["results"][0]["index"].as_u64().unwrap() as usize]
             );
-            if backend == "optimum" || name == "tiny-colbert-st" {
+            if backend == "optimum" || name != "tiny-colbert" {
                 continue;
             }
             // RunPod: a rerank job ranks by MaxSim; an embedding job answers vectors.
@@ -217,11 +220,18 @@ fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
 }
 
 #[test]
-fn backends_without_token_states_refuse_colbert_models() {
+fn backends_without_the_states_a_colbert_model_needs_refuse_it() {
     let model = fixture("tiny-colbert").display().to_string();
     Server::assert_refused(
         &[("BACKEND", "candle"), ("MODEL_NAMES", &model)],
         1,
         &["multi-vector (ColBERT) model", "token states"],
+    );
+    // optimum offers the unattended expansion's states for BERT-family exports only.
+    let modern = fixture("tiny-colbert-modernbert").display().to_string();
+    Server::assert_refused(
+        &[("BACKEND", "optimum"), ("MODEL_NAMES", &modern)],
+        1,
+        &["query expansion", "attention skips"],
     );
 }

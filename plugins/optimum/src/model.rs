@@ -26,6 +26,9 @@ enum Kind {
         graph: Graph,
         output: String,
         pooling: Pooling,
+        /// Whether the graph's states of positions its attention mask leaves out are what
+        /// transformers computes there (BERT-family exports, whose mask only hides keys).
+        unattended: bool,
     },
     /// A sequence-classification export (`logits`): a reranker (one label) or a classifier.
     Classifier { graph: Graph, output: String },
@@ -217,11 +220,13 @@ impl OnnxModel {
                 let dim = declared.map_or(manifest.hidden_size as usize, |d| d as usize);
                 let device = graph.device.clone();
                 let pooling = manifest.pooling;
+                let unattended = KEY_MASKED.contains(&manifest.model_type.as_str());
                 (
                     Kind::Encoder {
                         graph,
                         output,
                         pooling,
+                        unattended,
                     },
                     dim,
                     device,
@@ -345,6 +350,19 @@ impl OnnxModel {
     }
 }
 
+/// Model types whose exports' attention masks hide keys only, so that a position the mask
+/// leaves out still reads the others, as transformers computes it (ColBERT's unattended
+/// query expansion). Others (ModernBERT's exports) are not offered unattended states.
+const KEY_MASKED: [&str; 7] = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "mpnet",
+    "electra",
+];
+
 /// Most logits one masked-language run may return (64 Mi floats, 256 MiB).
 const LOGITS_PER_RUN: usize = 64 << 20;
 
@@ -428,6 +446,7 @@ impl Model for OnnxModel {
                 graph,
                 output,
                 pooling,
+                ..
             } => {
                 let positions = positions(batch);
                 let out = graph.run(feeds_for(graph, batch, &positions), output)?;
@@ -497,19 +516,39 @@ impl Model for OnnxModel {
         match &self.kind {
             Kind::MaskedLm { .. } => Outputs::SPARSE,
             // The graph computes every position, attention reading the masked ones only.
-            Kind::Encoder { output, .. } if states_output(output) => {
-                Outputs::TOKEN_STATES.with(Outputs::UNATTENDED_STATES)
-            }
+            Kind::Encoder {
+                output,
+                unattended: true,
+                ..
+            } if states_output(output) => Outputs::TOKEN_STATES.with(Outputs::UNATTENDED_STATES),
+            Kind::Encoder { output, .. } if states_output(output) => Outputs::TOKEN_STATES,
             _ => Outputs::NONE,
         }
     }
 
     fn token_states(&self, batch: &TokenBatch) -> Result<TokenStates, PluginError> {
-        let Kind::Encoder { graph, output, .. } = &self.kind else {
+        let Kind::Encoder {
+            graph,
+            output,
+            unattended,
+            ..
+        } = &self.kind
+        else {
             return Err(PluginError::unsupported(
                 "this model offers no token states (CLIP graphs and classifiers do not)",
             ));
         };
+        let beyond = batch
+            .pooling_mask()
+            .iter()
+            .zip(batch.attention_mask.iter())
+            .any(|(&p, &a)| p != 0 && a == 0);
+        if beyond && !unattended {
+            return Err(PluginError::invalid_input(
+                "token states of unattended positions (a pooling mask beyond the attention \
+                 mask) are offered for BERT-family exports only",
+            ));
+        }
         if !states_output(output) {
             return Err(PluginError::unsupported(format!(
                 "{} returns `{output}`, pooled inside the graph: it offers no token states",
