@@ -21,17 +21,13 @@ fn entries(indices: &Value, values: &Value) -> BTreeMap<u64, f64> {
     ids.zip(weights).collect()
 }
 
-#[test]
-fn optimum_splade_weights_equal_sparse_encoders() {
-    // A masked-language export's logits, reduced in the plugin.
-    let server = serve_fixtures("optimum", &["tiny-splade"], &[]);
-    let reference = reference("tiny-splade");
-    let texts = reference["texts"].as_array().unwrap();
-    let (status, body) = server.post("/embed_sparse", &json!({"inputs": texts}));
-    assert_eq!(status, 200, "{body}");
-    for (i, (row, want)) in body
-        .as_array()
-        .unwrap()
+/// Checks an `/embed_sparse` answer against the reference's vectors: ids ascending, every
+/// entry of either side within 1e-4 of the other's (an entry missing on one side counts as 0
+/// there: a logit within rounding of 0 may land on either side).
+fn assert_sparse_rows(body: &Value, reference: &Value, label: &str) {
+    let got = body.as_array().unwrap();
+    assert_eq!(got.len(), reference["texts"].as_array().unwrap().len());
+    for (i, (row, want)) in got
         .iter()
         .zip(reference["sparse"].as_array().unwrap())
         .enumerate()
@@ -39,6 +35,10 @@ fn optimum_splade_weights_equal_sparse_encoders() {
         let row = row.as_array().unwrap();
         let ids: Vec<Value> = row.iter().map(|e| e["index"].clone()).collect();
         let weights: Vec<Value> = row.iter().map(|e| e["value"].clone()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
+            "{label} text {i}: ids ascend"
+        );
         let got = entries(&json!(ids), &json!(weights));
         let want = entries(&want["indices"], &want["values"]);
         let worst = got
@@ -48,10 +48,25 @@ fn optimum_splade_weights_equal_sparse_encoders() {
             .fold(0.0, f64::max);
         assert!(
             worst < 1e-4,
-            "optimum text {i}: an entry differs by {worst}"
+            "{label} text {i}: an entry differs by {worst}"
         );
-        assert!(got.len().abs_diff(want.len()) <= 1 && !want.is_empty());
+        assert!(
+            got.len().abs_diff(want.len()) <= 1 && !want.is_empty(),
+            "{label} text {i}: {} entries against {}",
+            got.len(),
+            want.len()
+        );
     }
+}
+
+#[test]
+fn optimum_splade_weights_equal_sparse_encoders() {
+    // A masked-language export's logits, reduced in the plugin.
+    let server = serve_fixtures("optimum", &["tiny-splade"], &[]);
+    let reference = reference("tiny-splade");
+    let (status, body) = server.post("/embed_sparse", &json!({"inputs": reference["texts"]}));
+    assert_eq!(status, 200, "{body}");
+    assert_sparse_rows(&body, &reference, "optimum");
 }
 
 #[test]
@@ -67,46 +82,7 @@ fn torch_splade_weights_equal_sparse_encoders() {
     let texts = reference["texts"].as_array().unwrap();
     let (status, body) = server.post("/embed_sparse", &json!({"inputs": texts}));
     assert_eq!(status, 200, "{body}");
-    let got = body.as_array().unwrap();
-    assert_eq!(got.len(), texts.len());
-    for (i, (row, want)) in got
-        .iter()
-        .zip(reference["sparse"].as_array().unwrap())
-        .enumerate()
-    {
-        let ids: Vec<Value> = row
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["index"].clone())
-            .collect();
-        let weights: Vec<Value> = row
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["value"].clone())
-            .collect();
-        assert!(
-            ids.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
-            "text {i}: ids ascend"
-        );
-        let got = entries(&json!(ids), &json!(weights));
-        let want = entries(&want["indices"], &want["values"]);
-        // Every entry of either side within 1e-4 of the other's (an entry missing on one side
-        // counts as 0 there: a logit within rounding of 0 may land on either side).
-        let worst = got
-            .keys()
-            .chain(want.keys())
-            .map(|id| (got.get(id).unwrap_or(&0.0) - want.get(id).unwrap_or(&0.0)).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-4, "text {i}: an entry differs by {worst}");
-        assert!(
-            got.len().abs_diff(want.len()) <= 1 && !want.is_empty(),
-            "text {i}: {} entries against {}",
-            got.len(),
-            want.len()
-        );
-    }
+    assert_sparse_rows(&body, &reference, "torch");
     // TEI's root route answers a SPLADE model as /embed_sparse; /info names its pooling.
     let (status, root) = server.post("/", &json!({"inputs": texts[0]}));
     assert_eq!(status, 200, "{root}");

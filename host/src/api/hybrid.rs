@@ -7,7 +7,7 @@ use super::embeddings::{
     prompt, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Finish, Writer,
 };
 use super::fields::type_name;
-use super::multi_vector::project;
+use super::multi_vector::{project, written};
 use super::sparse::SparseVector;
 use super::token_states::{state_budget, states_of, TextsRequest, TokenMatrix};
 use super::{text_error, tokenized, ApiError, AppState, DeployedModel, Usage};
@@ -258,10 +258,7 @@ pub async fn embeddings(
                 false => Embedding::Float(v),
             }),
             sparse_embedding: c.sparse.map(|v| SparseEmbedding::of(v, base64, tokens_of)),
-            multi_vector_embedding: c.vectors.map(|m| match base64 {
-                true => Writer::Base64.write(m.values),
-                false => Embedding::Vectors(m),
-            }),
+            multi_vector_embedding: c.vectors.map(|m| written(m, base64)),
             index,
         })
         .collect();

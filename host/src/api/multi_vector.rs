@@ -121,15 +121,7 @@ pub async fn embeddings(
         .remove(0)
         .into_iter()
         .enumerate()
-        .map(|(index, m)| {
-            EmbeddingData::of(
-                index,
-                match base64 {
-                    true => Writer::Base64.write(m.values),
-                    false => Embedding::Vectors(m),
-                },
-            )
-        })
+        .map(|(index, m)| EmbeddingData::of(index, written(m, base64)))
         .collect();
     Ok(EmbeddingsResponse {
         object: "list",
@@ -205,7 +197,7 @@ pub async fn rerank(model: &DeployedModel, req: RerankRequest) -> Result<RerankR
     })
     .await
     .map_err(|e| ApiError::internal(format!("scoring failed: {e}")))?;
-    let mut results: Vec<RerankResult> = scores
+    let results: Vec<RerankResult> = scores
         .into_iter()
         .enumerate()
         .map(|(index, relevance_score)| RerankResult {
@@ -214,17 +206,17 @@ pub async fn rerank(model: &DeployedModel, req: RerankRequest) -> Result<RerankR
             document: req.return_documents.then(|| req.documents[index].clone()),
         })
         .collect();
-    // Stable: equal scores keep input order.
-    results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
-    if let Some(n) = req.top_n {
-        results.truncate(n);
+    Ok(RerankResponse::ranked(
+        results, req.top_n, &model.id, tokens,
+    ))
+}
+
+/// A text's vectors as the response carries them: a list of lists, or base64.
+pub(super) fn written(m: TokenMatrix, base64: bool) -> Embedding {
+    match base64 {
+        true => Writer::Base64.write(m.values),
+        false => Embedding::Vectors(m),
     }
-    Ok(RerankResponse {
-        object: "rerank",
-        results,
-        model: model.id.clone(),
-        usage: Usage::of(tokens),
-    })
 }
 
 /// The model's late-interaction tokenizer and pipeline, or the 400 for a model without.

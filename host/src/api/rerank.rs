@@ -176,17 +176,34 @@ pub async fn rerank(state: &AppState, req: RerankRequest) -> Result<RerankRespon
             document: req.return_documents.then(|| doc.clone()),
         });
     }
-    // Stable: equal scores keep input order.
-    results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
-    if let Some(n) = req.top_n {
-        results.truncate(n);
-    }
-    Ok(RerankResponse {
-        object: "rerank",
+    Ok(RerankResponse::ranked(
         results,
-        model: model.id.clone(),
-        usage: Usage::of(prompt_tokens),
-    })
+        req.top_n,
+        &model.id,
+        prompt_tokens,
+    ))
+}
+
+impl RerankResponse {
+    /// The answer of `model` with `results` best first (equal scores in input order), at most
+    /// `top_n` of them, having read `tokens`.
+    pub fn ranked(
+        mut results: Vec<RerankResult>,
+        top_n: Option<usize>,
+        model: &str,
+        tokens: usize,
+    ) -> RerankResponse {
+        results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
+        if let Some(n) = top_n {
+            results.truncate(n);
+        }
+        RerankResponse {
+            object: "rerank",
+            results,
+            model: model.to_string(),
+            usage: Usage::of(tokens),
+        }
+    }
 }
 
 #[cfg(test)]

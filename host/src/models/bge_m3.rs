@@ -98,15 +98,18 @@ pub fn read(
     dir: &Path,
     special: Vec<String>,
 ) -> Result<(Option<Lexical>, Option<MultiVector>), (String, String)> {
-    let at = |file: &str| dir.join(file);
-    let lexical = match at(SPARSE_FILE).is_file() {
-        false => None,
-        true => {
-            let Linear {
-                shape,
-                weight,
-                bias,
-            } = linear(&at(SPARSE_FILE)).map_err(|e| (SPARSE_FILE.to_string(), e))?;
+    // The head in `file`, if the model has it; an error names the file.
+    let head = |file: &str| match dir.join(file) {
+        path if path.is_file() => linear(&path).map(Some).map_err(|e| (file.to_string(), e)),
+        _ => Ok(None),
+    };
+    let lexical = match head(SPARSE_FILE)? {
+        None => None,
+        Some(Linear {
+            shape,
+            weight,
+            bias,
+        }) => {
             if shape[0] != 1 {
                 return Err((
                     SPARSE_FILE.into(),
@@ -121,33 +124,23 @@ pub fn read(
             })
         }
     };
-    let colbert = match at(COLBERT_FILE).is_file() {
-        false => None,
-        true => {
-            let Linear {
-                shape,
-                weight,
-                bias,
-            } = linear(&at(COLBERT_FILE)).map_err(|e| (COLBERT_FILE.to_string(), e))?;
-            Some(MultiVector {
-                spec: LateSpec {
-                    skip_first: true,
-                    ..LateSpec::default()
-                },
-                head: Head(vec![Dense::linear(
-                    COLBERT_FILE,
-                    shape[1],
-                    shape[0],
-                    weight,
-                    bias,
-                )]),
-                normalized: true,
-                primary: false,
-                // FlagEmbedding's colbert_score divides by the query's vectors.
-                mean: true,
-            })
-        }
-    };
+    let colbert = head(COLBERT_FILE)?.map(|l| MultiVector {
+        spec: LateSpec {
+            skip_first: true,
+            ..LateSpec::default()
+        },
+        head: Head(vec![Dense::linear(
+            COLBERT_FILE,
+            l.shape[1],
+            l.shape[0],
+            l.weight,
+            l.bias,
+        )]),
+        normalized: true,
+        primary: false,
+        // FlagEmbedding's colbert_score divides by the query's vectors.
+        mean: true,
+    });
     Ok((lexical, colbert))
 }
 
