@@ -82,10 +82,11 @@ Models:
                      SpladePooling max), naver/splade-* style, with onnx/model.onnx (`logits`);
                      reference.json `sparse` holds SparseEncoder.encode's vectors as sorted
                      indices / values.
-  tiny-colbert, tiny-colbert-st
+  tiny-colbert, tiny-colbert-st, tiny-colbert-stanford
                      random BERT with a 32 -> 16 projection as PyLate saves ColBERT models
                      (markers, query expansion unattended, punctuation skiplist) and as
-                     sentence-transformers' MultiVectorEncoder saves the same model;
+                     sentence-transformers' MultiVectorEncoder saves the same model, and as
+                     colbert-ai saves it (HF_ColBERT, artifact.metadata: colbertv2.0's layout);
                      reference.json holds MultiVectorEncoder's query / document vectors and
                      MaxSim scores against one query.
   tiny-colbert-modernbert
@@ -1599,6 +1600,41 @@ def tiny_colbert(out: Path) -> None:
             if np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5:
                 raise SystemExit(f"tiny-colbert-st: its {side} differ from PyLate's layout")
     (native / "reference.json").write_text(json.dumps(ref_native))
+    stanford_layout(dst, out / "tiny-colbert-stanford", ref)
+
+
+def stanford_layout(src: Path, dst: Path, ref: dict) -> None:
+    """tiny-colbert-stanford: tiny-colbert's model as the colbert-ai library saves its
+    checkpoints (colbert-ir/colbertv2.0's layout): config.json naming HF_ColBERT, the encoder
+    under `bert.` and the projection as `linear.weight` in one model.safetensors, the settings
+    in artifact.metadata, no sentence-transformers files. Its reference is what
+    MultiVectorEncoder computes from that layout, which must equal tiny-colbert's."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    tensors = {f"bert.{k}": v for k, v in load_file(src / "model.safetensors").items()}
+    tensors["linear.weight"] = load_file(src / "1_Dense" / "model.safetensors")["linear.weight"]
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["architectures"] = ["HF_ColBERT"]
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(src / f, dst / f)
+    # The keys colbert-ai writes that ember and sentence-transformers read, and some it ignores.
+    (dst / "artifact.metadata").write_text(json.dumps({
+        "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "query_token": "[Q]",
+        "doc_token": "[D]", "query_maxlen": COLBERT_QUERY_LENGTH,
+        "doc_maxlen": COLBERT_DOCUMENT_LENGTH, "mask_punctuation": True,
+        "attend_to_mask_tokens": False, "dim": 16, "similarity": "cosine",
+        "interaction": "colbert", "checkpoint": "bert-base-uncased"}, indent=2))
+    shutil.copytree(src / "onnx", dst / "onnx")
+    ref_stanford = colbert_reference(dst)
+    for side in ["queries", "documents"]:
+        for a, b in zip(ref[side], ref_stanford[side]):
+            if len(a) != len(b) or np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5:
+                raise SystemExit(f"tiny-colbert-stanford: its {side} differ from PyLate's layout")
+    (dst / "reference.json").write_text(json.dumps(ref_stanford))
 
 
 def tiny_bge_m3(out: Path) -> None:

@@ -107,3 +107,47 @@ fn downloads_only_needed_files_through_hf_endpoint_then_serves_from_cache_withou
     }
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[test]
+fn a_stanford_colbert_checkpoint_downloads_its_settings_and_projection_with_any_backend() {
+    // optimum runs onnx/model.onnx; the host still needs artifact.metadata and the
+    // projection (`linear.weight`) that colbert-ai keeps in model.safetensors.
+    let name = "colbert-ir/tiny-colbert-stanford";
+    let mut hub = FakeHub::start(&[(name, fixture("tiny-colbert-stanford"))]);
+    let endpoint = hub.endpoint.clone();
+    let home = std::env::temp_dir().join(format!("ember-hf-stanford-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let home_s = home.display().to_string();
+    let server = Server::start(&[
+        ("MODEL_NAMES", name),
+        ("BACKEND", "optimum"),
+        ("HF_HOME", home_s.as_str()),
+        ("HF_ENDPOINT", endpoint.as_str()),
+        ("HF_HUB_OFFLINE", "0"),
+    ]);
+    let reference = reference("tiny-colbert-stanford");
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &json!({"input": reference["texts"][1], "input_type": "query"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got = body["data"][0]["embedding"].as_array().unwrap();
+    let want = reference["queries"][1].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "one vector per query position");
+    for (g, w) in got.iter().zip(want) {
+        for (a, b) in g.as_array().unwrap().iter().zip(w.as_array().unwrap()) {
+            let d = (a.as_f64().unwrap() - b.as_f64().unwrap()).abs();
+            assert!(d < 1e-4, "a query value differs by {d}");
+        }
+    }
+    drop(server);
+    let fetched = hub.fetched(name);
+    for needed in ["artifact.metadata", "model.safetensors", "onnx/model.onnx"] {
+        assert!(
+            fetched.iter().any(|f| f == needed),
+            "{needed} not fetched: {fetched:?}"
+        );
+    }
+    hub.stop();
+    let _ = std::fs::remove_dir_all(&home);
+}

@@ -106,7 +106,12 @@ fn assert_ranked(results: &Value, reference: &Value, label: &str) {
 #[test]
 fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
     for backend in ["torch", "optimum"] {
-        for name in ["tiny-colbert", "tiny-colbert-st", "tiny-colbert-modernbert"] {
+        for name in [
+            "tiny-colbert",
+            "tiny-colbert-st",
+            "tiny-colbert-stanford",
+            "tiny-colbert-modernbert",
+        ] {
             if backend == "optimum" && name == "tiny-colbert-modernbert" {
                 continue;
             }

@@ -10,8 +10,7 @@ use super::fields::type_name;
 use super::multi_vector::{project, written};
 use super::sparse::SparseVector;
 use super::token_states::{state_budget, states_of, TextsRequest, TokenMatrix};
-use super::{text_error, tokenized, ApiError, AppState, DeployedModel, Usage};
-use crate::api::Embedding;
+use super::{text_error, tokenized, ApiError, AppState, DeployedModel};
 use crate::engine::Payload;
 use crate::text::{Side, TextEncoder, Truncation};
 use base64::Engine as _;
@@ -221,6 +220,10 @@ pub async fn embeddings(
         ));
     }
     let tokens_of = req.return_tokens.then_some(&*model.encoder);
+    let dense = match base64 {
+        true => Writer::Base64,
+        false => Writer::Float,
+    };
     let (computed, tokens) = match m.sparse {
         // SPLADE: the plugin reduces the masked-language logits.
         Some(_) => {
@@ -253,21 +256,13 @@ pub async fn embeddings(
         .enumerate()
         .map(|(index, c)| EmbeddingData {
             object: "embedding",
-            embedding: c.dense.map(|v| match base64 {
-                true => Writer::Base64.write(v),
-                false => Embedding::Float(v),
-            }),
+            embedding: c.dense.map(|v| dense.write(v)),
             sparse_embedding: c.sparse.map(|v| SparseEmbedding::of(v, base64, tokens_of)),
             multi_vector_embedding: c.vectors.map(|m| written(m, base64)),
             index,
         })
         .collect();
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.id.clone(),
-        usage: Usage::of(tokens),
-    })
+    Ok(EmbeddingsResponse::of(model, data, tokens))
 }
 
 /// The `wants` of each text (with `prompt` in front) computed from one pass of token states:
@@ -300,7 +295,12 @@ pub(super) async fn from_states(
         .engine
         .run(tokens.into_iter().map(Payload::States).collect())
         .await?;
-    let manifest = model.manifest.clone();
+    // What the blocking thread needs of the manifest (the heads' weights are shared).
+    let (pooling, head) = (model.manifest.abi.pooling, model.manifest.head.clone());
+    let (lexical, multi_vector) = (
+        model.manifest.lexical.clone(),
+        model.manifest.multi_vector.clone(),
+    );
     let computed = tokio::task::spawn_blocking(move || {
         outputs
             .into_iter()
@@ -310,26 +310,20 @@ pub(super) async fn from_states(
                 let len = ids.len();
                 let dense = wants.dense.then(|| {
                     let mask: Vec<i64> = (0..len).map(|i| i64::from(i >= unpooled)).collect();
-                    let pooled = ember_plugin_api::pooling::pool(
-                        manifest.abi.pooling,
-                        &values,
-                        &mask,
-                        1,
-                        len,
-                        dim,
-                    );
-                    let mut v = manifest.head.apply(&pooled);
+                    let pooled =
+                        ember_plugin_api::pooling::pool(pooling, &values, &mask, 1, len, dim);
+                    let mut v = head.apply(&pooled);
                     finish.apply(&mut v);
                     v
                 });
-                let sparse = match (&manifest.lexical, wants.sparse) {
+                let sparse = match (&lexical, wants.sparse) {
                     (Some(l), true) => {
                         let (indices, values) = l.weights(&values, &ids);
                         Some(SparseVector { indices, values })
                     }
                     _ => None,
                 };
-                let vectors = match (&manifest.multi_vector, wants.multi_vector) {
+                let vectors = match (&multi_vector, wants.multi_vector) {
                     (Some(mv), true) => {
                         let kept = mv.spec.kept(Side::Document, &ids, &Default::default());
                         Some(project(mv, dim, &values, &kept))

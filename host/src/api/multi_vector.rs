@@ -8,7 +8,7 @@ use super::embeddings::{
 use super::hybrid::float_or_base64;
 use super::rerank::{RerankRequest, RerankResponse, RerankResult};
 use super::token_states::{state_budget, states_of, TokenMatrix};
-use super::{text_error, tokenized, ApiError, DeployedModel, Usage};
+use super::{text_error, tokenized, ApiError, DeployedModel};
 use crate::engine::Payload;
 use crate::models::multi_vector::MultiVector;
 use crate::text::{LateEncoder, Side, TextError, Truncation};
@@ -123,12 +123,7 @@ pub async fn embeddings(
         .enumerate()
         .map(|(index, m)| EmbeddingData::of(index, written(m, base64)))
         .collect();
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.id.clone(),
-        usage: Usage::of(tokens),
-    })
+    Ok(EmbeddingsResponse::of(model, data, tokens))
 }
 
 /// The side a request's texts are on: `query` when `input_type` or `prompt_name` says so,

@@ -7,6 +7,7 @@ use super::dense::{Dense, Head};
 use super::multi_vector::MultiVector;
 use crate::text::LateSpec;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The file of the lexical (sparse) head.
 pub const SPARSE_FILE: &str = "sparse_linear.pt";
@@ -16,7 +17,8 @@ pub const COLBERT_FILE: &str = "colbert_linear.pt";
 /// bge-m3's lexical head: each token's weight, the largest per token id kept.
 #[derive(Debug, Clone)]
 pub struct Lexical {
-    weight: Vec<f32>,
+    // Shared by the manifest and each request's copy.
+    weight: Arc<[f32]>,
     bias: f32,
     /// Tokens whose weights are never answered (FlagEmbedding's `unused_tokens`: the
     /// tokenizer's cls, eos, pad and unk tokens), by name.
@@ -46,7 +48,7 @@ impl Lexical {
             }
             let w = state
                 .iter()
-                .zip(&self.weight)
+                .zip(self.weight.iter())
                 .map(|(s, w)| s * w)
                 .sum::<f32>()
                 + self.bias;
@@ -117,7 +119,7 @@ pub fn read(
                 ));
             }
             Some(Lexical {
-                weight,
+                weight: weight.into(),
                 bias: bias.map_or(0.0, |b| b[0]),
                 special,
                 skip: Vec::new(),
@@ -151,7 +153,7 @@ mod tests {
     #[test]
     fn lexical_weights_keep_each_ids_best_positive_weight() {
         let mut lex = Lexical {
-            weight: vec![1.0, -1.0],
+            weight: vec![1.0, -1.0].into(),
             bias: 0.5,
             special: vec!["<s>".into()],
             skip: vec![],

@@ -6,6 +6,7 @@ use super::ModelError;
 use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 /// An activation sentence-transformers names in a Dense config (`torch.nn.modules...`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,6 +91,40 @@ fn tensor(tensors: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>
         .map_err(|e| format!("tensor {name:?}: {e}"))
 }
 
+/// One tensor of a safetensors file, read without reading the rest: its shape and values.
+fn read_one(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| format!("is not a safetensors file: {e}"))?;
+    let header_len = u64::from_le_bytes(len);
+    // safetensors' own limit on a header.
+    if header_len > 100_000_000 {
+        return Err(format!("has a header of {header_len} bytes"));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| format!("is not a safetensors file: {e}"))?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| format!("is not a safetensors file: {e}"))?;
+    let info = metadata.info(name).ok_or("is not in the file")?;
+    let (start, end) = info.data_offsets;
+    let mut bytes = vec![0u8; end.saturating_sub(start)];
+    f.seek(SeekFrom::Start(8 + header_len + start as u64))
+        .and_then(|_| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    let values = ember_plugin_api::safetensors::floats(info.dtype, &bytes)?;
+    if values.len() != info.shape.iter().product::<usize>() {
+        return Err(format!(
+            "holds {} values for a shape of {:?}",
+            values.len(),
+            info.shape
+        ));
+    }
+    Ok((info.shape.clone(), values))
+}
+
 /// One Dense module.
 #[derive(Debug, Clone)]
 pub struct Dense {
@@ -99,8 +134,9 @@ pub struct Dense {
     pub in_features: usize,
     /// Width it writes.
     pub out_features: usize,
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
+    // Shared: the manifest, the runner and each request's pipeline hold the same weights.
+    weight: Arc<[f32]>,
+    bias: Option<Arc<[f32]>>,
     activation: Activation,
     residual: Residual,
 }
@@ -111,7 +147,7 @@ enum Residual {
     /// The input added to the output (same widths).
     Input,
     /// The input projected to the output width (`out x in`, no bias), added.
-    Projected(Vec<f32>),
+    Projected(Arc<[f32]>),
 }
 
 fn matvec(weight: &[f32], cols: usize, x: &[f32]) -> Vec<f32> {
@@ -200,15 +236,15 @@ impl Dense {
             (false, _) => Residual::None,
             (true, true) => Residual::Input,
             (true, false) => {
-                Residual::Projected(read("residual.weight", &[out_features, in_features])?)
+                Residual::Projected(read("residual.weight", &[out_features, in_features])?.into())
             }
         };
         Ok(Dense {
             path: path.to_string(),
             in_features,
             out_features,
-            weight,
-            bias,
+            weight: weight.into(),
+            bias: bias.map(Into::into),
             activation,
             residual,
         })
@@ -226,10 +262,56 @@ impl Dense {
             path: path.to_string(),
             in_features,
             out_features,
-            weight,
-            bias,
+            weight: weight.into(),
+            bias: bias.map(Into::into),
             activation: Activation::Identity,
             residual: Residual::None,
+        }
+    }
+
+    /// The bias-free linear layer stored as `tensor` among a checkpoint's own weights in
+    /// `dir` (`model.safetensors`, or the shard its index names), as Stanford ColBERT stores
+    /// its projection; only that tensor's bytes are read. An error names the file.
+    pub fn from_checkpoint(dir: &Path, tensor: &str) -> Result<Dense, (String, String)> {
+        const SINGLE: &str = "model.safetensors";
+        const INDEX: &str = "model.safetensors.index.json";
+        let file = if dir.join(SINGLE).is_file() {
+            SINGLE.to_string()
+        } else if dir.join(INDEX).is_file() {
+            let bad = |reason: String| (INDEX.to_string(), reason);
+            let text = std::fs::read_to_string(dir.join(INDEX))
+                .map_err(|e| bad(format!("cannot be read: {e}")))?;
+            let index: Value =
+                serde_json::from_str(&text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
+            index
+                .get("weight_map")
+                .and_then(|m| m.get(tensor))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("names no shard holding {tensor:?}")))?
+                .to_string()
+        } else {
+            let reason = match dir.join("pytorch_model.bin").is_file() {
+                true => format!(
+                    "is missing: the checkpoint has only pytorch_model.bin (a PyTorch pickle); \
+                     ember reads its {tensor} from model.safetensors (save the model again \
+                     with safe_serialization=True)"
+                ),
+                false => format!("is missing: it holds the checkpoint's {tensor}"),
+            };
+            return Err((SINGLE.to_string(), reason));
+        };
+        let bad = |reason: String| (file.clone(), reason);
+        let (shape, weight) =
+            read_one(&dir.join(&file), tensor).map_err(|e| bad(format!("{tensor}: {e}")))?;
+        match shape[..] {
+            [out_features, in_features] => Ok(Dense::linear(
+                tensor,
+                in_features,
+                out_features,
+                weight,
+                None,
+            )),
+            _ => Err(bad(format!("{tensor} is {shape:?}; expected [out, in]"))),
         }
     }
 
@@ -237,7 +319,7 @@ impl Dense {
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = matvec(&self.weight, self.in_features, x);
         if let Some(b) = &self.bias {
-            out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            out.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
         }
         out.iter_mut().for_each(|o| *o = self.activation.apply(*o));
         match &self.residual {
@@ -335,6 +417,72 @@ mod tests {
         bytes.extend(header.as_bytes());
         bytes.extend(data);
         std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoints_own_linear_is_read_alone_from_its_file_or_shard() {
+        let root = std::env::temp_dir().join(format!("ember-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let single = root.join("single");
+        write_module(
+            &single,
+            serde_json::json!({}),
+            &[
+                ("bert.pooler.dense.bias", vec![3], vec![9.0; 3]),
+                (
+                    "linear.weight",
+                    vec![2, 3],
+                    vec![1.0, 2.0, 3.0, 0.0, 0.0, -1.0],
+                ),
+            ],
+        );
+        let d = Dense::from_checkpoint(&single, "linear.weight").unwrap();
+        assert_eq!((d.in_features, d.out_features), (3, 2));
+        assert_eq!(
+            d.apply(&[1.0, 1.0, 1.0]),
+            vec![6.0, -1.0],
+            "no bias, no activation"
+        );
+
+        // Sharded: the index names the shard.
+        let sharded = root.join("sharded");
+        write_module(
+            &sharded,
+            serde_json::json!({}),
+            &[("linear.weight", vec![1, 2], vec![0.5, 0.5])],
+        );
+        std::fs::rename(
+            sharded.join("model.safetensors"),
+            sharded.join("model-00002-of-00002.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(
+            sharded.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"linear.weight": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let d = Dense::from_checkpoint(&sharded, "linear.weight").unwrap();
+        assert_eq!(d.apply(&[2.0, 4.0]), vec![3.0]);
+
+        // Missing, or only a pickle: the error names the file and says what to do.
+        let (file, e) = Dense::from_checkpoint(&sharded, "linear.bias").unwrap_err();
+        assert_eq!(file, "model.safetensors.index.json");
+        assert!(e.contains("linear.bias"), "{e}");
+        let pickle = root.join("pickle");
+        std::fs::create_dir_all(&pickle).unwrap();
+        std::fs::write(pickle.join("pytorch_model.bin"), b"x").unwrap();
+        let (file, e) = Dense::from_checkpoint(&pickle, "linear.weight").unwrap_err();
+        assert_eq!(file, "model.safetensors");
+        assert!(
+            e.contains("pytorch_model.bin") && e.contains("safe_serialization"),
+            "{e}"
+        );
+        // A file cut short is an error, not a short weight.
+        let bytes = std::fs::read(single.join("model.safetensors")).unwrap();
+        std::fs::write(single.join("model.safetensors"), &bytes[..bytes.len() - 4]).unwrap();
+        let (_, e) = Dense::from_checkpoint(&single, "linear.weight").unwrap_err();
+        assert!(e.contains("cannot be read"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

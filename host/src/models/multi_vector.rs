@@ -39,6 +39,47 @@ const PYLATE_KEYS: [&str; 9] = [
     "skiplist_words",
 ];
 
+/// The file in which Stanford ColBERT checkpoints (`HF_ColBERT`, colbert-ir/colbertv2.0)
+/// keep their settings.
+pub const STANFORD_METADATA: &str = "artifact.metadata";
+
+/// Stanford ColBERT's `artifact.metadata` as the PyLate settings it amounts to, as
+/// sentence-transformers reads it: markers `query_token_id` / `doc_token_id` (`[unused0]` /
+/// `[unused1]`), documents of `doc_maxlen` tokens, queries always expanded to `query_maxlen`
+/// (32) with the mask token, attended only with `attend_to_mask_tokens`, punctuation left out
+/// of documents unless `mask_punctuation` is false.
+pub fn stanford_settings(metadata: &Value) -> Result<Value, String> {
+    let marker = |key: &str, default: &str| match metadata.get(key) {
+        None | Some(Value::Null) => Ok(default.to_string()),
+        Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.trim().to_string()),
+        Some(v) => Err(format!("{key} must name a token, got {v}")),
+    };
+    let flag = |key: &str, default: bool| match metadata.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| format!("{key} must be true or false, got {v}")),
+    };
+    let query_length = usize_of(Some(metadata), "query_maxlen")?.unwrap_or(32);
+    let mut settings = serde_json::json!({
+        "query_prefix": marker("query_token_id", "[unused0]")?,
+        "document_prefix": marker("doc_token_id", "[unused1]")?,
+        "query_expansion": {
+            "strategy": "fixed",
+            "attend": flag("attend_to_mask_tokens", false)?,
+            "length": query_length,
+        },
+        "skiplist_words": match flag("mask_punctuation", true)? {
+            true => PUNCTUATION.chars().map(|c| c.to_string()).collect(),
+            false => Vec::new(),
+        },
+    });
+    if let Some(d) = usize_of(Some(metadata), "doc_maxlen")? {
+        settings["document_length"] = d.into();
+    }
+    Ok(settings)
+}
+
 /// Whether a model's `config_sentence_transformers.json` and module types declare a
 /// late-interaction model.
 pub fn declared(st_config: Option<&Value>, modules: &[&str]) -> bool {
@@ -58,8 +99,11 @@ fn legacy(st_config: Option<&Value>) -> bool {
 
 /// What a late-interaction model's configuration files say.
 pub struct Sources<'a> {
-    /// `config_sentence_transformers.json`.
+    /// `config_sentence_transformers.json` (or Stanford ColBERT's settings, as
+    /// [`stanford_settings`] translates them).
     pub st_config: Option<&'a Value>,
+    /// The file `st_config` came from, for errors.
+    pub st_file: &'a str,
     /// The transformer module's `sentence_bert_config.json`.
     pub transformer: Option<&'a Value>,
     /// The `MultiVectorMask` module's `config.json` and its path, when the pipeline has one.
@@ -127,7 +171,7 @@ fn expansion_of(v: &Value, filler: Option<&str>) -> Result<Option<Expansion>, St
 /// pipeline ends in a Normalize module when `normalized`; an error names the file and the
 /// setting that is wrong.
 pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVector, Blame> {
-    const ST: &str = "config_sentence_transformers.json";
+    let st_file = src.st_file;
     const TRANSFORMER: &str = "sentence_bert_config.json";
     let st = src.st_config;
     let filler = src.mask_token.as_deref();
@@ -141,9 +185,9 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             let p = prompt(name);
             format!("{m}{}", p.strip_prefix(m).unwrap_or(&p))
         };
-        let mut query_length = usize_of(st, "query_length").map_err(blame(ST))?;
+        let mut query_length = usize_of(st, "query_length").map_err(blame(st_file))?;
         let expansion = match c.get("query_expansion") {
-            Some(e) => expansion_of(e, filler).map_err(blame(ST))?,
+            Some(e) => expansion_of(e, filler).map_err(blame(st_file))?,
             None if c.get("do_query_expansion").and_then(Value::as_bool) == Some(false) => None,
             None => Some(Expansion {
                 length: query_length.take().unwrap_or(32),
@@ -154,7 +198,7 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
                     .unwrap_or(false),
                 token: filler
                     .ok_or_else(|| {
-                        blame(ST)(
+                        blame(st_file)(
                             "query expansion is on, but the tokenizer has no mask token".into(),
                         )
                     })?
@@ -162,7 +206,7 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             }),
         };
         let skiplist = match c.get("skiplist_words") {
-            Some(v) if !v.is_null() => words(v, "skiplist_words").map_err(blame(ST))?,
+            Some(v) if !v.is_null() => words(v, "skiplist_words").map_err(blame(st_file))?,
             _ => PUNCTUATION.chars().map(String::from).collect(),
         };
         LateSpec {
@@ -170,7 +214,7 @@ pub fn read(src: Sources<'_>, head: Head, normalized: bool) -> Result<MultiVecto
             document_prefix: marker("document_prefix", "document"),
             whole_markers: true,
             query_length,
-            document_length: usize_of(st, "document_length").map_err(blame(ST))?,
+            document_length: usize_of(st, "document_length").map_err(blame(st_file))?,
             expansion,
             skiplist,
             skip_queries: false,
@@ -265,11 +309,59 @@ mod tests {
     ) -> Sources<'a> {
         Sources {
             st_config: st,
+            st_file: "config_sentence_transformers.json",
             transformer: t,
             mask: m.map(|m| ("2_MultiVectorMask/config.json", m)),
             prompts: p,
             mask_token: Some("[MASK]".into()),
         }
+    }
+
+    #[test]
+    fn stanford_metadata_reads_as_sentence_transformers_reads_it() {
+        let prompts = BTreeMap::new();
+        let read_meta = |meta: Value| {
+            let settings = stanford_settings(&meta).map_err(|e| (STANFORD_METADATA.into(), e))?;
+            let mut src = sources(Some(&settings), None, None, &prompts);
+            src.st_file = STANFORD_METADATA;
+            read(src, Head::default(), false)
+        };
+        // colbertv2.0's own values.
+        let mv = read_meta(serde_json::json!({
+            "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "query_maxlen": 32,
+            "doc_maxlen": 180, "mask_punctuation": true, "attend_to_mask_tokens": false,
+            "similarity": "cosine", "dim": 128}))
+        .unwrap();
+        let s = &mv.spec;
+        assert_eq!(
+            (s.query_prefix.as_str(), s.document_prefix.as_str()),
+            ("[unused0]", "[unused1]")
+        );
+        assert!(s.whole_markers && mv.normalized && mv.primary && !mv.mean);
+        assert_eq!((s.query_length, s.document_length), (None, Some(180)));
+        let e = s.expansion.as_ref().unwrap();
+        assert_eq!(
+            (e.length, e.fixed, e.attend, e.token.as_str()),
+            (32, true, false, "[MASK]")
+        );
+        assert!(s.skip_documents && !s.skip_queries && s.skiplist.contains(&"?".to_string()));
+        // No metadata at all: the same defaults, documents as long as the model reads.
+        let mv = read_meta(Value::Null).unwrap();
+        assert_eq!(mv.spec.query_prefix, "[unused0]");
+        assert_eq!(mv.spec.expansion.as_ref().unwrap().length, 32);
+        assert_eq!(mv.spec.document_length, None);
+        // Punctuation kept, expansion attended.
+        let mv = read_meta(
+            serde_json::json!({"mask_punctuation": false, "attend_to_mask_tokens": true}),
+        )
+        .unwrap();
+        assert!(mv.spec.skiplist.is_empty() && mv.spec.expansion.unwrap().attend);
+        // A bad value blames artifact.metadata.
+        let (file, e) = read_meta(serde_json::json!({"doc_maxlen": "long"})).unwrap_err();
+        assert_eq!(file, STANFORD_METADATA);
+        assert!(e.contains("doc_maxlen") && e.contains("long"), "{e}");
+        let (_, e) = read_meta(serde_json::json!({"query_token_id": 1})).unwrap_err();
+        assert!(e.contains("query_token_id"), "{e}");
     }
 
     #[test]

@@ -36,7 +36,16 @@ const HOST_FILES: &[&str] = &[
     // bge-m3's lexical and multi-vector heads (FlagEmbedding's layout).
     "sparse_linear.pt",
     "colbert_linear.pt",
+    // Stanford ColBERT's settings.
+    "artifact.metadata",
 ];
+
+/// Whether a file is among a checkpoint's own safetensors weights, which the host reads the
+/// projection of a Stanford ColBERT checkpoint (one with `artifact.metadata`) from.
+fn checkpoint_weights(file: &str) -> bool {
+    !file.contains('/')
+        && (file.ends_with(".safetensors") || file == "model.safetensors.index.json")
+}
 
 /// Whether a repository file is one the host reads (including `N_Pooling/config.json` and
 /// the weights of `N_Dense` modules, which the host applies itself).
@@ -234,9 +243,12 @@ async fn download(
         .map_err(|e| failed(format!("repository info: {e}")))?;
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let backend_files = select(name, plugin, &listing, dtype)?;
+    let stanford = listing.iter().any(|f| f == "artifact.metadata");
     let wanted: Vec<&String> = listing
         .iter()
-        .filter(|f| host_reads(f) || backend_files.contains(f))
+        .filter(|f| {
+            host_reads(f) || backend_files.contains(f) || (stanford && checkpoint_weights(f))
+        })
         .collect();
     tracing::info!(
         model = name,

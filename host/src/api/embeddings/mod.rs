@@ -3,7 +3,7 @@
 use super::compact::Precision;
 use super::fields::{object, opt_bool, opt_positive, opt_str, texts, truncation};
 use super::hybrid::Wants;
-use super::{encode, ApiError, AppState, DeployedModel, ErrorKind, Usage};
+use super::{encode, ApiError, AppState, DeployedModel, ErrorKind};
 use crate::engine::{Output, Payload};
 use crate::images::{Admission, LoadError, Refusal};
 use crate::text::{TextError, Truncation};
@@ -299,12 +299,7 @@ pub async fn embeddings(
         .enumerate()
         .map(|(index, v)| EmbeddingData::of(index, writer.write(v)))
         .collect();
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: done.model.id.clone(),
-        usage: Usage::of(done.tokens),
-    })
+    Ok(EmbeddingsResponse::of(done.model, data, done.tokens))
 }
 
 /// Refuses `req` unless `model` can answer it as asked (modality, `dimensions`, prompts).

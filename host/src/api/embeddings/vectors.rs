@@ -112,6 +112,22 @@ pub struct EmbeddingsResponse {
     pub usage: Usage,
 }
 
+impl EmbeddingsResponse {
+    /// The list of `data` that `model` answered, having read `tokens` tokens.
+    pub fn of(
+        model: &DeployedModel,
+        data: Vec<EmbeddingData>,
+        tokens: usize,
+    ) -> EmbeddingsResponse {
+        EmbeddingsResponse {
+            object: "list",
+            data,
+            model: model.id.clone(),
+            usage: Usage::of(tokens),
+        }
+    }
+}
+
 /// L2-normalises `v` in place (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();

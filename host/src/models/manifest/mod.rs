@@ -268,6 +268,21 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         ModelKind::Rerank | ModelKind::Classify => None,
         _ => read_json(name, dir, "modules.json")?,
     };
+    // Stanford ColBERT (colbert-ir/colbertv2.0) has no pipeline: its settings are in
+    // artifact.metadata (defaults where it is missing, as sentence-transformers reads it) and
+    // its projection is among the checkpoint's weights.
+    let stanford = match architectures_of(&config).contains(&"HF_ColBERT") && pipeline.is_none() {
+        false => None,
+        true => {
+            let metadata = read_json(name, dir, multi_vector::STANFORD_METADATA)?;
+            late = true;
+            dense.push(Dense::from_checkpoint(dir, "linear.weight").map_err(|(f, r)| err(&f, r))?);
+            let settings =
+                multi_vector::stanford_settings(metadata.as_ref().unwrap_or(&Value::Null))
+                    .map_err(|r| err(multi_vector::STANFORD_METADATA, r))?;
+            Some(settings)
+        }
+    };
     if let Some(modules) = pipeline {
         let list = modules
             .as_array()
@@ -445,7 +460,11 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         true => {
             let mut mv = multi_vector::read(
                 Sources {
-                    st_config: st_config.as_ref(),
+                    st_config: stanford.as_ref().or(st_config.as_ref()),
+                    st_file: match stanford {
+                        Some(_) => multi_vector::STANFORD_METADATA,
+                        None => "config_sentence_transformers.json",
+                    },
                     transformer: st_model.as_ref(),
                     mask: late_mask.as_ref().map(|(f, c)| (f.as_str(), c)),
                     prompts: &prompts,
