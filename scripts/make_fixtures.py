@@ -82,6 +82,10 @@ Models:
                      SpladePooling max), naver/splade-* style, with onnx/model.onnx (`logits`);
                      reference.json `sparse` holds SparseEncoder.encode's vectors as sorted
                      indices / values.
+  tiny-splade-distilbert, tiny-splade-xlmr
+                     the same of a random DistilBertForMaskedLM (SpladePooling max,
+                     opensearch-neural-sparse-encoding-doc-* style) and XLMRobertaForMaskedLM
+                     (RoBERTa's lm_head; SpladePooling sum).
   tiny-colbert, tiny-colbert-st, tiny-colbert-stanford
                      random BERT with a 32 -> 16 projection as PyLate saves ColBERT models
                      (markers, query expansion unattended, punctuation skiplist) and as
@@ -607,17 +611,21 @@ def xlmr_tokenizer(dst: Path) -> int:
     return tok.get_vocab_size()
 
 
+def xlmr_config(vocab: int, num_labels: int = 1) -> XLMRobertaConfig:
+    """A tiny XLM-RoBERTa over xlmr_tokenizer's `vocab` pieces, with wide random weights."""
+    return XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                            bos_token_id=0, eos_token_id=2, num_labels=num_labels,
+                            initializer_range=SPREAD)
+
+
 def rerank_xlmr(out: Path) -> None:
     """A random tiny XLM-RoBERTa cross-encoder (bge-reranker's architecture)."""
     dst = out / "tiny-rerank-xlmr"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    vocab = xlmr_tokenizer(dst)
-    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
-                           bos_token_id=0, eos_token_id=2, num_labels=1,
-                           initializer_range=SPREAD)
+    cfg = xlmr_config(xlmr_tokenizer(dst))
     XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(dst)
     export_classifier(dst, with_token_types=False)
     rerank_reference(dst)
@@ -1393,16 +1401,16 @@ def classify_distilbert(out: Path) -> None:
     classify_reference(dst)
 
 
-# SPLADE fixture: the MLM decoder's bias shifts logits this many standard deviations below
-# zero, so that about one token in a thousand is active per position, as in trained SPLADE
-# models (whose vectors keep a few hundred of 30522 entries).
-SPLADE_SHIFT = 3.1
+# SPLADE fixtures: the MLM decoder's bias shifts logits below zero so that about this many
+# vocabulary entries are active per position, as in trained SPLADE models (whose vectors keep
+# a few hundred of 30522 entries).
+SPLADE_ACTIVE = 30
 
 
-def export_mlm_onnx(model_dir: Path) -> None:
+def export_mlm_onnx(model_dir: Path, with_token_types: bool) -> None:
     """onnx/model.onnx of a masked-language model: the `logits` of every token over the
     vocabulary, as optimum's fill-mask export (sentence-transformers' ONNX backend for
-    SparseEncoder) writes it."""
+    SparseEncoder) writes it; token_type_ids an input only where the family has them."""
     from transformers import AutoModelForMaskedLM
 
     model = AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="eager").eval()
@@ -1412,42 +1420,74 @@ def export_mlm_onnx(model_dir: Path) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
+        def forward(self, input_ids, attention_mask, *token_type_ids):
+            extra = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
             return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).logits
+                              **extra).logits
 
     ids = torch.tensor([[1, 7, 8, 2], [1, 7, 2, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = ["input_ids", "attention_mask"]
+    args = (ids, mask)
+    if with_token_types:
+        names.append("token_type_ids")
+        args = (ids, mask, torch.zeros_like(ids))
     dyn = {0: "batch", 1: "sequence"}
-    export(Logits(model), (ids, mask, torch.zeros_like(ids)), model_dir / "onnx" / "model.onnx",
+    export(Logits(model), args, model_dir / "onnx" / "model.onnx",
            names, ["logits"], {n: dyn for n in names + ["logits"]})
 
 
-def tiny_splade(out: Path) -> None:
-    """tiny-splade: a random BertForMaskedLM (MiniLM's WordPiece tokenizer, tied decoder) packaged
-    as a sentence-transformers SparseEncoder (MLMTransformer, SpladePooling max/relu), as
-    naver/splade-* models are; reference.json holds SparseEncoder.encode's vectors as sorted
+# The masked-language models the SPLADE fixtures are made of, by family: BERT (naver/splade-*),
+# DistilBERT (opensearch-neural-sparse-encoding-doc-*), XLM-RoBERTa (RoBERTa's lm_head).
+SPLADE_FAMILIES = {"bert": "tiny-splade", "distilbert": "tiny-splade-distilbert",
+                   "xlmr": "tiny-splade-xlmr"}
+
+
+def tiny_splade(out: Path, family: str, pooling: str) -> None:
+    """tiny-splade (BERT), tiny-splade-distilbert, tiny-splade-xlmr: a random *ForMaskedLM of
+    `family` with its tokenizer (tied decoder, its bias shifted so that few vocabulary entries
+    are active) packaged as a sentence-transformers SparseEncoder (MLMTransformer, SpladePooling
+    `pooling`), as naver/splade-* and opensearch's neural-sparse models are, with
+    onnx/model.onnx (`logits`); reference.json holds SparseEncoder.encode's vectors as sorted
     `indices` / `values` per text."""
+    from statistics import NormalDist
+
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-    from transformers import BertForMaskedLM
+    from transformers import BertForMaskedLM, DistilBertForMaskedLM, XLMRobertaForMaskedLM
 
-    dst = out / "tiny-splade"
+    name = SPLADE_FAMILIES[family]
+    dst = out / name
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, initializer_range=SPREAD)
-    mlm = BertForMaskedLM(cfg).eval()
+    if family == "bert":
+        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                         initializer_range=SPREAD)
+        mlm = BertForMaskedLM(cfg)
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "vocab.txt"]:
+            shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    elif family == "distilbert":
+        cfg = encoder_config("distilbert")
+        mlm = DistilBertForMaskedLM(cfg)
+        save_tokenizer(dst, "distilbert")
+    else:
+        cfg = xlmr_config(xlmr_tokenizer(dst))
+        mlm = XLMRobertaForMaskedLM(cfg)
+    mlm.eval()
+    shift = NormalDist().inv_cdf(1 - SPLADE_ACTIVE / cfg.vocab_size)
+    biases = {"cls.predictions.bias", "cls.predictions.decoder.bias", "lm_head.bias",
+              "lm_head.decoder.bias", "vocab_projector.bias"}
     with torch.no_grad():
         spread = SPREAD * cfg.hidden_size ** 0.5  # a logit's standard deviation
-        mlm.cls.predictions.bias.fill_(-SPLADE_SHIFT * spread)
+        for n, p in mlm.named_parameters(remove_duplicate=False):
+            if n in biases:
+                p.fill_(-shift * spread)
     mlm.save_pretrained(dst)
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
-        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     SparseEncoder(modules=[MLMTransformer(str(dst), max_seq_length=32),
-                           SpladePooling(pooling_strategy="max")], device="cpu").save(str(dst))
-    export_mlm_onnx(dst)
+                           SpladePooling(pooling_strategy=pooling)], device="cpu").save(str(dst))
+    export_mlm_onnx(dst, with_token_types=family == "bert")
     st = SparseEncoder(str(dst), device="cpu")
     emb = st.encode(TEXTS, batch_size=4, convert_to_sparse_tensor=True).coalesce()
     rows = [[] for _ in TEXTS]
@@ -1465,10 +1505,11 @@ def tiny_splade(out: Path) -> None:
     }
     (dst / "reference.json").write_text(json.dumps(ref))
     active = [len(v["indices"]) for v in sparse]
+    print(f"{name}: active entries per text {active} of {cfg.vocab_size}")
     if min(active) == 0 or max(active) > cfg.vocab_size // 4:
-        raise SystemExit(f"tiny-splade: active entries per text {active}, expected sparse vectors")
+        raise SystemExit(f"{name}: active entries per text {active}, expected sparse vectors")
     dense = emb.to_dense().numpy()
-    check_distinct("tiny-splade", TEXTS, dense)
+    check_distinct(name, TEXTS, dense)
 
 
 # ColBERT fixture: the query every text is ranked against (MaxSim), and the widths PyLate
@@ -1652,11 +1693,7 @@ def tiny_bge_m3(out: Path) -> None:
     dst = out / "tiny-bge-m3"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    vocab = xlmr_tokenizer(dst)
-    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
-                           bos_token_id=0, eos_token_id=2, initializer_range=SPREAD)
+    cfg = xlmr_config(xlmr_tokenizer(dst))
     XLMRobertaModel(cfg, add_pooling_layer=False).eval().save_pretrained(dst)
     word = models.Transformer(str(dst), max_seq_length=40)
     pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="cls")
@@ -1774,13 +1811,17 @@ def main() -> None:
     torch.manual_seed(43)
     classify_distilbert(out)
     torch.manual_seed(44)
-    tiny_splade(out)
+    tiny_splade(out, "bert", "max")
     torch.manual_seed(45)
     tiny_colbert(out)
     torch.manual_seed(46)
     tiny_bge_m3(out)
     torch.manual_seed(47)
     tiny_colbert_modernbert(out)
+    torch.manual_seed(48)
+    tiny_splade(out, "distilbert", "max")
+    torch.manual_seed(49)
+    tiny_splade(out, "xlmr", "sum")
     print(f"fixtures written to {out}")
 
 

@@ -121,7 +121,7 @@ pub async fn prepare_reporting(
         return Err(anyhow!(
             "model {} is a SPLADE model (its pipeline ends in SpladePooling), whose sparse \
              weights backend {} does not compute for it (BACKEND=torch computes them for \
-             BertForMaskedLM checkpoints)",
+             the BERT, DistilBERT, RoBERTa-family and MPNet *ForMaskedLM checkpoints)",
             m.name,
             plugin.info.name
         ));

@@ -59,14 +59,31 @@ fn assert_sparse_rows(body: &Value, reference: &Value, label: &str) {
     }
 }
 
+/// The SPLADE fixtures: BERT, DistilBERT and XLM-RoBERTa masked-language heads (the last
+/// summing over tokens rather than taking the max).
+const SPLADE: [&str; 3] = ["tiny-splade", "tiny-splade-distilbert", "tiny-splade-xlmr"];
+
 #[test]
 fn optimum_splade_weights_equal_sparse_encoders() {
     // A masked-language export's logits, reduced in the plugin.
-    let server = serve_fixtures("optimum", &["tiny-splade"], &[]);
-    let reference = reference("tiny-splade");
-    let (status, body) = server.post("/embed_sparse", &json!({"inputs": reference["texts"]}));
-    assert_eq!(status, 200, "{body}");
-    assert_sparse_rows(&body, &reference, "optimum");
+    for name in SPLADE {
+        let server = serve_fixtures("optimum", &[name], &[]);
+        let reference = reference(name);
+        let (status, body) = server.post("/embed_sparse", &json!({"inputs": reference["texts"]}));
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_sparse_rows(&body, &reference, &format!("optimum {name}"));
+    }
+}
+
+#[test]
+fn torch_reads_the_masked_language_head_of_each_encoder_family() {
+    for name in &SPLADE[1..] {
+        let server = serve_fixtures("torch", &[name], &[]);
+        let reference = reference(name);
+        let (status, body) = server.post("/embed_sparse", &json!({"inputs": reference["texts"]}));
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_sparse_rows(&body, &reference, &format!("torch {name}"));
+    }
 }
 
 #[test]

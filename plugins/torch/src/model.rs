@@ -257,7 +257,7 @@ fn build_clip(weights: Weights, cfg: &Value) -> Result<Built, PluginError> {
 }
 
 /// BERT, RoBERTa-family, DistilBERT and MPNet, with their classification heads; with
-/// `masked_lm`, a BERT masked-language model's head for SPLADE.
+/// `masked_lm`, their masked-language model's head for SPLADE.
 fn build_encoder(
     family: Family,
     weights: Weights,
@@ -275,8 +275,8 @@ fn build_encoder(
     // Heads live outside the encoder's prefix.
     let plain = weights.with_prefix("");
     // A *ForMaskedLM config over a bare encoder's weights loads as the embedder it is.
-    let mlm = match masked_lm && family == Family::Bert && MlmHead::present(&plain) {
-        true => Some(tch::no_grad(|| MlmHead::load(&plain, words, cfg))?),
+    let mlm = match masked_lm && MlmHead::present(family, &plain) {
+        true => Some(tch::no_grad(|| MlmHead::load(family, &plain, words, cfg))?),
         false => None,
     };
     let head = if rerank {
@@ -656,8 +656,9 @@ impl Model for TorchModel {
         } = &*inner
         else {
             return Err(PluginError::unsupported(
-                "this model has no masked-language head (the torch backend reads BERT's, of \
-                 BertForMaskedLM checkpoints): it produces no sparse weights",
+                "this model has no masked-language head (the torch backend reads those of \
+                 BERT, DistilBERT, RoBERTa-family and MPNet *ForMaskedLM checkpoints): it \
+                 produces no sparse weights",
             ));
         };
         if batch.rows == 0 {

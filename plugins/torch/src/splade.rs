@@ -1,8 +1,10 @@
-//! The masked-language-model head of BERT checkpoints (`BertForMaskedLM`: a dense layer, its
-//! activation and layer norm, then the decoder tied to the word embeddings) and SPLADE's
-//! reduction of its logits, done on the device in slices of tokens so that the
-//! vocabulary-wide logits of a whole batch never exist at once nor leave the device.
+//! The masked-language-model heads of the encoder families (BERT's `cls.predictions`,
+//! RoBERTa's and MPNet's `lm_head`, DistilBERT's `vocab_*`: a dense layer, its activation and
+//! layer norm, then the decoder tied to the word embeddings) and SPLADE's reduction of their
+//! logits, done on the device in slices of tokens so that the vocabulary-wide logits of a
+//! whole batch never exist at once nor leave the device.
 
+use crate::encoder::Family;
 use crate::nn::{Activation, Linear, Norm};
 use crate::weights::Weights;
 use ember_plugin_api::{PluginError, SparseReduction};
@@ -13,7 +15,54 @@ use tch::{Kind, TchError, Tensor};
 /// float32, whatever the batch.
 const TOKENS_PER_SLICE: i64 = 256;
 
-/// A BERT masked-language-model head.
+/// Where a family's `*ForMaskedLM` keeps its head, as transformers names it.
+struct Layout {
+    dense: &'static str,
+    norm: &'static str,
+    decoder: &'static str,
+    /// The bias the decoder adds, then the tensor it is tied to (what checkpoints that drop
+    /// tied tensors store alone).
+    bias: [&'static str; 2],
+    /// The config key of the activation; `None`: always exact GELU.
+    act_key: Option<&'static str>,
+    /// The config key of the norm's epsilon; `None`: always 1e-12.
+    eps_key: Option<&'static str>,
+}
+
+impl Layout {
+    fn of(family: Family) -> Layout {
+        match family {
+            Family::Bert => Layout {
+                dense: "cls.predictions.transform.dense",
+                norm: "cls.predictions.transform.LayerNorm",
+                decoder: "cls.predictions.decoder.weight",
+                bias: ["cls.predictions.decoder.bias", "cls.predictions.bias"],
+                act_key: Some("hidden_act"),
+                eps_key: Some("layer_norm_eps"),
+            },
+            // RobertaLMHead / MPNetLMHead: gelu() whatever hidden_act says.
+            Family::Roberta | Family::MPNet => Layout {
+                dense: "lm_head.dense",
+                norm: "lm_head.layer_norm",
+                decoder: "lm_head.decoder.weight",
+                bias: ["lm_head.decoder.bias", "lm_head.bias"],
+                act_key: None,
+                eps_key: Some("layer_norm_eps"),
+            },
+            // DistilBertForMaskedLM: its `activation`, a norm fixed at 1e-12.
+            Family::DistilBert => Layout {
+                dense: "vocab_transform",
+                norm: "vocab_layer_norm",
+                decoder: "vocab_projector.weight",
+                bias: ["vocab_projector.bias", "vocab_projector.bias"],
+                act_key: Some("activation"),
+                eps_key: None,
+            },
+        }
+    }
+}
+
+/// A masked-language-model head.
 pub struct MlmHead {
     dense: Linear,
     act: Activation,
@@ -24,37 +73,41 @@ pub struct MlmHead {
 }
 
 impl MlmHead {
-    /// Whether a checkpoint without prefix has a BERT masked-language head.
-    pub fn present(plain: &Weights) -> bool {
-        plain.has("cls.predictions.transform.dense.weight")
+    /// Whether a checkpoint without prefix has `family`'s masked-language head.
+    pub fn present(family: Family, plain: &Weights) -> bool {
+        plain.has(&format!("{}.weight", Layout::of(family).dense))
     }
 
-    /// Reads `cls.predictions.*` of a checkpoint without prefix; `words` is the encoder's word
+    /// Reads `family`'s head of a checkpoint without prefix; `words` is the encoder's word
     /// embedding table, the decoder when the checkpoint ties it (stores no decoder weight).
-    pub fn load(plain: &Weights, words: Tensor, cfg: &Value) -> Result<MlmHead, PluginError> {
-        let p = "cls.predictions";
-        let decoder = match plain.has(&format!("{p}.decoder.weight")) {
-            true => plain.get(&format!("{p}.decoder.weight"))?,
+    pub fn load(
+        family: Family,
+        plain: &Weights,
+        words: Tensor,
+        cfg: &Value,
+    ) -> Result<MlmHead, PluginError> {
+        let l = Layout::of(family);
+        let decoder = match plain.has(l.decoder) {
+            true => plain.get(l.decoder)?,
             false => words,
         };
-        // The decoder's own bias is the one its forward adds; `cls.predictions.bias` is the
-        // same tensor when tied, and what older checkpoints store alone.
-        let bias = match plain.has(&format!("{p}.decoder.bias")) {
-            true => plain.get(&format!("{p}.decoder.bias"))?,
-            false => plain.get(&format!("{p}.bias"))?,
+        let bias = match plain.has(l.bias[0]) {
+            true => plain.get(l.bias[0])?,
+            false => plain.get(l.bias[1])?,
         };
-        Ok(MlmHead {
-            dense: Linear::load(plain, &format!("{p}.transform.dense"))?,
-            act: Activation::parse(
-                "hidden_act",
-                cfg["hidden_act"].as_str().unwrap_or("gelu"),
+        let act = match l.act_key {
+            Some(key) => Activation::parse(
+                key,
+                cfg[key].as_str().unwrap_or("gelu"),
                 &[Activation::Gelu, Activation::GeluTanh, Activation::Relu],
             )?,
-            norm: Norm::load(
-                plain,
-                &format!("{p}.transform.LayerNorm"),
-                cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12),
-            )?,
+            None => Activation::Gelu,
+        };
+        let eps = l.eps_key.and_then(|key| cfg[key].as_f64()).unwrap_or(1e-12);
+        Ok(MlmHead {
+            dense: Linear::load(plain, l.dense)?,
+            act,
+            norm: Norm::load(plain, l.norm, eps)?,
             decoder,
             bias,
         })
