@@ -361,12 +361,22 @@ async fn deploy(
         .rev()
         .collect::<Vec<_>>()
         .join("/");
-    let late = match manifest.primary_multi_vector() {
-        Some(mv) => Some(Arc::new(
-            LateEncoder::new(&encoder, mv.spec.clone())
-                .with_context(|| format!("model {}", m.name))?,
-        )),
-        None => None,
+    let (encoder, late) = match manifest.primary_multi_vector() {
+        Some(mv) => {
+            // The model's tokenizer keeps the markers whole on every route (/embed_all with
+            // the query prompt too), as sentence-transformers registers them on it.
+            let markers = LateEncoder::markers(&encoder, &mv.spec);
+            let encoder = match markers.is_empty() {
+                true => encoder,
+                false => encoder
+                    .derived(encoder.max_len, &markers)
+                    .with_context(|| format!("model {}", m.name))?,
+            };
+            let late = LateEncoder::new(&encoder, mv.spec.clone())
+                .with_context(|| format!("model {}", m.name))?;
+            (encoder, Some(Arc::new(late)))
+        }
+        None => (encoder, None),
     };
     let dim = match manifest.primary_multi_vector() {
         Some(mv) => mv.head.output_dim(described.embedding_dim as usize),

@@ -217,6 +217,17 @@ fn colbert_vectors_and_maxsim_equal_the_reference_on_torch_and_optimum() {
                 16,
                 "a vector for each of the query's 16 positions"
             );
+            // /embed_all's raw states read the query marker as one token too.
+            let (status, got) = server.post(
+                "/embed_all",
+                &json!({"inputs": "a", "prompt_name": "query"}),
+            );
+            assert_eq!(status, 200, "{got}");
+            assert_eq!(
+                got[0].as_array().unwrap().len(),
+                4,
+                "[CLS] [unused0] a [SEP], the marker whole"
+            );
             let (status, got) = server.post("/embed", &json!({"inputs": "a"}));
             assert!(status >= 400, "{got}");
             assert!(got.to_string().contains("/v1/embeddings"), "{got}");

@@ -95,11 +95,11 @@ pub struct LateEncoder {
 }
 
 impl LateEncoder {
-    /// The tokenizer of `spec` made from the model's own.
-    pub fn new(base: &TextEncoder, spec: LateSpec) -> Result<LateEncoder, TextError> {
-        // As sentence-transformers' MultiVectorEncoder registers a legacy marker: the prefix
-        // itself, else its first word, when it is one vocabulary entry that tokenizing splits.
-        let mut markers = Vec::new();
+    /// The markers of `spec` that `base` must keep whole but splits: as sentence-transformers'
+    /// MultiVectorEncoder registers a legacy marker, the prefix itself, else its first word,
+    /// when it is one vocabulary entry that tokenizing splits.
+    pub fn markers(base: &TextEncoder, spec: &LateSpec) -> Vec<String> {
+        let mut markers: Vec<String> = Vec::new();
         if spec.whole_markers {
             for prefix in [&spec.query_prefix, &spec.document_prefix] {
                 let first = prefix.split_whitespace().next().unwrap_or_default();
@@ -113,6 +113,12 @@ impl LateEncoder {
                 }
             }
         }
+        markers
+    }
+
+    /// The tokenizer of `spec` made from the model's own.
+    pub fn new(base: &TextEncoder, spec: LateSpec) -> Result<LateEncoder, TextError> {
+        let markers = Self::markers(base, &spec);
         let query_cap = match &spec.expansion {
             Some(e) if e.fixed => e.length,
             Some(e) => spec.query_length.map_or(base.max_len, |q| q.max(e.length)),
