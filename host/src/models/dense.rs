@@ -99,9 +99,16 @@ fn read_one(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
     f.read_exact(&mut len)
         .map_err(|e| format!("is not a safetensors file: {e}"))?;
     let header_len = u64::from_le_bytes(len);
+    // Offsets are checked against the file before anything is allocated for them.
+    let size = f
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?
+        .len();
     // safetensors' own limit on a header.
-    if header_len > 100_000_000 {
-        return Err(format!("has a header of {header_len} bytes"));
+    if header_len > 100_000_000 || 8 + header_len > size {
+        return Err(format!(
+            "is not a safetensors file: a header of {header_len} bytes in a file of {size}"
+        ));
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header)
@@ -110,7 +117,15 @@ fn read_one(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
         serde_json::from_slice(&header).map_err(|e| format!("is not a safetensors file: {e}"))?;
     let info = metadata.info(name).ok_or("is not in the file")?;
     let (start, end) = info.data_offsets;
-    let mut bytes = vec![0u8; end.saturating_sub(start)];
+    let past_end = (8 + header_len)
+        .checked_add(end as u64)
+        .is_none_or(|stop| stop > size);
+    if start > end || past_end {
+        return Err(format!(
+            "lies at bytes {start}..{end} of the data, past the end of the file"
+        ));
+    }
+    let mut bytes = vec![0u8; end - start];
     f.seek(SeekFrom::Start(8 + header_len + start as u64))
         .and_then(|_| f.read_exact(&mut bytes))
         .map_err(|e| format!("cannot be read: {e}"))?;
@@ -481,7 +496,10 @@ mod tests {
         let bytes = std::fs::read(single.join("model.safetensors")).unwrap();
         std::fs::write(single.join("model.safetensors"), &bytes[..bytes.len() - 4]).unwrap();
         let (_, e) = Dense::from_checkpoint(&single, "linear.weight").unwrap_err();
-        assert!(e.contains("cannot be read"), "{e}");
+        assert!(e.contains("past the end of the file"), "{e}");
+        std::fs::write(single.join("model.safetensors"), u64::MAX.to_le_bytes()).unwrap();
+        let (_, e) = Dense::from_checkpoint(&single, "linear.weight").unwrap_err();
+        assert!(e.contains("is not a safetensors file"), "{e}");
         let _ = std::fs::remove_dir_all(&root);
     }
 
