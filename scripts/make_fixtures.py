@@ -54,7 +54,8 @@ Models:
   tiny-rerank-modernbert
                      random ModernBertForSequenceClassification (one label, mean pooling).
   tiny-gemma3        random Gemma3TextModel packaged as EmbeddingGemma (bidirectional, sliding and
-                     global layers, mean pooling, two Dense modules, Normalize, its prompts).
+                     global layers, mean pooling, two Dense modules, Normalize, its prompts);
+                     onnx/model.onnx (+ model.onnx.data, torch.export's) with last_hidden_state.
   tiny-deberta       random DeBERTa-v2 (separate position projections, absolute positions,
                      relative distances clipped at 16) embedder: mean pooling, Normalize;
                      onnx/model.onnx (with token_type_ids).
@@ -194,7 +195,7 @@ def check_caught(name: str, what: str, got, want) -> None:
     print(f"{name}: {what}: cosine {c:.4f}")
 
 
-def export_onnx(model_dir: Path, with_token_types: bool = True) -> None:
+def export_onnx(model_dir: Path, with_token_types: bool = True, dynamo: bool = False) -> None:
     """Export the transformer of model_dir to onnx/model.onnx (last_hidden_state output); its
     inputs are input_ids, attention_mask and (with_token_types) token_type_ids."""
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
@@ -216,7 +217,7 @@ def export_onnx(model_dir: Path, with_token_types: bool = True) -> None:
     args = (ids, mask) + ((torch.zeros_like(ids),) if with_token_types else ())
     dyn = {0: "batch", 1: "sequence"}
     export(LastHiddenState(model), args, model_dir / "onnx" / "model.onnx", names,
-           ["last_hidden_state"], {n: dyn for n in names + ["last_hidden_state"]})
+           ["last_hidden_state"], {n: dyn for n in names + ["last_hidden_state"]}, dynamo)
 
 
 def write_reference(model_dir: Path, st: SentenceTransformer) -> None:
@@ -472,8 +473,10 @@ LONG_QUERY = " ".join(["what is the capital of a country in europe"] * 30)
 
 
 def export(module: torch.nn.Module, args: tuple, path: Path, inputs: list, outputs: list,
-           dynamic: dict) -> None:
-    """torch.onnx.export with the settings every fixture uses."""
+           dynamic: dict, dynamo: bool = False) -> None:
+    """torch.onnx.export with the settings every fixture uses; `dynamo` for models whose
+    attention masks the TorchScript exporter cannot trace (Gemma 3's), which torch.export
+    writes with opset 18 and external data (model.onnx.data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         module,
@@ -482,8 +485,8 @@ def export(module: torch.nn.Module, args: tuple, path: Path, inputs: list, outpu
         input_names=inputs,
         output_names=outputs,
         dynamic_axes=dynamic,
-        opset_version=17,
-        dynamo=False,
+        opset_version=18 if dynamo else 17,
+        dynamo=dynamo,
     )
 
 
@@ -1150,7 +1153,8 @@ GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: n
 def tiny_gemma3(out: Path) -> None:
     """tiny-gemma3: a random Gemma3TextModel packaged as EmbeddingGemma is: bidirectional
     attention, sliding layers (window 16: 8 tokens either side) around a global one, mean
-    pooling, two Dense modules (32 -> 64 -> 32, Identity, no bias), Normalize, its prompts."""
+    pooling, two Dense modules (32 -> 64 -> 32, Identity, no bias), Normalize, its prompts;
+    with onnx/model.onnx (+ .data), an encoder-style export (last_hidden_state)."""
     from transformers import Gemma3TextConfig
 
     dst = out / "tiny-gemma3"
@@ -1177,6 +1181,7 @@ def tiny_gemma3(out: Path) -> None:
     write_reference(dst, SentenceTransformer(str(dst), device="cpu"))
     check_tiny_bert(dst)
     write_prompt_reference(dst)
+    export_onnx(dst, with_token_types=False, dynamo=True)
     full = without_sliding_window(SentenceTransformer(str(dst), device="cpu"))
     long = long_text_index(full)
     want = json.loads((dst / "reference.json").read_text())["embeddings"][long]

@@ -188,10 +188,14 @@ fn optimum_serves_encoder_exports_of_each_architecture() {
         "tiny-distilbert",
         "tiny-mpnet",
         "tiny-deberta",
+        "tiny-gemma3",
     ] {
         let server = serve("optimum", name);
         assert_embeds_alone_and_batched(&server, name, 0.9999);
     }
+    // EmbeddingGemma's export: bidirectional, sliding layers, its prompts and Dense modules
+    // applied by the host.
+    assert_prompts_match(&serve("optimum", "tiny-gemma3"), "tiny-gemma3");
 }
 
 #[test]
