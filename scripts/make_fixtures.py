@@ -83,10 +83,10 @@ Models:
                      SpladePooling max), naver/splade-* style, with onnx/model.onnx (`logits`);
                      reference.json `sparse` holds SparseEncoder.encode's vectors as sorted
                      indices / values.
-  tiny-splade-distilbert, tiny-splade-xlmr
-                     the same of a random DistilBertForMaskedLM (SpladePooling max,
-                     opensearch-neural-sparse-encoding-doc-* style) and XLMRobertaForMaskedLM
-                     (RoBERTa's lm_head; SpladePooling sum).
+  tiny-splade-distilbert, tiny-splade-xlmr, tiny-splade-mpnet
+                     the same of a random DistilBertForMaskedLM (ReLU activation, SpladePooling
+                     max), XLMRobertaForMaskedLM (ReLU in the encoder, the head's GELU
+                     regardless; SpladePooling sum) and MPNetForMaskedLM (max).
   tiny-colbert, tiny-colbert-st, tiny-colbert-stanford
                      random BERT with a 32 -> 16 projection as PyLate saves ColBERT models
                      (markers, query expansion unattended, punctuation skiplist) and as
@@ -1443,23 +1443,25 @@ def export_mlm_onnx(model_dir: Path, with_token_types: bool) -> None:
 
 
 # The masked-language models the SPLADE fixtures are made of, by family: BERT (naver/splade-*),
-# DistilBERT (opensearch-neural-sparse-encoding-doc-*), XLM-RoBERTa (RoBERTa's lm_head).
+# DistilBERT (vocab_transform / vocab_projector), XLM-RoBERTa and MPNet (lm_head).
 SPLADE_FAMILIES = {"bert": "tiny-splade", "distilbert": "tiny-splade-distilbert",
-                   "xlmr": "tiny-splade-xlmr"}
+                   "xlmr": "tiny-splade-xlmr", "mpnet": "tiny-splade-mpnet"}
 
 
 def tiny_splade(out: Path, family: str, pooling: str) -> None:
-    """tiny-splade (BERT), tiny-splade-distilbert, tiny-splade-xlmr: a random *ForMaskedLM of
+    """tiny-splade (BERT), tiny-splade-distilbert, tiny-splade-xlmr, tiny-splade-mpnet: a random
+    *ForMaskedLM of
     `family` with its tokenizer (tied decoder, its bias shifted so that few vocabulary entries
     are active) packaged as a sentence-transformers SparseEncoder (MLMTransformer, SpladePooling
-    `pooling`), as naver/splade-* and opensearch's neural-sparse models are, with
+    `pooling`), as naver/splade-* models are, with
     onnx/model.onnx (`logits`); reference.json holds SparseEncoder.encode's vectors as sorted
     `indices` / `values` per text."""
     from statistics import NormalDist
 
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-    from transformers import BertForMaskedLM, DistilBertForMaskedLM, XLMRobertaForMaskedLM
+    from transformers import (BertForMaskedLM, DistilBertForMaskedLM, MPNetForMaskedLM,
+                              XLMRobertaForMaskedLM)
 
     name = SPLADE_FAMILIES[family]
     dst = out / name
@@ -1475,10 +1477,18 @@ def tiny_splade(out: Path, family: str, pooling: str) -> None:
             shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     elif family == "distilbert":
         cfg = encoder_config("distilbert")
+        # Not the default: the head must follow the config's activation.
+        cfg.activation = "relu"
         mlm = DistilBertForMaskedLM(cfg)
         save_tokenizer(dst, "distilbert")
+    elif family == "mpnet":
+        cfg = encoder_config("mpnet")
+        mlm = MPNetForMaskedLM(cfg)
+        save_tokenizer(dst, "mpnet")
     else:
         cfg = xlmr_config(xlmr_tokenizer(dst))
+        # The encoder follows hidden_act; RoBERTa's head is GELU whatever it says.
+        cfg.hidden_act = "relu"
         mlm = XLMRobertaForMaskedLM(cfg)
     mlm.eval()
     shift = NormalDist().inv_cdf(1 - SPLADE_ACTIVE / cfg.vocab_size)
@@ -1827,6 +1837,8 @@ def main() -> None:
     tiny_splade(out, "distilbert", "max")
     torch.manual_seed(49)
     tiny_splade(out, "xlmr", "sum")
+    torch.manual_seed(50)
+    tiny_splade(out, "mpnet", "max")
     print(f"fixtures written to {out}")
 
 

@@ -59,9 +59,14 @@ fn assert_sparse_rows(body: &Value, reference: &Value, label: &str) {
     }
 }
 
-/// The SPLADE fixtures: BERT, DistilBERT and XLM-RoBERTa masked-language heads (the last
-/// summing over tokens rather than taking the max).
-const SPLADE: [&str; 3] = ["tiny-splade", "tiny-splade-distilbert", "tiny-splade-xlmr"];
+/// The SPLADE fixtures: BERT, DistilBERT, XLM-RoBERTa and MPNet masked-language heads (the
+/// XLM-RoBERTa one summing over tokens rather than taking the max).
+const SPLADE: [&str; 4] = [
+    "tiny-splade",
+    "tiny-splade-distilbert",
+    "tiny-splade-xlmr",
+    "tiny-splade-mpnet",
+];
 
 #[test]
 fn optimum_splade_weights_equal_sparse_encoders() {

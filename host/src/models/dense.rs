@@ -302,7 +302,8 @@ impl Dense {
                 .get("weight_map")
                 .and_then(|m| m.get(tensor))
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad(format!("names no shard holding {tensor:?}")))?
+                .filter(|f| !f.contains(['/', '\\']) && *f != ".." && *f != ".")
+                .ok_or_else(|| bad(format!("names no shard file holding {tensor:?}")))?
                 .to_string()
         } else {
             let reason = match dir.join("pytorch_model.bin").is_file() {
@@ -319,14 +320,12 @@ impl Dense {
         let (shape, weight) =
             read_one(&dir.join(&file), tensor).map_err(|e| bad(format!("{tensor}: {e}")))?;
         match shape[..] {
-            [out_features, in_features] => Ok(Dense::linear(
-                tensor,
-                in_features,
-                out_features,
-                weight,
-                None,
-            )),
-            _ => Err(bad(format!("{tensor} is {shape:?}; expected [out, in]"))),
+            [out_features, in_features] if out_features > 0 && in_features > 0 => Ok(
+                Dense::linear(tensor, in_features, out_features, weight, None),
+            ),
+            _ => Err(bad(format!(
+                "{tensor} is {shape:?}; expected [out, in], neither of them 0"
+            ))),
         }
     }
 
@@ -483,6 +482,23 @@ mod tests {
         let (file, e) = Dense::from_checkpoint(&sharded, "linear.bias").unwrap_err();
         assert_eq!(file, "model.safetensors.index.json");
         assert!(e.contains("linear.bias"), "{e}");
+        // A shard is a file of the model's directory, nothing outside it.
+        std::fs::write(
+            sharded.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"linear.weight": "../single/model.safetensors"}}"#,
+        )
+        .unwrap();
+        let (_, e) = Dense::from_checkpoint(&sharded, "linear.weight").unwrap_err();
+        assert!(e.contains("no shard file"), "{e}");
+        // An empty projection is refused.
+        let empty = root.join("empty");
+        write_module(
+            &empty,
+            serde_json::json!({}),
+            &[("linear.weight", vec![0, 3], vec![])],
+        );
+        let (_, e) = Dense::from_checkpoint(&empty, "linear.weight").unwrap_err();
+        assert!(e.contains("[0, 3]"), "{e}");
         let pickle = root.join("pickle");
         std::fs::create_dir_all(&pickle).unwrap();
         std::fs::write(pickle.join("pytorch_model.bin"), b"x").unwrap();

@@ -43,24 +43,46 @@ const PYLATE_KEYS: [&str; 9] = [
 /// keep their settings.
 pub const STANFORD_METADATA: &str = "artifact.metadata";
 
+/// Whether `config` (a `config.json`) is a Stanford ColBERT checkpoint's (`HF_ColBERT`),
+/// which a model without a sentence-transformers pipeline is read as.
+pub fn is_stanford(config: &Value) -> bool {
+    config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x == "HF_ColBERT"))
+}
+
 /// Stanford ColBERT's `artifact.metadata` as the PyLate settings it amounts to, as
 /// sentence-transformers reads it: markers `query_token_id` / `doc_token_id` (`[unused0]` /
-/// `[unused1]`), documents of `doc_maxlen` tokens, queries always expanded to `query_maxlen`
-/// (32) with the mask token, attended only with `attend_to_mask_tokens`, punctuation left out
-/// of documents unless `mask_punctuation` is false.
+/// `[unused1]` when missing or empty) prompted with a space after them, documents of
+/// `doc_maxlen` tokens, queries always expanded to `query_maxlen` (32 when missing or 0) with
+/// the mask token, attended only with `attend_to_mask_tokens`, punctuation left out of
+/// documents unless `mask_punctuation` is false or null. A value of the wrong type is an
+/// error naming its key.
 pub fn stanford_settings(metadata: &Value) -> Result<Value, String> {
+    let metadata = match metadata {
+        Value::Null => &Value::Object(Default::default()),
+        Value::Object(_) => metadata,
+        _ => return Err("must be a JSON object".into()),
+    };
     let marker = |key: &str, default: &str| match metadata.get(key) {
-        None | Some(Value::Null) => Ok(default.to_string()),
-        Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.trim().to_string()),
+        None | Some(Value::Null) => Ok(format!("{default} ")),
+        Some(Value::String(m)) if m.trim().is_empty() => Ok(format!("{default} ")),
+        Some(Value::String(m)) => Ok(format!("{m} ")),
         Some(v) => Err(format!("{key} must name a token, got {v}")),
     };
     let flag = |key: &str, default: bool| match metadata.get(key) {
-        None | Some(Value::Null) => Ok(default),
+        None => Ok(default),
+        Some(Value::Null) => Ok(false),
         Some(v) => v
             .as_bool()
             .ok_or_else(|| format!("{key} must be true or false, got {v}")),
     };
-    let query_length = usize_of(Some(metadata), "query_maxlen")?.unwrap_or(32);
+    let query_length = match metadata.get("query_maxlen") {
+        Some(v) if v.as_u64() == Some(0) => None,
+        _ => usize_of(Some(metadata), "query_maxlen")?,
+    }
+    .unwrap_or(32);
     let mut settings = serde_json::json!({
         "query_prefix": marker("query_token_id", "[unused0]")?,
         "document_prefix": marker("doc_token_id", "[unused1]")?,
@@ -335,7 +357,7 @@ mod tests {
         let s = &mv.spec;
         assert_eq!(
             (s.query_prefix.as_str(), s.document_prefix.as_str()),
-            ("[unused0]", "[unused1]")
+            ("[unused0] ", "[unused1] ")
         );
         assert!(s.whole_markers && mv.normalized && mv.primary && !mv.mean);
         assert_eq!((s.query_length, s.document_length), (None, Some(180)));
@@ -347,9 +369,18 @@ mod tests {
         assert!(s.skip_documents && !s.skip_queries && s.skiplist.contains(&"?".to_string()));
         // No metadata at all: the same defaults, documents as long as the model reads.
         let mv = read_meta(Value::Null).unwrap();
-        assert_eq!(mv.spec.query_prefix, "[unused0]");
+        assert_eq!(mv.spec.query_prefix, "[unused0] ");
         assert_eq!(mv.spec.expansion.as_ref().unwrap().length, 32);
         assert_eq!(mv.spec.document_length, None);
+        // As the reference's `or`: empty markers and a zero query length take the defaults.
+        let mv = read_meta(serde_json::json!({"doc_token_id": "", "query_maxlen": 0})).unwrap();
+        assert_eq!(mv.spec.document_prefix, "[unused1] ");
+        assert_eq!(mv.spec.expansion.as_ref().unwrap().length, 32);
+        // A null mask_punctuation is false there, so nothing is skipped.
+        let mv = read_meta(serde_json::json!({"mask_punctuation": null})).unwrap();
+        assert!(mv.spec.skiplist.is_empty());
+        let (_, e) = read_meta(serde_json::json!([1, 2])).unwrap_err();
+        assert!(e.contains("JSON object"), "{e}");
         // Punctuation kept, expansion attended.
         let mv = read_meta(
             serde_json::json!({"mask_punctuation": false, "attend_to_mask_tokens": true}),

@@ -5,11 +5,12 @@
 //! only the configuration files the host uses and the weight files the backend selects.
 //! With `HF_HUB_OFFLINE=1` only the cache is used.
 
-use super::ModelError;
+use super::{multi_vector, ModelError};
 use crate::plugin::Plugin;
+use ember_plugin_api::safetensors::weight_files;
 use ember_plugin_api::DType;
-use hf_hub::api::tokio::{ApiBuilder, Progress};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::api::tokio::{ApiBuilder, ApiRepo, Progress};
+use hf_hub::{Cache, CacheRepo, Repo, RepoType};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,13 +40,6 @@ const HOST_FILES: &[&str] = &[
     // Stanford ColBERT's settings.
     "artifact.metadata",
 ];
-
-/// Whether a file is among a checkpoint's own safetensors weights, which the host reads the
-/// projection of a Stanford ColBERT checkpoint (one with `artifact.metadata`) from.
-fn checkpoint_weights(file: &str) -> bool {
-    !file.contains('/')
-        && (file.ends_with(".safetensors") || file == "model.safetensors.index.json")
-}
 
 /// Whether a repository file is one the host reads (including `N_Pooling/config.json` and
 /// the weights of `N_Dense` modules, which the host applies itself).
@@ -243,12 +237,10 @@ async fn download(
         .map_err(|e| failed(format!("repository info: {e}")))?;
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let backend_files = select(name, plugin, &listing, dtype)?;
-    let stanford = listing.iter().any(|f| f == "artifact.metadata");
-    let wanted: Vec<&String> = listing
+    let wanted: Vec<String> = listing
         .iter()
-        .filter(|f| {
-            host_reads(f) || backend_files.contains(f) || (stanford && checkpoint_weights(f))
-        })
+        .filter(|f| host_reads(f) || backend_files.contains(f))
+        .cloned()
         .collect();
     tracing::info!(
         model = name,
@@ -258,7 +250,38 @@ async fn download(
     );
     let local = cache.repo(repo);
     let mut dir = None;
-    for file in wanted {
+    fetch(&remote, &local, &wanted, &mut dir, &failed).await?;
+    // A Stanford ColBERT checkpoint (HF_ColBERT, no sentence-transformers pipeline) keeps the
+    // projection the host applies among its own weights, which a backend running an export
+    // does not select.
+    let stanford = !listing.iter().any(|f| f == "modules.json")
+        && dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("config.json")).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .is_some_and(|c| multi_vector::is_stanford(&c));
+    if stanford {
+        let weights: Vec<String> = weight_files(&listing)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| !wanted.contains(f))
+            .collect();
+        fetch(&remote, &local, &weights, &mut dir, &failed).await?;
+    }
+    let dir = dir.ok_or_else(|| failed("the repository has no files ember can use".into()))?;
+    Ok(LocalModel { dir, backend_files })
+}
+
+/// Downloads `files` into the cache unless they are there, setting `dir` to the snapshot's
+/// root once known.
+async fn fetch(
+    remote: &ApiRepo,
+    local: &CacheRepo,
+    files: &[String],
+    dir: &mut Option<PathBuf>,
+    failed: &impl Fn(String) -> ModelError,
+) -> Result<(), ModelError> {
+    for file in files {
         let path = match local.get(file) {
             Some(p) => p,
             None => {
@@ -277,11 +300,10 @@ async fn download(
         if dir.is_none() {
             // `file` may sit in a subfolder; the snapshot root is that many levels up.
             let depth = file.matches('/').count() + 1;
-            dir = path.ancestors().nth(depth).map(Path::to_path_buf);
+            *dir = path.ancestors().nth(depth).map(Path::to_path_buf);
         }
     }
-    let dir = dir.ok_or_else(|| failed("the repository has no files ember can use".into()))?;
-    Ok(LocalModel { dir, backend_files })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -73,9 +73,14 @@ pub struct MlmHead {
 }
 
 impl MlmHead {
-    /// Whether a checkpoint without prefix has `family`'s masked-language head.
+    /// Whether a checkpoint without prefix has `family`'s masked-language head whole (a
+    /// dense embedder saved as `*ForMaskedLM` with part of one loads without it).
     pub fn present(family: Family, plain: &Weights) -> bool {
-        plain.has(&format!("{}.weight", Layout::of(family).dense))
+        let l = Layout::of(family);
+        [l.dense, l.norm]
+            .iter()
+            .all(|m| plain.has(&format!("{m}.weight")) && plain.has(&format!("{m}.bias")))
+            && l.bias.iter().any(|b| plain.has(b))
     }
 
     /// Reads `family`'s head of a checkpoint without prefix; `words` is the encoder's word

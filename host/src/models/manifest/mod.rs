@@ -271,7 +271,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     // Stanford ColBERT (colbert-ir/colbertv2.0) has no pipeline: its settings are in
     // artifact.metadata (defaults where it is missing, as sentence-transformers reads it) and
     // its projection is among the checkpoint's weights.
-    let stanford = match architectures_of(&config).contains(&"HF_ColBERT") && pipeline.is_none() {
+    let stanford = match multi_vector::is_stanford(&config) && pipeline.is_none() {
         false => None,
         true => {
             let metadata = read_json(name, dir, multi_vector::STANFORD_METADATA)?;
@@ -455,6 +455,15 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
         }
         _ => (None, None),
     };
+    let mask_token = token("mask_token").or_else(|| token("eos_token"));
+    if stanford.is_some() && mask_token.is_none() {
+        return Err(err(
+            "tokenizer_config.json",
+            "names no mask token (nor special_tokens_map.json), which a Stanford ColBERT \
+             checkpoint expands its queries with"
+                .into(),
+        ));
+    }
     let multi_vector = match late {
         false => extra_vectors,
         true => {
@@ -468,7 +477,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
                     transformer: st_model.as_ref(),
                     mask: late_mask.as_ref().map(|(f, c)| (f.as_str(), c)),
                     prompts: &prompts,
-                    mask_token: token("mask_token").or_else(|| token("eos_token")),
+                    mask_token,
                 },
                 Head(std::mem::take(&mut dense)),
                 normalized_by_model,
