@@ -35,7 +35,7 @@ for check in optimum:all-MiniLM-L6-v2 optimum:tiny-rerank-xlmr optimum:tiny-clip
              torch:tiny-rerank-mistral torch:tiny-rerank-llama torch:tiny-rerank-gemma3 \
              torch:tiny-classify-bert optimum:tiny-classify-bert \
              ctranslate2:tiny-classify-distilbert:fp32 torch:tiny-classify-distilbert \
-             torch:tiny-splade; do
+             torch:tiny-splade torch:tiny-splade-xlmr optimum:tiny-splade; do
   IFS=: read -r plugin model dtype <<<"$check"
   HF_HOME=$CHECK_HOME "$BIN/ember" plugin check "$BIN/libember_$plugin.so" --model "fixtures/$model" \
     --dtype "${dtype:-auto}" 2>/dev/null | tee -a "$LOG" | tail -n 1

@@ -9,7 +9,7 @@ use crate::plugin::Plugin;
 use crate::startup::Prepared;
 use crate::text::{Tokens, Truncation};
 use ember_plugin_api::{
-    ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, Pooling, TokenBatch,
+    ErrorCode, ModelKind, PairBatch, PixelBatch, PluginError, Pooling, SparseReduction, TokenBatch,
 };
 use std::sync::Mutex;
 
@@ -55,6 +55,8 @@ pub struct Suite<'a> {
     pooling: Pooling,
     /// Whether the model's pooling reads the prompt (if not, pooling masks must be honoured).
     include_prompt: bool,
+    /// A SPLADE model's reduction: the host asks it for sparse weights, never embeddings.
+    splade: Option<SparseReduction>,
 }
 
 /// Why a call gave no usable answer.
@@ -147,6 +149,7 @@ impl<'a> Suite<'a> {
             tolerance,
             pooling: prepared.manifest.abi.pooling,
             include_prompt: prepared.manifest.abi.include_prompt,
+            splade: prepared.manifest.sparse,
         }
     }
 
@@ -162,6 +165,8 @@ impl<'a> Suite<'a> {
             ("empty batch", Suite::empty_batch),
             ("bad batch shape", Suite::bad_shape),
             ("very long input", Suite::very_long),
+        ];
+        let vectors: [Check<'a>; 6] = [
             ("output shape", Suite::output_shape),
             ("determinism", Suite::determinism),
             ("distinct inputs", Suite::distinct),
@@ -169,6 +174,11 @@ impl<'a> Suite<'a> {
             ("pooling mask", Suite::pooling_mask),
             ("threads", Suite::threads),
         ];
+        // A SPLADE model's weights are judged under "sparse weights" (the same invariances).
+        out.extend(vectors.map(|(name, check)| match self.splade {
+            Some(_) => (name, Suite::not_vectors as fn(&Suite<'a>) -> Outcome),
+            None => (name, check),
+        }));
         if self.kind == ModelKind::Clip {
             out.push(("image batch", Suite::images));
         }
@@ -216,6 +226,14 @@ impl<'a> Suite<'a> {
                 )));
             }
             s.scores.iter().map(|x| vec![*x]).collect()
+        } else if let Some(reduction) = self.splade {
+            // The call the host makes of a SPLADE model; each row's weights, by id.
+            let s = self
+                .runner
+                .sparse_as(batch, reduction)
+                .map_err(CallError::Plugin)?;
+            s.validate(rows, u32::MAX).map_err(CallError::Broken)?;
+            (0..rows).map(|r| s.row(r).1.to_vec()).collect()
         } else {
             let e = self.runner.embed_tokens(batch).map_err(CallError::Plugin)?;
             let dim = e.dim as usize;

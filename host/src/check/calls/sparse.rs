@@ -1,10 +1,11 @@
 //! Sparse (SPLADE) weights, for plugins that offer them (ABI 3.1): well-formed rows, the same
-//! for a row alone as inside a padded batch, and the reduction honoured: twice `log1p` is
+//! from two calls, different for different texts, the same for a row alone as inside a padded
+//! batch, and the reduction honoured: twice `log1p` is
 //! `log1p` of once (the max commutes with it), and a sum over the tokens is at least their max
 //! and more where a vocabulary entry is active at several tokens.
 
 use super::*;
-use ember_plugin_api::{Outputs, SparseBatch, SparseReduction};
+use ember_plugin_api::{Outputs, SparseBatch};
 use std::collections::BTreeMap;
 
 /// A row's weights by id.
@@ -42,6 +43,14 @@ impl<'a> Suite<'a> {
             .collect())
     }
 
+    /// What a SPLADE model's vector checks answer: the host never asks it for vectors.
+    pub(super) fn not_vectors(&self) -> Outcome {
+        Outcome::Skip(
+            "a SPLADE model: the host asks it for sparse weights only (see \"sparse weights\")"
+                .into(),
+        )
+    }
+
     pub(super) fn sparse_weights(&self) -> Outcome {
         if !self.runner.outputs.has(Outputs::SPARSE) {
             return Outcome::Skip("the model does not offer sparse weights".into());
@@ -69,10 +78,20 @@ impl<'a> Suite<'a> {
         let rel = (10.0 * (1.0 - self.tolerance.padding)).max(1e-4) as f32;
         // A weight within rounding of 0 may be absent from one side.
         let close = |a: f32, b: f32| (a - b).abs() <= rel * a.abs().max(b.abs()) + rel * 0.1;
-        let alone = match self.weights(&all[..1], MAX_ONCE) {
-            Ok(rows) => rows,
-            Err(o) => return o,
+        let (alone, again) = match (self.weights(&all[..1], MAX_ONCE), run(MAX_ONCE)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(o), _) | (_, Err(o)) => return o,
         };
+        if let Some((r, id)) =
+            (0..once.len()).find_map(|r| Some((r, differs(&once[r], &again[r], close)?)))
+        {
+            return Outcome::Fail(format!(
+                "row {r}, id {id}: the same batch twice gave different weights"
+            ));
+        }
+        if once.len() > 1 && differs(&once[0], &once[1], close).is_none() {
+            return Outcome::Fail("two different texts gave the same weights".into());
+        }
         if let Some(id) = differs(&alone[0], &once[0], close) {
             return Outcome::Fail(format!(
                 "row 0's weight of id {id} alone differs from the same row in a padded batch: \
@@ -110,7 +129,8 @@ impl<'a> Suite<'a> {
         }
         let active: usize = once.iter().map(Row::len).sum();
         Outcome::Pass(format!(
-            "{active} active entries over {} samples; log1p twice and sum over tokens as asked",
+            "{active} active entries over {} samples, deterministic, distinct, the same alone \
+             as batched; log1p twice and sum over tokens as asked",
             once.len()
         ))
     }
