@@ -53,6 +53,9 @@ Models:
                      search_query / search_document prompts), with onnx/model.onnx.
   tiny-rerank-modernbert
                      random ModernBertForSequenceClassification (one label, mean pooling).
+  tiny-rerank-electra
+                     random ElectraForSequenceClassification (GELU head, embeddings 16 wide
+                     projected to 32-wide layers), BERT's WordPiece; onnx/model.onnx.
   tiny-gemma3        random Gemma3TextModel packaged as EmbeddingGemma (bidirectional, sliding and
                      global layers, mean pooling, two Dense modules, Normalize, its prompts);
                      onnx/model.onnx (+ model.onnx.data, torch.export's) with last_hidden_state.
@@ -569,6 +572,26 @@ def rerank_bert(out: Path) -> None:
     BertForSequenceClassification(cfg).eval().save_pretrained(dst)
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
         shutil.copy(tok_src / f, dst / f)
+    export_classifier(dst, with_token_types=True)
+    rerank_reference(dst)
+
+
+def rerank_electra(out: Path) -> None:
+    """tiny-rerank-electra: a random ElectraForSequenceClassification (one label, the head of
+    cross-encoder/ms-marco-electra-base: dense, GELU, out_proj) whose embeddings are narrower
+    than its layers (16 -> 32 through embeddings_project, as ELECTRA-small's are), with BERT's
+    WordPiece tokenizer (ELECTRA's) and onnx/model.onnx."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    dst = out / "tiny-rerank-electra"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = ElectraConfig(vocab_size=30522, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=1, initializer_range=SPREAD)
+    ElectraForSequenceClassification(cfg).eval().save_pretrained(dst)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     export_classifier(dst, with_token_types=True)
     rerank_reference(dst)
 
@@ -1839,6 +1862,8 @@ def main() -> None:
     tiny_splade(out, "xlmr", "sum")
     torch.manual_seed(50)
     tiny_splade(out, "mpnet", "max")
+    torch.manual_seed(51)
+    rerank_electra(out)
     print(f"fixtures written to {out}")
 
 

@@ -18,6 +18,9 @@ pub enum Encoder {
     DistilBert,
     /// `mpnet`: RoBERTa-style positions plus a relative position bias on every attention.
     MPNet,
+    /// `electra`: BERT's layout, its embeddings possibly narrower than the layers and
+    /// projected up (`embeddings_project`).
+    Electra,
 }
 
 /// The `model_type`s of decoder (generator) families, for messages of encoder-only backends.
@@ -49,6 +52,7 @@ impl Encoder {
             "roberta" | "xlm-roberta" | "camembert" => Some(Encoder::Roberta),
             "distilbert" => Some(Encoder::DistilBert),
             "mpnet" => Some(Encoder::MPNet),
+            "electra" => Some(Encoder::Electra),
             _ => None,
         }
     }
@@ -61,6 +65,7 @@ impl Encoder {
             Encoder::Roberta => "roberta.",
             Encoder::DistilBert => "distilbert.",
             Encoder::MPNet => "mpnet.",
+            Encoder::Electra => "electra.",
         }
     }
 
@@ -71,7 +76,7 @@ impl Encoder {
 
     /// Whether the embeddings add segment (token type) embeddings.
     pub fn has_segments(self) -> bool {
-        matches!(self, Encoder::Bert | Encoder::Roberta)
+        matches!(self, Encoder::Bert | Encoder::Roberta | Encoder::Electra)
     }
 
     /// The prefix of the layers' weights (`encoder.layer`, or DistilBERT's `transformer.layer`),
@@ -87,7 +92,7 @@ impl Encoder {
     /// output, attention norm, feed-forward up and down, output norm.
     pub fn layer_parts(self) -> [&'static str; 8] {
         match self {
-            Encoder::Bert | Encoder::Roberta => [
+            Encoder::Bert | Encoder::Roberta | Encoder::Electra => [
                 "attention.self.query",
                 "attention.self.key",
                 "attention.self.value",
@@ -159,6 +164,8 @@ mod tests {
             "encoder.layer.0.output.LayerNorm"
         );
         assert!(Encoder::MPNet.offset_positions() && !Encoder::MPNet.has_segments());
+        assert_eq!(Encoder::of("electra"), Some(Encoder::Electra));
+        assert!(!Encoder::Electra.offset_positions() && Encoder::Electra.has_segments());
     }
 
     #[test]

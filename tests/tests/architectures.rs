@@ -30,6 +30,7 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-mistral",
     "tiny-rerank-llama",
     "tiny-rerank-gemma3",
+    "tiny-rerank-electra",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {

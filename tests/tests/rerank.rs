@@ -93,6 +93,11 @@ fn xlm_roberta_cross_encoder_matches_transformers() {
 }
 
 #[test]
+fn electra_cross_encoder_matches_transformers() {
+    check_parity("tiny-rerank-electra");
+}
+
+#[test]
 fn capabilities_decide_what_a_model_answers() {
     let server = serve(&["tiny-rerank-bert", "tiny-bert-cls"]);
     let reranker = fixture("tiny-rerank-bert").display().to_string();

@@ -1,5 +1,5 @@
-//! Post-norm transformer encoders on libtorch: BERT, RoBERTa / XLM-RoBERTa, DistilBERT and
-//! MPNet (relative position buckets). Attention goes through `scaled_dot_product_attention`
+//! Post-norm transformer encoders on libtorch: BERT, RoBERTa / XLM-RoBERTa, DistilBERT,
+//! MPNet (relative position buckets) and ELECTRA (embeddings projected up to the layers). Attention goes through `scaled_dot_product_attention`
 //! (fused kernels on GPU) with the padding mask; everything else acts on one token at a time
 //! and runs on the live tokens only, so that a batch of mixed lengths costs its tokens, not
 //! its rows times its longest row.
@@ -14,7 +14,7 @@ use tch::{Kind, TchError, Tensor};
 pub use ember_plugin_api::families::Encoder as Family;
 
 /// Model types read, for messages.
-pub const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, mpnet";
+pub const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, mpnet, electra";
 
 struct Layer {
     /// Query, key and value in one product (`[3 * hidden, hidden]`).
@@ -34,6 +34,8 @@ pub struct Encoder {
     /// Segment embeddings; DistilBERT and MPNet have none.
     types: Option<Tensor>,
     embed_norm: Norm,
+    /// ELECTRA's projection of embeddings narrower than the layers.
+    project: Option<Linear>,
     layers: Vec<Layer>,
     /// MPNet's relative attention bias table `[buckets, heads]`.
     relative_bias: Option<Tensor>,
@@ -109,7 +111,7 @@ impl Encoder {
         let pad_id = cfg["pad_token_id"].as_i64().unwrap_or(1);
         let table = positions.size()[0];
         let types = match family {
-            Family::Bert | Family::Roberta => {
+            Family::Bert | Family::Roberta | Family::Electra => {
                 Some(w.get("embeddings.token_type_embeddings.weight")?)
             }
             Family::DistilBert | Family::MPNet => None,
@@ -124,6 +126,10 @@ impl Encoder {
             positions,
             types,
             embed_norm: Norm::load(w, "embeddings.LayerNorm", eps)?,
+            project: match w.has("embeddings_project.weight") {
+                true => Some(Linear::load(w, "embeddings_project")?),
+                false => None,
+            },
             layers,
             relative_bias,
             heads: int(cfg, &["num_attention_heads", "n_heads"])?,
@@ -185,7 +191,10 @@ impl Encoder {
             };
             x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
         }
-        let x = self.embed_norm.forward(&x)?;
+        let mut x = self.embed_norm.forward(&x)?;
+        if let Some(project) = &self.project {
+            x = project.forward(&x)?;
+        }
         let live = mask.f_ne(0)?;
         let mask_or_bias = self.attention_mask(&live, seq)?;
         let tokens = Tokens::of(&computed.f_ne(0)?)?;

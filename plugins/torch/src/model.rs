@@ -29,6 +29,8 @@ enum Head {
     Roberta { dense: Linear, out: Linear },
     /// DistilBERT: pre-classifier + ReLU on the first token, then the classifier.
     DistilBert { pre: Linear, classifier: Linear },
+    /// ELECTRA: dense + GELU on the first token, then the output projection.
+    Electra { dense: Linear, out: Linear },
 }
 
 impl Head {
@@ -42,6 +44,7 @@ impl Head {
             Head::DistilBert { pre, classifier } => {
                 classifier.forward(&pre.forward(&first)?.f_relu()?)
             }
+            Head::Electra { dense, out } => out.forward(&dense.forward(&first)?.f_gelu("none")?),
         }
     }
 }
@@ -256,7 +259,7 @@ fn build_clip(weights: Weights, cfg: &Value) -> Result<Built, PluginError> {
     })
 }
 
-/// BERT, RoBERTa-family, DistilBERT and MPNet, with their classification heads; with
+/// BERT, RoBERTa-family, DistilBERT, MPNet and ELECTRA, with their classification heads; with
 /// `masked_lm`, their masked-language model's head for SPLADE.
 fn build_encoder(
     family: Family,
@@ -292,6 +295,10 @@ fn build_encoder(
             Family::DistilBert => Head::DistilBert {
                 pre: Linear::load(&plain, "pre_classifier")?,
                 classifier: Linear::load(&plain, "classifier")?,
+            },
+            Family::Electra => Head::Electra {
+                dense: Linear::load(&plain, "classifier.dense")?,
+                out: Linear::load(&plain, "classifier.out_proj")?,
             },
         })
     } else {

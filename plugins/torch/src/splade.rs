@@ -30,8 +30,9 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(family: Family) -> Layout {
-        match family {
+    /// `None` for ELECTRA, whose generator head ember does not read.
+    fn of(family: Family) -> Option<Layout> {
+        Some(match family {
             Family::Bert => Layout {
                 dense: "cls.predictions.transform.dense",
                 norm: "cls.predictions.transform.LayerNorm",
@@ -58,7 +59,8 @@ impl Layout {
                 act_key: Some("activation"),
                 eps_key: None,
             },
-        }
+            Family::Electra => return None,
+        })
     }
 }
 
@@ -76,7 +78,9 @@ impl MlmHead {
     /// Whether a checkpoint without prefix has `family`'s masked-language head whole (a
     /// dense embedder saved as `*ForMaskedLM` with part of one loads without it).
     pub fn present(family: Family, plain: &Weights) -> bool {
-        let l = Layout::of(family);
+        let Some(l) = Layout::of(family) else {
+            return false;
+        };
         [l.dense, l.norm]
             .iter()
             .all(|m| plain.has(&format!("{m}.weight")) && plain.has(&format!("{m}.bias")))
@@ -91,7 +95,9 @@ impl MlmHead {
         words: Tensor,
         cfg: &Value,
     ) -> Result<MlmHead, PluginError> {
-        let l = Layout::of(family);
+        let l = Layout::of(family).ok_or_else(|| {
+            PluginError::unsupported(format!("{family:?}'s masked-language head is not read"))
+        })?;
         let decoder = match plain.has(l.decoder) {
             true => plain.get(l.decoder)?,
             false => words,
