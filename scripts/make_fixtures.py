@@ -53,6 +53,9 @@ Models:
                      search_query / search_document prompts), with onnx/model.onnx.
   tiny-rerank-modernbert
                      random ModernBertForSequenceClassification (one label, mean pooling).
+  tiny-gte           random GTE encoder in Alibaba-NLP/gte-multilingual-base's published layout
+                     (model_type "new", packed qkv_proj / up_gate_proj, rotary, XLM-R tokenizer),
+                     CLS pooling and Normalize; reference from transformers' native GteModel.
   tiny-rerank-electra
                      random ElectraForSequenceClassification (GELU head, embeddings 16 wide
                      projected to 32-wide layers), BERT's WordPiece; onnx/model.onnx.
@@ -594,6 +597,120 @@ def rerank_electra(out: Path) -> None:
         shutil.copy(minilm_tokenizer_dir() / f, dst / f)
     export_classifier(dst, with_token_types=True)
     rerank_reference(dst)
+
+
+def gte_original_names(sd: dict) -> dict:
+    """A native GteModel state dict under the names Alibaba's published checkpoints use
+    (model_type "new"): q, k, v packed in attention.qkv_proj, up then gate in
+    mlp.up_gate_proj, attn_ln / mlp_ln, layers under encoder.layer (transformers'
+    conversion_mapping for "gte", reversed)."""
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith("layers."):
+            out[k] = v
+            continue
+        _, i, rest = k.split(".", 2)
+        p, tail = f"encoder.layer.{i}.", rest.rsplit(".", 1)[-1]
+        if rest.startswith("self_attn.q_proj."):
+            out[p + "attention.qkv_proj." + tail] = torch.cat(
+                [sd[f"layers.{i}.self_attn.{n}_proj.{tail}"] for n in "qkv"])
+        elif rest.startswith("self_attn.o_proj."):
+            out[p + "attention.o_proj." + tail] = v
+        elif rest.startswith("post_attention_layernorm."):
+            out[p + "attn_ln." + tail] = v
+        elif rest.startswith("post_mlp_layernorm."):
+            out[p + "mlp_ln." + tail] = v
+        elif rest == "mlp.up_proj.weight":
+            out[p + "mlp.up_gate_proj.weight"] = torch.cat(
+                [v, sd[f"layers.{i}.mlp.gate_proj.weight"]])
+        elif rest.startswith("mlp.down_proj."):
+            out[p + "mlp.down_proj." + tail] = v
+        elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.", "mlp.gate_proj.")):
+            raise SystemExit(f"tiny-gte: no original name for {k}")
+    return out
+
+
+def tiny_gte(out: Path) -> None:
+    """tiny-gte: a random GTE encoder in the layout Alibaba-NLP/gte-multilingual-base is
+    published in (model_type "new", packed qkv_proj and up_gate_proj, rotary positions with
+    rope_theta 160000, XLM-R's tokenizer) with its sentence-transformers pipeline (CLS pooling,
+    Normalize). The reference is transformers' native GteModel, which reads that layout through
+    its conversion mapping (checked: it reproduces the model it was written from exactly);
+    embeddings as the pipeline computes them: the CLS state, normalised."""
+    from safetensors.torch import save_file
+    from transformers import GteConfig, GteModel
+
+    dst = out / "tiny-gte"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = xlmr_tokenizer(dst)
+    cfg = GteConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, hidden_act="gelu", max_position_embeddings=128,
+                    type_vocab_size=1, layer_norm_eps=1e-12, pad_token_id=1,
+                    initializer_range=SPREAD,
+                    rope_parameters={"rope_type": "default", "rope_theta": 160000.0})
+    model = GteModel(cfg).eval()
+    tensors = gte_original_names(model.state_dict())
+    save_file({k: v.contiguous() for k, v in tensors.items()}, dst / "model.safetensors",
+              metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps({
+        "architectures": ["NewModel"], "model_type": "new", "vocab_size": vocab,
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 128,
+        "type_vocab_size": 1, "initializer_range": SPREAD, "layer_norm_eps": 1e-12,
+        "layer_norm_type": "layer_norm", "position_embedding_type": "rope",
+        "rope_theta": 160000, "rope_scaling": None, "pack_qkv": True, "unpad_inputs": False,
+        "use_memory_efficient_attention": False, "logn_attention_scale": False,
+        "logn_attention_clip1": False, "pad_token_id": 1, "classifier_dropout": 0.0},
+        indent=2))
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (dst / "1_Pooling").mkdir()
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True}))
+    (dst / "2_Normalize").mkdir()
+    max_len = 64
+    (dst / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_len, "do_lower_case": False}))
+
+    # transformers applies its conversion mapping to configs of its own model_type.
+    config = GteConfig.from_pretrained(dst)
+    config.model_type = "gte"
+    reference = GteModel.from_pretrained(dst, config=config).eval()
+    tok = AutoTokenizer.from_pretrained(dst)
+    probe = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        drift = (model(**probe).last_hidden_state
+                 - reference(**probe).last_hidden_state).abs().max().item()
+    if drift > 0:
+        raise SystemExit(f"tiny-gte: transformers reads the original layout {drift} off")
+    embeddings, counts = [], []
+    for text in TEXTS:  # one at a time: no padding in the reference
+        enc = tok([text], truncation=True, max_length=max_len, return_tensors="pt")
+        with torch.no_grad():
+            cls = reference(**enc).last_hidden_state[0, 0]
+        embeddings.append(torch.nn.functional.normalize(cls, dim=0).tolist())
+        counts.append(int(enc["attention_mask"].sum()))
+    (dst / "reference.json").write_text(json.dumps({
+        "texts": TEXTS, "embeddings": embeddings, "token_counts": counts,
+        "max_seq_length": max_len, "normalized_by_model": True}))
+    check_distinct(dst.name, TEXTS, embeddings)
+    # Without rotary positions the long text's vector moves: the tests would catch it.
+    flat = GteModel.from_pretrained(dst, config=config).eval()
+    flat.rotary_emb.inv_freq.zero_()
+    long = max(range(len(TEXTS)), key=lambda i: counts[i])
+    enc = tok([TEXTS[long]], truncation=True, max_length=max_len, return_tensors="pt")
+    with torch.no_grad():
+        moved = torch.nn.functional.normalize(flat(**enc).last_hidden_state[0, 0], dim=0)
+    check_caught(dst.name, "ignoring the rotary positions", moved.tolist(), embeddings[long])
 
 
 def xlmr_tokenizer(dst: Path) -> int:
@@ -1864,6 +1981,8 @@ def main() -> None:
     tiny_splade(out, "mpnet", "max")
     torch.manual_seed(51)
     rerank_electra(out)
+    torch.manual_seed(52)
+    tiny_gte(out)
     print(f"fixtures written to {out}")
 
 

@@ -17,6 +17,7 @@ const TORCH_EMBEDDERS: &[&str] = &[
     "tiny-modernbert",
     "tiny-gemma3",
     "tiny-deberta",
+    "tiny-gte",
 ];
 /// Cross-encoders served by the torch backend.
 const TORCH_RERANKERS: &[&str] = &[
@@ -279,7 +280,13 @@ fn torch_runs_every_embedder_in_fp16_and_bf16_close_to_fp32() {
             assert_eq!(status, 200, "{body}");
             let got = vectors(&body);
             let mut moved = 0f64;
-            let min = if dtype == "fp16" { 0.9995 } else { 0.995 };
+            // tiny-gte pools one token (CLS), which averages nothing away: transformers' own
+            // GteModel in bf16 is at cosine 0.9922 of its fp32 (measured), ember at 0.9927.
+            let min = match (dtype, *name) {
+                ("fp16", _) => 0.9995,
+                (_, "tiny-gte") => 0.99,
+                _ => 0.995,
+            };
             let mut worst = 1f64;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let c = cosine(g, w);

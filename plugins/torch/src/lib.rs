@@ -13,6 +13,7 @@ mod decoder;
 mod device;
 mod encoder;
 pub mod error;
+mod gte;
 mod heap;
 mod mkl;
 mod model;

@@ -7,6 +7,7 @@ use crate::decoder::{self, Decoder};
 use crate::device;
 use crate::encoder::{Encoder, Family};
 use crate::error::{self, from_tch};
+use crate::gte::Gte;
 use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
 use crate::pool::pool;
@@ -154,6 +155,8 @@ enum Inner {
         model: Deberta,
         head: Option<deberta::Head>,
     },
+    /// A GTE embedder.
+    Gte(Gte),
     /// A ModernBERT embedder (no head) or reranker.
     Modern {
         model: ModernBert,
@@ -175,6 +178,7 @@ impl Inner {
             Inner::Encoder { encoder, .. } => encoder.forward(ids, types, mask),
             Inner::Deberta { model, .. } => model.forward(ids, types, mask),
             Inner::Modern { model, .. } => model.forward(ids, mask),
+            Inner::Gte(model) => model.forward(ids, types, mask),
             Inner::Decoder { decoder, .. } => decoder.forward(ids, mask),
             Inner::Clip(_) => Err(TchError::Kind(
                 "a CLIP text tower pools inside; its token states are not offered".into(),
@@ -353,6 +357,27 @@ fn build_modernbert(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built
     })
 }
 
+/// A GTE embedder (its rerankers' heads are not read).
+fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
+    if rerank {
+        return Err(PluginError::unsupported(
+            "the torch backend serves GTE (model_type \"new\") embedders; the heads of its \
+             rerankers and classifiers are not implemented",
+        ));
+    }
+    let weights = unprefixed(weights, "new.", "embeddings.word_embeddings.weight");
+    let model = tch::no_grad(|| Gte::load(&weights, cfg))?;
+    Ok(Built {
+        width: model.hidden,
+        max_positions: model.max_positions,
+        vocab: model.vocab_size(),
+        segments: model.segments(),
+        what: "gte".into(),
+        head: None,
+        inner: Inner::Gte(model),
+    })
+}
+
 /// A decoder, with a `score` head (`*ForSequenceClassification`) or, for a causal language
 /// model, the yes / no head.
 fn build_decoder(
@@ -427,11 +452,13 @@ impl TorchModel {
             build_modernbert(weights, &cfg, rerank)?
         } else if model_type == "deberta-v2" {
             build_deberta(weights, &cfg, rerank)?
+        } else if model_type == "new" {
+            build_gte(weights, &cfg, rerank)?
         } else {
             let family = Family::of(model_type).ok_or_else(|| {
                 PluginError::unsupported(format!(
                     "the torch backend does not implement model_type {model_type:?}; \
-                     supported: {}, modernbert, deberta-v2, {}, clip",
+                     supported: {}, modernbert, deberta-v2, new (GTE), {}, clip",
                     crate::encoder::SUPPORTED,
                     decoder::SUPPORTED
                 ))
