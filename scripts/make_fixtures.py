@@ -56,6 +56,8 @@ Models:
   tiny-gte           random GTE encoder in Alibaba-NLP/gte-multilingual-base's published layout
                      (model_type "new", packed qkv_proj / up_gate_proj, rotary, XLM-R tokenizer),
                      CLS pooling and Normalize; reference from transformers' native GteModel.
+  tiny-rerank-gte    random GTE cross-encoder in gte-multilingual-reranker-base's layout (`new.`
+                     encoder, tanh pooler, classifier); scores from GteForSequenceClassification.
   tiny-rerank-electra
                      random ElectraForSequenceClassification (GELU head, embeddings 16 wide
                      projected to 32-wide layers), BERT's WordPiece; onnx/model.onnx.
@@ -496,10 +498,13 @@ def export(module: torch.nn.Module, args: tuple, path: Path, inputs: list, outpu
     )
 
 
-def rerank_reference(model_dir: Path) -> None:
-    """transformers' logits and sigmoid scores for the QUERY/DOCUMENTS pairs (and LONG_QUERY)."""
+def rerank_reference(model_dir: Path, model=None) -> None:
+    """transformers' logits and sigmoid scores for the QUERY/DOCUMENTS pairs (and LONG_QUERY),
+    of `model` if given (a class the Auto classes do not map the config to), else of
+    AutoModelForSequenceClassification's."""
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    if model is None:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     cfg = json.loads((model_dir / "config.json").read_text())
     offset = cfg["model_type"] in ("xlm-roberta", "roberta", "mpnet")
     positions = cfg["max_position_embeddings"] - (2 if offset else 0)
@@ -630,12 +635,73 @@ def gte_original_names(sd: dict) -> dict:
     return out
 
 
+def write_gte_config(dst: Path, vocab: int, architecture: str, labels: int = 0) -> None:
+    """config.json of a tiny GTE as Alibaba publishes them (model_type "new", its own keys)."""
+    config = {
+        "architectures": [architecture], "model_type": "new", "vocab_size": vocab,
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 128,
+        "type_vocab_size": 1, "initializer_range": SPREAD, "layer_norm_eps": 1e-12,
+        "layer_norm_type": "layer_norm", "position_embedding_type": "rope",
+        "rope_theta": 160000, "rope_scaling": None, "pack_qkv": True, "unpad_inputs": False,
+        "use_memory_efficient_attention": False, "logn_attention_scale": False,
+        "logn_attention_clip1": False, "pad_token_id": 1, "classifier_dropout": 0.0}
+    if labels:
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def gte_config(vocab: int, labels: int = 1):
+    """The native GteConfig of write_gte_config's model."""
+    from transformers import GteConfig
+
+    return GteConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, hidden_act="gelu",
+                     max_position_embeddings=128, type_vocab_size=1, layer_norm_eps=1e-12,
+                     pad_token_id=1, initializer_range=SPREAD, num_labels=labels,
+                     rope_parameters={"rope_type": "default", "rope_theta": 160000.0})
+
+
+def tiny_rerank_gte(out: Path) -> None:
+    """tiny-rerank-gte: a random GTE cross-encoder in Alibaba-NLP/gte-multilingual-reranker-base's
+    layout (NewForSequenceClassification: the encoder under `new.`, a tanh pooler on the first
+    token, the classifier); scores from transformers' native GteForSequenceClassification,
+    which reads that layout through its conversion mapping (checked to reproduce the model)."""
+    from safetensors.torch import save_file
+    from transformers import GteConfig, GteForSequenceClassification
+
+    dst = out / "tiny-rerank-gte"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    vocab = xlmr_tokenizer(dst)
+    model = GteForSequenceClassification(gte_config(vocab)).eval()
+    sd = model.state_dict()
+    encoder = gte_original_names({k.removeprefix("gte."): v for k, v in sd.items()
+                                  if k.startswith("gte.")})
+    tensors = {f"new.{k}": v for k, v in encoder.items()}
+    tensors.update({k: v for k, v in sd.items() if k.startswith("classifier.")})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, dst / "model.safetensors",
+              metadata={"format": "pt"})
+    write_gte_config(dst, vocab, "NewForSequenceClassification", labels=1)
+    config = GteConfig.from_pretrained(dst)
+    config.model_type = "gte"
+    reference = GteForSequenceClassification.from_pretrained(dst, config=config).eval()
+    tok = AutoTokenizer.from_pretrained(dst)
+    probe = tok([QUERY] * 2, DOCUMENTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        drift = (model(**probe).logits - reference(**probe).logits).abs().max().item()
+    if drift > 1e-5:
+        raise SystemExit(f"tiny-rerank-gte: transformers reads the original layout {drift} off")
+    rerank_reference(dst, reference)
+
+
 def tiny_gte(out: Path) -> None:
     """tiny-gte: a random GTE encoder in the layout Alibaba-NLP/gte-multilingual-base is
     published in (model_type "new", packed qkv_proj and up_gate_proj, rotary positions with
     rope_theta 160000, XLM-R's tokenizer) with its sentence-transformers pipeline (CLS pooling,
     Normalize). The reference is transformers' native GteModel, which reads that layout through
-    its conversion mapping (checked: it reproduces the model it was written from exactly);
+    its conversion mapping (checked: it reproduces the model it was written from, within 1e-5);
     embeddings as the pipeline computes them: the CLS state, normalised."""
     from safetensors.torch import save_file
     from transformers import GteConfig, GteModel
@@ -644,26 +710,11 @@ def tiny_gte(out: Path) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     vocab = xlmr_tokenizer(dst)
-    cfg = GteConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, hidden_act="gelu", max_position_embeddings=128,
-                    type_vocab_size=1, layer_norm_eps=1e-12, pad_token_id=1,
-                    initializer_range=SPREAD,
-                    rope_parameters={"rope_type": "default", "rope_theta": 160000.0})
-    model = GteModel(cfg).eval()
+    model = GteModel(gte_config(vocab)).eval()
     tensors = gte_original_names(model.state_dict())
     save_file({k: v.contiguous() for k, v in tensors.items()}, dst / "model.safetensors",
               metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps({
-        "architectures": ["NewModel"], "model_type": "new", "vocab_size": vocab,
-        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 128,
-        "type_vocab_size": 1, "initializer_range": SPREAD, "layer_norm_eps": 1e-12,
-        "layer_norm_type": "layer_norm", "position_embedding_type": "rope",
-        "rope_theta": 160000, "rope_scaling": None, "pack_qkv": True, "unpad_inputs": False,
-        "use_memory_efficient_attention": False, "logn_attention_scale": False,
-        "logn_attention_clip1": False, "pad_token_id": 1, "classifier_dropout": 0.0},
-        indent=2))
+    write_gte_config(dst, vocab, "NewModel")
     (dst / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling",
@@ -690,7 +741,7 @@ def tiny_gte(out: Path) -> None:
     with torch.no_grad():
         drift = (model(**probe).last_hidden_state
                  - reference(**probe).last_hidden_state).abs().max().item()
-    if drift > 0:
+    if drift > 1e-5:
         raise SystemExit(f"tiny-gte: transformers reads the original layout {drift} off")
     embeddings, counts = [], []
     for text in TEXTS:  # one at a time: no padding in the reference
@@ -1983,6 +2034,8 @@ def main() -> None:
     rerank_electra(out)
     torch.manual_seed(52)
     tiny_gte(out)
+    torch.manual_seed(53)
+    tiny_rerank_gte(out)
     print(f"fixtures written to {out}")
 
 

@@ -32,6 +32,7 @@ const TORCH_RERANKERS: &[&str] = &[
     "tiny-rerank-llama",
     "tiny-rerank-gemma3",
     "tiny-rerank-electra",
+    "tiny-rerank-gte",
 ];
 
 fn serve(backend: &str, fixture_name: &str) -> Server {

@@ -1,8 +1,9 @@
-//! Alibaba's GTE encoder (`model_type` "new": gte-multilingual-base, mGTE) on libtorch, in the
-//! layout its checkpoints are published in: a post-norm bidirectional encoder with rotary
-//! positions and no position table, query / key / value packed in `attention.qkv_proj`, a
-//! gated feed-forward packed in `mlp.up_gate_proj` (up, then gate). transformers'
-//! `GteModel` computes the same after renaming those weights (its `conversion_mapping`).
+//! Alibaba's GTE encoder (`model_type` "new": gte-multilingual-base, mGTE and its reranker) on
+//! libtorch, in the layout its checkpoints are published in: a post-norm bidirectional encoder
+//! with rotary positions and no position table, query / key / value packed in
+//! `attention.qkv_proj`, a gated feed-forward packed in `mlp.up_gate_proj` (up, then gate).
+//! transformers' `GteModel` computes the same after renaming those weights (its
+//! `conversion_mapping`).
 
 use crate::nn::{attend, int, Activation, Linear, Norm};
 use crate::rotary::Rotary;

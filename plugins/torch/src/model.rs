@@ -155,8 +155,8 @@ enum Inner {
         model: Deberta,
         head: Option<deberta::Head>,
     },
-    /// A GTE embedder.
-    Gte(Gte),
+    /// A GTE embedder (no head) or reranker.
+    Gte { model: Gte, head: Option<Head> },
     /// A ModernBERT embedder (no head) or reranker.
     Modern {
         model: ModernBert,
@@ -178,7 +178,7 @@ impl Inner {
             Inner::Encoder { encoder, .. } => encoder.forward(ids, types, mask),
             Inner::Deberta { model, .. } => model.forward(ids, types, mask),
             Inner::Modern { model, .. } => model.forward(ids, mask),
-            Inner::Gte(model) => model.forward(ids, types, mask),
+            Inner::Gte { model, .. } => model.forward(ids, types, mask),
             Inner::Decoder { decoder, .. } => decoder.forward(ids, mask),
             Inner::Clip(_) => Err(TchError::Kind(
                 "a CLIP text tower pools inside; its token states are not offered".into(),
@@ -357,24 +357,29 @@ fn build_modernbert(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built
     })
 }
 
-/// A GTE embedder (its rerankers' heads are not read).
+/// A GTE embedder, or reranker with BERT's head (tanh pooler on the first token, then the
+/// classifier: `new.pooler.dense`, `classifier`).
 fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
-    if rerank {
-        return Err(PluginError::unsupported(
-            "the torch backend serves GTE (model_type \"new\") embedders; the heads of its \
-             rerankers and classifiers are not implemented",
-        ));
-    }
     let weights = unprefixed(weights, "new.", "embeddings.word_embeddings.weight");
     let model = tch::no_grad(|| Gte::load(&weights, cfg))?;
+    let head = match rerank {
+        true => {
+            let plain = weights.with_prefix("");
+            Some(Head::Bert {
+                pooler: Linear::load(&plain, "new.pooler.dense")?,
+                classifier: Linear::load(&plain, "classifier")?,
+            })
+        }
+        false => None,
+    };
     Ok(Built {
         width: model.hidden,
         max_positions: model.max_positions,
         vocab: model.vocab_size(),
         segments: model.segments(),
         what: "gte".into(),
-        head: None,
-        inner: Inner::Gte(model),
+        head: head.as_ref().map(|_| "classification head"),
+        inner: Inner::Gte { model, head },
     })
 }
 
@@ -590,6 +595,10 @@ impl TorchModel {
                     head: Some(head),
                 } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
                 Inner::Deberta {
+                    model,
+                    head: Some(head),
+                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
+                Inner::Gte {
                     model,
                     head: Some(head),
                 } => head.logits(&model.forward(&ids, &types, &mask)?)?,
