@@ -19,6 +19,7 @@ mod mkl;
 mod model;
 mod modernbert;
 mod nn;
+pub mod parts;
 pub mod pool;
 mod rotary;
 mod splade;

@@ -10,6 +10,7 @@ use crate::error::{self, from_tch};
 use crate::gte::Gte;
 use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
+use crate::parts::{self, Parts};
 use crate::pool::pool;
 use crate::splade::MlmHead;
 use crate::weights::Weights;
@@ -19,6 +20,7 @@ use ember_plugin_api::{
     TokenBatch, TokenStates,
 };
 use serde_json::Value;
+use std::ops::Range;
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -193,12 +195,30 @@ impl Inner {
     }
 }
 
+/// A model's tensors lent to the threads of a call's parts, for reading.
+struct Lent<'a>(&'a Inner);
+
+impl Lent<'_> {
+    /// The tensors (a method, so that closures capture the wrapper rather than its field).
+    fn get(&self) -> &Inner {
+        self.0
+    }
+}
+
+// SAFETY: tch leaves `Tensor` unshareable because it cannot know how a tensor is used. A forward
+// pass only reads the model's tensors (its in-place ops write only activations it made), and
+// libtorch reads a tensor's data and counts its references (atomically) safely from several
+// threads, so the parts' forward passes may share them; the model's lock is held meanwhile.
+unsafe impl Sync for Lent<'_> {}
+
 /// A model on libtorch.
 pub struct TorchModel {
     // The host serialises calls to a model; the mutex makes sharing the tensors sound. Forward
     // calls only read the tensors, so a panic while it is held leaves them intact: it is locked
     // with `error::lock`, which ignores poisoning.
     inner: std::sync::Mutex<Inner>,
+    /// The threads that run a call's parts at once, on a CPU with several intra-op threads.
+    parts: Option<Parts>,
     hidden: i64,
     /// Whether the model ends in a classification head (rerankers and classifiers).
     headed: bool,
@@ -471,6 +491,12 @@ impl TorchModel {
             let masked_lm = manifest.architecture.ends_with("ForMaskedLM");
             build_encoder(family, weights, &cfg, rerank, masked_lm)?
         };
+        let parts = match device {
+            Device::Cpu => {
+                Parts::new(tch::get_num_threads().max(1) as usize).map_err(PluginError::internal)?
+            }
+            _ => None,
+        };
         if device == Device::Cpu {
             // The checkpoint's tensors are gone now (the weights the layers laid out for the
             // CPU, and those no layer used): give their pages back rather than keep them as
@@ -495,11 +521,36 @@ impl TorchModel {
             vocab: built.vocab,
             segments: built.segments,
             inner: std::sync::Mutex::new(built.inner),
+            parts,
             pooling: manifest.pooling,
             device,
             kind,
             dtype,
         })
+    }
+
+    /// Runs `run` without gradients on the rows of a call whose rows hold `tokens` live
+    /// tokens each: on the CPU cut into parts that run at once (see `parts`), else whole.
+    /// The results come in the rows' order, one per part.
+    fn in_parts<T: Send>(
+        &self,
+        inner: &Inner,
+        tokens: &[usize],
+        run: impl Fn(&Inner, Range<usize>) -> Result<T, TchError> + Sync,
+    ) -> Result<Vec<T>, TchError> {
+        let whole = || tch::no_grad(|| run(inner, 0..tokens.len())).map(|one| vec![one]);
+        let Some(threads) = &self.parts else {
+            return whole();
+        };
+        let plan = threads.plan(tokens);
+        if plan.len() < 2 {
+            return whole();
+        }
+        let lent = Lent(inner);
+        threads
+            .run(&plan, |rows| tch::no_grad(|| run(lent.get(), rows)))
+            .into_iter()
+            .collect()
     }
 
     /// Refuses batches the model cannot index: sequences longer than its positions, token or
@@ -572,41 +623,43 @@ impl TorchModel {
         }
         self.check(batch)?;
         let inner = error::lock(&self.inner);
-        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask, _) = self.inputs(batch)?;
-            let logits = match &*inner {
-                Inner::Encoder {
-                    encoder,
-                    head: Some(head),
-                    ..
-                } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
-                Inner::Decoder {
-                    decoder,
-                    head: Some(head),
-                } => {
-                    let states = decoder.forward(&ids, &mask)?;
-                    match head {
-                        DecoderHead::Score(h) => h.logits(&states, &ids, &mask)?,
-                        DecoderHead::YesNo(h) => h.logits(&states, &mask)?,
+        let values = self
+            .in_parts(&inner, &batch.row_lengths(), |inner, rows| {
+                let (ids, types, mask, _) = self.inputs(&parts::rows(batch, rows))?;
+                let logits = match inner {
+                    Inner::Encoder {
+                        encoder,
+                        head: Some(head),
+                        ..
+                    } => head.logits(&encoder.forward(&ids, &types, &mask)?)?,
+                    Inner::Decoder {
+                        decoder,
+                        head: Some(head),
+                    } => {
+                        let states = decoder.forward(&ids, &mask)?;
+                        match head {
+                            DecoderHead::Score(h) => h.logits(&states, &ids, &mask)?,
+                            DecoderHead::YesNo(h) => h.logits(&states, &mask)?,
+                        }
                     }
-                }
-                Inner::Modern {
-                    model,
-                    head: Some(head),
-                } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
-                Inner::Deberta {
-                    model,
-                    head: Some(head),
-                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
-                Inner::Gte {
-                    model,
-                    head: Some(head),
-                } => head.logits(&model.forward(&ids, &types, &mask)?)?,
-                _ => return Err(TchError::Kind("a head model without its head".into())),
-            };
-            to_vec(&logits)
-        })
-        .map_err(|e| from_tch(what, e))?;
+                    Inner::Modern {
+                        model,
+                        head: Some(head),
+                    } => head.logits(&model.forward(&ids, &mask)?, &mask)?,
+                    Inner::Deberta {
+                        model,
+                        head: Some(head),
+                    } => head.logits(&model.forward(&ids, &types, &mask)?)?,
+                    Inner::Gte {
+                        model,
+                        head: Some(head),
+                    } => head.logits(&model.forward(&ids, &types, &mask)?)?,
+                    _ => return Err(TchError::Kind("a head model without its head".into())),
+                };
+                to_vec(&logits)
+            })
+            .map_err(|e| from_tch(what, e))?
+            .concat();
         if values.len() != batch.rows as usize * self.labels as usize {
             return Err(PluginError::internal(format!(
                 "the classification head has {} outputs per row, but the model's config \
@@ -650,18 +703,20 @@ impl Model for TorchModel {
                 "a CLIP text tower pools its own way; it takes no pooling mask",
             ));
         }
-        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask, pooled) = self.inputs(batch)?;
-            match &*inner {
-                Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
-                text => to_vec(&pool(
-                    self.pooling,
-                    &text.states(&ids, &types, &mask)?,
-                    &pooled,
-                )?),
-            }
-        })
-        .map_err(|e| from_tch("embedding tokens", e))?;
+        let values = self
+            .in_parts(&inner, &batch.row_lengths(), |inner, rows| {
+                let (ids, types, mask, pooled) = self.inputs(&parts::rows(batch, rows))?;
+                match inner {
+                    Inner::Clip(clip) => to_vec(&clip.text(&ids, &mask)?),
+                    text => to_vec(&pool(
+                        self.pooling,
+                        &text.states(&ids, &types, &mask)?,
+                        &pooled,
+                    )?),
+                }
+            })
+            .map_err(|e| from_tch("embedding tokens", e))?
+            .concat();
         Ok(EmbeddingBatch {
             rows: batch.rows,
             dim,
@@ -692,12 +747,7 @@ impl Model for TorchModel {
         reduction: SparseReduction,
     ) -> Result<SparseBatch, PluginError> {
         let inner = error::lock(&self.inner);
-        let Inner::Encoder {
-            encoder,
-            mlm: Some(mlm),
-            ..
-        } = &*inner
-        else {
+        let Inner::Encoder { mlm: Some(_), .. } = &*inner else {
             return Err(PluginError::unsupported(
                 "this model has no masked-language head (the torch backend reads those of \
                  BERT, DistilBERT, RoBERTa-family and MPNet *ForMaskedLM checkpoints): it \
@@ -708,22 +758,36 @@ impl Model for TorchModel {
             return Ok(SparseBatch::from_rows(Vec::new()));
         }
         self.check(batch)?;
-        let (cells, values) = tch::no_grad(|| -> Result<(Vec<i64>, Vec<f32>), TchError> {
-            let (ids, types, mask, _) = self.inputs(batch)?;
-            let weights = mlm.splade(&encoder.forward(&ids, &types, &mask)?, &mask, reduction)?;
-            // (row, id) of every non-zero weight, in row-major order.
-            let at = weights.f_nonzero()?;
-            let values = weights.f_index(&[Some(at.f_select(1, 0)?), Some(at.f_select(1, 1)?)])?;
-            let cells = Vec::<i64>::try_from(&at.f_to_device(Device::Cpu)?.f_reshape(-1)?)?;
-            Ok((cells, to_vec(&values)?))
-        })
-        .map_err(|e| from_tch("computing sparse weights", e))?;
-        let mut rows: Vec<(Vec<u32>, Vec<f32>)> = vec![Default::default(); batch.rows as usize];
-        for (cell, value) in cells.chunks_exact(2).zip(values) {
-            let row = &mut rows[cell[0] as usize];
-            row.0.push(cell[1] as u32);
-            row.1.push(value);
-        }
+        let rows = self
+            .in_parts(&inner, &batch.row_lengths(), |inner, rows| {
+                let Inner::Encoder {
+                    encoder,
+                    mlm: Some(mlm),
+                    ..
+                } = inner
+                else {
+                    return Err(TchError::Kind("a SPLADE model without its head".into()));
+                };
+                let part = parts::rows(batch, rows);
+                let (ids, types, mask, _) = self.inputs(&part)?;
+                let weights =
+                    mlm.splade(&encoder.forward(&ids, &types, &mask)?, &mask, reduction)?;
+                // (row, id) of every non-zero weight, in row-major order.
+                let at = weights.f_nonzero()?;
+                let values =
+                    weights.f_index(&[Some(at.f_select(1, 0)?), Some(at.f_select(1, 1)?)])?;
+                let cells = Vec::<i64>::try_from(&at.f_to_device(Device::Cpu)?.f_reshape(-1)?)?;
+                let mut rows: Vec<(Vec<u32>, Vec<f32>)> =
+                    vec![Default::default(); part.rows as usize];
+                for (cell, value) in cells.chunks_exact(2).zip(to_vec(&values)?) {
+                    let row = &mut rows[cell[0] as usize];
+                    row.0.push(cell[1] as u32);
+                    row.1.push(value);
+                }
+                Ok(rows)
+            })
+            .map_err(|e| from_tch("computing sparse weights", e))?
+            .concat();
         Ok(SparseBatch::from_rows(rows))
     }
 
@@ -756,20 +820,24 @@ impl Model for TorchModel {
             ));
         }
         let lengths = batch.state_lengths();
-        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let (ids, types, mask, at) = self.inputs(batch)?;
-            let states = match &*inner {
-                Inner::Encoder { encoder, .. } => encoder.forward_at(&ids, &types, &mask, &at)?,
-                other => other.states(&ids, &types, &mask)?,
-            };
-            let live = at.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
-            to_vec(
-                &states
-                    .f_reshape([-1, self.hidden])?
-                    .f_index_select(0, &live)?,
-            )
-        })
-        .map_err(|e| from_tch("computing token states", e))?;
+        let values = self
+            .in_parts(&inner, &batch.row_lengths(), |inner, rows| {
+                let (ids, types, mask, at) = self.inputs(&parts::rows(batch, rows))?;
+                let states = match inner {
+                    Inner::Encoder { encoder, .. } => {
+                        encoder.forward_at(&ids, &types, &mask, &at)?
+                    }
+                    other => other.states(&ids, &types, &mask)?,
+                };
+                let live = at.f_flatten(0, 1)?.f_nonzero()?.f_squeeze_dim(1)?;
+                to_vec(
+                    &states
+                        .f_reshape([-1, self.hidden])?
+                        .f_index_select(0, &live)?,
+                )
+            })
+            .map_err(|e| from_tch("computing token states", e))?
+            .concat();
         Ok(TokenStates::from_rows(hidden, &lengths, values))
     }
 
@@ -796,7 +864,7 @@ impl Model for TorchModel {
 
     fn embed_pixels(&self, batch: &PixelBatch) -> Result<EmbeddingBatch, PluginError> {
         let inner = error::lock(&self.inner);
-        let Inner::Clip(clip) = &*inner else {
+        let Inner::Clip(_) = &*inner else {
             return Err(PluginError::unsupported(
                 "this model has no vision tower: it cannot embed images",
             ));
@@ -805,20 +873,27 @@ impl Model for TorchModel {
         if batch.rows == 0 {
             return Ok(EmbeddingBatch::empty(dim));
         }
-        let shape = [
-            batch.rows as i64,
+        let image = [
             batch.channels as i64,
             batch.height as i64,
             batch.width as i64,
         ];
-        let values = tch::no_grad(|| -> Result<Vec<f32>, TchError> {
-            let pixels = Tensor::f_from_slice(&batch.values)?
-                .f_view(shape)?
-                .f_to_device(self.device)?
-                .f_to_kind(self.kind)?;
-            to_vec(&clip.image(&pixels)?)
-        })
-        .map_err(|e| from_tch("embedding images", e))?;
+        let size = image.iter().product::<i64>() as usize;
+        let values = self
+            .in_parts(&inner, &vec![1; batch.rows as usize], |inner, rows| {
+                let Inner::Clip(clip) = inner else {
+                    return Err(TchError::Kind("a CLIP model without its towers".into()));
+                };
+                let shape = [rows.len() as i64, image[0], image[1], image[2]];
+                let pixels =
+                    Tensor::f_from_slice(&batch.values[rows.start * size..rows.end * size])?
+                        .f_view(shape)?
+                        .f_to_device(self.device)?
+                        .f_to_kind(self.kind)?;
+                to_vec(&clip.image(&pixels)?)
+            })
+            .map_err(|e| from_tch("embedding images", e))?
+            .concat();
         Ok(EmbeddingBatch {
             rows: batch.rows,
             dim,

@@ -5,8 +5,8 @@
 
 use ember_plugin_api::sdk::into_model_box;
 use ember_plugin_api::{
-    Backend, DType, DeviceKind, DeviceRequest, LoadRequest, ModelBox, ModelKind, ModelManifest,
-    Pooling, TokenBatch,
+    Backend, DType, DeviceKind, DeviceRequest, LoadRequest, Model, ModelBox, ModelKind,
+    ModelManifest, Pooling, TokenBatch,
 };
 use ember_torch::Torch;
 use std::path::PathBuf;
@@ -27,6 +27,18 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Loads fixture `name` on the CPU in fp32, wrapped as the host gets it.
 pub fn load(name: &str, kind: ModelKind, pooling: Pooling) -> ModelBox {
+    into_model_box(load_model(name, kind, pooling, "", 0))
+}
+
+/// Loads fixture `name` on the CPU in fp32 as the plugin makes it, declared as `architecture`
+/// (`""`: none), with `threads` intra-op threads (0: libtorch's default).
+pub fn load_model(
+    name: &str,
+    kind: ModelKind,
+    pooling: Pooling,
+    architecture: &str,
+    threads: u32,
+) -> Box<dyn Model> {
     let dir = fixture(name);
     let listing: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -39,7 +51,7 @@ pub fn load(name: &str, kind: ModelKind, pooling: Pooling) -> ModelBox {
         manifest: ModelManifest {
             name: name.into(),
             kind,
-            architecture: "".into(),
+            architecture: architecture.into(),
             model_type: "".into(),
             pooling,
             max_input_tokens: 0,
@@ -54,9 +66,9 @@ pub fn load(name: &str, kind: ModelKind, pooling: Pooling) -> ModelBox {
             ordinal: 0,
         },
         max_batch_size: 32,
-        intra_op_threads: 0,
+        intra_op_threads: threads,
     };
-    into_model_box(Torch::load(&request).unwrap_or_else(|e| panic!("loading {name}: {e}")))
+    Torch::load(&request).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// A right-padded batch: row `r` has `lengths[r]` tokens that look like a sentence ([CLS],
