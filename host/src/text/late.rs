@@ -116,9 +116,9 @@ impl LateEncoder {
         markers
     }
 
-    /// The tokenizer of `spec` made from the model's own.
+    /// The tokenizer of `spec` made from the model's own, `base`, which already keeps the
+    /// markers whole (registered as [`LateEncoder::markers`] says).
     pub fn new(base: &TextEncoder, spec: LateSpec) -> Result<LateEncoder, TextError> {
-        let markers = Self::markers(base, &spec);
         let query_cap = match &spec.expansion {
             Some(e) if e.fixed => e.length,
             Some(e) => spec.query_length.map_or(base.max_len, |q| q.max(e.length)),
@@ -140,8 +140,8 @@ impl LateEncoder {
                 )));
             }
         }
-        let query = base.derived(query_cap, &markers)?;
-        let document = base.derived(document_cap, &markers)?;
+        let query = base.derived(query_cap, &[])?;
+        let document = base.derived(document_cap, &[])?;
         let filler = match &spec.expansion {
             Some(e) => query.token_id(&e.token).ok_or_else(|| {
                 TextError::Load(format!(

@@ -4,7 +4,7 @@
 //! relative distances, all scaled by sqrt(head size x the number of terms), as transformers
 //! computes them. The mxbai-rerank v1 cross-encoders and many others are DeBERTa-v3.
 
-use crate::nn::{int, Activation, Linear, Norm};
+use crate::nn::{int, Activation, Linear, Norm, Segments};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
@@ -34,7 +34,7 @@ pub struct Deberta {
     /// Absolute positions added to the input (`position_biased_input`; off in v3).
     positions: Option<Tensor>,
     /// Segment embeddings (`type_vocab_size` > 0; none in v3).
-    types: Option<Tensor>,
+    types: Segments,
     embed_proj: Option<Linear>,
     embed_norm: Norm,
     layers: Vec<Layer>,
@@ -184,7 +184,7 @@ impl Deberta {
                 true => Some(w.get("embeddings.position_embeddings.weight")?),
                 false => None,
             },
-            types: optional("embeddings.token_type_embeddings.weight")?,
+            types: Segments::new(optional("embeddings.token_type_embeddings.weight")?),
             embed_proj: match w.has("embeddings.embed_proj.weight") {
                 true => Some(Linear::load(w, "embeddings.embed_proj")?),
                 false => None,
@@ -210,7 +210,7 @@ impl Deberta {
 
     /// Segments the model distinguishes (1 when it has no segment embeddings).
     pub fn segments(&self) -> i64 {
-        self.types.as_ref().map_or(1, |t| t.size()[0])
+        self.types.count()
     }
 
     /// Token states `[rows, seq, hidden]` for ids, segment ids and mask `[rows, seq]`.
@@ -229,14 +229,7 @@ impl Deberta {
                 false,
             )?)?;
         }
-        if let Some(t) = &self.types {
-            // A table of one segment reads every token as segment 0.
-            let types = match t.size()[0] {
-                1 => types.f_zeros_like()?,
-                _ => types.shallow_clone(),
-            };
-            x = x.f_add(&Tensor::f_embedding(t, &types, -1, false, false)?)?;
-        }
+        x = self.types.add(x, types)?;
         if let Some(proj) = &self.embed_proj {
             x = proj.forward(&x)?;
         }

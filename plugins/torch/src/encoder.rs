@@ -4,7 +4,7 @@
 //! and runs on the live tokens only, so that a batch of mixed lengths costs its tokens, not
 //! its rows times its longest row.
 
-use crate::nn::{attend, int, Activation, Linear, Norm};
+use crate::nn::{attend, int, Activation, Linear, Norm, Segments};
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
 use serde_json::Value;
@@ -32,7 +32,7 @@ pub struct Encoder {
     words: Tensor,
     positions: Tensor,
     /// Segment embeddings; DistilBERT and MPNet have none.
-    types: Option<Tensor>,
+    types: Segments,
     embed_norm: Norm,
     /// ELECTRA's projection of embeddings narrower than the layers.
     project: Option<Linear>,
@@ -110,12 +110,12 @@ impl Encoder {
         let positions = w.get("embeddings.position_embeddings.weight")?;
         let pad_id = cfg["pad_token_id"].as_i64().unwrap_or(1);
         let table = positions.size()[0];
-        let types = match family {
+        let types = Segments::new(match family {
             Family::Bert | Family::Roberta | Family::Electra => {
                 Some(w.get("embeddings.token_type_embeddings.weight")?)
             }
             Family::DistilBert | Family::MPNet => None,
-        };
+        });
         let relative_bias = match family {
             Family::MPNet => Some(w.get("encoder.relative_attention_bias.weight")?),
             _ => None,
@@ -151,7 +151,7 @@ impl Encoder {
 
     /// Segments the model distinguishes; with one, segment ids are ignored (all read as 0).
     pub fn segments(&self) -> i64 {
-        self.types.as_ref().map_or(1, |t| t.size()[0])
+        self.types.count()
     }
 
     /// Token states `[rows, seq, hidden]` for ids, segment ids and mask `[rows, seq]`.
@@ -179,18 +179,10 @@ impl Encoder {
         } else {
             Tensor::f_arange(seq, (Kind::Int64, device))?.f_unsqueeze(0)?
         };
-        let mut x = Tensor::f_embedding(&self.words, ids, -1, false, false)?.f_add(
+        let x = Tensor::f_embedding(&self.words, ids, -1, false, false)?.f_add(
             &Tensor::f_embedding(&self.positions, &positions, -1, false, false)?,
         )?;
-        // Models with one segment (RoBERTa-family checkpoints) read every token as segment 0.
-        if let Some(table) = &self.types {
-            let types = if self.segments() == 1 {
-                types.f_zeros_like()?
-            } else {
-                types.shallow_clone()
-            };
-            x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
-        }
+        let x = self.types.add(x, types)?;
         let mut x = self.embed_norm.forward(&x)?;
         if let Some(project) = &self.project {
             x = project.forward(&x)?;

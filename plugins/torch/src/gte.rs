@@ -5,7 +5,7 @@
 //! transformers' `GteModel` computes the same after renaming those weights (its
 //! `conversion_mapping`).
 
-use crate::nn::{attend, int, Activation, Linear, Norm};
+use crate::nn::{attend, int, Activation, Linear, Norm, Segments};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
 use ember_plugin_api::PluginError;
@@ -25,7 +25,7 @@ struct Layer {
 pub struct Gte {
     words: Tensor,
     /// Segment embeddings; gte-base-en-v1.5 (`type_vocab_size` 0) has none.
-    types: Option<Tensor>,
+    types: Segments,
     embed_norm: Norm,
     layers: Vec<Layer>,
     rope: Rotary,
@@ -93,10 +93,7 @@ impl Gte {
             })
             .collect::<Result<Vec<_>, PluginError>>()?;
         let words = w.get("embeddings.word_embeddings.weight")?;
-        let types = match w.has("embeddings.token_type_embeddings.weight") {
-            true => Some(w.get("embeddings.token_type_embeddings.weight")?),
-            false => None,
-        };
+        let types = Segments::load(w, "embeddings.token_type_embeddings.weight")?;
         let device = words.device();
         Ok(Gte {
             types,
@@ -118,7 +115,7 @@ impl Gte {
 
     /// Segments the model distinguishes (1 when it has no segment table).
     pub fn segments(&self) -> i64 {
-        self.types.as_ref().map_or(1, |t| t.size()[0])
+        self.types.count()
     }
 
     /// Token states `[rows, seq, hidden]` for right-padded ids, segment ids and their mask.
@@ -127,14 +124,8 @@ impl Gte {
         let tables = self.rope.tables(seq, self.words.kind())?;
         let live = mask.f_ne(0)?.f_view([rows, 1, 1, seq])?;
         let head_dim = self.hidden / self.heads;
-        let mut x = Tensor::f_embedding(&self.words, ids, -1, false, false)?;
-        if let Some(table) = &self.types {
-            let types = match self.segments() {
-                1 => types.f_zeros_like()?,
-                _ => types.shallow_clone(),
-            };
-            x = x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)?;
-        }
+        let x = Tensor::f_embedding(&self.words, ids, -1, false, false)?;
+        let x = self.types.add(x, types)?;
         let mut x = self.embed_norm.forward(&x)?;
         for l in &self.layers {
             // [rows, seq, 3, heads, head_dim] -> three [rows, heads, seq, head_dim]

@@ -1,4 +1,5 @@
-//! The layers every architecture is built from: dense layers, layer norms, activations,
+//! The layers every architecture is built from: dense layers, layer norms, segment embeddings,
+//! activations,
 //! attention through `scaled_dot_product_attention`, and integers read from `config.json`.
 
 use crate::weights::Weights;
@@ -12,6 +13,42 @@ pub fn int(cfg: &Value, keys: &[&str]) -> Result<i64, PluginError> {
     keys.iter()
         .find_map(|k| cfg[k].as_i64())
         .ok_or_else(|| PluginError::invalid_input(format!("config.json lacks {}", keys[0])))
+}
+
+/// A model's segment embeddings (`token_type_embeddings`), where it has them.
+pub struct Segments(Option<Tensor>);
+
+impl Segments {
+    /// The segment embeddings of `table`, or none.
+    pub fn new(table: Option<Tensor>) -> Segments {
+        Segments(table)
+    }
+
+    /// The table `name` of `w` when it is there, else none.
+    pub fn load(w: &Weights, name: &str) -> Result<Segments, PluginError> {
+        Ok(Segments(match w.has(name) {
+            true => Some(w.get(name)?),
+            false => None,
+        }))
+    }
+
+    /// Segments the model distinguishes; with one (or none), segment ids are not read.
+    pub fn count(&self) -> i64 {
+        self.0.as_ref().map_or(1, |t| t.size()[0])
+    }
+
+    /// `x` plus the embeddings of segment ids `types`; a table of one row (RoBERTa-family
+    /// checkpoints) reads every token as segment 0.
+    pub fn add(&self, x: Tensor, types: &Tensor) -> Result<Tensor, TchError> {
+        let Some(table) = &self.0 else {
+            return Ok(x);
+        };
+        let types = match self.count() {
+            1 => types.f_zeros_like()?,
+            _ => types.shallow_clone(),
+        };
+        x.f_add(&Tensor::f_embedding(table, &types, -1, false, false)?)
+    }
 }
 
 /// A dense layer.
