@@ -56,6 +56,10 @@ Models:
   tiny-gte           random GTE encoder in Alibaba-NLP/gte-multilingual-base's published layout
                      (model_type "new", packed qkv_proj / up_gate_proj, rotary, XLM-R tokenizer),
                      CLS pooling and Normalize; reference from transformers' native GteModel.
+  tiny-nomic         random Nomic BERT encoder in nomic-ai/nomic-embed-text-v1.5's published
+                     layout (model_type "nomic_bert", GPT-2 config keys, packed Wqkv, SwiGLU
+                     fc11 / fc12 / fc2, rotary), mean pooling and Normalize; reference from
+                     transformers' native NomicBertModel.
   tiny-rerank-gte    random GTE cross-encoder in gte-multilingual-reranker-base's layout (`new.`
                      encoder, tanh pooler, classifier); scores from GteForSequenceClassification.
   tiny-rerank-electra
@@ -124,6 +128,7 @@ max length and an ignored attention mask both moving a vector below MAX_COSINE.
 Usage: make_fixtures.py OUT_DIR
 """
 
+import copy
 import json
 import shutil
 import sys
@@ -762,6 +767,135 @@ def tiny_gte(out: Path) -> None:
     with torch.no_grad():
         moved = torch.nn.functional.normalize(flat(**enc).last_hidden_state[0, 0], dim=0)
     check_caught(dst.name, "ignoring the rotary positions", moved.tolist(), embeddings[long])
+
+
+def nomic_original_names(sd: dict) -> dict:
+    """A native NomicBertModel state dict under the names nomic-ai's published checkpoints use:
+    q, k, v packed in attn.Wqkv, the feed-forward's up in mlp.fc11 and gate in mlp.fc12,
+    norm1 / norm2, emb_ln, layers under encoder.layers (transformers' conversion_mapping for
+    "nomic_bert", reversed)."""
+    names = {"self_attn.o_proj": "attn.out_proj", "mlp.up_proj": "mlp.fc11",
+             "mlp.gate_proj": "mlp.fc12", "mlp.down_proj": "mlp.fc2",
+             "post_attention_layernorm": "norm1", "post_mlp_layernorm": "norm2"}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("embeddings.LayerNorm."):
+            out["emb_ln." + k.rsplit(".", 1)[-1]] = v
+            continue
+        if not k.startswith("layers."):
+            out[k] = v
+            continue
+        _, i, rest = k.split(".", 2)
+        module, tail = rest.rsplit(".", 1)
+        p = f"encoder.layers.{i}."
+        if module == "self_attn.q_proj":
+            out[p + "attn.Wqkv." + tail] = torch.cat(
+                [sd[f"layers.{i}.self_attn.{n}_proj.{tail}"] for n in "qkv"])
+        elif module in names:
+            out[p + names[module] + "." + tail] = v
+        elif module not in ("self_attn.k_proj", "self_attn.v_proj"):
+            raise SystemExit(f"tiny-nomic: no original name for {k}")
+    return out
+
+
+def tiny_nomic(out: Path) -> None:
+    """tiny-nomic: a random Nomic BERT encoder in the layout nomic-ai/nomic-embed-text-v1.5 is
+    published in (model_type "nomic_bert" with GPT-2's config keys n_embd / n_layer / ...,
+    packed attn.Wqkv, SwiGLU feed-forward in fc11 / fc12 / fc2, rotary positions with base
+    1000, no biases, BERT's uncased tokenizer) with its sentence-transformers pipeline (mean
+    pooling, Normalize). The reference is transformers' native NomicBertModel, which reads that
+    layout through its conversion mapping (checked: it reproduces the model it was written
+    from, within 1e-5, given its own config keys, which the published config.json then drops);
+    embeddings as the pipeline computes them: the mean of the token states, normalised."""
+    from safetensors.torch import save_file
+    from transformers import NomicBertConfig, NomicBertModel
+
+    dst = out / "tiny-nomic"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+        shutil.copy(minilm_tokenizer_dir() / f, dst / f)
+    vocab, hidden, layers, heads, inner, positions = 30528, 32, 2, 4, 64, 128
+    native = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=inner, hidden_act="silu",
+                  max_position_embeddings=positions, type_vocab_size=2, layer_norm_eps=1e-12,
+                  pad_token_id=0, initializer_range=SPREAD,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    model = NomicBertModel(NomicBertConfig(**native)).eval()
+    tensors = nomic_original_names(model.state_dict())
+    save_file({k: v.contiguous() for k, v in tensors.items()}, dst / "model.safetensors",
+              metadata={"format": "pt"})
+    published = {
+        "architectures": ["NomicBertModel"], "model_type": "nomic_bert",
+        "activation_function": "swiglu", "bos_token_id": None, "eos_token_id": None,
+        "causal": False, "dense_seq_output": True, "embd_pdrop": 0.0, "fused_bias_fc": True,
+        "fused_dropout_add_ln": True, "initializer_range": SPREAD, "layer_norm_epsilon": 1e-12,
+        "max_trained_positions": positions, "mlp_fc1_bias": False, "mlp_fc2_bias": False,
+        "n_embd": hidden, "n_head": heads, "n_inner": inner, "n_layer": layers,
+        "n_positions": positions, "pad_vocab_size_multiple": 64, "parallel_block": False,
+        "parallel_block_tied_norm": False, "prenorm": False, "qkv_proj_bias": False,
+        "reorder_and_upcast_attn": False, "resid_pdrop": 0.0, "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False,
+        "rotary_emb_scale_base": None, "rotary_scaling_factor": None,
+        "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True,
+        "type_vocab_size": 2, "use_flash_attn": True, "use_rms_norm": False,
+        "use_xentropy": True, "vocab_size": vocab}
+    # transformers reads its own keys: check the published weights with them first.
+    (dst / "config.json").write_text(json.dumps({**published, **native}, indent=2))
+    reference = NomicBertModel.from_pretrained(dst).eval()
+    (dst / "config.json").write_text(json.dumps(published, indent=2))
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (dst / "1_Pooling").mkdir()
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True}))
+    (dst / "2_Normalize").mkdir()
+    max_len = 64
+    (dst / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_len, "do_lower_case": False}))
+
+    tok = AutoTokenizer.from_pretrained(dst)
+    probe = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        drift = (model(**probe).last_hidden_state
+                 - reference(**probe).last_hidden_state).abs().max().item()
+    if drift > 1e-5:
+        raise SystemExit(f"tiny-nomic: transformers reads the original layout {drift} off")
+
+    def embed(m, text):
+        enc = tok([text], truncation=True, max_length=max_len, return_tensors="pt")
+        with torch.no_grad():
+            mean = m(**enc).last_hidden_state[0].mean(dim=0)
+        return torch.nn.functional.normalize(mean, dim=0), int(enc["attention_mask"].sum())
+
+    embeddings, counts = [], []
+    for text in TEXTS:  # one at a time: no padding in the reference
+        vector, count = embed(reference, text)
+        embeddings.append(vector.tolist())
+        counts.append(count)
+    (dst / "reference.json").write_text(json.dumps({
+        "texts": TEXTS, "embeddings": embeddings, "token_counts": counts,
+        "max_seq_length": max_len, "normalized_by_model": True}))
+    check_distinct(dst.name, TEXTS, embeddings)
+    # Without rotary positions, or with the feed-forward's up and gate swapped, the long
+    # text's vector moves: the tests would catch either.
+    long = max(range(len(TEXTS)), key=lambda i: counts[i])
+    flat = copy.deepcopy(reference)
+    flat.rotary_emb.inv_freq.zero_()
+    check_caught(dst.name, "ignoring the rotary positions", embed(flat, TEXTS[long])[0].tolist(),
+                 embeddings[long])
+    swapped = copy.deepcopy(reference)
+    for layer in swapped.layers:
+        layer.mlp.up_proj, layer.mlp.gate_proj = layer.mlp.gate_proj, layer.mlp.up_proj
+    check_caught(dst.name, "swapping the feed-forward's up and gate",
+                 embed(swapped, TEXTS[long])[0].tolist(), embeddings[long])
 
 
 def xlmr_tokenizer(dst: Path) -> int:
@@ -2036,6 +2170,8 @@ def main() -> None:
     tiny_gte(out)
     torch.manual_seed(53)
     tiny_rerank_gte(out)
+    torch.manual_seed(54)
+    tiny_nomic(out)
     print(f"fixtures written to {out}")
 
 

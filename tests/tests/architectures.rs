@@ -18,6 +18,7 @@ const TORCH_EMBEDDERS: &[&str] = &[
     "tiny-gemma3",
     "tiny-deberta",
     "tiny-gte",
+    "tiny-nomic",
 ];
 /// Cross-encoders served by the torch backend.
 const TORCH_RERANKERS: &[&str] = &[

@@ -1,9 +1,14 @@
-//! Alibaba's GTE encoder (`model_type` "new": gte-multilingual-base, mGTE and its reranker) on
-//! libtorch, in the layout its checkpoints are published in: a post-norm bidirectional encoder
-//! with rotary positions and no position table, query / key / value packed in
-//! `attention.qkv_proj`, a gated feed-forward packed in `mlp.up_gate_proj` (up, then gate).
-//! transformers' `GteModel` computes the same after renaming those weights (its
-//! `conversion_mapping`).
+//! Post-norm bidirectional encoders with rotary positions and no position table, a packed
+//! query / key / value projection and a gated feed-forward, in the layouts their checkpoints are
+//! published in:
+//! - Alibaba's GTE (`model_type` "new": gte-multilingual-base, mGTE and its reranker):
+//!   `attention.qkv_proj`, the feed-forward packed in `mlp.up_gate_proj` (up, then gate);
+//! - Nomic's BERT (`model_type` "nomic_bert": nomic-embed-text-v1 and v1.5): `attn.Wqkv`, the
+//!   feed-forward's up and gate in `mlp.fc11` and `mlp.fc12`, GPT-2's config keys (`n_embd`,
+//!   `n_layer`, ...).
+//!
+//! transformers' `GteModel` and `NomicBertModel` compute the same after renaming those weights
+//! (its `conversion_mapping`).
 
 use crate::nn::{attend, int, Activation, Linear, Norm, Segments};
 use crate::rotary::Rotary;
@@ -21,7 +26,122 @@ struct Layer {
     mlp_norm: Norm,
 }
 
-/// A loaded GTE encoder.
+/// The layout a checkpoint is published in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Alibaba's GTE (`model_type` "new").
+    Gte,
+    /// Nomic's BERT (`model_type` "nomic_bert").
+    Nomic,
+}
+
+/// What the encoder's config says, read from either layout's keys.
+struct Shape {
+    hidden: i64,
+    heads: i64,
+    layers: i64,
+    eps: f64,
+    theta: f64,
+    max_positions: i64,
+    act: Activation,
+}
+
+/// The config of a GTE checkpoint.
+fn gte_shape(cfg: &Value) -> Result<Shape, PluginError> {
+    if let Some(t) = cfg["layer_norm_type"]
+        .as_str()
+        .filter(|t| *t != "layer_norm")
+    {
+        return Err(PluginError::unsupported(format!(
+            "layer_norm_type {t:?} is not implemented by the torch backend (layer_norm is)"
+        )));
+    }
+    let act = Activation::parse(
+        "hidden_act",
+        cfg["hidden_act"].as_str().unwrap_or("gelu"),
+        &[
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Relu,
+            Activation::Silu,
+        ],
+    )?;
+    Ok(Shape {
+        hidden: int(cfg, &["hidden_size"])?,
+        heads: int(cfg, &["num_attention_heads"])?,
+        layers: int(cfg, &["num_hidden_layers"])?,
+        eps: cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+        theta: theta(cfg)?,
+        max_positions: cfg["max_position_embeddings"].as_i64().unwrap_or(8192),
+        act,
+    })
+}
+
+/// The config of a Nomic BERT checkpoint: Nomic's own keys (GPT-2's names), else those of
+/// transformers' `NomicBertConfig`; the variants ember does not compute are refused by name.
+fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
+    let refuse = |key: &str, what: &str| {
+        Err(PluginError::unsupported(format!(
+            "{key} {} ({what}) is not implemented by the torch backend for nomic_bert \
+             (nomic-embed-text-v1 and v1.5's settings are)",
+            cfg[key]
+        )))
+    };
+    for (key, what) in [
+        ("prenorm", "norms before the blocks"),
+        ("parallel_block", "attention and feed-forward side by side"),
+        ("rotary_emb_interleaved", "interleaved rotary pairs"),
+        ("use_rms_norm", "RMS norms"),
+    ] {
+        if cfg[key].as_bool() == Some(true) {
+            return refuse(key, what);
+        }
+    }
+    if cfg["rotary_emb_fraction"]
+        .as_f64()
+        .is_some_and(|f| f != 1.0)
+    {
+        return refuse(
+            "rotary_emb_fraction",
+            "rotary positions on part of each head",
+        );
+    }
+    if !cfg["rotary_scaling_factor"].is_null() {
+        return refuse("rotary_scaling_factor", "dynamic NTK scaling");
+    }
+    // Nomic names the gated feed-forward by its activation; transformers' config by the gate's.
+    let act = match cfg["activation_function"].as_str() {
+        Some("swiglu") => Activation::Silu,
+        Some("geglu") => Activation::Gelu,
+        Some(_) => return refuse("activation_function", "a feed-forward without a gate"),
+        None => Activation::parse(
+            "hidden_act",
+            cfg["hidden_act"].as_str().unwrap_or("silu"),
+            &[Activation::Silu, Activation::Gelu, Activation::GeluTanh],
+        )?,
+    };
+    let theta = match cfg["rotary_emb_base"].as_f64() {
+        Some(base) => base,
+        None => theta(cfg)?,
+    };
+    Ok(Shape {
+        hidden: int(cfg, &["n_embd", "hidden_size"])?,
+        heads: int(cfg, &["n_head", "num_attention_heads"])?,
+        layers: int(cfg, &["n_layer", "num_hidden_layers"])?,
+        eps: cfg["layer_norm_epsilon"]
+            .as_f64()
+            .or_else(|| cfg["layer_norm_eps"].as_f64())
+            .unwrap_or(1e-12),
+        theta,
+        max_positions: ["n_positions", "max_position_embeddings"]
+            .iter()
+            .find_map(|k| cfg[k].as_i64())
+            .unwrap_or(2048),
+        act,
+    })
+}
+
+/// A loaded GTE or Nomic BERT encoder.
 pub struct Gte {
     words: Tensor,
     /// Segment embeddings; gte-base-en-v1.5 (`type_vocab_size` 0) has none.
@@ -38,6 +158,7 @@ pub struct Gte {
 }
 
 /// The rotary base, refusing the scalings ember does not compute (gte-*-en-v1.5's `ntk`).
+/// Without a base, GTE's.
 fn theta(cfg: &Value) -> Result<f64, PluginError> {
     let scaling = cfg
         .get("rope_scaling")
@@ -56,54 +177,62 @@ fn theta(cfg: &Value) -> Result<f64, PluginError> {
 }
 
 impl Gte {
-    /// Builds the encoder from its weights (prefix already set) and config.
-    pub fn load(w: &Weights, cfg: &Value) -> Result<Gte, PluginError> {
-        let eps = cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12);
-        let hidden = int(cfg, &["hidden_size"])?;
-        let heads = int(cfg, &["num_attention_heads"])?;
-        if let Some(t) = cfg["layer_norm_type"]
-            .as_str()
-            .filter(|t| *t != "layer_norm")
-        {
-            return Err(PluginError::unsupported(format!(
-                "layer_norm_type {t:?} is not implemented by the torch backend (layer_norm is)"
-            )));
-        }
-        let act = Activation::parse(
-            "hidden_act",
-            cfg["hidden_act"].as_str().unwrap_or("gelu"),
-            &[
-                Activation::Gelu,
-                Activation::GeluTanh,
-                Activation::Relu,
-                Activation::Silu,
-            ],
-        )?;
-        let layers = (0..int(cfg, &["num_hidden_layers"])?)
-            .map(|i| {
-                let p = |s: &str| format!("encoder.layer.{i}.{s}");
-                Ok(Layer {
-                    qkv: Linear::load(w, &p("attention.qkv_proj"))?,
-                    out: Linear::load(w, &p("attention.o_proj"))?,
-                    attn_norm: Norm::load(w, &p("attn_ln"), eps)?,
-                    up_gate: Linear::load(w, &p("mlp.up_gate_proj"))?,
-                    down: Linear::load(w, &p("mlp.down_proj"))?,
-                    mlp_norm: Norm::load(w, &p("mlp_ln"), eps)?,
-                })
+    /// Builds the encoder from its weights (prefix already set) and config, published in
+    /// `layout`.
+    pub fn load(w: &Weights, cfg: &Value, layout: Layout) -> Result<Gte, PluginError> {
+        let shape = match layout {
+            Layout::Gte => gte_shape(cfg)?,
+            Layout::Nomic => nomic_shape(cfg)?,
+        };
+        let eps = shape.eps;
+        let layers = (0..shape.layers)
+            .map(|i| match layout {
+                Layout::Gte => {
+                    let p = |s: &str| format!("encoder.layer.{i}.{s}");
+                    Ok(Layer {
+                        qkv: Linear::load(w, &p("attention.qkv_proj"))?,
+                        out: Linear::load(w, &p("attention.o_proj"))?,
+                        attn_norm: Norm::load(w, &p("attn_ln"), eps)?,
+                        up_gate: Linear::load(w, &p("mlp.up_gate_proj"))?,
+                        down: Linear::load(w, &p("mlp.down_proj"))?,
+                        mlp_norm: Norm::load(w, &p("mlp_ln"), eps)?,
+                    })
+                }
+                Layout::Nomic => {
+                    let p = |s: &str| format!("encoder.layers.{i}.{s}");
+                    let up = Linear::load(w, &p("mlp.fc11"))?;
+                    let gate = Linear::load(w, &p("mlp.fc12"))?;
+                    Ok(Layer {
+                        qkv: Linear::load(w, &p("attn.Wqkv"))?,
+                        out: Linear::load(w, &p("attn.out_proj"))?,
+                        attn_norm: Norm::load(w, &p("norm1"), eps)?,
+                        up_gate: Linear::fuse(vec![up, gate]).map_err(|e| {
+                            PluginError::internal(format!(
+                                "fusing the feed-forward of layer {i}: {e}"
+                            ))
+                        })?,
+                        down: Linear::load(w, &p("mlp.fc2"))?,
+                        mlp_norm: Norm::load(w, &p("norm2"), eps)?,
+                    })
+                }
             })
             .collect::<Result<Vec<_>, PluginError>>()?;
         let words = w.get("embeddings.word_embeddings.weight")?;
         let types = Segments::load(w, "embeddings.token_type_embeddings.weight")?;
         let device = words.device();
+        let embed_norm = match layout {
+            Layout::Gte => "embeddings.LayerNorm",
+            Layout::Nomic => "emb_ln",
+        };
         Ok(Gte {
             types,
-            embed_norm: Norm::load(w, "embeddings.LayerNorm", eps)?,
+            embed_norm: Norm::load(w, embed_norm, eps)?,
             layers,
-            rope: Rotary::new(hidden / heads, theta(cfg)?, device)?,
-            heads,
-            act,
-            hidden,
-            max_positions: cfg["max_position_embeddings"].as_i64().unwrap_or(8192),
+            rope: Rotary::new(shape.hidden / shape.heads, shape.theta, device)?,
+            heads: shape.heads,
+            act: shape.act,
+            hidden: shape.hidden,
+            max_positions: shape.max_positions,
             words,
         })
     }
@@ -147,25 +276,5 @@ impl Gte {
             x = l.mlp_norm.forward(&x.f_add(&l.down.forward(&gated)?)?)?;
         }
         Ok(x)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_rotary_base_is_read_from_either_key_and_scaling_refused() {
-        let base = |cfg: Value| theta(&cfg);
-        assert_eq!(
-            base(json!({"rope_theta": 160000, "rope_scaling": null})).unwrap(),
-            160000.0
-        );
-        let native = json!({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}});
-        assert_eq!(base(native).unwrap(), 5e5);
-        let ntk = json!({"rope_theta": 500000, "rope_scaling": {"type": "ntk", "factor": 2.0}});
-        let e = base(ntk).unwrap_err();
-        assert!(e.message.contains("ntk"), "{}", e.message);
     }
 }

@@ -1,8 +1,8 @@
 //! ember's `torch` backend: Hugging Face checkpoints (safetensors, sharded or not) run on
 //! libtorch through tch, on CUDA when there is a GPU and on the CPU otherwise, with no
 //! conversion step. Encoders: BERT (bert, MiniLM, bge, e5, gte v1), RoBERTa / XLM-RoBERTa
-//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet, ModernBERT and DeBERTa-v2/v3,
-//! with their sequence-classification heads; decoders used as embedders and rerankers: Qwen2,
+//! (bge-m3, multilingual-e5, bge-reranker), DistilBERT, MPNet, ELECTRA, GTE (`new`), Nomic BERT,
+//! ModernBERT and DeBERTa-v2/v3, with their sequence-classification heads; decoders used as embedders and rerankers: Qwen2,
 //! Qwen3, Llama, Mistral, Gemma 3 (last-token or mean states, score and yes/no heads); CLIP
 //! (text and vision towers with their projections).
 

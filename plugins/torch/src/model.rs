@@ -7,7 +7,7 @@ use crate::decoder::{self, Decoder};
 use crate::device;
 use crate::encoder::{Encoder, Family};
 use crate::error::{self, from_tch};
-use crate::gte::Gte;
+use crate::gte::{Gte, Layout};
 use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
 use crate::parts::{self, Parts};
@@ -157,7 +157,7 @@ enum Inner {
         model: Deberta,
         head: Option<deberta::Head>,
     },
-    /// A GTE embedder (no head) or reranker.
+    /// A GTE or Nomic BERT embedder (no head), or a GTE reranker.
     Gte { model: Gte, head: Option<Head> },
     /// A ModernBERT embedder (no head) or reranker.
     Modern {
@@ -381,7 +381,7 @@ fn build_modernbert(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built
 /// classifier: `new.pooler.dense`, `classifier`).
 fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
     let weights = unprefixed(weights, "new.", "embeddings.word_embeddings.weight");
-    let model = tch::no_grad(|| Gte::load(&weights, cfg))?;
+    let model = tch::no_grad(|| Gte::load(&weights, cfg, Layout::Gte))?;
     let head = match rerank {
         true => {
             let plain = weights.with_prefix("");
@@ -400,6 +400,28 @@ fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, Plugi
         what: "gte".into(),
         head: head.as_ref().map(|_| "classification head"),
         inner: Inner::Gte { model, head },
+    })
+}
+
+/// A Nomic BERT embedder (nomic-embed-text-v1, v1.5) in nomic-ai's published layout.
+fn build_nomic(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
+    if rerank {
+        return Err(PluginError::unsupported(
+            "the torch backend serves nomic_bert embedders; a nomic_bert classification head \
+             is not implemented",
+        ));
+    }
+    // Pre-training checkpoints keep the encoder under `bert.`; the published embedders do not.
+    let weights = unprefixed(weights, "bert.", "embeddings.word_embeddings.weight");
+    let model = tch::no_grad(|| Gte::load(&weights, cfg, Layout::Nomic))?;
+    Ok(Built {
+        width: model.hidden,
+        max_positions: model.max_positions,
+        vocab: model.vocab_size(),
+        segments: model.segments(),
+        what: "nomic_bert".into(),
+        head: None,
+        inner: Inner::Gte { model, head: None },
     })
 }
 
@@ -479,11 +501,13 @@ impl TorchModel {
             build_deberta(weights, &cfg, rerank)?
         } else if model_type == "new" {
             build_gte(weights, &cfg, rerank)?
+        } else if model_type == "nomic_bert" {
+            build_nomic(weights, &cfg, rerank)?
         } else {
             let family = Family::of(model_type).ok_or_else(|| {
                 PluginError::unsupported(format!(
                     "the torch backend does not implement model_type {model_type:?}; \
-                     supported: {}, modernbert, deberta-v2, new (GTE), {}, clip",
+                     supported: {}, modernbert, deberta-v2, new (GTE), nomic_bert, {}, clip",
                     crate::encoder::SUPPORTED,
                     decoder::SUPPORTED
                 ))

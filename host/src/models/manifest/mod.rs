@@ -423,17 +423,20 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
 
     // Longest input: sentence-transformers' max_seq_length, else the tokenizer's
     // model_max_length, capped by the position embeddings.
-    let positions = uint(text_config, "max_position_embeddings").map(|p| {
-        // RoBERTa-family models (and MPNet) reserve two positions for the padding offset.
-        if matches!(
-            model_type.as_str(),
-            "roberta" | "xlm-roberta" | "camembert" | "mpnet"
-        ) {
-            p.saturating_sub(2)
-        } else {
-            p
-        }
-    });
+    // (GPT-2's key names, as Nomic BERT's config uses them, after transformers' own.)
+    let positions = uint(text_config, "max_position_embeddings")
+        .or_else(|| uint(text_config, "n_positions"))
+        .map(|p| {
+            // RoBERTa-family models (and MPNet) reserve two positions for the padding offset.
+            if matches!(
+                model_type.as_str(),
+                "roberta" | "xlm-roberta" | "camembert" | "mpnet"
+            ) {
+                p.saturating_sub(2)
+            } else {
+                p
+            }
+        });
     let st_model = read_json(name, dir, "sentence_bert_config.json")?;
     let st_max = st_model.as_ref().and_then(|v| uint(v, "max_seq_length"));
     let tokenizer_config = read_json(name, dir, "tokenizer_config.json")?;
@@ -518,6 +521,7 @@ pub fn read(name: &str, dir: &Path) -> Result<Manifest, ModelError> {
     let hidden_size = uint(text_config, "hidden_size")
         .or_else(|| uint(text_config, "d_model"))
         .or_else(|| uint(text_config, "dim"))
+        .or_else(|| uint(text_config, "n_embd"))
         .unwrap_or(0);
     let classes = match kind {
         ModelKind::Classify => {

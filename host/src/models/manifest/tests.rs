@@ -95,6 +95,15 @@ fn manifest_of_a_directory() {
     let m = read("x", &dir).unwrap();
     assert_eq!(m.abi.pooling, Pooling::Mean);
     assert!(!m.abi.include_prompt);
+    // Nomic BERT's config names its sizes as GPT-2 does.
+    w(
+        "config.json",
+        json!({"architectures": ["NomicBertModel"], "model_type": "nomic_bert",
+        "n_embd": 8, "n_positions": 300}),
+    );
+    w("sentence_bert_config.json", json!({"max_seq_length": 8192}));
+    let m = read("x", &dir).unwrap();
+    assert_eq!((m.abi.max_input_tokens, m.abi.hidden_size), (300, 8));
     std::fs::remove_file(dir.join("config.json")).unwrap();
     assert!(read("x", &dir)
         .unwrap_err()

@@ -6,10 +6,10 @@
 use ember_plugin_api::sdk::into_model_box;
 use ember_plugin_api::{
     Backend, DType, DeviceKind, DeviceRequest, LoadRequest, Model, ModelBox, ModelKind,
-    ModelManifest, Pooling, TokenBatch,
+    ModelManifest, PluginError, Pooling, TokenBatch,
 };
 use ember_torch::Torch;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One fixture model directory (`EMBER_FIXTURES` or the repository's `fixtures/`).
 pub fn fixture(name: &str) -> PathBuf {
@@ -39,8 +39,20 @@ pub fn load_model(
     architecture: &str,
     threads: u32,
 ) -> Box<dyn Model> {
-    let dir = fixture(name);
-    let listing: Vec<String> = std::fs::read_dir(&dir)
+    try_load(&fixture(name), kind, pooling, architecture, threads)
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+/// Loads the model in `dir` as [`load_model`] does, or the plugin's error.
+pub fn try_load(
+    dir: &Path,
+    kind: ModelKind,
+    pooling: Pooling,
+    architecture: &str,
+    threads: u32,
+) -> Result<Box<dyn Model>, PluginError> {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let listing: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -49,7 +61,7 @@ pub fn load_model(
         model_dir: dir.to_string_lossy().as_ref().into(),
         files: files.iter().map(|f| f.as_str().into()).collect(),
         manifest: ModelManifest {
-            name: name.into(),
+            name: name.as_ref().into(),
             kind,
             architecture: architecture.into(),
             model_type: "".into(),
@@ -68,7 +80,7 @@ pub fn load_model(
         max_batch_size: 32,
         intra_op_threads: threads,
     };
-    Torch::load(&request).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    Torch::load(&request)
 }
 
 /// A right-padded batch: row `r` has `lengths[r]` tokens that look like a sentence ([CLS],
