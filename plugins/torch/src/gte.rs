@@ -71,14 +71,16 @@ fn gte_shape(cfg: &Value) -> Result<Shape, PluginError> {
         heads: int(cfg, &["num_attention_heads"])?,
         layers: int(cfg, &["num_hidden_layers"])?,
         eps: cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12),
-        theta: theta(cfg)?,
+        theta: theta(cfg, 160_000.0)?,
         max_positions: cfg["max_position_embeddings"].as_i64().unwrap_or(8192),
         act,
     })
 }
 
-/// The config of a Nomic BERT checkpoint: Nomic's own keys (GPT-2's names), else those of
-/// transformers' `NomicBertConfig`; the variants ember does not compute are refused by name.
+/// The config of a Nomic BERT checkpoint: Nomic's own keys (GPT-2's names, as nomic-ai
+/// publishes them), else those of transformers' `NomicBertConfig`; the variants ember does
+/// not compute are refused by name, and so are Nomic keys whose absence would mean one of them
+/// (Nomic's config defaults them differently from the published models).
 fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
     let refuse = |key: &str, what: &str| {
         Err(PluginError::unsupported(format!(
@@ -87,7 +89,10 @@ fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
             cfg[key]
         )))
     };
+    // Nomic's own keys, with its config's defaults (GPT-2's); else transformers' keys.
+    let own = cfg.get("n_embd").is_some();
     for (key, what) in [
+        ("causal", "a left-to-right mask"),
         ("prenorm", "norms before the blocks"),
         ("parallel_block", "attention and feed-forward side by side"),
         ("rotary_emb_interleaved", "interleaved rotary pairs"),
@@ -97,14 +102,20 @@ fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
             return refuse(key, what);
         }
     }
-    if cfg["rotary_emb_fraction"]
-        .as_f64()
-        .is_some_and(|f| f != 1.0)
-    {
-        return refuse(
-            "rotary_emb_fraction",
-            "rotary positions on part of each head",
-        );
+    match cfg["rotary_emb_fraction"].as_f64() {
+        Some(f) if f != 1.0 => {
+            return refuse(
+                "rotary_emb_fraction",
+                "rotary positions on part of each head, or learned positions",
+            )
+        }
+        None if own => {
+            return refuse(
+                "rotary_emb_fraction",
+                "absent: Nomic's default, 0, means learned positions",
+            )
+        }
+        _ => {}
     }
     if !cfg["rotary_scaling_factor"].is_null() {
         return refuse("rotary_scaling_factor", "dynamic NTK scaling");
@@ -113,8 +124,13 @@ fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
     let act = match cfg["activation_function"].as_str() {
         Some("swiglu") => Activation::Silu,
         Some("geglu") => Activation::Gelu,
-        Some(_) => return refuse("activation_function", "a feed-forward without a gate"),
-        None => Activation::parse(
+        _ if own => {
+            return refuse(
+                "activation_function",
+                "the feed-forwards computed are swiglu and geglu",
+            )
+        }
+        _ => Activation::parse(
             "hidden_act",
             cfg["hidden_act"].as_str().unwrap_or("silu"),
             &[Activation::Silu, Activation::Gelu, Activation::GeluTanh],
@@ -122,16 +138,23 @@ fn nomic_shape(cfg: &Value) -> Result<Shape, PluginError> {
     };
     let theta = match cfg["rotary_emb_base"].as_f64() {
         Some(base) => base,
-        None => theta(cfg)?,
+        None if own => {
+            return refuse(
+                "rotary_emb_base",
+                "absent: Nomic's versions default it differently",
+            )
+        }
+        None => theta(cfg, 1000.0)?,
+    };
+    let eps = match own {
+        true => cfg["layer_norm_epsilon"].as_f64().unwrap_or(1e-5),
+        false => cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12),
     };
     Ok(Shape {
         hidden: int(cfg, &["n_embd", "hidden_size"])?,
         heads: int(cfg, &["n_head", "num_attention_heads"])?,
         layers: int(cfg, &["n_layer", "num_hidden_layers"])?,
-        eps: cfg["layer_norm_epsilon"]
-            .as_f64()
-            .or_else(|| cfg["layer_norm_eps"].as_f64())
-            .unwrap_or(1e-12),
+        eps,
         theta,
         max_positions: ["n_positions", "max_position_embeddings"]
             .iter()
@@ -157,9 +180,9 @@ pub struct Gte {
     pub max_positions: i64,
 }
 
-/// The rotary base, refusing the scalings ember does not compute (gte-*-en-v1.5's `ntk`).
-/// Without a base, GTE's.
-fn theta(cfg: &Value) -> Result<f64, PluginError> {
+/// The rotary base, refusing the scalings ember does not compute (gte-*-en-v1.5's `ntk`);
+/// `default` without one.
+fn theta(cfg: &Value, default: f64) -> Result<f64, PluginError> {
     let scaling = cfg
         .get("rope_scaling")
         .filter(|s| !s.is_null())
@@ -173,7 +196,7 @@ fn theta(cfg: &Value) -> Result<f64, PluginError> {
     Ok(cfg["rope_theta"]
         .as_f64()
         .or_else(|| cfg["rope_parameters"]["rope_theta"].as_f64())
-        .unwrap_or(160_000.0))
+        .unwrap_or(default))
 }
 
 impl Gte {

@@ -218,7 +218,7 @@ pub struct TorchModel {
     // with `error::lock`, which ignores poisoning.
     inner: std::sync::Mutex<Inner>,
     /// The threads that run a call's parts at once, on a CPU with several intra-op threads.
-    parts: Option<Parts>,
+    parts: Option<&'static Parts>,
     hidden: i64,
     /// Whether the model ends in a classification head (rerankers and classifiers).
     headed: bool,
@@ -516,9 +516,8 @@ impl TorchModel {
             build_encoder(family, weights, &cfg, rerank, masked_lm)?
         };
         let parts = match device {
-            Device::Cpu => {
-                Parts::new(tch::get_num_threads().max(1) as usize).map_err(PluginError::internal)?
-            }
+            Device::Cpu => Parts::shared(tch::get_num_threads().max(1) as usize)
+                .map_err(PluginError::internal)?,
             _ => None,
         };
         if device == Device::Cpu {
@@ -563,7 +562,7 @@ impl TorchModel {
         run: impl Fn(&Inner, Range<usize>) -> Result<T, TchError> + Sync,
     ) -> Result<Vec<T>, TchError> {
         let whole = || tch::no_grad(|| run(inner, 0..tokens.len())).map(|one| vec![one]);
-        let Some(threads) = &self.parts else {
+        let Some(threads) = self.parts else {
             return whole();
         };
         let plan = threads.plan(tokens);

@@ -19,15 +19,34 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ffi::c_int;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 extern "C" {
     /// libgomp's, which libtorch_cpu links: the team size of this thread's parallel regions.
     fn omp_set_num_threads(threads: c_int);
-    /// MKL's, linked into libtorch_cpu and exported by it: this thread's MKL threads. (The
-    /// C name is a macro for this symbol; the lower-case one is Fortran's, which takes a
-    /// pointer.)
-    #[link_name = "MKL_Set_Num_Threads_Local"]
-    fn mkl_set_num_threads_local(threads: c_int) -> c_int;
+}
+
+/// A setter of this thread's MKL threads.
+type MklThreads = unsafe extern "C" fn(c_int) -> c_int;
+
+/// MKL's `mkl_set_num_threads_local` as the libtorch_cpu this plugin runs on exports it (the
+/// C name is a macro for `MKL_Set_Num_Threads_Local`; the lower-case symbol is Fortran's,
+/// which takes a pointer); none where libtorch is built without MKL.
+fn mkl_threads() -> Option<MklThreads> {
+    static SETTER: OnceLock<Option<MklThreads>> = OnceLock::new();
+    *SETTER.get_or_init(|| {
+        use libloading::os::unix::{Library, RTLD_LAZY};
+        // SAFETY: libtorch_cpu is loaded already (the plugin links it): opening it again only
+        // counts a reference, which is kept (forgotten) so that the symbol stays valid.
+        let lib = unsafe { Library::open(Some("libtorch_cpu.so"), RTLD_LAZY | libc::RTLD_NOLOAD) }
+            .ok()?;
+        // SAFETY: MKL declares it `int MKL_Set_Num_Threads_Local(int)`.
+        let setter = unsafe { lib.get::<MklThreads>(b"MKL_Set_Num_Threads_Local\0") }
+            .ok()
+            .map(|s| *s);
+        std::mem::forget(lib);
+        setter
+    })
 }
 
 /// Sets how many threads this thread's libtorch ops (OpenMP regions and MKL) use.
@@ -36,7 +55,9 @@ fn use_threads(threads: usize) {
     // SAFETY: both set a per-thread setting and take any positive count.
     unsafe {
         omp_set_num_threads(threads);
-        mkl_set_num_threads_local(threads);
+        if let Some(mkl) = mkl_threads() {
+            mkl(threads);
+        }
     }
 }
 
@@ -52,11 +73,23 @@ pub struct Parts {
 const MOST_UNEVEN: f64 = 1.25;
 
 impl Parts {
-    /// Part threads for a model whose calls use `threads` intra-op threads; none for one.
-    pub fn new(threads: usize) -> Result<Option<Parts>, String> {
+    /// The part threads of every CPU model of the process, made by the first model that asks
+    /// for them, whose calls use `threads` intra-op threads (one pool: models share the cores
+    /// rather than each keep threads, and their memory, of its own); none for one thread.
+    pub fn shared(threads: usize) -> Result<Option<&'static Parts>, String> {
+        static SHARED: OnceLock<Parts> = OnceLock::new();
         if threads < 2 {
             return Ok(None);
         }
+        if let Some(parts) = SHARED.get() {
+            return Ok(Some(parts));
+        }
+        let parts = Parts::new(threads)?;
+        Ok(Some(SHARED.get_or_init(|| parts)))
+    }
+
+    /// A pool of `threads` part threads.
+    fn new(threads: usize) -> Result<Parts, String> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("ember-torch-part-{i}"))
@@ -67,7 +100,7 @@ impl Parts {
             })
             .build()
             .map_err(|e| format!("starting the part threads: {e}"))?;
-        Ok(Some(Parts { pool, threads }))
+        Ok(Parts { pool, threads })
     }
 
     /// The parts a call of rows of `tokens` live tokens each runs as (see [`plan`]).
@@ -154,7 +187,9 @@ pub fn rows(batch: &TokenBatch, rows: Range<usize>) -> Cow<'_, TokenBatch> {
             .max()
             .map_or(1, |last| last + 1)
     };
-    let width = used(&batch.attention_mask).max(used(batch.pooling_mask()));
+    let width = used(&batch.attention_mask)
+        .max(used(batch.pooling_mask()))
+        .min(seq);
     let take = |values: &[i64]| -> Vec<i64> {
         match values.is_empty() {
             true => Vec::new(),

@@ -54,6 +54,7 @@ fn refusal(name: &str, key: &str, value: Value) -> String {
 #[test]
 fn nomic_variants_ember_does_not_compute_are_refused_by_name() {
     for (key, value) in [
+        ("causal", json!(true)),
         ("prenorm", json!(true)),
         ("parallel_block", json!(true)),
         ("rotary_emb_interleaved", json!(true)),
@@ -61,6 +62,11 @@ fn nomic_variants_ember_does_not_compute_are_refused_by_name() {
         ("rotary_emb_fraction", json!(0.5)),
         ("rotary_scaling_factor", json!(2.0)),
         ("activation_function", json!("gelu")),
+        ("activation_function", json!("glu")),
+        // Absent, Nomic's config defaults these to what the published models are not.
+        ("rotary_emb_fraction", Value::Null),
+        ("rotary_emb_base", Value::Null),
+        ("activation_function", Value::Null),
     ] {
         let message = refusal("tiny-nomic", key, value);
         assert!(message.contains(key), "{key}: {message}");

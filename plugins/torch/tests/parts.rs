@@ -91,8 +91,8 @@ fn embeddings_and_token_states_in_parts_equal_each_row_alone() {
         .iter()
         .filter(|t| t.starts_with("ember-torch-par"))
         .count();
-    // Two per model loaded so far (other tests load theirs meanwhile).
-    assert!(parts >= 2, "two part threads: {:?}", threads());
+    // One pool of two for every model of the process.
+    assert_eq!(parts, 2, "two part threads: {:?}", threads());
 
     let whole = model.token_states(&batch).unwrap();
     assert_eq!(whole.offsets.to_vec(), vec![0, 4, 10, 19, 30, 44, 60]);
