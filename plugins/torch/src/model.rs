@@ -377,11 +377,29 @@ fn build_modernbert(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built
     })
 }
 
-/// A GTE embedder, or reranker with BERT's head (tanh pooler on the first token, then the
-/// classifier: `new.pooler.dense`, `classifier`).
-fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
-    let weights = unprefixed(weights, "new.", "embeddings.word_embeddings.weight");
-    let model = tch::no_grad(|| Gte::load(&weights, cfg, Layout::Gte))?;
+/// A rotary post-norm encoder in `layout`: a GTE embedder, or reranker with BERT's head (tanh
+/// pooler on the first token, then the classifier: `new.pooler.dense`, `classifier`); a Nomic
+/// BERT embedder (nomic-embed-text-v1, v1.5).
+fn build_gte(
+    weights: Weights,
+    cfg: &Value,
+    rerank: bool,
+    layout: Layout,
+) -> Result<Built, PluginError> {
+    // GTE's task models keep the encoder under `new.`; Nomic's pre-training checkpoints under
+    // `bert.` (the published embedders under no prefix).
+    let (prefix, what) = match layout {
+        Layout::Gte => ("new.", "gte"),
+        Layout::Nomic => ("bert.", "nomic_bert"),
+    };
+    if rerank && layout == Layout::Nomic {
+        return Err(PluginError::unsupported(
+            "the torch backend serves nomic_bert embedders; a nomic_bert classification head \
+             is not implemented",
+        ));
+    }
+    let weights = unprefixed(weights, prefix, "embeddings.word_embeddings.weight");
+    let model = tch::no_grad(|| Gte::load(&weights, cfg, layout))?;
     let head = match rerank {
         true => {
             let plain = weights.with_prefix("");
@@ -397,31 +415,9 @@ fn build_gte(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, Plugi
         max_positions: model.max_positions,
         vocab: model.vocab_size(),
         segments: model.segments(),
-        what: "gte".into(),
+        what: what.into(),
         head: head.as_ref().map(|_| "classification head"),
         inner: Inner::Gte { model, head },
-    })
-}
-
-/// A Nomic BERT embedder (nomic-embed-text-v1, v1.5) in nomic-ai's published layout.
-fn build_nomic(weights: Weights, cfg: &Value, rerank: bool) -> Result<Built, PluginError> {
-    if rerank {
-        return Err(PluginError::unsupported(
-            "the torch backend serves nomic_bert embedders; a nomic_bert classification head \
-             is not implemented",
-        ));
-    }
-    // Pre-training checkpoints keep the encoder under `bert.`; the published embedders do not.
-    let weights = unprefixed(weights, "bert.", "embeddings.word_embeddings.weight");
-    let model = tch::no_grad(|| Gte::load(&weights, cfg, Layout::Nomic))?;
-    Ok(Built {
-        width: model.hidden,
-        max_positions: model.max_positions,
-        vocab: model.vocab_size(),
-        segments: model.segments(),
-        what: "nomic_bert".into(),
-        head: None,
-        inner: Inner::Gte { model, head: None },
     })
 }
 
@@ -500,9 +496,9 @@ impl TorchModel {
         } else if model_type == "deberta-v2" {
             build_deberta(weights, &cfg, rerank)?
         } else if model_type == "new" {
-            build_gte(weights, &cfg, rerank)?
+            build_gte(weights, &cfg, rerank, Layout::Gte)?
         } else if model_type == "nomic_bert" {
-            build_nomic(weights, &cfg, rerank)?
+            build_gte(weights, &cfg, rerank, Layout::Nomic)?
         } else {
             let family = Family::of(model_type).ok_or_else(|| {
                 PluginError::unsupported(format!(
