@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod cuda;
 pub mod families;
+pub mod parts;
 pub mod pooling;
 pub mod safetensors;
 pub mod sdk;

@@ -93,6 +93,46 @@ fn minilm_matches_sentence_transformers_in_fp32_and_int8() {
     eprintln!("fp32 worst cosine {worst:.6}; int8 cosines {int8:.4?}");
 }
 
+/// On a CPU the encoder is one replica per thread, and a call of several rows runs as parts
+/// on the replicas at once: every row comes out as it does in a call of its own.
+#[test]
+fn a_call_in_parts_on_the_replicas_answers_each_row_as_alone() {
+    let home = hf_home("replicas");
+    let mut env = backend_env("ctranslate2", &fixture("all-MiniLM-L6-v2"));
+    env.push(("HF_HOME".into(), home.display().to_string()));
+    env.push(("DTYPES".into(), "fp32".into()));
+    env.push(("INTRA_OP_THREADS".into(), "3".into()));
+    let server = Server::start(&env_refs(&env));
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("3 replica(s) of one thread")),
+        "the replicas are logged: {:?}",
+        server.log
+    );
+    let reference = reference("all-MiniLM-L6-v2");
+    let texts = reference["texts"].as_array().unwrap();
+    assert!(texts.len() >= 4, "enough rows for three parts");
+    let together = embed_texts(&server, &reference);
+    for (i, text) in texts.iter().enumerate() {
+        let (status, body) = server.post("/v1/embeddings", &json!({ "input": [text] }));
+        assert_eq!(status, 200, "{body}");
+        let alone = vectors(&body);
+        let c = cosine(&together[i], &alone[0]);
+        assert!(
+            c >= 0.99999,
+            "text {i}: cosine {c} between its call alone and in parts"
+        );
+    }
+    assert_parity(
+        &together,
+        &matrix(&reference["embeddings"]),
+        0.9999,
+        "in parts",
+    );
+}
+
 #[test]
 fn conversion_is_cached_in_hf_home_and_reused() {
     let home = hf_home("cache");

@@ -81,7 +81,8 @@ settings! {
         /// split.
         max_batch_tokens: usize = "MAX_BATCH_TOKENS", "16384", parse::at_least(1usize);
         /// CPU threads per forward call; 0 lets the plugin choose (all cores). torch shares
-        /// them out among the parts it cuts a call of several rows into.
+        /// them out among the parts it cuts a call of several rows into; ctranslate2 runs
+        /// that many replicas of one thread each, a call's parts on all of them at once.
         intra_op_threads: u32 = "INTRA_OP_THREADS", "0", parse::at_least(0u32);
         /// Largest request body in bytes (413 beyond it).
         max_request_bytes: usize = "MAX_REQUEST_BYTES", "16777216" ("16 MiB"),

@@ -10,22 +10,29 @@ namespace ember_ct2 {
 
 struct EncoderOutput;
 
-// A CTranslate2 encoder (a pool of one replica) and what it was loaded with.
+// A CTranslate2 encoder (a pool of replicas that share the weights) and what it was loaded
+// with.
 class Encoder {
 public:
   Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type);
 
-  // Runs one batch of right-padded rows: `ids` and `type_ids` are `rows * seq` (`type_ids`
-  // empty for a model without segment embeddings), `lengths` `rows`. The states of the
-  // first `longest` positions of every row go to `states`, `rows * longest * hidden` floats.
+  // Runs one batch of right-padded rows as the parts that end at `part_ends` (the last at
+  // `rows`), all at once on the pool's replicas: `ids` and `type_ids` are `rows * seq`
+  // (`type_ids` empty for a model without segment embeddings), `lengths` `rows`. The states
+  // of the first `longest` positions of every row go to `states`, `rows * longest * hidden`
+  // floats (a row's positions past its part's longest row are left as they are).
   EncoderOutput forward(rust::Slice<const uint32_t> ids,
                         rust::Slice<const uint32_t> type_ids,
                         rust::Slice<const uint32_t> lengths,
                         size_t seq,
+                        rust::Slice<const size_t> part_ends,
                         rust::Slice<float> states) const;
 
   // The compute type CTranslate2 chose for the weights and the arithmetic.
   rust::String compute_type() const;
+
+  // How many calls the pool runs at once.
+  size_t replicas() const;
 
 private:
   std::unique_ptr<ctranslate2::Encoder> _pool;

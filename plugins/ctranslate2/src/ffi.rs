@@ -25,19 +25,25 @@ mod bridge {
             threads: usize,
         ) -> Result<UniquePtr<Encoder>>;
 
-        /// Runs one batch of right-padded rows, writing the float32 states of each row's first
-        /// `longest` positions to `states` (`rows * longest * hidden`).
+        /// Runs one batch of right-padded rows as the parts that end at `part_ends`, at once on
+        /// the replicas, writing the float32 states of each row's first `longest` positions
+        /// to `states` (`rows * longest * hidden`; positions past a part's longest row are
+        /// left as they are).
         fn forward(
             self: &Encoder,
             ids: &[u32],
             type_ids: &[u32],
             lengths: &[u32],
             seq: usize,
+            part_ends: &[usize],
             states: &mut [f32],
         ) -> Result<EncoderOutput>;
 
         /// The compute type CTranslate2 chose.
         fn compute_type(self: &Encoder) -> String;
+
+        /// How many calls the encoder runs at once (one replica per CPU thread).
+        fn replicas(self: &Encoder) -> usize;
 
         /// Number of CUDA devices CTranslate2 can use.
         fn cuda_device_count() -> i32;

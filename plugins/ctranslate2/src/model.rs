@@ -10,6 +10,7 @@ use crate::ffi;
 use crate::head::Head;
 use crate::modelbin;
 use ember_plugin_api::cuda;
+use ember_plugin_api::parts;
 use ember_plugin_api::pooling::pool;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
@@ -167,7 +168,7 @@ impl Ct2Model {
             })?;
         plugin_info!(
             "ctranslate2",
-            "loaded {} (hidden {hidden}, {}) on {} as {} with {threads} thread(s) in {} ms",
+            "loaded {} (hidden {hidden}, {}) on {} as {} with {} in {} ms",
             ct2_dir.display(),
             if head.is_some() {
                 "classification head"
@@ -176,6 +177,10 @@ impl Ct2Model {
             },
             device.name(),
             encoder.compute_type(),
+            match device {
+                Device::Cpu => format!("{} replica(s) of one thread", encoder.replicas()),
+                Device::Cuda(_) => "one replica".to_string(),
+            },
             started.elapsed().as_millis()
         );
         Ok(Ct2Model {
@@ -214,10 +219,16 @@ impl Ct2Model {
             None => Vec::new(),
         };
         let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
+        // One part per replica at most, of about equal tokens (a CPU's replicas compute on
+        // one thread each; a GPU has one replica, which takes the call whole).
+        let part_ends: Vec<usize> = parts::even(&lengths, self.encoder.replicas().clamp(1, rows))
+            .into_iter()
+            .map(|part| part.end)
+            .collect();
         let mut values = vec![0f32; rows * longest * self.hidden];
         let out = self
             .encoder
-            .forward(&ids, &types, &lens, seq, &mut values)
+            .forward(&ids, &types, &lens, seq, &part_ends, &mut values)
             .map_err(|e| PluginError::internal(format!("CTranslate2: {e}")))?;
         if out.rows != rows || out.hidden != self.hidden || out.seq != longest {
             return Err(PluginError::internal(format!(

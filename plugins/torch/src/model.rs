@@ -10,10 +10,11 @@ use crate::error::{self, from_tch};
 use crate::gte::{Gte, Layout};
 use crate::modernbert::{self, ModernBert};
 use crate::nn::Linear;
-use crate::parts::{self, Parts};
+use crate::parts::Parts;
 use crate::pool::pool;
 use crate::splade::MlmHead;
 use crate::weights::Weights;
+use ember_plugin_api::parts;
 use ember_plugin_api::{
     plugin_info, DType, EmbeddingBatch, LoadRequest, LoadedModel, LogitBatch, Model, ModelKind,
     Outputs, PairBatch, PixelBatch, PluginError, Pooling, ScoreBatch, SparseBatch, SparseReduction,

@@ -14,9 +14,8 @@
 //! thread's own calls (one row) keep every intra-op thread. `at::set_num_threads` is not used:
 //! it also changes the process-wide default that libtorch gives every new thread.
 
-use ember_plugin_api::TokenBatch;
+use ember_plugin_api::parts::even;
 use rayon::prelude::*;
-use std::borrow::Cow;
 use std::ffi::c_int;
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -146,65 +145,4 @@ pub fn plan(tokens: &[usize], threads: usize) -> Vec<Range<usize>> {
         }
     }
     std::iter::once(0..tokens.len()).collect()
-}
-
-/// Cuts `tokens` into `count` consecutive non-empty ranges, each ending where the running sum
-/// comes nearest its share of the total.
-fn even(tokens: &[usize], count: usize) -> Vec<Range<usize>> {
-    let total: usize = tokens.iter().sum();
-    let mut parts = Vec::with_capacity(count);
-    let (mut start, mut sum) = (0, 0usize);
-    for part in 1..count {
-        let target = total as f64 * part as f64 / count as f64;
-        // At least one row in this part, and one left for each part after it.
-        let mut end = start + 1;
-        sum += tokens[start];
-        while end < tokens.len() - (count - part) {
-            let next = sum + tokens[end];
-            if (next as f64 - target).abs() >= (sum as f64 - target).abs() {
-                break;
-            }
-            sum = next;
-            end += 1;
-        }
-        parts.push(start..end);
-        start = end;
-    }
-    parts.push(start..tokens.len());
-    parts
-}
-
-/// Rows `rows` of `batch` as a batch of their own, without the trailing positions that none of
-/// them attends or pools (the batch is right-padded, so they change nothing).
-pub fn rows(batch: &TokenBatch, rows: Range<usize>) -> Cow<'_, TokenBatch> {
-    if rows == (0..batch.rows as usize) {
-        return Cow::Borrowed(batch);
-    }
-    let seq = batch.seq_len as usize;
-    let used = |mask: &[i64]| {
-        rows.clone()
-            .filter_map(|r| mask[r * seq..(r + 1) * seq].iter().rposition(|&m| m != 0))
-            .max()
-            .map_or(1, |last| last + 1)
-    };
-    let width = used(&batch.attention_mask)
-        .max(used(batch.pooling_mask()))
-        .min(seq);
-    let take = |values: &[i64]| -> Vec<i64> {
-        match values.is_empty() {
-            true => Vec::new(),
-            false => rows
-                .clone()
-                .flat_map(|r| values[r * seq..r * seq + width].iter().copied())
-                .collect(),
-        }
-    };
-    Cow::Owned(TokenBatch {
-        rows: rows.len() as u32,
-        seq_len: width as u32,
-        input_ids: take(&batch.input_ids).into(),
-        attention_mask: take(&batch.attention_mask).into(),
-        token_type_ids: take(&batch.token_type_ids).into(),
-        pooling_mask: take(&batch.pooling_mask).into(),
-    })
 }

@@ -5,8 +5,9 @@
 mod common;
 
 use common::{load_model, tokens};
+use ember_plugin_api::parts::rows;
 use ember_plugin_api::{ModelKind, PairBatch, PixelBatch, Pooling, SparseReduction, TokenBatch};
-use ember_torch::parts::{plan, rows};
+use ember_torch::parts::plan;
 
 #[test]
 fn a_call_is_cut_into_parts_of_even_tokens_or_kept_whole() {
