@@ -7,9 +7,13 @@ use crate::TokenBatch;
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Cuts `tokens` into `count` consecutive non-empty ranges, each ending where the running sum
-/// comes nearest its share of the total.
+/// Cuts `tokens` into `count` consecutive non-empty ranges (as many as there are rows at most,
+/// one at least), each ending where the running sum comes nearest its share of the total.
 pub fn even(tokens: &[usize], count: usize) -> Vec<Range<usize>> {
+    let count = count.min(tokens.len()).max(1);
+    if tokens.len() <= 1 {
+        return std::iter::once(0..tokens.len()).collect();
+    }
     let total: usize = tokens.iter().sum();
     let mut parts = Vec::with_capacity(count);
     let (mut start, mut sum) = (0, 0usize);
@@ -83,6 +87,10 @@ mod tests {
         assert_eq!(even(&[100, 1, 1], 3), vec![0..1, 1..2, 2..3]);
         assert_eq!(even(&[7, 9], 2), vec![0..1, 1..2]);
         assert_eq!(even(&[7, 9, 4], 1), vec![0..3]);
+        // More parts than rows: one row each; none asked: one part; no rows: one empty part.
+        assert_eq!(even(&[7, 9], 5), vec![0..1, 1..2]);
+        assert_eq!(even(&[7, 9], 0), vec![0..2]);
+        assert_eq!(even(&[], 2), vec![0..0]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ Encoder::Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute
 namespace {
 
 // Copies one part's states into the call's buffer (see Encoder::forward).
-void copy_states(ctranslate2::EncoderForwardOutput out,
+void copy_states(ctranslate2::EncoderForwardOutput&& result,
                  size_t first_row,
                  size_t rows,
                  size_t longest,
@@ -24,13 +24,14 @@ void copy_states(ctranslate2::EncoderForwardOutput out,
                  size_t hidden,
                  rust::Slice<float> states_out) {
   // float32 where the states are (a GPU converts its half precision faster than the host),
-  // then to the host, each step only when needed.
+  // then to the host, each step only when needed; all of it (the frees too) on the states'
+  // own device, which is not necessarily this thread's current one.
+  const ctranslate2::ScopedDeviceSetter on_their_device(result.last_hidden_state.device(),
+                                                        result.last_hidden_state.device_index());
+  const ctranslate2::EncoderForwardOutput out = std::move(result);
   const ctranslate2::StorageView* states = &out.last_hidden_state;
   ctranslate2::StorageView converted(states->device()), moved(ctranslate2::Device::CPU);
   if (states->dtype() != ctranslate2::DataType::FLOAT32) {
-    // On the states' own GPU: this thread's current device is not necessarily theirs.
-    const ctranslate2::ScopedDeviceSetter on_their_device(states->device(),
-                                                          states->device_index());
     converted = states->to_float32();
     states = &converted;
   }
@@ -86,6 +87,12 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
   if (states_out.size() % std::max<size_t>(rows * longest, 1) != 0)
     throw std::invalid_argument("the states buffer must hold rows * longest * hidden values");
   const size_t hidden = states_out.size() / std::max<size_t>(rows * longest, 1);
+  size_t start = 0;
+  for (const size_t stop : part_ends) {
+    if (stop <= start || stop > rows)
+      throw std::invalid_argument("the parts must be consecutive, non-empty ranges of rows");
+    start = stop;
+  }
   // Every part goes to the pool at once; each replica takes the next one waiting.
   struct Part {
     size_t start, stop, longest;
@@ -93,22 +100,27 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
   };
   std::vector<Part> parts;
   parts.reserve(part_ends.size());
-  size_t start = 0;
-  for (const size_t stop : part_ends) {
-    if (stop <= start || stop > rows)
-      throw std::invalid_argument("the parts must be consecutive, non-empty ranges of rows");
-    std::vector<std::vector<size_t>> batch(stop - start), types(typed ? stop - start : 0);
-    size_t part_longest = 0;
-    for (size_t r = start; r < stop; ++r) {
-      const size_t len = lengths[r];
-      part_longest = std::max(part_longest, len);
-      batch[r - start].assign(ids.begin() + r * seq, ids.begin() + r * seq + len);
-      if (typed)
-        types[r - start].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
+  start = 0;
+  try {
+    for (const size_t stop : part_ends) {
+      std::vector<std::vector<size_t>> batch(stop - start), types(typed ? stop - start : 0);
+      size_t part_longest = 0;
+      for (size_t r = start; r < stop; ++r) {
+        const size_t len = lengths[r];
+        part_longest = std::max(part_longest, len);
+        batch[r - start].assign(ids.begin() + r * seq, ids.begin() + r * seq + len);
+        if (typed)
+          types[r - start].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
+      }
+      parts.push_back(Part{start, stop, part_longest,
+                           _pool->forward_batch_async(std::move(batch), std::move(types))});
+      start = stop;
     }
-    parts.push_back(Part{start, stop, part_longest,
-                         _pool->forward_batch_async(std::move(batch), std::move(types))});
-    start = stop;
+  } catch (...) {
+    // None of the parts already posted outlives the call.
+    for (Part& part : parts)
+      part.out.wait();
+    throw;
   }
   // Every part is waited for before the first failure is rethrown, so that none still runs
   // when the call returns.

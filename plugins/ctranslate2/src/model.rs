@@ -22,6 +22,8 @@ use std::time::Instant;
 /// A model on CTranslate2.
 pub struct Ct2Model {
     encoder: cxx::UniquePtr<ffi::Encoder>,
+    /// How many parts the encoder runs at once (one per replica).
+    replicas: usize,
     head: Option<Head>,
     pooling: Pooling,
     hidden: usize,
@@ -184,6 +186,7 @@ impl Ct2Model {
             started.elapsed().as_millis()
         );
         Ok(Ct2Model {
+            replicas: encoder.replicas(),
             encoder,
             head,
             pooling: request.manifest.pooling,
@@ -221,7 +224,7 @@ impl Ct2Model {
         let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
         // One part per replica at most, of about equal tokens (a CPU's replicas compute on
         // one thread each; a GPU has one replica, which takes the call whole).
-        let part_ends: Vec<usize> = parts::even(&lengths, self.encoder.replicas().clamp(1, rows))
+        let part_ends: Vec<usize> = parts::even(&lengths, self.replicas)
             .into_iter()
             .map(|part| part.end)
             .collect();
