@@ -126,8 +126,8 @@ fn a_call_in_parts_on_the_replicas_answers_each_row_as_alone() {
                 .join(" ")
         })
         .collect();
-    // Calls of more than four rows so far.
-    let long_calls = || -> f64 {
+    // Calls of more rows than `le` so far.
+    let calls_over = |le: &str| -> f64 {
         let (_, metrics) = server.get("/metrics");
         let metrics = metrics.as_str().unwrap_or_default().to_string();
         let bucket = |le: &str| -> f64 {
@@ -138,14 +138,14 @@ fn a_call_in_parts_on_the_replicas_answers_each_row_as_alone() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no batch size bucket {le}: {metrics}"))
         };
-        bucket("le=\"+Inf\"") - bucket("le=\"4\"")
+        bucket("le=\"+Inf\"") - bucket(&format!("le=\"{le}\""))
     };
-    let before = long_calls();
+    let before = calls_over("4");
     let (status, body) = server.post("/v1/embeddings", &json!({ "input": texts }));
     assert_eq!(status, 200, "{body}");
     let together = vectors(&body);
     assert!(
-        long_calls() > before,
+        calls_over("4") > before,
         "the six texts ran in one call of more than four rows"
     );
     for (i, text) in texts.iter().enumerate() {
@@ -155,6 +155,39 @@ fn a_call_in_parts_on_the_replicas_answers_each_row_as_alone() {
         assert!(
             c >= 0.99999,
             "text {i}: cosine {c} between its call alone and in parts"
+        );
+    }
+    // A lone row of 256 tokens (the model's limit) runs on the replica of every thread, and
+    // comes out as it does in a call of two rows, one per single-threaded replica.
+    let long = |first: &str| -> String {
+        (0..400)
+            .map(|i| [first, "server", "answers", "slowly"][i % 4])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let before = calls_over("1");
+    let (status, body) = server.post(
+        "/v1/embeddings",
+        &json!({ "input": [long("every"), long("each")] }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        calls_over("1") > before,
+        "the two long texts ran in one call"
+    );
+    let pair = vectors(&body);
+    let (status, body) = server.post("/v1/embeddings", &json!({ "input": [long("every")] }));
+    assert_eq!(status, 200, "{body}");
+    let c = cosine(&pair[0], &vectors(&body)[0]);
+    assert!(
+        c >= 0.99999,
+        "a lone long row on every thread: cosine {c} to it in parts"
+    );
+    if test_device() == "cpu" {
+        assert!(
+            server.log.iter().any(|l| l.contains("one of 3 threads")),
+            "the replica of every thread is logged: {:?}",
+            server.log
         );
     }
     // The reference texts (3 to 256 tokens) in parts too, against sentence-transformers.

@@ -10,8 +10,10 @@
 
 namespace ember_ct2 {
 
-Encoder::Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type)
-  : _pool(std::move(pool)), _compute_type(std::move(compute_type)) {}
+Encoder::Encoder(std::unique_ptr<ctranslate2::Encoder> pool,
+                 std::unique_ptr<ctranslate2::Encoder> whole,
+                 std::string compute_type)
+  : _pool(std::move(pool)), _whole(std::move(whole)), _compute_type(std::move(compute_type)) {}
 
 namespace {
 
@@ -67,6 +69,7 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
                                rust::Slice<const uint32_t> lengths,
                                size_t seq,
                                rust::Slice<const size_t> part_ends,
+                               bool all_threads,
                                rust::Slice<float> states_out) const {
   const size_t rows = lengths.size();
   // No type ids: the model has one embedding table (DistilBERT) and takes ids alone.
@@ -93,7 +96,9 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
       throw std::invalid_argument("the parts must be consecutive, non-empty ranges of rows");
     start = stop;
   }
-  // Every part goes to the pool at once; each replica takes the next one waiting.
+  // Every part goes to the pool at once; each replica takes the next one waiting. A call of
+  // one part asked to run on every thread goes to the encoder of all threads, if there is one.
+  ctranslate2::Encoder& pool = all_threads && _whole && part_ends.size() == 1 ? *_whole : *_pool;
   struct Part {
     size_t start, stop, longest;
     std::future<ctranslate2::EncoderForwardOutput> out;
@@ -113,7 +118,7 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
           types[r - start].assign(type_ids.begin() + r * seq, type_ids.begin() + r * seq + len);
       }
       parts.push_back(Part{start, stop, part_longest,
-                           _pool->forward_batch_async(std::move(batch), std::move(types))});
+                           pool.forward_batch_async(std::move(batch), std::move(types))});
       start = stop;
     }
   } catch (...) {
@@ -151,6 +156,10 @@ size_t Encoder::replicas() const {
   return _pool->num_replicas();
 }
 
+bool Encoder::has_whole() const {
+  return static_cast<bool>(_whole);
+}
+
 std::unique_ptr<Encoder> load_encoder(rust::Str path,
                                       rust::Str device,
                                       int32_t device_index,
@@ -176,9 +185,17 @@ std::unique_ptr<Encoder> load_encoder(rust::Str path,
     config.num_threads_per_replica = threads;
   }
   auto pool = std::make_unique<ctranslate2::Encoder>(loader, config);
-  const auto& model = *pool->get_first_replica().model();
-  auto effective = ctranslate2::compute_type_to_str(model.effective_compute_type());
-  return std::make_unique<Encoder>(std::move(pool), std::move(effective));
+  const auto& model = pool->get_first_replica().model();
+  // And one replica on every thread, on the same weights, for the long rows that gain from
+  // OpenMP's threads (512 tokens: 1.4x faster on two threads than on one).
+  std::unique_ptr<ctranslate2::Encoder> whole;
+  if (dev == ctranslate2::Device::CPU && threads > 1) {
+    ctranslate2::ReplicaPoolConfig all;
+    all.num_threads_per_replica = threads;
+    whole = std::make_unique<ctranslate2::Encoder>(model, all);
+  }
+  auto effective = ctranslate2::compute_type_to_str(model->effective_compute_type());
+  return std::make_unique<Encoder>(std::move(pool), std::move(whole), std::move(effective));
 }
 
 int32_t cuda_device_count() {

@@ -14,18 +14,22 @@ struct EncoderOutput;
 // with.
 class Encoder {
 public:
-  Encoder(std::unique_ptr<ctranslate2::Encoder> pool, std::string compute_type);
+  Encoder(std::unique_ptr<ctranslate2::Encoder> pool,
+          std::unique_ptr<ctranslate2::Encoder> whole,
+          std::string compute_type);
 
   // Runs one batch of right-padded rows as the parts that end at `part_ends` (the last at
   // `rows`), all at once on the pool's replicas: `ids` and `type_ids` are `rows * seq`
   // (`type_ids` empty for a model without segment embeddings), `lengths` `rows`. The states
   // of the first `longest` positions of every row go to `states`, `rows * longest * hidden`
-  // floats (a row's positions past its part's longest row are left as they are).
+  // floats (a row's positions past its part's longest row are left as they are). A call of
+  // one part with `all_threads` runs on the replica of every thread, where there is one.
   EncoderOutput forward(rust::Slice<const uint32_t> ids,
                         rust::Slice<const uint32_t> type_ids,
                         rust::Slice<const uint32_t> lengths,
                         size_t seq,
                         rust::Slice<const size_t> part_ends,
+                        bool all_threads,
                         rust::Slice<float> states) const;
 
   // The compute type CTranslate2 chose for the weights and the arithmetic.
@@ -34,8 +38,13 @@ public:
   // How many calls the pool runs at once.
   size_t replicas() const;
 
+  // Whether there is a replica that computes on every thread (a CPU of several threads).
+  bool has_whole() const;
+
 private:
   std::unique_ptr<ctranslate2::Encoder> _pool;
+  // One replica on all threads, sharing the pool's weights; none on a GPU or one thread.
+  std::unique_ptr<ctranslate2::Encoder> _whole;
   std::string _compute_type;
 };
 

@@ -1,5 +1,8 @@
 //! The cxx bridge to `src/bridge.cc`: a CTranslate2 encoder, loaded and run from Rust.
 
+// A forward call takes its batch as flat arrays, the parts and the buffer to fill: cxx passes
+// each as an argument of its own.
+#[allow(clippy::too_many_arguments)]
 #[cxx::bridge(namespace = "ember_ct2")]
 mod bridge {
     /// The shape of the token states a forward call wrote: `rows * seq * hidden`, `seq` being
@@ -26,9 +29,10 @@ mod bridge {
         ) -> Result<UniquePtr<Encoder>>;
 
         /// Runs one batch of right-padded rows as the parts that end at `part_ends`, at once on
-        /// the replicas, writing the float32 states of each row's first `longest` positions
-        /// to `states` (`rows * longest * hidden`; positions past a part's longest row are
-        /// left as they are).
+        /// the replicas (one part with `all_threads`: on the replica of every thread, if there
+        /// is one), writing the float32 states of each row's first `longest` positions to
+        /// `states` (`rows * longest * hidden`; positions past a part's longest row are left
+        /// as they are).
         fn forward(
             self: &Encoder,
             ids: &[u32],
@@ -36,6 +40,7 @@ mod bridge {
             lengths: &[u32],
             seq: usize,
             part_ends: &[usize],
+            all_threads: bool,
             states: &mut [f32],
         ) -> Result<EncoderOutput>;
 
@@ -44,6 +49,9 @@ mod bridge {
 
         /// How many calls the encoder runs at once (one replica per CPU thread).
         fn replicas(self: &Encoder) -> usize;
+
+        /// Whether a replica computes on every thread (a CPU of several threads).
+        fn has_whole(self: &Encoder) -> bool;
 
         /// Number of CUDA devices CTranslate2 can use.
         fn cuda_device_count() -> i32;
