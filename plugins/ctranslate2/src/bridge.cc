@@ -64,13 +64,13 @@ void copy_states(ctranslate2::EncoderForwardOutput&& result,
 
 }  // namespace
 
-EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
-                               rust::Slice<const uint32_t> type_ids,
-                               rust::Slice<const uint32_t> lengths,
-                               size_t seq,
-                               rust::Slice<const size_t> part_ends,
-                               bool all_threads,
-                               rust::Slice<float> states_out) const {
+void Encoder::forward(rust::Slice<const uint32_t> ids,
+                      rust::Slice<const uint32_t> type_ids,
+                      rust::Slice<const uint32_t> lengths,
+                      size_t seq,
+                      rust::Slice<const size_t> part_ends,
+                      bool all_threads,
+                      rust::Slice<float> states_out) const {
   const size_t rows = lengths.size();
   // No type ids: the model has one embedding table (DistilBERT) and takes ids alone.
   const bool typed = !type_ids.empty();
@@ -141,11 +141,6 @@ EncoderOutput Encoder::forward(rust::Slice<const uint32_t> ids,
   }
   if (failed)
     std::rethrow_exception(failed);
-  EncoderOutput result;
-  result.rows = rows;
-  result.seq = longest;
-  result.hidden = hidden;
-  return result;
 }
 
 rust::String Encoder::compute_type() const {

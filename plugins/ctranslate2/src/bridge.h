@@ -8,8 +8,6 @@
 
 namespace ember_ct2 {
 
-struct EncoderOutput;
-
 // A CTranslate2 encoder (a pool of replicas that share the weights) and what it was loaded
 // with.
 class Encoder {
@@ -24,13 +22,14 @@ public:
   // of the first `longest` positions of every row go to `states`, `rows * longest * hidden`
   // floats (a row's positions past its part's longest row are left as they are). A call of
   // one part with `all_threads` runs on the replica of every thread, where there is one.
-  EncoderOutput forward(rust::Slice<const uint32_t> ids,
-                        rust::Slice<const uint32_t> type_ids,
-                        rust::Slice<const uint32_t> lengths,
-                        size_t seq,
-                        rust::Slice<const size_t> part_ends,
-                        bool all_threads,
-                        rust::Slice<float> states) const;
+  // Throws if the engine's states have another shape.
+  void forward(rust::Slice<const uint32_t> ids,
+               rust::Slice<const uint32_t> type_ids,
+               rust::Slice<const uint32_t> lengths,
+               size_t seq,
+               rust::Slice<const size_t> part_ends,
+               bool all_threads,
+               rust::Slice<float> states) const;
 
   // The compute type CTranslate2 chose for the weights and the arithmetic.
   rust::String compute_type() const;

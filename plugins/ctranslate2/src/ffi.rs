@@ -5,14 +5,6 @@
 #[allow(clippy::too_many_arguments)]
 #[cxx::bridge(namespace = "ember_ct2")]
 mod bridge {
-    /// The shape of the token states a forward call wrote: `rows * seq * hidden`, `seq` being
-    /// the longest row.
-    struct EncoderOutput {
-        rows: usize,
-        seq: usize,
-        hidden: usize,
-    }
-
     unsafe extern "C++" {
         include!("ember-ctranslate2/src/bridge.h");
 
@@ -32,7 +24,7 @@ mod bridge {
         /// the replicas (one part with `all_threads`: on the replica of every thread, if there
         /// is one), writing the float32 states of each row's first `longest` positions to
         /// `states` (`rows * longest * hidden`; positions past a part's longest row are left
-        /// as they are).
+        /// as they are). Fails if the engine's states have another shape.
         fn forward(
             self: &Encoder,
             ids: &[u32],
@@ -42,7 +34,7 @@ mod bridge {
             part_ends: &[usize],
             all_threads: bool,
             states: &mut [f32],
-        ) -> Result<EncoderOutput>;
+        ) -> Result<()>;
 
         /// The compute type CTranslate2 chose.
         fn compute_type(self: &Encoder) -> String;

@@ -27,8 +27,6 @@ const LONG_ROW: usize = 256;
 /// A model on CTranslate2.
 pub struct Ct2Model {
     encoder: cxx::UniquePtr<ffi::Encoder>,
-    /// How many parts the encoder runs at once (one per replica).
-    replicas: usize,
     head: Option<Head>,
     pooling: Pooling,
     hidden: usize,
@@ -196,7 +194,6 @@ impl Ct2Model {
             started.elapsed().as_millis()
         );
         Ok(Ct2Model {
-            replicas: encoder.replicas(),
             encoder,
             head,
             pooling: request.manifest.pooling,
@@ -234,15 +231,14 @@ impl Ct2Model {
         let lens: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
         // One part per replica at most, of about equal tokens (a CPU's replicas compute on
         // one thread each; a GPU has one replica, which takes the call whole).
-        let part_ends: Vec<usize> = parts::even(&lengths, self.replicas)
+        let part_ends: Vec<usize> = parts::even(&lengths, self.encoder.replicas())
             .into_iter()
             .map(|part| part.end)
             .collect();
         // A lone long row gains more from every thread than it loses to their overhead.
         let all_threads = rows == 1 && longest >= LONG_ROW;
         let mut values = vec![0f32; rows * longest * self.hidden];
-        let out = self
-            .encoder
+        self.encoder
             .forward(
                 &ids,
                 &types,
@@ -253,16 +249,9 @@ impl Ct2Model {
                 &mut values,
             )
             .map_err(|e| PluginError::internal(format!("CTranslate2: {e}")))?;
-        if out.rows != rows || out.hidden != self.hidden || out.seq != longest {
-            return Err(PluginError::internal(format!(
-                "CTranslate2 returned states [{}, {}, {}] for {rows} rows of up to {longest} \
-                 tokens and hidden size {}",
-                out.rows, out.seq, out.hidden, self.hidden
-            )));
-        }
         Ok(States {
             values,
-            seq: out.seq,
+            seq: longest,
             lengths,
         })
     }
